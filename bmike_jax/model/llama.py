@@ -1,0 +1,164 @@
+"""The Flax (linen) Llama decoder: scanned layers, preallocated KV cache, per-row positions.
+
+Call convention (the engine relies on it; see DESIGN.md):
+  tokens, positions: [B, T] int32
+  cache: KVCache with k, v: [L, B, S, KVH, Dh]; the T new entries are written at slots
+         [write_index, write_index + T) for every row
+  attn_mask: [B, T, S] bool, True where query t may attend cache slot s (after the write)
+  logits_index: None -> logits [B, T, V]; [B] int32 -> logits of those positions only [B, V]
+Returns (logits float32, new cache).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bmike_jax.model.config import LlamaConfig
+from bmike_jax.model import rope
+
+
+@flax.struct.dataclass
+class KVCache:
+  k: jax.Array  # [L, B, S, KVH, Dh]
+  v: jax.Array  # [L, B, S, KVH, Dh]
+
+  @classmethod
+  def zeros(cls, config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+  @property
+  def length(self) -> int:
+    return self.k.shape[2]
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def _dense(features: int, name: str, dtype, param_dtype) -> nn.Dense:
+  return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class Attention(nn.Module):
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cos, sin, k_cache, v_cache, write_index, attn_mask):
+    cfg = self.config
+    b, t, _ = x.shape
+    h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _dense(h * dh, "q", self.dtype, self.param_dtype)(x).reshape(b, t, h, dh)
+    k = _dense(kvh * dh, "k", self.dtype, self.param_dtype)(x).reshape(b, t, kvh, dh)
+    v = _dense(kvh * dh, "v", self.dtype, self.param_dtype)(x).reshape(b, t, kvh, dh)
+    q = rope.apply_rotary(q, cos, sin)
+    k = rope.apply_rotary(k, cos, sin)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
+    groups = h // kvh
+    q = q.reshape(b, t, kvh, groups, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(self.dtype))
+    scores = scores.astype(jnp.float32) * (dh ** -0.5)
+    scores = jnp.where(attn_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(self.dtype)).reshape(b, t, h * dh)
+    out = _dense(cfg.hidden_size, "o", self.dtype, self.param_dtype)(out)
+    return out, k_cache, v_cache
+
+
+class MLP(nn.Module):
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    f = self.config.intermediate_size
+    gate = _dense(f, "gate", self.dtype, self.param_dtype)(x)
+    up = _dense(f, "up", self.dtype, self.param_dtype)(x)
+    return _dense(self.config.hidden_size, "down", self.dtype, self.param_dtype)(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+  """One block; scanned over layers, so the carry is the residual stream x: [B, T, D]."""
+
+  config: LlamaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, layer_cache, cos, sin, write_index, attn_mask):
+    cfg = self.config
+    k_cache, v_cache = layer_cache
+    normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x)
+    attn_out, k_cache, v_cache = Attention(cfg, self.dtype, self.param_dtype, name="attn")(
+        normed, cos, sin, k_cache, v_cache, write_index, attn_mask)
+    x = x + attn_out
+    normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
+    x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed)
+    return x, (k_cache, v_cache)
+
+
+class Llama(nn.Module):
+  config: LlamaConfig
+  dtype: Any = jnp.float32  # activations / compute
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, positions, cache: KVCache, write_index, attn_mask,
+               logits_index=None):
+    cfg = self.config
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name="embed")
+    x = embed(tokens)  # [B, T, D]
+    cos, sin = rope.rotary_tables(positions, rope.inverse_frequencies(cfg))
+    layers = nn.scan(
+        DecoderLayer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+    )(cfg, self.dtype, self.param_dtype, name="layers")
+    x, (k, v) = layers(x, (cache.k, cache.v), cos, sin, write_index, attn_mask)
+    if logits_index is not None:
+      x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
+    x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = _dense(cfg.vocab_size, "lm_head", self.dtype, self.param_dtype)(x)
+    return logits.astype(jnp.float32), KVCache(k=k, v=v)
+
+
+def causal_forward(model: Llama, params, tokens: jax.Array) -> jax.Array:
+  """Logits [B, T, V] of a plain causal pass over `tokens` [B, T] (no padding); for tests."""
+  b, t = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  cache = KVCache.zeros(model.config, b, t, model.dtype)
+  mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+  logits, _ = model.apply({"params": params}, tokens, positions, cache, 0, mask)
+  return logits
+
+
+def init_params(config: LlamaConfig, seed: int = 0, dtype=jnp.float32):
+  """Randomly initialised params (shapes for conversion checks and synthetic benchmarks)."""
+  model = Llama(config, dtype=dtype, param_dtype=dtype)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  cache = KVCache.zeros(config, 1, 1, dtype)
+  mask = jnp.ones((1, 1, 1), bool)
+  return model.init(jax.random.PRNGKey(seed), tokens, tokens, cache, 0, mask)["params"]

@@ -1,0 +1,41 @@
+"""bmike-jax: BMIKE-53 cross-lingual in-context knowledge editing on Llama, in JAX."""
+
+import re
+
+import setuptools
+
+VERSION = re.search(r'__version__ = "([^"]+)"', open("bmike_jax/__init__.py").read()).group(1)
+
+setuptools.setup(
+    name="bmike-jax",
+    version=VERSION,
+    description="BMIKE-53 cross-lingual in-context knowledge editing benchmark on Llama, in JAX",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["bmike_jax", "bmike_jax.*"]),
+    package_data={"bmike_jax": ["sample_data/*.json", "sample_data/*/*.json"]},
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "orbax-checkpoint",
+        "tensorstore",
+        "absl-py",
+        "numpy",
+        "safetensors",
+        "gguf",
+        "sentencepiece",
+        "tokenizers",
+        "transformers",  # tokenizers only (AutoTokenizer-compatible loading); never torch
+        "tqdm",
+    ],
+    extras_require={
+        # The reference in tests and benchmarks: HF transformers on torch (CPU build, see constraints.txt).
+        "reference": ["torch==2.13.0", "accelerate"],
+        "report": ["matplotlib", "scipy", "py3langid", "lang2vec"],
+        "test": ["pytest", "torch==2.13.0", "accelerate", "matplotlib", "scipy", "py3langid",
+                 "lang2vec"],
+        "tpu": ["jax[tpu]"],
+        "cuda": ["jax[cuda12]"],
+    },
+)
