@@ -32,9 +32,10 @@ setuptools.setup(
     extras_require={
         # The reference in tests and benchmarks: HF transformers on torch (CPU build, see constraints.txt).
         "reference": ["torch==2.13.0", "accelerate"],
-        "report": ["matplotlib", "scipy", "py3langid", "lang2vec"],
+        # lang2vec imports pkg_resources, which setuptools 81+ no longer ships.
+        "report": ["matplotlib", "scipy", "py3langid", "lang2vec", "setuptools<81"],
         "test": ["pytest", "torch==2.13.0", "accelerate", "matplotlib", "scipy", "py3langid",
-                 "lang2vec"],
+                 "lang2vec", "setuptools<81"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },
