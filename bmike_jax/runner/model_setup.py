@@ -1,0 +1,36 @@
+"""Model, tokenizer, mesh and engine from the run's flags."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import logging
+
+from bmike_jax import checkpoints
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.engine import Engine
+from bmike_jax.engine import sharding
+from bmike_jax.runner.run_config import RunConfig
+
+
+def build_engine(cfg: RunConfig):
+  """-> (engine, tokenizer, model_info for results.json)."""
+  source = cfg.checkpoint or checkpoints.default_gguf_path()
+  tokenizer_source = cfg.tokenizer or source
+  config, params = checkpoints.load_model(source, dtype=cfg.dtype)
+  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source)
+  checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
+  mesh = sharding.make_mesh(data=cfg.mesh_data, model=cfg.mesh_model)
+  logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
+  engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
+                  length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
+                  prefix_reuse=cfg.prefix_reuse, overlong=cfg.overlong, dtype=cfg.dtype)
+  model_info = {
+      "checkpoint": source,
+      "tokenizer": tokenizer_source,
+      "dtype": cfg.dtype,
+      "num_params": config.num_params,
+      "config": dataclasses.asdict(config),
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
+  }
+  return engine, tokenizer, model_info

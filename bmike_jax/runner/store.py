@@ -1,0 +1,150 @@
+"""The output directory: one atomic file set per finished unit, and the run-level files rebuilt from them.
+
+Layout of OUTPUT_DIR:
+  run.json                                the settings that change numbers (checked on resume)
+  units/{dataset}/{setup}/{lang}.samples.jsonl
+  units/{dataset}/{setup}/{lang}.metrics.json   written last: its presence marks the unit finished
+  csv/{dataset}/{setup}/{lang}.csv        the reference's columns: case_id, metric, input, prediction, true
+  samples.jsonl                           every finished unit's samples, in unit order
+  results.json                            flags, versions, model, data counts, compilations, results
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any, Iterable
+
+from bmike_jax.runner.units import Unit
+
+
+class OutputError(ValueError):
+  """The output directory cannot be used (unwritable, or holds incompatible results)."""
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes `text` so that `path` holds either the old or the whole new content, even on kill -9."""
+  folder = os.path.dirname(path) or "."
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+
+
+class OutputStore:
+  """Reads and writes one run's output directory."""
+
+  def __init__(self, output_dir: str):
+    self.root = output_dir
+
+  def _path(self, *parts: str) -> str:
+    return os.path.join(self.root, *parts)
+
+  def unit_path(self, unit: Unit, suffix: str) -> str:
+    return self._path("units", unit.dataset, unit.setup, f"{unit.lang}.{suffix}")
+
+  def csv_path(self, unit: Unit) -> str:
+    return self._path("csv", unit.dataset, unit.setup, f"{unit.lang}.csv")
+
+  # -- start of a run ---------------------------------------------------------------------------
+
+  def prepare(self, identity: dict) -> None:
+    """Creates the directory, checks it is writable, and refuses results of other settings."""
+    try:
+      os.makedirs(self.root, exist_ok=True)
+      probe = self._path(".write-probe")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.unlink(probe)
+    except OSError as e:
+      raise OutputError(f"--output_dir {self.root!r} is not writable: {e.strerror or e}") from None
+    run_file = self._path("run.json")
+    if os.path.exists(run_file):
+      try:
+        with open(run_file, encoding="utf-8") as f:
+          previous = json.load(f)
+      except (OSError, json.JSONDecodeError) as e:
+        raise OutputError(f"{run_file}: unreadable ({e}); move it away or use another "
+                          "--output_dir") from None
+      differing = sorted(k for k in set(previous) | set(identity)
+                         if previous.get(k) != identity.get(k))
+      if differing:
+        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}"
+                           for k in differing)
+        raise OutputError(f"--output_dir {self.root!r} holds results of other settings "
+                          f"({detail}). Use another --output_dir, or the same flags to resume.")
+    else:
+      atomic_write_json(run_file, identity)
+
+  # -- units ------------------------------------------------------------------------------------
+
+  def is_finished(self, unit: Unit) -> bool:
+    return os.path.exists(self.unit_path(unit, "metrics.json"))
+
+  def load_metrics(self, unit: Unit) -> dict:
+    with open(self.unit_path(unit, "metrics.json"), encoding="utf-8") as f:
+      return json.load(f)
+
+  def load_samples(self, unit: Unit) -> list[dict]:
+    with open(self.unit_path(unit, "samples.jsonl"), encoding="utf-8") as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+  def write_unit(self, unit: Unit, samples: list[dict], metrics: dict) -> None:
+    """Samples and CSV first, metrics last: a unit counts as finished only when all are there."""
+    atomic_write_text(self.unit_path(unit, "samples.jsonl"), _jsonl(samples))
+    atomic_write_text(self.csv_path(unit), reference_csv(samples))
+    atomic_write_json(self.unit_path(unit, "metrics.json"), metrics)
+
+  # -- run-level files ----------------------------------------------------------------------------
+
+  def write_samples(self, finished: Iterable[Unit]) -> None:
+    """samples.jsonl of every finished unit, rebuilt atomically (unit order)."""
+    fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-samples")
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as out:
+        for unit in finished:
+          with open(self.unit_path(unit, "samples.jsonl"), encoding="utf-8") as f:
+            out.write(f.read())
+        out.flush()
+        os.fsync(out.fileno())
+      os.replace(tmp, self._path("samples.jsonl"))
+    except BaseException:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+      raise
+
+  def load_results(self) -> dict:
+    with open(self._path("results.json"), encoding="utf-8") as f:
+      return json.load(f)
+
+  def write_results(self, results: dict) -> None:
+    atomic_write_json(self._path("results.json"), results)
+
+
+def _jsonl(rows: list[dict]) -> str:
+  return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def reference_csv(samples: list[dict]) -> str:
+  """The reference's per-file CSV: case_id, metric (query type), input (prompt), prediction, true."""
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(["case_id", "metric", "input", "prediction", "true"])
+  for s in samples:
+    writer.writerow([s["case_id"], s["query_type"], s["prompt"], s["prediction"], s["gold"]])
+  return buf.getvalue()

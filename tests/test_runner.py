@@ -1,0 +1,190 @@
+"""The absl runner end to end (subprocesses, as a user runs it): outputs, resume after kill -9,
+and one clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bmike_jax import data as data_lib
+from tests.tiny_checkpoint import make_tiny_checkpoint
+
+pytest.importorskip("torch")
+
+SAMPLE_DIR = os.path.join(os.path.dirname(data_lib.__file__), "sample_data")
+BASE_FLAGS = ["--datasets=zsre,counterfact", "--langs=de,zh", "--setups=zero_shot,few_shot_specific",
+              "--limit=2", "--batch_size=4", "--length_buckets=64,128,256,512,1024",
+              "--progress=false", f"--data_dir={SAMPLE_DIR}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+  return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny")))
+
+
+def run_main(flags, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("BMIKE53_DIR", None)
+  return subprocess.run([sys.executable, "-m", "bmike_jax.main", *flags], capture_output=True,
+                        text=True, env=env, timeout=600, **kwargs)
+
+
+def load_results(out):
+  with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load_samples(out):
+  with open(os.path.join(out, "samples.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_ckpt, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("full"))
+  proc = run_main(BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc
+
+
+def test_outputs_follow_the_contract(full_run):
+  out, proc = full_run
+  doc = load_results(out)
+  assert doc["flags"]["langs"] == "de,zh" and doc["flags"]["limit"] == 2
+  assert set(doc["versions"]) >= {"bmike_jax", "jax", "flax", "code"}
+  assert doc["model"]["checkpoint"].endswith("tiny") or os.path.isdir(doc["model"]["checkpoint"])
+  assert doc["engine"]["compile_count"] > 0
+  counts = doc["data"]["counts"]["zsre"]["zh"]
+  assert counts["n_used"] == 2 and counts["n_total"] >= 2 and "n_skipped" in counts
+  res = doc["results"]
+  assert set(res) == {"zsre", "counterfact"}
+  cell = res["counterfact"]["few_shot_specific"]["zh"]["reliability"]
+  assert cell["n"] == 2
+  for key in ("em", "f1_ref", "f1", "f1_norm", "lik_success_loc_ans", "lik_magnitude_loc_ans",
+              "lik_success_old", "lik_magnitude_old"):
+    assert key in cell, key
+  assert "lik_success_loc_ans" not in res["zsre"]["zero_shot"]["de"]["reliability"]
+  samples = load_samples(out)
+  assert len(samples) == 2 * 2 * 2 * 2 * 4  # datasets x langs x setups x records x query types
+  for key in ("dataset", "lang", "setup", "query_type", "case_id", "prompt", "prediction", "gold",
+              "em", "f1_ref", "f1"):
+    assert key in samples[0]
+  # results.json numbers are the means of the samples' scores
+  rows = [s for s in samples if (s["dataset"], s["setup"], s["lang"], s["query_type"]) ==
+          ("counterfact", "few_shot_specific", "zh", "reliability")]
+  assert cell["f1"] == round(100 * sum(r["f1"] for r in rows) / len(rows), 2)
+  with open(os.path.join(out, "csv", "zsre", "zero_shot", "de.csv"), encoding="utf-8") as f:
+    table = list(csv.reader(f))
+  assert table[0] == ["case_id", "metric", "input", "prediction", "true"]
+  assert len(table) == 1 + 2 * 4
+  assert "reliability" in proc.stdout and "== zsre" in proc.stdout  # the summary table
+
+
+def test_rerun_with_same_flags_skips_finished_units(full_run, tiny_ckpt):
+  out, _ = full_run
+  before = load_results(out)["results"]
+  proc = run_main(BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "nothing to run" in proc.stderr
+  assert load_results(out)["results"] == before
+
+
+def test_kill_minus_9_then_resume_gives_identical_results(full_run, tiny_ckpt, tmp_path):
+  ref_out, _ = full_run
+  out = str(tmp_path / "killed")
+  flags = BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-m", "bmike_jax.main", *flags], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  units_dir = os.path.join(out, "units")
+  deadline = time.time() + 300
+  finished = []
+  while time.time() < deadline and proc.poll() is None:
+    finished = [f for _, _, fs in os.walk(units_dir) for f in fs if f.endswith(".metrics.json")]
+    if len(finished) >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert 2 <= len(finished) < 8
+  resumed = run_main(flags)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert load_results(out)["results"] == load_results(ref_out)["results"]
+  assert load_samples(out) == load_samples(ref_out)
+
+
+def _expect_user_error(proc, *fragments):
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in proc.stderr, (fragment, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize("flag, fragments", [
+    ("--langs=de,xx", ["--langs", "xx"]),
+    ("--datasets=zsre,mquake", ["--datasets", "mquake"]),
+    ("--setups=two_shot", ["--setups", "two_shot"]),
+    ("--batch_size=0", ["--batch_size"]),
+    ("--length_buckets=64,32", ["--length_buckets"]),
+])
+def test_bad_flag_values(flag, fragments, tmp_path):
+  proc = run_main(BASE_FLAGS + [flag, f"--output_dir={tmp_path}", "--checkpoint=unused"])
+  _expect_user_error(proc, *fragments)
+
+
+def test_missing_checkpoint(tmp_path):
+  proc = run_main(BASE_FLAGS + [f"--checkpoint={tmp_path}/nope", f"--output_dir={tmp_path}/o"])
+  _expect_user_error(proc, "nope")
+
+
+def test_missing_and_malformed_data(tiny_ckpt, tmp_path):
+  import shutil
+  data = tmp_path / "data"
+  shutil.copytree(SAMPLE_DIR, data)
+  os.remove(data / "zsRE" / "zsre_test_zh.json")
+  proc = run_main(BASE_FLAGS + [f"--data_dir={data}", f"--checkpoint={tiny_ckpt}",
+                                f"--output_dir={tmp_path}/o1"])
+  _expect_user_error(proc, "zsre_test_zh.json")
+  (data / "zsRE" / "zsre_test_zh.json").write_text('[{"en": {"case_id": 1}, ', encoding="utf-8")
+  proc = run_main(BASE_FLAGS + [f"--data_dir={data}", f"--checkpoint={tiny_ckpt}",
+                                f"--output_dir={tmp_path}/o2"])
+  _expect_user_error(proc, "zsre_test_zh.json")
+
+
+def test_tokenizer_model_mismatch(tmp_path):
+  ckpt = make_tiny_checkpoint(str(tmp_path / "small_vocab"), vocab_size=1000)
+  proc = run_main(BASE_FLAGS + [f"--checkpoint={ckpt}", f"--output_dir={tmp_path}/o"])
+  _expect_user_error(proc, "vocab")
+
+
+def test_prompt_longer_than_largest_bucket_keeps_finished_units(tiny_ckpt, tmp_path):
+  out = str(tmp_path / "o")
+  # zero-shot prompts fit in 128 tokens, 8-shot ones do not: the first unit finishes, then stop.
+  flags = [f for f in BASE_FLAGS if not f.startswith("--length_buckets")]
+  proc = run_main(flags + ["--length_buckets=128", "--datasets=zsre", "--langs=de",
+                           f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
+  _expect_user_error(proc, "128")
+  assert os.path.exists(os.path.join(out, "units", "zsre", "zero_shot", "de.metrics.json"))
+  assert os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_unwritable_output_dir(tiny_ckpt, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  proc = run_main(BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={blocker}/out"])
+  _expect_user_error(proc, "not writable")
+
+
+def test_incompatible_rerun_is_refused(full_run, tiny_ckpt):
+  out, _ = full_run
+  flags = [f for f in BASE_FLAGS if not f.startswith("--limit")]
+  proc = run_main(flags + ["--limit=3", f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
+  _expect_user_error(proc, "limit", "other settings")
