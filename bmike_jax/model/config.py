@@ -97,6 +97,47 @@ class LlamaConfig:
         eos_token_ids=tuple(int(e) for e in eos_ids),
     )
 
+  @classmethod
+  def from_gguf_metadata(cls, meta: Mapping[str, Any], tied: bool) -> "LlamaConfig":
+    """From GGUF metadata (key -> value, arrays as lists): `llama.*` hyper-parameters, vocabulary
+    size from `tokenizer.ggml.tokens`, bos/eos from `tokenizer.ggml.*`. `tied` (the file has no
+    `output.weight`) is a property of the tensors, not of the metadata."""
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+      raise ConfigError(f"GGUF architecture {arch!r} is not supported (supported: llama)")
+    required = ("llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
+                "llama.attention.head_count", "tokenizer.ggml.tokens")
+    missing = [k for k in required if k not in meta]
+    if missing:
+      raise ConfigError(f"GGUF metadata lacks required key(s): {', '.join(missing)}")
+    if meta.get("llama.rope.scaling.type", "none") not in ("none", None):
+      raise ConfigError(f"GGUF rope scaling {meta['llama.rope.scaling.type']!r} is not supported")
+    hidden = int(meta["llama.embedding_length"])
+    num_heads = int(meta["llama.attention.head_count"])
+    head_dim = int(meta.get("llama.attention.key_length") or hidden // num_heads)
+    rope_dim = int(meta.get("llama.rope.dimension_count") or head_dim)
+    if rope_dim != head_dim:
+      raise ConfigError(f"GGUF rope.dimension_count {rope_dim} != head dim {head_dim} "
+                        "(partial rotary embeddings are not supported)")
+    tokens = meta["tokenizer.ggml.tokens"]
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    return cls(
+        vocab_size=len(tokens) if not isinstance(tokens, int) else tokens,
+        hidden_size=hidden,
+        intermediate_size=int(meta["llama.feed_forward_length"]),
+        num_layers=int(meta["llama.block_count"]),
+        num_heads=num_heads,
+        num_kv_heads=int(meta.get("llama.attention.head_count_kv") or num_heads),
+        head_dim=head_dim,
+        rms_norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+        max_position_embeddings=int(meta.get("llama.context_length", 2048)),
+        tie_word_embeddings=tied,
+        bos_token_id=None if bos is None else int(bos),
+        eos_token_ids=() if eos is None else (int(eos),),
+    )
+
   def to_hf_dict(self) -> dict[str, Any]:
     """The inverse of `from_hf_dict` (used to build HF reference models in tests)."""
     out = {

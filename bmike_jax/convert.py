@@ -1,0 +1,60 @@
+"""Convert an HF safetensors directory or a .gguf file to a self-describing orbax directory.
+
+    python -m bmike_jax.convert --source=PATH --output=DIR [--dtype=float32|bfloat16]
+
+DIR gets params/ (orbax, tensorstore), config.json and the tokenizer files; `--checkpoint=DIR`
+is then all the runner needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from absl import app, flags, logging
+
+from bmike_jax import checkpoints
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.checkpoints import orbax_io
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("source", None, "HF directory (config.json + safetensors) or a .gguf file.")
+flags.DEFINE_string("output", None, "Output directory (created; must not hold a checkpoint).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
+
+
+def convert(source: str, output: str, dtype: str = "float32") -> str:
+  kind = checkpoints.source_kind(source)
+  if kind == "orbax":
+    raise checkpoints.CheckpointError(f"{source}: already a converted checkpoint")
+  config, params = checkpoints.load_model(source, dtype)
+  tokenizer = tokenizer_lib.load_tokenizer(source)
+  checkpoints.check_vocab(config, tokenizer, source, source)
+  orbax_io.save_params(output, params, config,
+                       extra={"source": os.path.abspath(source), "dtype": dtype})
+  if kind == "hf":  # the original files, verbatim
+    for name in tokenizer_lib.CONFIG_FILES:
+      path = os.path.join(source, name)
+      if os.path.isfile(path):
+        shutil.copy2(path, os.path.join(output, name))
+  else:
+    tokenizer.save(output)
+  logging.info("converted %s (%s, %d params) to %s", source, kind, config.num_params, output)
+  return output
+
+
+def main(argv):
+  del argv
+  if not FLAGS.source or not FLAGS.output:
+    raise app.UsageError("--source and --output are required")
+  try:
+    convert(FLAGS.source, FLAGS.output, FLAGS.dtype)
+  except checkpoints.CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
