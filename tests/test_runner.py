@@ -29,7 +29,11 @@ def tiny_ckpt(tmp_path_factory):
   return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny")))
 
 
+_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bmike-test-xla-{os.getuid()}")
+
+
 def run_main(flags, **kwargs):
+  flags = [f"--compilation_cache_dir={_CACHE}", *flags]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("BMIKE53_DIR", None)
   return subprocess.run([sys.executable, "-m", "bmike_jax.main", *flags], capture_output=True,
@@ -101,7 +105,9 @@ def test_kill_minus_9_then_resume_gives_identical_results(full_run, tiny_ckpt, t
   out = str(tmp_path / "killed")
   flags = BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen([sys.executable, "-m", "bmike_jax.main", *flags], env=env,
+  env.pop("BMIKE53_DIR", None)
+  proc = subprocess.Popen([sys.executable, "-m", "bmike_jax.main",
+                           f"--compilation_cache_dir={_CACHE}", *flags], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   units_dir = os.path.join(out, "units")
   deadline = time.time() + 300

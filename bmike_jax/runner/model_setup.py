@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 from absl import logging
 
 from bmike_jax import checkpoints
@@ -13,8 +14,17 @@ from bmike_jax.engine import sharding
 from bmike_jax.runner.run_config import RunConfig
 
 
+def enable_compilation_cache(path: str) -> None:
+  """Compiled programs are kept on disk, keyed by program and shapes; '' leaves it off."""
+  if not path:
+    return
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def build_engine(cfg: RunConfig):
   """-> (engine, tokenizer, model_info for results.json)."""
+  enable_compilation_cache(cfg.compilation_cache_dir)
   source = cfg.checkpoint or checkpoints.default_gguf_path()
   tokenizer_source = cfg.tokenizer or source
   config, params = checkpoints.load_model(source, dtype=cfg.dtype)

@@ -38,12 +38,12 @@ def code_version() -> str:
 def check_inputs(cfg: RunConfig) -> None:
   """Fails fast, before the model loads, on a missing data file or pool."""
   for dataset in cfg.datasets:
-    data_lib.load_pool(cfg.data_dir, dataset)
+    data_lib.load_pool(cfg.data_dir, dataset, langs=cfg.langs)
     for lang in cfg.langs:
       path = data_lib.dataset_path(cfg.data_dir, dataset, lang)
       if not os.path.isfile(path):
-        raise data_lib.DataError(f"{path}: missing data file for dataset {dataset!r}, "
-                                 f"language {lang!r} (--data_dir={cfg.data_dir})")
+        raise data_lib.DataError(path, f"missing data file for dataset {dataset!r}, language "
+                                 f"{lang!r} (--data_dir={cfg.data_dir})")
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ The flag names are a contract (scripts, flagfiles and docs use them).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 from absl import flags
@@ -65,12 +66,15 @@ def define_flags() -> None:
                     "Call jax.distributed.initialize() (Cloud TPU pods, multi-host GPU). auto: "
                     "when the environment says there are several processes.")
   flags.DEFINE_boolean("progress", True, "Show a progress bar with ETA.")
+  flags.DEFINE_string("compilation_cache_dir", "~/.cache/bmike_jax/xla",
+                      "Persistent XLA compilation cache: a rerun with the same shapes skips "
+                      "compiling. Empty: off.")
 
 
 RUNNER_FLAGS = ("data_dir", "datasets", "langs", "setups", "query_types", "limit", "output_dir",
                 "batch_size", "dtype", "checkpoint", "tokenizer", "mesh_data", "mesh_model",
                 "prefix_reuse", "max_new_tokens", "length_buckets", "overlong", "likelihood",
-                "distributed", "progress")
+                "distributed", "progress", "compilation_cache_dir")
 
 
 def flag_values(flag_values=FLAGS) -> dict:
@@ -100,6 +104,7 @@ class RunConfig:
   likelihood: bool
   distributed: str
   progress: bool
+  compilation_cache_dir: str
 
   def result_identity(self) -> dict:
     """The settings that change the numbers: a resumed run must agree on all of them."""
@@ -174,4 +179,5 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
       likelihood=f.likelihood,
       distributed=f.distributed,
       progress=f.progress,
+      compilation_cache_dir=os.path.expanduser(f.compilation_cache_dir or ""),
   )
