@@ -34,7 +34,9 @@ def build_engine(cfg: RunConfig):
   logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
   engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
                   length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
-                  prefix_reuse=cfg.prefix_reuse, overlong=cfg.overlong, dtype=cfg.dtype)
+                  prefix_reuse=cfg.prefix_reuse, overlong=cfg.overlong, dtype=cfg.dtype,
+                  # What HF generate stops on (generation_config.json wins), as the reference.
+                  eos_ids=config.eos_token_ids or None)
   model_info = {
       "checkpoint": source,
       "tokenizer": tokenizer_source,
