@@ -1,0 +1,274 @@
+"""The generation engine: batched greedy answers and teacher-forced log-probs for one group of
+prompts at a time, with the group's shared token prefix computed once.
+
+The runner calls `generate` once per group (language x setup x query type), whose prompts all
+start with the same demonstrations. The engine finds their common token prefix, computes its KV
+once, sorts the rest of the prompts by length into batches (shape buckets, dummy rows to fill the
+last batch), runs a jitted prefill and an on-device greedy loop per batch, and restores the order.
+Answers do not depend on batch size, buckets, device count or prefix reuse (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bmike_jax.engine import buckets as buckets_lib
+from bmike_jax.engine import layout as layout_lib
+from bmike_jax.engine import sharding as sh
+from bmike_jax.engine.answer import answer_text
+from bmike_jax.engine.programs import Programs
+from bmike_jax.engine.state import StopRule
+from bmike_jax.model import Llama, LlamaConfig
+
+MAX_DEFAULT_BUCKET = 8192  # default largest length bucket (capped by the model's context)
+MAX_IN_FLIGHT = 2          # batches dispatched ahead of the host reading results
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationResult:
+  ids: tuple[int, ...]  # generated ids, up to and excluding EOS (a final quote token is kept)
+  text: str             # decoded (special tokens skipped) and cut at the first `"`
+
+
+@dataclasses.dataclass
+class ThroughputStats:
+  prompts: int = 0
+  prompt_tokens: int = 0      # tokens of the prompts as given
+  prefill_tokens: int = 0     # prompt tokens actually run (a shared prefix counts once per call)
+  generated_tokens: int = 0   # kept answer tokens
+  scored_sequences: int = 0
+  scored_tokens: int = 0      # prompt + continuation tokens of scored sequences
+  seconds: float = 0.0        # wall time in generate / continuation_logprobs (compiles included)
+  compile_count: int = 0      # programs the engine compiled so far (all calls, not reset)
+
+  def as_dict(self) -> dict:
+    """JSON-ready (results.json); `engine.stats()` is the same."""
+    return dict(dataclasses.asdict(self), seconds=round(self.seconds, 3))
+
+  __call__ = as_dict
+
+  def summary(self) -> str:
+    rate = self.prompts / self.seconds if self.seconds else 0.0
+    return (f"{self.prompts} prompts ({self.prompt_tokens} prompt tokens, {self.prefill_tokens} "
+            f"run), {self.generated_tokens} generated tokens, {self.scored_sequences} scored, "
+            f"{self.seconds:.2f}s, {rate:.2f} prompts/s")
+
+
+class Engine:
+  """Greedy generation and continuation scoring for one Llama model on a device mesh.
+
+  config: LlamaConfig (or a Llama module, whose config is used); params: the model's params tree.
+  tokenizer: provides decode(ids), eos_ids, quote_token_mask() (see bmike_jax.tokenizer).
+  mesh: a ("data", "model") mesh (default: all devices on "data"); batch_size: rows per batch (a
+  multiple of the data axis is used); length_buckets: allowed prompt-part lengths (default
+  32, 48, 64, 96, ... up to the context, at most 8192); overlong: "error" or "truncate_left".
+  prefix_reuse: compute the common token prefix of the prompts of a call once (min_prefix tokens
+  at least). dtype: compute and KV-cache dtype (params are cast to it). eos_ids: ids that end an
+  answer (default: config.eos_token_ids, else tokenizer.eos_ids).
+  """
+
+  def __init__(self, config, params, tokenizer, mesh=None, batch_size: int = 8,
+               length_buckets: Sequence[int] | None = None, max_new_tokens: int = 15,
+               prefix_reuse: bool = True, overlong: str = "error", dtype=jnp.float32,
+               min_prefix: int = 16, eos_ids: Sequence[int] | None = None):
+    if isinstance(config, Llama):
+      config = config.config
+    if not isinstance(config, LlamaConfig):
+      raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+    if overlong not in buckets_lib.OVERLONG_POLICIES:
+      raise ValueError(f"overlong must be one of {buckets_lib.OVERLONG_POLICIES}, got {overlong!r}")
+    if max_new_tokens < 1:
+      raise ValueError("max_new_tokens must be >= 1")
+    self.config = config
+    self.tokenizer = tokenizer
+    self.mesh = mesh if mesh is not None else sh.make_mesh()
+    self.max_new_tokens = max_new_tokens
+    self.prefix_reuse = prefix_reuse
+    self.overlong = overlong
+    self.min_prefix = min_prefix
+    self.context = config.max_position_embeddings
+    self.length_buckets = tuple(sorted(length_buckets or buckets_lib.default_length_buckets(
+        min(self.context, MAX_DEFAULT_BUCKET))))
+    self.continuation_buckets = buckets_lib.default_length_buckets(self.length_buckets[-1], 8)
+    data = self.mesh.shape[sh.DATA]
+    self.batch_size = -(-batch_size // data) * data
+    self.batch_buckets = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
+    dtype = jnp.dtype(dtype)
+    self.model = Llama(config, dtype=dtype, param_dtype=dtype)
+    params = jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype
+        else x, params)
+    self.params, params_shardings = sh.shard_params(params, self.mesh, config)
+    self.programs = Programs(self.model, self.mesh, params_shardings, max_new_tokens)
+    self.stop = self._stop_rule(eos_ids)
+    self.stats = ThroughputStats()
+
+  # Setup ---------------------------------------------------------------------------------------
+
+  def _stop_rule(self, eos_ids) -> StopRule:
+    # Default: what HF generate stops on (the model's generation config), else the tokenizer's.
+    eos = list(eos_ids if eos_ids is not None else (self.config.eos_token_ids or
+                                                    getattr(self.tokenizer, "eos_ids", None) or ()))
+    if not eos:
+      raise ValueError("no EOS ids: the tokenizer and the config name none; pass eos_ids")
+    mask = np.zeros((self.config.vocab_size,), bool)
+    quote = np.asarray(self.tokenizer.quote_token_mask(), bool)
+    mask[:min(len(quote), len(mask))] = quote[:len(mask)]
+    repl = sh.replicated(self.mesh)
+    return StopRule(eos_ids=sh.to_global(np.asarray(eos, np.int32), repl),
+                    quote_mask=sh.to_global(mask, repl))
+
+  @property
+  def compile_count(self) -> int:
+    """Programs compiled so far (each distinct shape bucket combination compiles once)."""
+    return self.programs.compile_count
+
+  def reset_stats(self) -> None:
+    """Zero the throughput counters (`engine.stats`: fields, or `engine.stats()` as a dict)."""
+    self.stats = ThroughputStats(compile_count=self.compile_count)
+
+  # Shared pieces -------------------------------------------------------------------------------
+
+  def _fit(self, prompts, names, reserve: Sequence[int]):
+    names = list(names) if names is not None else [str(i) for i in range(len(prompts))]
+    if len(names) != len(prompts):
+      raise ValueError(f"{len(names)} prompt names for {len(prompts)} prompts")
+    bos = getattr(self.tokenizer, "bos_id", None)
+    out = []
+    for ids, name, extra in zip(prompts, names, reserve):
+      if len(ids) == 0:
+        raise ValueError(f"prompt {name!r} is empty")
+      keep_first = 1 if bos is not None and ids[0] == bos else 0
+      out.append(buckets_lib.fit_prompt(ids, name, max_bucket=self.length_buckets[-1],
+                                        context=self.context - extra, overlong=self.overlong,
+                                        keep_first=keep_first))
+    return out
+
+  def _prefix(self, prompts, reuse: bool):
+    """The group layout and the prefix KV (None without reuse)."""
+    group = layout_lib.plan_group(prompts, reuse=reuse, length_buckets=self.length_buckets,
+                                  min_prefix=self.min_prefix)
+    pb = group.prefix_bucket
+    repl = sh.replicated(self.mesh)
+    p = sh.to_global(np.asarray(group.prefix_length, np.int32), repl)
+    if pb == 0:
+      return group, None, p
+    tokens, _, _ = layout_lib.pad_rows([group.prefix], 1, pb)
+    kv = self.programs.prefix(pb)(self.params, sh.to_global(tokens, repl), p)
+    return group, kv, p
+
+  def _rows(self, array: np.ndarray, batch: int):
+    return sh.to_global(array, sh.batch_sharding(self.mesh, array.ndim, batch))
+
+  # Generation ----------------------------------------------------------------------------------
+
+  def generate(self, prompts_ids: Sequence[Sequence[int]], prompt_names: Sequence[str] | None = None,
+               group_prefix: bool | None = None) -> list[GenerationResult]:
+    """Greedy answers (at most max_new_tokens, stopped at EOS or a quote token) for one group."""
+    if not prompts_ids:
+      return []
+    t0 = time.perf_counter()
+    compiled_before = self.compile_count
+    prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
+    reuse = self.prefix_reuse if group_prefix is None else group_prefix
+    group, prefix_kv, p = self._prefix(prompts, reuse)
+    plen, pb = group.prefix_length, group.prefix_bucket
+    suffixes = [ids[plen:] for ids in prompts]
+    plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
+                                    batch_buckets=self.batch_buckets,
+                                    length_buckets=self.length_buckets)
+    results: list[GenerationResult | None] = [None] * len(prompts)
+    pending = []
+    for plan in plans:
+      tokens, lengths, active = layout_lib.pad_rows([suffixes[i] for i in plan.rows], plan.batch,
+                                                    plan.suffix_bucket)
+      slots = layout_lib.cache_length(pb, plan.suffix_bucket, self.max_new_tokens)
+      state = self.programs.prefill(plan.batch, pb, plan.suffix_bucket, slots)(
+          self.params, prefix_kv, p, self._rows(tokens, plan.batch),
+          self._rows(lengths, plan.batch), self._rows(active, plan.batch), self.stop)
+      state = self.programs.decode(plan.batch, slots)(self.params, state, self.stop)
+      pending.append((plan, state.out, state.num_out))  # the cache is freed with `state`
+      del state
+      if len(pending) > MAX_IN_FLIGHT:
+        self._collect(pending.pop(0), results)
+    for item in pending:
+      self._collect(item, results)
+    self.stats.prompts += len(prompts)
+    self.stats.prompt_tokens += sum(len(x) for x in prompts)
+    self.stats.prefill_tokens += plen + sum(len(s) for s in suffixes)
+    self.stats.generated_tokens += sum(len(r.ids) for r in results)
+    self.stats.seconds += time.perf_counter() - t0
+    self.stats.compile_count = self.compile_count
+    logging.info("engine.generate: %d prompts, prefix %d tokens (bucket %d), %d batches, "
+                 "%d new compiles (%d total), %.2fs", len(prompts), plen, pb, len(plans),
+                 self.compile_count - compiled_before, self.compile_count,
+                 time.perf_counter() - t0)
+    logging.info("engine throughput: %s", self.stats.summary())
+    return results
+
+  def _collect(self, item, results) -> None:
+    plan, out, num = item
+    out, num = np.asarray(out), np.asarray(num)
+    for r, i in enumerate(plan.rows):
+      ids = tuple(int(x) for x in out[r, :num[r]])
+      results[i] = GenerationResult(ids=ids, text=answer_text(self.tokenizer, ids))
+
+  # Scoring -------------------------------------------------------------------------------------
+
+  def continuation_logprobs(self, prompt_ids_list: Sequence[Sequence[int]],
+                            continuation_ids_list: Sequence[Sequence[int]],
+                            prompt_names: Sequence[str] | None = None,
+                            group_prefix: bool | None = None) -> list[np.ndarray]:
+    """log p(continuation token | prompt, earlier continuation tokens), float32 [len(cont)] each."""
+    if len(prompt_ids_list) != len(continuation_ids_list):
+      raise ValueError(f"{len(prompt_ids_list)} prompts but {len(continuation_ids_list)} "
+                       "continuations")
+    if not prompt_ids_list:
+      return []
+    t0 = time.perf_counter()
+    conts = [list(c) for c in continuation_ids_list]
+    max_cont = self.continuation_buckets[-1]
+    for i, c in enumerate(conts):
+      if len(c) > max_cont:
+        raise buckets_lib.PromptTooLongError(
+            f"continuation of {prompt_names[i] if prompt_names else i}", len(c), max_cont,
+            "largest length bucket")
+    prompts = self._fit(prompt_ids_list, prompt_names, [len(c) for c in conts])
+    reuse = self.prefix_reuse if group_prefix is None else group_prefix
+    group, prefix_kv, p = self._prefix(prompts, reuse)
+    plen, pb = group.prefix_length, group.prefix_bucket
+    suffixes = [ids[plen:] for ids in prompts]
+    plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
+                                    batch_buckets=self.batch_buckets,
+                                    length_buckets=self.length_buckets,
+                                    extra_lengths=[len(c) for c in conts],
+                                    extra_buckets=self.continuation_buckets)
+    pending = []
+    for plan in plans:
+      tokens, lengths, _ = layout_lib.pad_rows([suffixes[i] for i in plan.rows], plan.batch,
+                                               plan.suffix_bucket)
+      cont, cont_lengths, _ = layout_lib.pad_rows([conts[i] for i in plan.rows], plan.batch,
+                                                  plan.extra_bucket, min_length=0)
+      slots = layout_lib.cache_length(pb, plan.suffix_bucket, plan.extra_bucket)
+      logp = self.programs.score(plan.batch, pb, plan.suffix_bucket, plan.extra_bucket, slots)(
+          self.params, prefix_kv, p, self._rows(tokens, plan.batch),
+          self._rows(lengths, plan.batch), self._rows(cont, plan.batch),
+          self._rows(cont_lengths, plan.batch))
+      pending.append((plan, logp))
+    out: list[np.ndarray | None] = [None] * len(prompts)
+    for plan, logp in pending:
+      logp = np.asarray(logp)
+      for r, i in enumerate(plan.rows):
+        out[i] = logp[r, :len(conts[i])].astype(np.float32)
+    self.stats.scored_sequences += len(prompts)
+    self.stats.scored_tokens += sum(len(x) for x in prompts) + sum(len(c) for c in conts)
+    self.stats.seconds += time.perf_counter() - t0
+    self.stats.compile_count = self.compile_count
+    return out

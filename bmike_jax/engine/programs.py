@@ -1,0 +1,140 @@
+"""The jit-compiled programs of the engine, one per shape bucket, with explicit shardings and a
+compile counter.
+
+Programs and their keys (B: batch bucket, Pb / Sb / Cb: prefix / suffix / continuation length
+buckets, S: cache slots, derived from them):
+
+    prefix(Pb)            tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
+    prefill(B, Pb, Sb)    prefix KV + suffixes [B, Sb] -> DecodeState (cache [L, B, S, KVH, Dh])
+    decode(B, S)          DecodeState (donated, cache updated in place) -> final DecodeState
+    score(B, Pb, Sb, Cb)  prefix KV + suffixes + continuations [B, Cb] -> log-probs [B, Cb]
+
+The counter is incremented inside the traced body, so it counts real traces (= compilations),
+including any unexpected retrace.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import jax
+from jax.sharding import Mesh
+
+from bmike_jax.engine import sharding as sh
+from bmike_jax.engine.decode import greedy_decode
+from bmike_jax.engine.prefill import prefill, prefix_cache
+from bmike_jax.engine.scoring import score_continuations
+from bmike_jax.engine.state import DecodeState, StopRule
+from bmike_jax.model import KVCache, Llama
+
+
+class Programs:
+  """Builds (once per key) and caches the jitted programs for one model, params sharding and mesh."""
+
+  def __init__(self, model: Llama, mesh: Mesh, params_shardings, max_new_tokens: int):
+    self.model = model
+    self.mesh = mesh
+    self.params_shardings = params_shardings
+    self.max_new_tokens = max_new_tokens
+    self.compiles: collections.Counter = collections.Counter()  # key -> traces
+    self._jitted: dict = {}
+
+  @property
+  def compile_count(self) -> int:
+    return sum(self.compiles.values())
+
+  def _traced(self, key) -> None:
+    self.compiles[key] += 1
+    logging.info("engine: compiling %s (%d programs so far)", key, self.compile_count)
+
+  def _get(self, key, build):
+    if key not in self._jitted:
+      self._jitted[key] = build()
+    return self._jitted[key]
+
+  # Shardings -----------------------------------------------------------------------------------
+
+  def _repl(self):
+    return sh.replicated(self.mesh)
+
+  def _rows(self, ndim: int, batch: int):
+    return sh.batch_sharding(self.mesh, ndim, batch)
+
+  def _prefix_kv(self, pb: int):
+    if pb == 0:
+      return None
+    s = sh.prefix_sharding(self.mesh, self.model.config)
+    return KVCache(k=s, v=s)
+
+  def stop_shardings(self):
+    return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
+
+  def state_shardings(self, batch: int) -> DecodeState:
+    cache = sh.cache_sharding(self.mesh, self.model.config, batch)
+    r1, r2, repl = self._rows(1, batch), self._rows(2, batch), self._repl()
+    # out / num_out (tiny) are replicated so that every host can read the answers.
+    return DecodeState(cache=KVCache(k=cache, v=cache), key_valid=r2, next_position=r1,
+                       write_index=repl, last_token=r1, out=repl, num_out=repl, done=r1,
+                       step=repl)
+
+  # Programs ------------------------------------------------------------------------------------
+
+  def prefix(self, pb: int):
+    key = ("prefix", pb)
+
+    def build():
+      def fn(params, tokens, prefix_length):
+        self._traced(key)
+        return prefix_cache(self.model, params, tokens, prefix_length)
+
+      return jax.jit(fn, in_shardings=(self.params_shardings, self._repl(), self._repl()),
+                     out_shardings=self._prefix_kv(pb))
+
+    return self._get(key, build)
+
+  def prefill(self, batch: int, pb: int, sb: int, slots: int):
+    key = ("prefill", batch, pb, sb)
+
+    def build():
+      def fn(params, prefix, prefix_length, tokens, lengths, active, stop):
+        self._traced(key)
+        return prefill(self.model, params, prefix, prefix_length, tokens, lengths, active, stop,
+                       slots=slots, max_new_tokens=self.max_new_tokens)
+
+      r1, r2 = self._rows(1, batch), self._rows(2, batch)
+      return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),
+                                       r2, r1, r1, self.stop_shardings()),
+                     out_shardings=self.state_shardings(batch))
+
+    return self._get(key, build)
+
+  def decode(self, batch: int, slots: int):
+    key = ("decode", batch, slots)
+
+    def build():
+      def fn(params, state, stop):
+        self._traced(key)
+        return greedy_decode(self.model, params, state, stop)
+
+      states = self.state_shardings(batch)
+      return jax.jit(fn, in_shardings=(self.params_shardings, states, self.stop_shardings()),
+                     out_shardings=states, donate_argnums=(1,))
+
+    return self._get(key, build)
+
+  def score(self, batch: int, pb: int, sb: int, cb: int, slots: int):
+    key = ("score", batch, pb, sb, cb)
+
+    def build():
+      def fn(params, prefix, prefix_length, tokens, lengths, continuations, continuation_lengths):
+        self._traced(key)
+        return score_continuations(self.model, params, prefix, prefix_length, tokens, lengths,
+                                   continuations, continuation_lengths, slots=slots)
+
+      r1, r2 = self._rows(1, batch), self._rows(2, batch)
+      return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),
+                                       r2, r1, r2, r1),
+                     out_shardings=self._repl())
+
+    return self._get(key, build)

@@ -1,0 +1,165 @@
+"""Engine vs the HF torch reference on real BMIKE-53 prompts: extracted-answer agreement.
+
+    python -m bmike_jax.fidelity --langs=de,ru,zh,th --setups=few_shot_mixed,zero_shot --limit=5
+
+Builds the prompts the runner builds (grouped as the runner groups them: one engine call per
+dataset x setup x language, per query type for the metric-specific setup), generates with the
+engine (batched, shared prefix reused) and with HF `generate` one prompt at a time (the reference's
+way: float32, the HF tokenizer's encoding of the prompt text), and prints the agreement rate and
+every differing case side by side. Needs torch and transformers (the `reference` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+from bmike_jax import data as data_lib
+from bmike_jax import prompts as prompts_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  dataset: str
+  setup: str
+  lang: str
+  query_type: str
+  prompt: str
+  prompt_ids: tuple[int, ...]      # our tokenizer
+  reference_ids: tuple[int, ...]   # the HF tokenizer (the reference's input)
+  engine_answer: str = ""
+  reference_answer: str = ""
+  engine_new_ids: tuple[int, ...] = ()
+  reference_new_ids: tuple[int, ...] = ()
+
+  @property
+  def agrees(self) -> bool:
+    return self.engine_answer == self.reference_answer
+
+
+def build_groups(data_dir, datasets: Sequence[str], setups: Sequence[str], langs: Sequence[str],
+                 limit: int, query_types: Sequence[str], tokenizer, hf_tokenizer):
+  """Lists of Cases, one list per engine call (prompts sharing their demonstrations)."""
+  groups = []
+  for dataset in datasets:
+    pool = data_lib.load_pool(data_dir, dataset)
+    for lang in langs:
+      loaded = data_lib.load_file(data_dir, dataset, lang, limit=limit)
+      for setup in setups:
+        qt_groups = ([(qt,) for qt in query_types] if setup == "few_shot_specific"
+                     else [tuple(query_types)])
+        for qts in qt_groups:
+          cases = []
+          for record in loaded.records:
+            for qt in qts:
+              text = prompts_lib.build_prompt(pool, setup, lang, record, qt)
+              cases.append(Case(
+                  name=f"{dataset}/{lang}/{setup}/{qt}/record{record.index}", dataset=dataset,
+                  setup=setup, lang=lang, query_type=qt, prompt=text,
+                  prompt_ids=tuple(tokenizer.encode(text)),
+                  reference_ids=tuple(hf_tokenizer(text)["input_ids"])))
+          groups.append(cases)
+  return groups
+
+
+def run_engine(engine, groups) -> tuple[list[list[Case]], float]:
+  out, t0 = [], time.perf_counter()
+  for cases in groups:
+    results = engine.generate([c.prompt_ids for c in cases], prompt_names=[c.name for c in cases])
+    out.append([dataclasses.replace(c, engine_answer=r.text, engine_new_ids=tuple(r.ids))
+                for c, r in zip(cases, results)])
+  return out, time.perf_counter() - t0
+
+
+def run_reference(hf_model, hf_tokenizer, groups, max_new_tokens: int = 15):
+  from bmike_jax import reference_hf
+
+  out, t0 = [], time.perf_counter()
+  for cases in groups:
+    done = []
+    for c in cases:
+      _, new, text = reference_hf.reference_answer(hf_model, hf_tokenizer, list(c.reference_ids),
+                                                   max_new_tokens)
+      done.append(dataclasses.replace(c, reference_answer=text, reference_new_ids=tuple(new)))
+    out.append(done)
+  return out, time.perf_counter() - t0
+
+
+def merge(engine_groups, reference_groups) -> list[Case]:
+  return [dataclasses.replace(e, reference_answer=r.reference_answer,
+                              reference_new_ids=r.reference_new_ids)
+          for eg, rg in zip(engine_groups, reference_groups) for e, r in zip(eg, rg)]
+
+
+def report(cases: Sequence[Case]) -> str:
+  """Agreement overall and per setup x language, then every differing case side by side."""
+  lines = []
+  n_agree = sum(c.agrees for c in cases)
+  lines.append(f"agreement: {n_agree}/{len(cases)} = {100.0 * n_agree / max(len(cases), 1):.2f}%")
+  token_diff = sum(c.prompt_ids != c.reference_ids for c in cases)
+  lines.append(f"prompts whose token ids differ between our tokenizer and HF's: {token_diff}")
+  keys = sorted({(c.setup, c.lang) for c in cases})
+  for setup, lang in keys:
+    sub = [c for c in cases if (c.setup, c.lang) == (setup, lang)]
+    lines.append(f"  {setup:18s} {lang:3s} {sum(c.agrees for c in sub)}/{len(sub)}")
+  for c in cases:
+    if not c.agrees:
+      lines.append(f"DIFF {c.name}\n  reference: {c.reference_answer!r} {list(c.reference_new_ids)}"
+                   f"\n  engine:    {c.engine_answer!r} {list(c.engine_new_ids)}"
+                   + ("\n  (prompt token ids differ)" if c.prompt_ids != c.reference_ids else ""))
+  return "\n".join(lines)
+
+
+def define_flags():
+  from absl import flags
+
+  flags.DEFINE_list("langs", ["de", "ru", "zh", "th"], "Target languages.")
+  flags.DEFINE_list("setups", list(prompts_lib.SETUPS), "Prompt setups.")
+  flags.DEFINE_list("datasets", ["zsre"], "Datasets.")
+  flags.DEFINE_list("query_types", list(data_lib.QUERY_TYPES), "Query types.")
+  flags.DEFINE_integer("limit", 5, "Records per dataset x language.")
+  flags.DEFINE_string("data_dir", None, "BMIKE-53 data (default: ../shared/bmike53 or the sample).")
+  flags.DEFINE_string("checkpoint", None, "Model (default: the embedded SmolLM2-135M GGUF).")
+  flags.DEFINE_integer("batch_size", 8, "Engine batch size.")
+  flags.DEFINE_bool("prefix_reuse", True, "Engine shared-prefix reuse.")
+
+
+def main(argv):
+  del argv
+  import os
+
+  from absl import flags
+
+  from bmike_jax import checkpoints, reference_hf
+  from bmike_jax import tokenizer as tokenizer_lib
+  from bmike_jax.engine import Engine
+
+  f = flags.FLAGS
+  source = f.checkpoint or checkpoints.default_gguf_path()
+  data_dir = f.data_dir
+  if data_dir is None:
+    shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                          "shared", "bmike53")
+    data_dir = shared if os.path.isdir(shared) else str(data_lib.default_data_dir())
+  config, params = checkpoints.load_model(source)
+  tokenizer = tokenizer_lib.load_tokenizer(source)
+  hf_model = reference_hf.load_hf_model(source)
+  hf_tokenizer = reference_hf.load_hf_tokenizer(source)
+  groups = build_groups(data_dir, f.datasets, f.setups, f.langs, f.limit, f.query_types,
+                        tokenizer, hf_tokenizer)
+  engine = Engine(config, params, tokenizer, batch_size=f.batch_size, prefix_reuse=f.prefix_reuse)
+  engine_groups, engine_s = run_engine(engine, groups)
+  reference_groups, reference_s = run_reference(hf_model, hf_tokenizer, groups)
+  cases = merge(engine_groups, reference_groups)
+  print(report(cases))
+  print(f"engine: {engine_s:.1f}s ({engine.compile_count} programs compiled); "
+        f"HF one at a time: {reference_s:.1f}s; {len(cases)} prompts")
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  define_flags()
+  app.run(main)

@@ -1,0 +1,62 @@
+"""Subprocess of test_engine_sharding: runs the engine on several meshes of fake CPU devices.
+
+XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before jax is imported, so this runs
+in its own interpreter (`python -m tests.engine_mesh_worker`) and prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from bmike_jax.engine import Engine, make_mesh
+from tests import engine_tiny
+
+MESHES = ((1, 1), (2, 1), (1, 2), (4, 1), (2, 2), (1, 4))
+
+
+def _spec(engine, *path) -> list:
+  leaf = engine.params
+  for key in path:
+    leaf = leaf[key]
+  return [None if a is None else str(a) for a in leaf.sharding.spec]
+
+
+def run(config, meshes) -> dict:
+  params = engine_tiny.tiny_params(config)
+  # 6 prompts: one batch of 8 (2 dummy rows) on every mesh, so each mesh compiles 4 programs.
+  prompts = engine_tiny.group_prompts(seed=11, n=6, prefix_len=40, suffix_range=(1, 30))
+  rng = np.random.default_rng(12)
+  conts = [rng.integers(3, engine_tiny.VOCAB, n).tolist() for n in (3, 1, 7, 0, 5, 9)]
+  out = {}
+  for data, model in meshes:
+    mesh = make_mesh(data, model, devices=jax.devices()[:data * model])
+    engine = Engine(config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=8)
+    results = engine.generate(prompts)
+    logprobs = engine.continuation_logprobs(prompts, conts)
+    out[f"{data}x{model}"] = {
+        "ids": [list(r.ids) for r in results],
+        "logprobs": [lp.tolist() for lp in logprobs],
+        "q": _spec(engine, "layers", "attn", "q", "kernel"),
+        "k": _spec(engine, "layers", "attn", "k", "kernel"),
+        "down": _spec(engine, "layers", "mlp", "down", "kernel"),
+        "embed": _spec(engine, "embed", "embedding"),
+        "norm": _spec(engine, "final_norm", "scale"),
+        "batch_buckets": list(engine.batch_buckets),
+    }
+  return out
+
+
+def main() -> None:
+  assert len(jax.devices()) == 4, jax.devices()
+  doc = {"divisible": run(engine_tiny.tiny_config(num_heads=8, num_kv_heads=4), MESHES),
+         # KV heads 2 on a model axis of 4: k / v and the KV cache fall back to replication.
+         "fallback": run(engine_tiny.tiny_config(num_heads=4, num_kv_heads=2), ((1, 1), (1, 4)))}
+  json.dump(doc, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()

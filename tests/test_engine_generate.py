@@ -1,0 +1,119 @@
+"""Engine generation on a tiny random Llama (fp32, CPU): answers do not depend on batch size,
+buckets or prefix reuse; decode equals a naive re-run loop; compiles are bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bmike_jax.engine import Engine, PromptTooLongError
+from tests import engine_tiny
+
+CONFIG = engine_tiny.tiny_config()
+PARAMS = engine_tiny.tiny_params(CONFIG)
+TOK = engine_tiny.FakeTokenizer()
+
+
+def _engine(**kw) -> Engine:
+  return Engine(CONFIG, PARAMS, TOK, **kw)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  # One group (shared 40-token prefix) plus odd lengths; 21 prompts: batches of 8 leave a remainder.
+  return engine_tiny.group_prompts(seed=1, n=21, prefix_len=40, suffix_range=(1, 40))
+
+
+@pytest.fixture(scope="module")
+def baseline(prompts):
+  return [r.ids for r in _engine(batch_size=1, prefix_reuse=False).generate(prompts)]
+
+
+def test_decode_equals_naive_rerun_loop(prompts, baseline):
+  for i in (0, 3, 7, 12):
+    assert baseline[i] == engine_tiny.naive_greedy(CONFIG, PARAMS, prompts[i]), i
+  lengths = [len(ids) for ids in baseline]
+  # The stop rules are exercised: some rows stop early (quote / EOS), some run to 15 tokens.
+  assert min(lengths) < 15 and max(lengths) == 15
+
+
+@pytest.mark.parametrize("kw", [
+    dict(batch_size=8, prefix_reuse=True),
+    dict(batch_size=32, prefix_reuse=True),
+    dict(batch_size=8, prefix_reuse=False),
+    dict(batch_size=32, prefix_reuse=False, length_buckets=(128, 256)),
+    dict(batch_size=4, prefix_reuse=True, length_buckets=(16, 24, 40, 56, 72, 96)),
+], ids=["b8-reuse", "b32-reuse", "b8", "b32-big-buckets", "b4-reuse-fine-buckets"])
+def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
+  engine = _engine(**kw)
+  results = engine.generate(prompts, prompt_names=[f"p{i}" for i in range(len(prompts))])
+  assert [r.ids for r in results] == baseline
+  assert [r.text for r in results] == [TOK.decode(ids).split('"')[0] for ids in baseline]
+  assert engine.stats.prompts == len(prompts)
+  assert engine.stats.generated_tokens == sum(len(b) for b in baseline)
+  if kw["prefix_reuse"]:
+    assert engine.stats.prefill_tokens < engine.stats.prompt_tokens
+  else:
+    assert engine.stats.prefill_tokens == engine.stats.prompt_tokens
+
+
+def test_group_prefix_flag_overrides_and_results_keep_order(prompts, baseline):
+  engine = _engine(batch_size=8)
+  shuffled = list(reversed(prompts))
+  results = engine.generate(shuffled, group_prefix=False)
+  assert [r.ids for r in results] == list(reversed(baseline))
+  assert engine.stats.prefill_tokens == engine.stats.prompt_tokens
+
+
+def test_max_new_tokens_is_a_cap(prompts, baseline):
+  results = _engine(batch_size=8, max_new_tokens=3).generate(prompts)
+  for r, full in zip(results, baseline):
+    assert r.ids == full[:3]
+
+
+def test_compile_count_bounded_across_groups():
+  engine = _engine(batch_size=8)
+  a = engine_tiny.group_prompts(seed=2, n=8, prefix_len=40, suffix_range=(5, 25))
+  b = engine_tiny.group_prompts(seed=3, n=8, prefix_len=44, suffix_range=(3, 28))
+  engine.generate(a)
+  after_a = engine.compile_count
+  assert after_a == 3  # prefix(48), prefill(8, 48, 32), decode(8, S)
+  engine.generate(b)  # other lengths, same buckets: nothing new
+  assert engine.compile_count == after_a
+  assert set(engine.programs.compiles.values()) == {1}
+  # Many groups of varied lengths: bounded by the bucket combinations that occur.
+  rng = np.random.default_rng(0)
+  for seed in range(5):
+    engine.generate(engine_tiny.group_prompts(seed=10 + seed, n=int(rng.integers(1, 20)),
+                                              prefix_len=int(rng.integers(20, 60)),
+                                              suffix_range=(1, 40)))
+  keys = engine.programs.compiles
+  assert set(keys.values()) == {1}  # never the same program twice
+  # prefix: Pb in {32, 48, 64}; prefill: B in {1..8} x Pb x Sb in {32, 48}; decode: B x S.
+  assert engine.compile_count <= 3 + 2 * 4 * 3 * 2
+  assert engine.stats().get("compile_count") == engine.compile_count
+
+
+def test_overlong_prompt_error_and_truncate_left():
+  long_prompt = engine_tiny.group_prompts(seed=4, n=1, prefix_len=60, suffix_range=(10, 11))[0]
+  assert len(long_prompt) == 70
+  with pytest.raises(PromptTooLongError) as err:
+    _engine(length_buckets=(32, 64)).generate([long_prompt], prompt_names=["zsre de record 7"])
+  assert "zsre de record 7" in str(err.value) and "70" in str(err.value)
+  truncated = _engine(length_buckets=(32, 64), overlong="truncate_left").generate([long_prompt])
+  expected = [long_prompt[0]] + long_prompt[-63:]
+  assert truncated[0].ids == _engine(length_buckets=(32, 64)).generate([expected])[0].ids
+  small_context = engine_tiny.tiny_config(max_position_embeddings=80)
+  with pytest.raises(PromptTooLongError, match="context"):
+    Engine(small_context, PARAMS, TOK).generate([long_prompt])  # 70 + 15 new > 80
+
+
+def test_empty_input_and_bad_arguments():
+  engine = _engine()
+  assert engine.generate([]) == [] and engine.continuation_logprobs([], []) == []
+  with pytest.raises(ValueError):
+    engine.generate([[1, 2, 3]], prompt_names=["a", "b"])
+  with pytest.raises(ValueError):
+    engine.generate([[]])
+  with pytest.raises(ValueError):
+    _engine(overlong="drop")

@@ -1,0 +1,110 @@
+"""Engine host-side pieces: buckets, overlong policy, shared prefix, batch plans, answer cut."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from bmike_jax.engine import buckets, layout
+from bmike_jax.engine.answer import answer_text, cut_at_quote
+
+
+def test_length_buckets_cover_up_to_max():
+  b = buckets.default_length_buckets(1000)
+  assert b[:6] == (32, 48, 64, 96, 128, 192)
+  assert b[-1] == 1000 and list(b) == sorted(set(b))
+  assert buckets.default_length_buckets(8192)[-1] == 8192
+  assert buckets.default_length_buckets(300, smallest=8)[:4] == (8, 12, 16, 24)
+
+
+def test_batch_buckets_and_pick():
+  assert buckets.batch_buckets(8) == (1, 2, 4, 8)
+  assert buckets.batch_buckets(12) == (1, 2, 4, 8, 12)
+  assert buckets.batch_buckets(8, multiple_of=4) == (4, 8)
+  assert buckets.pick_bucket(33, (32, 48, 64)) == 48
+  assert buckets.pick_bucket(32, (32, 48, 64)) == 32
+  with pytest.raises(ValueError):
+    buckets.pick_bucket(65, (32, 48, 64))
+
+
+def test_overlong_error_names_prompt_and_lengths():
+  with pytest.raises(buckets.PromptTooLongError) as err:
+    buckets.fit_prompt(list(range(70)), "zsre de #7", max_bucket=64, context=1000)
+  msg = str(err.value)
+  assert "zsre de #7" in msg and "70" in msg and "64" in msg
+  with pytest.raises(buckets.PromptTooLongError) as err:
+    buckets.fit_prompt(list(range(70)), "p", max_bucket=128, context=50)
+  assert "50" in str(err.value) and "context" in str(err.value)
+
+
+def test_overlong_truncate_left_is_logged_and_keeps_bos(caplog):
+  ids = [1] + list(range(10, 79))  # 70 tokens
+  with caplog.at_level(logging.WARNING):
+    out = buckets.fit_prompt(ids, "p9", max_bucket=64, context=1000, overlong="truncate_left",
+                             keep_first=1)
+  assert len(out) == 64 and out[0] == 1 and out[1:] == ids[-63:]
+  assert "p9" in caplog.text and "70" in caplog.text
+  assert buckets.fit_prompt(ids[:10], "short", max_bucket=64, context=1000) == ids[:10]
+  with pytest.raises(ValueError):
+    buckets.fit_prompt(ids, "p", max_bucket=64, context=1000, overlong="truncate")
+
+
+def test_common_prefix_is_token_level_and_leaves_one_token():
+  assert layout.common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+  assert layout.common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # shorter keeps 1 own token
+  assert layout.common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+  assert layout.common_prefix_length([[7, 2], [1, 2]]) == 0
+  assert layout.common_prefix_length([[5]]) == 0
+  assert layout.common_prefix_length([]) == 0
+
+
+def test_plan_group_reuse_threshold():
+  prompts = [[1] * 40 + [2, 3], [1] * 40 + [4]]
+  g = layout.plan_group(prompts, reuse=True, length_buckets=(32, 48, 64), min_prefix=16)
+  assert g.prefix_length == 40 and g.prefix_bucket == 48 and g.prefix == tuple([1] * 40)
+  assert layout.plan_group(prompts, reuse=False, length_buckets=(32, 48)).prefix_bucket == 0
+  short = layout.plan_group(prompts, reuse=True, length_buckets=(32, 48), min_prefix=41)
+  assert short.prefix_length == 0 and short.prefix_bucket == 0
+  assert layout.plan_group(prompts[:1], reuse=True, length_buckets=(32, 48)).prefix_length == 0
+
+
+def test_plan_batches_sorted_bucketed_and_complete():
+  lengths = [5, 40, 33, 7, 1, 20, 60, 2, 9, 31, 17]
+  plans = layout.plan_batches(lengths, batch_size=4, batch_buckets=(1, 2, 4),
+                              length_buckets=(32, 48, 64))
+  rows = [i for p in plans for i in p.rows]
+  assert sorted(rows) == list(range(len(lengths)))
+  assert [len(p.rows) for p in plans] == [4, 4, 3] and [p.batch for p in plans] == [4, 4, 4]
+  assert [p.suffix_bucket for p in plans] == [64, 32, 32]
+  for p in plans:
+    assert max(lengths[i] for i in p.rows) <= p.suffix_bucket
+  last = layout.plan_batches([3], batch_size=8, batch_buckets=(1, 2, 4, 8), length_buckets=(32,))
+  assert last[0].batch == 1
+  scored = layout.plan_batches([3, 4], batch_size=8, batch_buckets=(1, 2), length_buckets=(32,),
+                               extra_lengths=[0, 9], extra_buckets=(8, 12, 16))
+  assert scored[0].extra_bucket == 12
+
+
+def test_pad_rows_and_cache_length():
+  tokens, lengths, active = layout.pad_rows([[5, 6, 7], [8]], 4, 8)
+  assert tokens.shape == (4, 8) and tokens.dtype == np.int32
+  assert tokens[0, :3].tolist() == [5, 6, 7] and tokens[0, 3:].sum() == 0
+  assert lengths.tolist() == [3, 1, 1, 1] and active.tolist() == [True, True, False, False]
+  _, lengths, _ = layout.pad_rows([[], [1]], 3, 8, min_length=0)
+  assert lengths.tolist() == [0, 1, 0]
+  assert layout.cache_length(512, 48, 15) == 576 and layout.cache_length(0, 32, 15) == 48
+
+
+class _Tok:
+  def decode(self, ids):
+    return "".join({3: "Ber", 4: "lin", 5: '" ', 6: "x"}[i] for i in ids)
+
+
+def test_answer_cut_at_first_quote_kept_as_is():
+  assert cut_at_quote(' Berlin" and "x') == " Berlin"
+  assert cut_at_quote("no quote ") == "no quote "
+  assert cut_at_quote('"') == ""
+  assert answer_text(_Tok(), [3, 4, 5, 6]) == "Berlin"
+  assert answer_text(_Tok(), [3, 6]) == "Berx"
