@@ -1,0 +1,93 @@
+"""`python -m bmike_jax.bench` end to end on a tiny workload and a tiny random model: it runs every
+system in its subprocess and prints its tables with the expected columns. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bmike_jax import data as data_lib
+from bmike_jax.benchmarks import tables
+from tests.tiny_checkpoint import make_tiny_checkpoint
+
+pytest.importorskip("torch")
+
+SAMPLE_DIR = os.path.join(os.path.dirname(data_lib.__file__), "sample_data")
+
+
+def run_bench(flags, timeout=900):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("BMIKE53_DIR", None)
+  return subprocess.run([sys.executable, "-m", "bmike_jax.bench", *flags], capture_output=True,
+                        text=True, env=env, timeout=timeout, check=False)
+
+
+def header(columns) -> str:
+  return "| " + " | ".join(columns) + " |"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+  return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny")))
+
+
+def test_cpu_bench_prints_its_tables(tiny_ckpt, tmp_path):
+  out = str(tmp_path / "bench")
+  proc = run_bench([f"--checkpoint={tiny_ckpt}", f"--data_dir={SAMPLE_DIR}", "--records=1",
+                    "--langs=de", "--setups=few_shot_mixed,zero_shot", "--skip_reference",
+                    "--hf_batch_sizes=4", "--batch_size=4", "--peak_matmul_size=128",
+                    f"--output={out}"])
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(out + ".md", encoding="utf-8") as f:
+    md = f.read()
+  assert md in proc.stdout  # the same ready-to-paste report is printed
+  assert header(tables.MAIN_COLUMNS) in md
+  assert header(tables.FLOOR_COLUMNS) in md
+  lines = [line for line in md.splitlines() if line.startswith("| (")]
+  for label in ("(b) HF generate, batched", "(c) bmike-jax, no prefix reuse",
+                "(d) bmike-jax, prefix reuse"):
+    assert any(line.startswith(f"| {label}") for line in lines), label
+  assert not any(line.startswith("| (a)") for line in lines)  # --skip_reference
+  main_rows = [line for line in lines if line.count("|") == len(tables.MAIN_COLUMNS) + 1]
+  assert len(main_rows) == 3 * 3  # 3 systems x (2 setups + all)
+  assert "Targets" in md and "few_shot_mixed" in md
+  with open(out + ".json", encoding="utf-8") as f:
+    raw = json.load(f)
+  systems = raw["summary"]["systems"]
+  assert set(systems) == {"b", "c", "d"}
+  for label, per in systems.items():
+    assert set(per) == {"few_shot_mixed", "zero_shot", "all"}, label
+    assert per["all"]["prompts"] == 8  # 1 record x 4 query types x 2 setups
+    assert per["all"]["identical_b"] is not None and per["all"]["identical_a"] is None
+  assert raw["summary"]["ids_mismatch"] == {"b": 0, "c": 0, "d": 0}
+  assert raw["summary"]["floor"]["d"]["all"]["unique_tokens"] <= \
+      raw["summary"]["floor"]["d"]["all"]["prompt_tokens"]
+  assert raw["extra"]["peak"]["flops"] > 0
+
+
+def test_gpu_section_refuses_without_a_gpu():
+  proc = run_bench(["--gpu_synthetic_8b"], timeout=300)
+  assert proc.returncode == 2
+  assert "needs a GPU" in proc.stderr and "nothing was measured" in proc.stderr
+
+
+def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
+  out = str(tmp_path / "gpu")
+  proc = run_bench(["--gpu_synthetic_8b", "--synthetic_model=tiny", "--allow_cpu",
+                    f"--data_dir={SAMPLE_DIR}", "--langs=de", "--gpu_records=1",
+                    "--gpu_setups=zero_shot", "--gpu_batch_size=4", "--decode_repeats=1",
+                    "--gpu_matmul_size=128", "--max_new_tokens=3", f"--output={out}"])
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(out + ".md", encoding="utf-8") as f:
+    md = f.read()
+  for text in ("prefill MFU", "step / floor", "Projected full sweep", "| zero_shot |"):
+    assert text in md, text
+  with open(out + ".json", encoding="utf-8") as f:
+    raw = json.load(f)
+  assert raw["decode"]["zero_shot"]["batch"] == 4
+  assert raw["projection"]["zero_shot"]["prompts"] == 53 * (743 + 1031 + 784) * 4
+  assert not raw["projection_complete"]
