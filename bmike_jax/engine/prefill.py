@@ -7,7 +7,6 @@ continuations all go through it, so masks and positions are built in one place.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from bmike_jax.engine.state import DecodeState, StopRule, record_token
