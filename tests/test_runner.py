@@ -194,3 +194,23 @@ def test_incompatible_rerun_is_refused(full_run, tiny_ckpt):
   flags = [f for f in BASE_FLAGS if not f.startswith("--limit")]
   proc = run_main(flags + ["--limit=3", f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
   _expect_user_error(proc, "limit", "other settings")
+
+
+def test_report_rescores_a_runner_output_identically_and_builds(full_run):
+  from bmike_jax import tokenizer as tokenizer_lib
+  from bmike_jax.analysis import rescore
+  out, _ = full_run
+  stored = rescore.load_results(os.path.join(out, "results.json"))
+  rows, _ = rescore.load_samples(os.path.join(out, "samples.jsonl"))
+  tokenizer = tokenizer_lib.load_tokenizer(rescore.tokenizer_source(stored))
+  fresh = rescore.rescore(rows, tokenizer)
+  n_cells, differences = rescore.compare(fresh, rescore.stored_scores(stored))
+  assert n_cells == 2 * 2 * 2 * 4 and differences == []
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
+  proc = subprocess.run([sys.executable, "-m", "bmike_jax.report", f"--results_dir={out}"],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+    report = f.read()
+  assert "confusion" in report.lower() and "](figures/" in report
+  assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "figures")))
