@@ -214,3 +214,12 @@ def test_report_rescores_a_runner_output_identically_and_builds(full_run):
     report = f.read()
   assert "confusion" in report.lower() and "](figures/" in report
   assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "figures")))
+
+
+@pytest.mark.parametrize("flagfile", ["configs/8b.flags", "configs/3b.flags", "configs/smollm2.flags"])
+def test_flagfiles_parse_and_validate(flagfile, tmp_path):
+  """Every shipped flagfile is accepted (the run then stops at the missing checkpoint)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = run_main([f"--flagfile={os.path.join(repo, flagfile)}", f"--data_dir={SAMPLE_DIR}",
+                   "--langs=de", f"--output_dir={tmp_path}/o", f"--checkpoint={tmp_path}/absent"])
+  _expect_user_error(proc, "absent")
