@@ -22,9 +22,7 @@ from bmike_jax.data import (
 )
 from bmike_jax.make_sample import RECORDS_PER_FILE, SAMPLE_LANGS, make_sample
 
-REAL_DIR = Path(os.environ.get("BMIKE53_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bmike53")
-HAS_REAL = (REAL_DIR / "zsRE" / "zsre_test_he.json").is_file()
-needs_real = pytest.mark.skipif(not HAS_REAL, reason=f"full data not found at {REAL_DIR}")
+from tests.data_dirs import HAS_REAL, REAL_DIR, needs_real
 
 SIDE = {
     "case_id": 7, "subject": "S", "src": "Q?", "rephrase": "Q2?", "alt": "A",

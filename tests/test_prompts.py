@@ -14,9 +14,7 @@ from bmike_jax.prompts import (
     render_demonstrations,
 )
 
-REAL_DIR = Path(os.environ.get("BMIKE53_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bmike53")
-HAS_REAL = (REAL_DIR / "zsRE" / "zsre_test_he.json").is_file()
-needs_real = pytest.mark.skipif(not HAS_REAL, reason=f"full data not found at {REAL_DIR}")
+from tests.data_dirs import HAS_REAL, REAL_DIR, needs_real
 DATA_DIRS = [SAMPLE_DATA_DIR, pytest.param(REAL_DIR, marks=needs_real)]
 
 
