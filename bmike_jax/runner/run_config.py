@@ -42,7 +42,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("limit", 0, "Records used per file (the first N usable ones); 0 = all.")
   flags.DEFINE_string("output_dir", None, "Where results.json, samples.jsonl, CSVs and the "
                       "per-unit files go. A rerun with the same flags resumes.")
-  flags.DEFINE_integer("batch_size", 8, "Prompts per device batch (global batch on the data axis).")
+  flags.DEFINE_integer("batch_size", 8, "Prompts per global batch (rounded up to a multiple of the data axis).")
   flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Compute and parameter dtype "
                     "(float32 on CPU; bfloat16 on TPU/GPU for 8B).")
   flags.DEFINE_string("checkpoint", None, "Model: a HF safetensors directory, a .gguf file, or a "
