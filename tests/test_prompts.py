@@ -1,6 +1,4 @@
-import os
 import random
-from pathlib import Path
 
 import pytest
 
