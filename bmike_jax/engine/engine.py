@@ -151,18 +151,20 @@ class Engine:
                                         keep_first=keep_first))
     return out
 
-  def _prefix(self, prompts, reuse: bool):
-    """The group layout and the prefix KV (None without reuse)."""
+  def _prefix(self, prompts, group_prefix: bool | None):
+    """(group layout, prefix KV or None without reuse, prefix length on device, suffixes)."""
+    reuse = self.prefix_reuse if group_prefix is None else group_prefix
     group = layout_lib.plan_group(prompts, reuse=reuse, length_buckets=self.length_buckets,
                                   min_prefix=self.min_prefix)
     pb = group.prefix_bucket
     repl = sh.replicated(self.mesh)
     p = sh.to_global(np.asarray(group.prefix_length, np.int32), repl)
+    suffixes = [ids[group.prefix_length:] for ids in prompts]
     if pb == 0:
-      return group, None, p
+      return group, None, p, suffixes
     tokens, _, _ = layout_lib.pad_rows([group.prefix], 1, pb)
     kv = self.programs.prefix(pb)(self.params, sh.to_global(tokens, repl), p)
-    return group, kv, p
+    return group, kv, p, suffixes
 
   def _rows(self, array: np.ndarray, batch: int):
     return sh.to_global(array, sh.batch_sharding(self.mesh, array.ndim, batch))
@@ -177,10 +179,8 @@ class Engine:
     t0 = time.perf_counter()
     compiled_before = self.compile_count
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
-    reuse = self.prefix_reuse if group_prefix is None else group_prefix
-    group, prefix_kv, p = self._prefix(prompts, reuse)
+    group, prefix_kv, p, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
-    suffixes = [ids[plen:] for ids in prompts]
     plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
                                     batch_buckets=self.batch_buckets,
                                     length_buckets=self.length_buckets)
@@ -241,10 +241,8 @@ class Engine:
             f"continuation of {prompt_names[i] if prompt_names else i}", len(c), max_cont,
             "largest length bucket")
     prompts = self._fit(prompt_ids_list, prompt_names, [len(c) for c in conts])
-    reuse = self.prefix_reuse if group_prefix is None else group_prefix
-    group, prefix_kv, p = self._prefix(prompts, reuse)
+    group, prefix_kv, p, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
-    suffixes = [ids[plen:] for ids in prompts]
     plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
                                     batch_buckets=self.batch_buckets,
                                     length_buckets=self.length_buckets,
