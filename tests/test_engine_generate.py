@@ -77,7 +77,7 @@ def test_compile_count_bounded_across_groups():
   b = engine_tiny.group_prompts(seed=3, n=8, prefix_len=44, suffix_range=(3, 28))
   engine.generate(a)
   after_a = engine.compile_count
-  assert after_a == 3  # prefix(48), prefill(8, 48, 32), decode(8, S)
+  assert after_a == 2  # prefix(48), generate(8, 48, 32)
   engine.generate(b)  # other lengths, same buckets: nothing new
   assert engine.compile_count == after_a
   assert set(engine.programs.compiles.values()) == {1}
@@ -89,8 +89,8 @@ def test_compile_count_bounded_across_groups():
                                               suffix_range=(1, 40)))
   keys = engine.programs.compiles
   assert set(keys.values()) == {1}  # never the same program twice
-  # prefix: Pb in {32, 48, 64}; prefill: B in {1..8} x Pb x Sb in {32, 48}; decode: B x S.
-  assert engine.compile_count <= 3 + 2 * 4 * 3 * 2
+  # prefix: Pb in {32, 48, 64}; generate: B in {1, 2, 4, 8} x Pb (or none) x Sb in {32, 48}.
+  assert engine.compile_count <= 3 + 4 * 4 * 2
   assert engine.stats().get("compile_count") == engine.compile_count
 
 

@@ -94,7 +94,7 @@ def test_pad_rows_and_cache_length():
   assert lengths.tolist() == [3, 1, 1, 1] and active.tolist() == [True, True, False, False]
   _, lengths, _ = layout.pad_rows([[], [1]], 3, 8, min_length=0)
   assert lengths.tolist() == [0, 1, 0]
-  assert layout.cache_length(512, 48, 15) == 576 and layout.cache_length(0, 32, 15) == 48
+  assert layout.cache_length(48, 15) == 64 and layout.cache_length(32, 15) == 48
 
 
 class _Tok:

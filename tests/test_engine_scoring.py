@@ -63,3 +63,22 @@ def test_greedy_ids_match_hf_generate(models):
     if engine_tiny.EOS in ref:
       ref = ref[:ref.index(engine_tiny.EOS)]
     assert list(r.ids) == ref
+
+
+def test_scoring_after_generation_reuses_the_prefix(models, cases):
+  """The group's prefix KV computed by `generate` serves the scoring that follows: the prefix runs
+  once, and the log-probs are bit-identical to a fresh engine that computes it itself."""
+  _, config, params = models
+  prompts, conts = cases
+  fresh = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8)
+  want = fresh.continuation_logprobs(prompts, conts)
+  engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8)
+  engine.generate(prompts)
+  prefill_after_generate = engine.stats.prefill_tokens
+  got = engine.continuation_logprobs(prompts, conts)
+  assert engine.stats.prefill_tokens == prefill_after_generate  # no prefix computed again
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  other = engine_tiny.group_prompts(seed=11, n=4, prefix_len=40)  # another prefix: computed
+  engine.continuation_logprobs(other, [[5, 6]] * 4)
+  assert engine.stats.prefill_tokens == prefill_after_generate + 40

@@ -55,6 +55,32 @@ def test_tiny_hf_logits_match(variant, tmp_path):
   assert diff < TOL
 
 
+def test_shared_prefix_attention_matches_hf(tmp_path):
+  """Rows sharing their first 400 tokens: the prefix KV computed once ([L, 1, 448] slots, the last
+  48 padding masked out), each row's last 200 tokens run on top of it with their own 200-slot
+  cache (cascade attention) -> the logits HF computes for the whole rows."""
+  model = hf_tiny.make_hf_model("gqa", seed=6)
+  config, params = checkpoints.load_model(hf_tiny.save_hf(model, str(tmp_path / "gqa")))
+  ids = _tokens(config.vocab_size, seed=3)
+  p, padded = 400, 448
+  ids[1, :p] = ids[0, :p]
+  llama = Llama(config)
+  prefix_tokens = np.zeros((1, padded), np.int32)
+  prefix_tokens[0, :p] = ids[0, :p]
+  tril = lambda n: jnp.tril(jnp.ones((n, n), bool))
+  _, prefix = llama.apply({"params": params}, jnp.asarray(prefix_tokens),
+                          jnp.arange(padded, dtype=jnp.int32)[None], KVCache.zeros(config, 1, padded),
+                          0, tril(padded)[None])
+  t = PROMPT_LEN - p
+  positions = jnp.broadcast_to(jnp.arange(p, PROMPT_LEN, dtype=jnp.int32), (2, t))
+  logits, _ = llama.apply({"params": params}, jnp.asarray(ids[:, p:], jnp.int32), positions,
+                          KVCache.zeros(config, 2, t), 0, jnp.broadcast_to(tril(t), (2, t, t)),
+                          prefix=prefix, prefix_mask=jnp.arange(padded) < p)
+  diff = float(np.max(np.abs(_hf_logits(model, ids)[:, p:] - np.asarray(logits))))
+  print(f"shared prefix: max-abs logit diff {diff:.2e}")
+  assert diff < TOL
+
+
 def test_sharded_save_matches_single(tmp_path):
   model = hf_tiny.make_hf_model("gqa", seed=3)
   path = hf_tiny.save_hf(model, str(tmp_path / "sharded"), max_shard_size="100KB")

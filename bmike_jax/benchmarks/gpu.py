@@ -224,7 +224,7 @@ def run(args) -> dict:
         plen = plen if plen >= engine.min_prefix else 0
         pb = buckets_lib.pick_bucket(plen, engine.length_buckets) if plen else 0
         sb = buckets_lib.pick_bucket(len(ids[0]) - plen, engine.length_buckets)
-        shapes[s] = (engine.batch_size, layout_lib.cache_length(pb, sb, max_new))
+        shapes[s] = (engine.batch_size, pb, layout_lib.cache_length(sb, max_new))
     out.setdefault("compile_counts", {})[label] = engine.compile_count
     del engine
     gc.collect()
@@ -238,10 +238,11 @@ def run(args) -> dict:
   decode = {}
   steps = args.max_new_tokens - 1
   for s, t in decode_times.items():
-    batch, slots = shapes[s]
+    batch, pb, slots = shapes[s]
     step = (t["full"] - t["prefill"]) / steps if steps > 0 else None
-    kv_bytes = (config.num_layers * batch * slots * config.num_kv_heads * config.head_dim
-                * 2 * 2)  # k and v, bf16, every slot read by the masked attention
+    # k and v, bf16, every slot read by the masked attention: the shared prefix once, own caches
+    kv_bytes = (config.num_layers * (pb + batch * slots) * config.num_kv_heads * config.head_dim
+                * 2 * 2)
     floor = flops.hbm_floor_seconds(param_bytes, bandwidth) if bandwidth else None
     floor_kv = flops.hbm_floor_seconds(param_bytes + kv_bytes, bandwidth) if bandwidth else None
     decode[s] = {"prompt_length": len(decode_sets[s][0]), "batch": batch, "cache_slots": slots,

@@ -41,7 +41,7 @@ class GenerationResult:
 class ThroughputStats:
   prompts: int = 0
   prompt_tokens: int = 0      # tokens of the prompts as given
-  prefill_tokens: int = 0     # prompt tokens actually run (a shared prefix counts once per call)
+  prefill_tokens: int = 0     # prompt tokens run: suffixes of generate, each computed prefix once
   generated_tokens: int = 0   # kept answer tokens
   scored_sequences: int = 0
   scored_tokens: int = 0      # prompt + continuation tokens of scored sequences
@@ -109,6 +109,7 @@ class Engine:
     self.programs = Programs(self.model, self.mesh, params_shardings, max_new_tokens)
     self.stop = self._stop_rule(eos_ids)
     self.stats = ThroughputStats()
+    self._last_prefix = None  # (prefix ids, KV): a group scored right after it is generated reuses it
 
   # Setup ---------------------------------------------------------------------------------------
 
@@ -152,7 +153,10 @@ class Engine:
     return out
 
   def _prefix(self, prompts, group_prefix: bool | None):
-    """(group layout, prefix KV or None without reuse, prefix length on device, suffixes)."""
+    """(group layout, prefix KV or None without reuse, prefix length on device, suffixes).
+
+    The last prefix's KV is kept: the likelihood scoring of a group right after its generation
+    (same demonstrations) does not recompute it; the KV is the same array, so are the results."""
     reuse = self.prefix_reuse if group_prefix is None else group_prefix
     group = layout_lib.plan_group(prompts, reuse=reuse, length_buckets=self.length_buckets,
                                   min_prefix=self.min_prefix)
@@ -162,8 +166,12 @@ class Engine:
     suffixes = [ids[group.prefix_length:] for ids in prompts]
     if pb == 0:
       return group, None, p, suffixes
+    if self._last_prefix is not None and self._last_prefix[0] == group.prefix:
+      return group, self._last_prefix[1], p, suffixes
     tokens, _, _ = layout_lib.pad_rows([group.prefix], 1, pb)
     kv = self.programs.prefix(pb)(self.params, sh.to_global(tokens, repl), p)
+    self._last_prefix = (group.prefix, kv)
+    self.stats.prefill_tokens += group.prefix_length
     return group, kv, p, suffixes
 
   def _rows(self, array: np.ndarray, batch: int):
@@ -189,20 +197,18 @@ class Engine:
     for plan in plans:
       tokens, lengths, active = layout_lib.pad_rows([suffixes[i] for i in plan.rows], plan.batch,
                                                     plan.suffix_bucket)
-      slots = layout_lib.cache_length(pb, plan.suffix_bucket, self.max_new_tokens)
-      state = self.programs.prefill(plan.batch, pb, plan.suffix_bucket, slots)(
+      slots = layout_lib.cache_length(plan.suffix_bucket, self.max_new_tokens)
+      out, num_out = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
           self.params, prefix_kv, p, self._rows(tokens, plan.batch),
           self._rows(lengths, plan.batch), self._rows(active, plan.batch), self.stop)
-      state = self.programs.decode(plan.batch, slots)(self.params, state, self.stop)
-      pending.append((plan, state.out, state.num_out))  # the cache is freed with `state`
-      del state
+      pending.append((plan, out, num_out))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
       self._collect(item, results)
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
-    self.stats.prefill_tokens += plen + sum(len(s) for s in suffixes)
+    self.stats.prefill_tokens += sum(len(s) for s in suffixes)
     self.stats.generated_tokens += sum(len(r.ids) for r in results)
     self.stats.seconds += time.perf_counter() - t0
     self.stats.compile_count = self.compile_count
@@ -254,7 +260,7 @@ class Engine:
                                                plan.suffix_bucket)
       cont, cont_lengths, _ = layout_lib.pad_rows([conts[i] for i in plan.rows], plan.batch,
                                                   plan.extra_bucket, min_length=0)
-      slots = layout_lib.cache_length(pb, plan.suffix_bucket, plan.extra_bucket)
+      slots = layout_lib.cache_length(plan.suffix_bucket, plan.extra_bucket)
       logp = self.programs.score(plan.batch, pb, plan.suffix_bucket, plan.extra_bucket, slots)(
           self.params, prefix_kv, p, self._rows(tokens, plan.batch),
           self._rows(lengths, plan.batch), self._rows(cont, plan.batch),

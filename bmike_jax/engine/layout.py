@@ -1,11 +1,11 @@
 """Host-side layout: the shared token prefix of a group, batches of suffixes, padded numpy arrays.
 
-Cache slot layout of one batch (S = Pb + Sb + N rounded up to a multiple of 8):
+KV layout of one batch: the group's shared prefix is one block [L, 1, Pb, KVH, Dh] (slots [0, P)
+real, [P, Pb) padding, masked), computed once and attended by every row without being copied;
+each row has its own cache of S = Sb + N slots (rounded up to a multiple of 8):
 
-    slots [0, P)          the group's shared prefix (computed once, broadcast to every row)
-    slots [P, Pb)         prefix padding (masked)
-    slots [Pb, Pb + n_i)  row i's own suffix tokens, right-padded to Sb (padding masked)
-    slots [Pb + Sb, ...)  generated (or teacher-forced continuation) tokens
+    slots [0, n_i)        row i's own suffix tokens, right-padded to Sb (padding masked)
+    slots [Sb, ...)       generated (or teacher-forced continuation) tokens
 
 True positions: prefix token j -> j; suffix token k -> P + k; the t-th token after the suffix ->
 P + n_i + t. Without prefix reuse P = Pb = 0 and the whole prompt is the suffix (same code path).
@@ -81,9 +81,10 @@ def plan_batches(suffix_lengths: Sequence[int], *, batch_size: int, batch_bucket
   return plans
 
 
-def cache_length(prefix_bucket: int, suffix_bucket: int, extra: int) -> int:
-  """S: prefix + suffix + `extra` slots (new tokens), rounded up to a multiple of 8."""
-  return -(-(prefix_bucket + suffix_bucket + extra) // 8) * 8
+def cache_length(suffix_bucket: int, extra: int) -> int:
+  """S, a row's own cache: suffix + `extra` slots (new tokens), rounded up to a multiple of 8
+  (the shared prefix is not in it)."""
+  return -(-(suffix_bucket + extra) // 8) * 8
 
 
 def pad_rows(seqs: Sequence[Sequence[int]], batch: int, length: int, min_length: int = 1):

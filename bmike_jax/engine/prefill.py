@@ -1,5 +1,9 @@
 """Prefill: the shared prefix's KV once per group, then every batch's own suffix on top of it.
 
+The prefix KV is never copied into the rows' caches: every program takes it as a separate input
+and the model attends it as a shared block (see model/llama.py), so a row's cache holds only its
+own suffix and new tokens.
+
 These are traceable functions (the engine jits them, see programs.py). `append_tokens` is the one
 primitive that writes a chunk of tokens into the cache; prefix, suffix, decode steps and scored
 continuations all go through it, so masks and positions are built in one place.
@@ -14,12 +18,14 @@ from bmike_jax.model import KVCache, Llama
 
 
 def append_tokens(model: Llama, params, cache: KVCache, key_valid, tokens, start_position,
-                  num_valid, write_index, logits_index=None):
+                  num_valid, write_index, logits_index=None, prefix: KVCache | None = None,
+                  prefix_mask=None):
   """Write `tokens` [B, T] at slots [write_index, write_index + T) of `cache` and run the model.
 
   start_position: [B] int32, true position of tokens[:, 0] (token t is at start_position + t).
   num_valid: [B] int32, tokens[:, :num_valid] are real, the rest padding (masked as keys).
   key_valid: [B, S] bool, slots already holding real tokens of the row.
+  prefix: shared KV [L, 1, Pb, KVH, Dh] every query attends first (slots where prefix_mask [Pb]).
   Query t attends the valid slots up to its own slot (causal within the chunk).
   Returns (logits [B, V] if logits_index [B] is given else [B, T, V], cache, key_valid [B, S]).
   """
@@ -33,14 +39,14 @@ def append_tokens(model: Llama, params, cache: KVCache, key_valid, tokens, start
   causal = slots[None, :] <= write_index + offsets[:, None]         # [T, S]
   mask = key_valid[:, None, :] & causal[None, :, :]                 # [B, T, S]
   logits, cache = model.apply({"params": params}, tokens, positions, cache, write_index, mask,
-                              logits_index=logits_index)
+                              logits_index=logits_index, prefix=prefix, prefix_mask=prefix_mask)
   return logits, cache, key_valid
 
 
 def prefix_cache(model: Llama, params, tokens, prefix_length) -> KVCache:
   """KV of the shared prefix: tokens [1, Pb] (right-padded), prefix_length [] int32 (P).
 
-  Returns KVCache k, v: [L, 1, Pb, KVH, Dh] (slots >= P hold padding, masked by later queries)."""
+  Returns KVCache k, v: [L, 1, Pb, KVH, Dh] (slots >= P hold padding, masked by `prefix_mask`)."""
   _, pb = tokens.shape
   cache = KVCache.zeros(model.config, 1, pb, model.dtype)
   key_valid = jnp.zeros((1, pb), bool)
@@ -50,44 +56,37 @@ def prefix_cache(model: Llama, params, tokens, prefix_length) -> KVCache:
   return cache
 
 
-def start_cache(model: Llama, prefix: KVCache | None, prefix_length, batch: int, slots: int):
-  """A [L, B, S, KVH, Dh] cache whose slots [0, Pb) hold the broadcast prefix, and key_valid
-  [B, S] marking its P real slots."""
-  cfg = model.config
-  pb = 0 if prefix is None else prefix.length
-  tail = (cfg.num_layers, batch, slots - pb, cfg.num_kv_heads, cfg.head_dim)
+def prefix_mask(prefix: KVCache | None, prefix_length):
+  """[Pb] bool: the prefix slots holding real tokens (None without a prefix)."""
+  if prefix is None:
+    return None
+  return jnp.arange(prefix.length, dtype=jnp.int32) < prefix_length
 
-  def build(x):
-    zeros = jnp.zeros(tail, model.dtype)
-    if x is None:
-      return zeros
-    head = jnp.broadcast_to(x, (x.shape[0], batch) + x.shape[2:]).astype(model.dtype)
-    return jnp.concatenate([head, zeros], axis=2)
 
-  cache = KVCache(k=build(None if prefix is None else prefix.k),
-                  v=build(None if prefix is None else prefix.v))
-  key_valid = jnp.broadcast_to(jnp.arange(slots)[None, :] < prefix_length, (batch, slots))
-  return cache, key_valid
+def start_cache(model: Llama, batch: int, slots: int):
+  """An empty per-row cache [L, B, S, KVH, Dh] (the shared prefix lives apart, see layout.py) and
+  key_valid [B, S] all False."""
+  return KVCache.zeros(model.config, batch, slots, model.dtype), jnp.zeros((batch, slots), bool)
 
 
 def prefill(model: Llama, params, prefix: KVCache | None, prefix_length, tokens, lengths, active,
             stop: StopRule, *, slots: int, max_new_tokens: int) -> DecodeState:
-  """Run each row's suffix on top of the prefix and pick the first new token.
+  """Run each row's suffix on top of the shared prefix and pick the first new token.
 
   prefix: [L, 1, Pb, KVH, Dh] or None (Pb = 0); prefix_length: [] int32 (P)
   tokens: [B, Sb] right-padded suffixes; lengths: [B] int32 (n_i >= 1); active: [B] bool
   Returns the DecodeState after one generated token (step 1), cache [L, B, S, KVH, Dh].
   """
   b, sb = tokens.shape
-  pb = 0 if prefix is None else prefix.length
-  cache, key_valid = start_cache(model, prefix, prefix_length, b, slots)
+  cache, key_valid = start_cache(model, b, slots)
   start = jnp.broadcast_to(prefix_length, (b,)).astype(jnp.int32)
   logits, cache, key_valid = append_tokens(model, params, cache, key_valid, tokens, start, lengths,
-                                           pb, logits_index=lengths - 1)     # logits [B, V]
+                                           0, logits_index=lengths - 1, prefix=prefix,
+                                           prefix_mask=prefix_mask(prefix, prefix_length))
   state = DecodeState(
       cache=cache, key_valid=key_valid,
       next_position=start + lengths,
-      write_index=jnp.asarray(pb + sb, jnp.int32),
+      write_index=jnp.asarray(sb, jnp.int32),
       last_token=jnp.zeros((b,), jnp.int32),
       out=jnp.zeros((b, max_new_tokens), jnp.int32),
       num_out=jnp.zeros((b,), jnp.int32),

@@ -2,12 +2,13 @@
 compile counter.
 
 Programs and their keys (B: batch bucket, Pb / Sb / Cb: prefix / suffix / continuation length
-buckets, S: cache slots, derived from them):
+buckets; a row's own cache has S = Sb + N slots, derived):
 
-    prefix(Pb)            tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
-    prefill(B, Pb, Sb)    prefix KV + suffixes [B, Sb] -> DecodeState (cache [L, B, S, KVH, Dh])
-    decode(B, S)          DecodeState (donated, cache updated in place) -> final DecodeState
-    score(B, Pb, Sb, Cb)  prefix KV + suffixes + continuations [B, Cb] -> log-probs [B, Cb]
+    prefix(Pb)             tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
+    generate(B, Pb, Sb)    prefix KV + suffixes [B, Sb] -> answers [B, N] and their lengths [B]:
+                           prefill, then the greedy `while_loop` in the same program (the cache
+                           [L, B, S, KVH, Dh] lives and is updated in place inside it)
+    score(B, Pb, Sb, Cb)   prefix KV + suffixes + continuations [B, Cb] -> log-probs [B, Cb]
 
 The counter is incremented inside the traced body, so it counts real traces (= compilations),
 including any unexpected retrace.
@@ -93,33 +94,24 @@ class Programs:
 
     return self._get(key, build)
 
-  def prefill(self, batch: int, pb: int, sb: int, slots: int):
-    key = ("prefill", batch, pb, sb)
+  def generate(self, batch: int, pb: int, sb: int, slots: int):
+    key = ("generate", batch, pb, sb)
 
     def build():
+      states = self.state_shardings(batch)
+
       def fn(params, prefix, prefix_length, tokens, lengths, active, stop):
         self._traced(key)
-        return prefill(self.model, params, prefix, prefix_length, tokens, lengths, active, stop,
-                       slots=slots, max_new_tokens=self.max_new_tokens)
+        state = prefill(self.model, params, prefix, prefix_length, tokens, lengths, active, stop,
+                        slots=slots, max_new_tokens=self.max_new_tokens)
+        state = jax.lax.with_sharding_constraint(state, states)
+        state = greedy_decode(self.model, params, prefix, prefix_length, state, stop)
+        return state.out, state.num_out
 
       r1, r2 = self._rows(1, batch), self._rows(2, batch)
       return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),
                                        r2, r1, r1, self.stop_shardings()),
-                     out_shardings=self.state_shardings(batch))
-
-    return self._get(key, build)
-
-  def decode(self, batch: int, slots: int):
-    key = ("decode", batch, slots)
-
-    def build():
-      def fn(params, state, stop):
-        self._traced(key)
-        return greedy_decode(self.model, params, state, stop)
-
-      states = self.state_shardings(batch)
-      return jax.jit(fn, in_shardings=(self.params_shardings, states, self.stop_shardings()),
-                     out_shardings=states, donate_argnums=(1,))
+                     out_shardings=(self._repl(), self._repl()))
 
     return self._get(key, build)
 

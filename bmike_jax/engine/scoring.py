@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bmike_jax.engine.prefill import append_tokens, start_cache
+from bmike_jax.engine.prefill import append_tokens, prefix_mask, start_cache
 from bmike_jax.model import KVCache, Llama
 
 CHUNK = 64  # continuation positions per full-vocab logits block
@@ -34,18 +34,18 @@ def score_continuations(model: Llama, params, prefix: KVCache | None, prefix_len
   """
   b, sb = tokens.shape
   cb = continuations.shape[1]
-  pb = 0 if prefix is None else prefix.length
-  cache, key_valid = start_cache(model, prefix, prefix_length, b, slots)
+  shared = dict(prefix=prefix, prefix_mask=prefix_mask(prefix, prefix_length))
+  cache, key_valid = start_cache(model, b, slots)
   start = jnp.broadcast_to(prefix_length, (b,)).astype(jnp.int32)
   logits, cache, key_valid = append_tokens(model, params, cache, key_valid, tokens, start, lengths,
-                                           pb, logits_index=lengths - 1)       # [B, V]
+                                           0, logits_index=lengths - 1, **shared)  # [B, V]
   parts = [_token_logprobs(logits, continuations[:, 0])[:, None]]             # [B, 1]
   # The rest of the continuation in chunks, so that at most [B, CHUNK, V] logits exist at once.
   for c0 in range(0, cb - 1, CHUNK):
     c1 = min(c0 + CHUNK, cb - 1)
     chunk_logits, cache, key_valid = append_tokens(
         model, params, cache, key_valid, continuations[:, c0:c1], start + lengths + c0,
-        jnp.clip(continuation_lengths - c0, 0, c1 - c0), pb + sb + c0)          # [B, c, V]
+        jnp.clip(continuation_lengths - c0, 0, c1 - c0), sb + c0, **shared)     # [B, c, V]
     parts.append(_token_logprobs(chunk_logits, continuations[:, c0 + 1:c1 + 1]))
   logprobs = jnp.concatenate(parts, axis=1)                                    # [B, Cb]
   keep = jnp.arange(cb)[None, :] < continuation_lengths[:, None]

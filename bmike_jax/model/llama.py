@@ -6,7 +6,15 @@ Call convention (the engine relies on it; see DESIGN.md):
          [write_index, write_index + T) for every row
   attn_mask: [B, T, S] bool, True where query t may attend cache slot s (after the write)
   logits_index: None -> logits [B, T, V]; [B] int32 -> logits of those positions only [B, V]
+  prefix: optional KVCache [L, 1, P, KVH, Dh] shared by every row (the group's demonstrations),
+          attended by every query before its own cache; prefix_mask: [P] bool, its real slots
 Returns (logits float32, new cache).
+
+Shared-prefix ("cascade") attention: a query's scores over the shared prefix and over its row's
+own cache are concatenated before one softmax, so the result equals attention over one cache
+holding [prefix, own tokens], but the prefix's K/V are stored and read once per batch instead of
+once per row. The per-layer caches ride through the layer scan as a carry and only the T new
+entries are written (in place), so a decode step does not rewrite the whole cache.
 """
 
 from __future__ import annotations
@@ -59,7 +67,9 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cos, sin, k_cache, v_cache, write_index, attn_mask):
+  def __call__(self, x, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask):
+    """x [B, T, D]; caches: all layers' (k, v) [L, B, S, KVH, Dh], this is layer `layer`;
+    prefix: this layer's shared (k, v) [1, P, KVH, Dh] or None. Returns (out, caches)."""
     cfg = self.config
     b, t, _ = x.shape
     h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -68,17 +78,30 @@ class Attention(nn.Module):
     v = _dense(kvh * dh, "v", self.dtype, self.param_dtype)(x).reshape(b, t, kvh, dh)
     q = rope.apply_rotary(q, cos, sin)
     k = rope.apply_rotary(k, cos, sin)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
-    v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
+    k_all, v_all = caches
+    at = (layer, 0, write_index, 0, 0)
+    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+    k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(self.dtype)
+    v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(self.dtype)
     groups = h // kvh
     q = q.reshape(b, t, kvh, groups, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(self.dtype))
-    scores = scores.astype(jnp.float32) * (dh ** -0.5)
-    scores = jnp.where(attn_mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(self.dtype)).reshape(b, t, h * dh)
-    out = _dense(cfg.hidden_size, "o", self.dtype, self.param_dtype)(out)
-    return out, k_cache, v_cache
+    scale, neg = dh ** -0.5, jnp.finfo(jnp.float32).min
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache).astype(jnp.float32) * scale  # [B,KVH,G,T,S]
+    scores = jnp.where(attn_mask[:, None, None, :, :], scores, neg)
+    if prefix is not None:
+      pk, pv = (a[0].astype(self.dtype) for a in prefix)                        # [P, KVH, Dh]
+      pre = jnp.einsum("btkgd,pkd->bkgtp", q, pk).astype(jnp.float32) * scale   # [B,KVH,G,T,P]
+      pre = jnp.where(prefix_mask[None, None, None, None, :], pre, neg)
+      probs = jax.nn.softmax(jnp.concatenate([pre, scores], axis=-1), axis=-1).astype(self.dtype)
+      p = pk.shape[0]
+      out = (jnp.einsum("bkgtp,pkd->btkgd", probs[..., :p], pv) +
+             jnp.einsum("bkgts,bskd->btkgd", probs[..., p:], v_cache))
+    else:
+      probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+      out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache)
+    out = _dense(cfg.hidden_size, "o", self.dtype, self.param_dtype)(out.reshape(b, t, h * dh))
+    return out, (k_all, v_all)
 
 
 class MLP(nn.Module):
@@ -95,23 +118,24 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """One block; scanned over layers, so the carry is the residual stream x: [B, T, D]."""
+  """One block, scanned over layers. The carry is (residual stream x [B, T, D], all layers' KV
+  caches, layer index); the scanned input is this layer's slice of the shared prefix KV."""
 
   config: LlamaConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, layer_cache, cos, sin, write_index, attn_mask):
+  def __call__(self, carry, prefix, cos, sin, write_index, attn_mask, prefix_mask):
     cfg = self.config
-    k_cache, v_cache = layer_cache
+    x, caches, layer = carry
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x)
-    attn_out, k_cache, v_cache = Attention(cfg, self.dtype, self.param_dtype, name="attn")(
-        normed, cos, sin, k_cache, v_cache, write_index, attn_mask)
+    attn_out, caches = Attention(cfg, self.dtype, self.param_dtype, name="attn")(
+        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask)
     x = x + attn_out
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
     x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed)
-    return x, (k_cache, v_cache)
+    return (x, caches, layer + 1), None
 
 
 class Llama(nn.Module):
@@ -121,7 +145,7 @@ class Llama(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, cache: KVCache, write_index, attn_mask,
-               logits_index=None):
+               logits_index=None, prefix: KVCache | None = None, prefix_mask=None):
     cfg = self.config
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="embed")
@@ -131,10 +155,14 @@ class Llama(nn.Module):
         DecoderLayer,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
     )(cfg, self.dtype, self.param_dtype, name="layers")
-    x, (k, v) = layers(x, (cache.k, cache.v), cos, sin, write_index, attn_mask)
+    shared = None if prefix is None else (prefix.k, prefix.v)
+    if shared is not None and prefix_mask is None:
+      prefix_mask = jnp.ones((prefix.length,), bool)
+    carry = (x, (cache.k, cache.v), jnp.zeros((), jnp.int32))
+    (x, (k, v), _), _ = layers(carry, shared, cos, sin, write_index, attn_mask, prefix_mask)
     if logits_index is not None:
       x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
     x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
