@@ -117,6 +117,15 @@ RESTORE_ON_MESH = textwrap.dedent("""
         assert np.array_equal(np.asarray(a), b), path
       q = restored["layers"]["attn"]["q"]["kernel"]
       assert len(q.addressable_shards) == 4 and q.addressable_shards[0].data.shape[-1] == q.shape[-1] // 2
+    # The runner restores a converted checkpoint straight onto the engine's sharding table.
+    from bmike_jax.engine import sharding as sh
+    from bmike_jax.runner import model_setup
+    engine_mesh = sh.make_mesh(data=2, model=2)
+    config, placed = model_setup.load_params(ckpt, "float32", engine_mesh)
+    want = sh.param_shardings(plain, engine_mesh, config)
+    for a, s, b in zip(jax.tree_util.tree_leaves(placed), jax.tree_util.tree_leaves(want),
+                       jax.tree_util.tree_leaves(plain)):
+      assert isinstance(a, jax.Array) and a.sharding == s and np.array_equal(np.asarray(a), b)
     print("OK", len(jax.devices()))
 """)
 

@@ -61,6 +61,35 @@ def _dense(features: int, name: str, dtype, param_dtype) -> nn.Dense:
   return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
+def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
+  """Softmax attention of q [B, T, KVH, G, Dh] over the row's own cache k/v [B, S, KVH, Dh]
+  (where attn_mask [B, T, S]) and, when given, the shared prefix (k, v) [1, P, KVH, Dh] (where
+  prefix_mask [P]), as one softmax over both: the two score blocks share the running max and the
+  normalizer, so no [.., P + S] concatenation is built. Each einsum is written in the layout its
+  dot produces (batch dims first), so the large score blocks are never transposed; for the prefix
+  the batch folds into the rows of one [B*T*G, Dh] x [Dh, P] product per KV head.
+  Returns [B, T, KVH, G, Dh]."""
+  scale, neg = q.shape[-1] ** -0.5, jnp.finfo(jnp.float32).min
+  own = jnp.einsum("btkgd,bskd->bktgs", q, k_cache).astype(jnp.float32) * scale    # [B,KVH,T,G,S]
+  own = jnp.where(attn_mask[:, None, :, None, :], own, neg)
+  peak = jnp.max(own, axis=-1)                                                     # [B,KVH,T,G]
+  if prefix is not None:
+    pk, pv = (a[0].astype(dtype) for a in prefix)                                  # [P, KVH, Dh]
+    pre = jnp.einsum("btkgd,pkd->kbtgp", q, pk).astype(jnp.float32) * scale        # [KVH,B,T,G,P]
+    pre = jnp.where(prefix_mask, pre, neg)
+    peak = jnp.maximum(peak, jnp.max(pre, axis=-1).transpose(1, 0, 2, 3))
+  own = jnp.exp(own - peak[..., None])
+  total = jnp.sum(own, axis=-1)                                                    # [B,KVH,T,G]
+  out = jnp.einsum("bktgs,bskd->bktgd", own.astype(dtype), v_cache).astype(jnp.float32)
+  if prefix is not None:
+    pre = jnp.exp(pre - peak.transpose(1, 0, 2, 3)[..., None])
+    total = total + jnp.sum(pre, axis=-1).transpose(1, 0, 2, 3)
+    out = out + jnp.einsum("kbtgp,pkd->kbtgd", pre.astype(dtype), pv).astype(
+        jnp.float32).transpose(1, 0, 2, 3, 4)
+  out = out / total[..., None]                                                     # [B,KVH,T,G,Dh]
+  return out.transpose(0, 2, 1, 3, 4).astype(dtype)
+
+
 class Attention(nn.Module):
   config: LlamaConfig
   dtype: Any = jnp.float32
@@ -84,22 +113,8 @@ class Attention(nn.Module):
     v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
     k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(self.dtype)
     v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(self.dtype)
-    groups = h // kvh
-    q = q.reshape(b, t, kvh, groups, dh)
-    scale, neg = dh ** -0.5, jnp.finfo(jnp.float32).min
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache).astype(jnp.float32) * scale  # [B,KVH,G,T,S]
-    scores = jnp.where(attn_mask[:, None, None, :, :], scores, neg)
-    if prefix is not None:
-      pk, pv = (a[0].astype(self.dtype) for a in prefix)                        # [P, KVH, Dh]
-      pre = jnp.einsum("btkgd,pkd->bkgtp", q, pk).astype(jnp.float32) * scale   # [B,KVH,G,T,P]
-      pre = jnp.where(prefix_mask[None, None, None, None, :], pre, neg)
-      probs = jax.nn.softmax(jnp.concatenate([pre, scores], axis=-1), axis=-1).astype(self.dtype)
-      p = pk.shape[0]
-      out = (jnp.einsum("bkgtp,pkd->btkgd", probs[..., :p], pv) +
-             jnp.einsum("bkgts,bskd->btkgd", probs[..., p:], v_cache))
-    else:
-      probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-      out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache)
+    q = q.reshape(b, t, kvh, h // kvh, dh)
+    out = _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, self.dtype)  # [B,T,KVH,G,Dh]
     out = _dense(cfg.hidden_size, "o", self.dtype, self.param_dtype)(out.reshape(b, t, h * dh))
     return out, (k_all, v_all)
 

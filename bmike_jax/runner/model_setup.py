@@ -8,6 +8,7 @@ import jax
 from absl import logging
 
 from bmike_jax import checkpoints
+from bmike_jax.checkpoints import orbax_io
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
 from bmike_jax.engine import sharding
@@ -22,16 +23,27 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def load_params(source: str, dtype: str, mesh):
+  """(config, params). A converted (orbax) checkpoint is restored straight onto the mesh: each
+  device reads only its shards, and no host holds the whole model (an 8B on a pod); HF and GGUF
+  sources are read on the host and placed by the engine."""
+  if checkpoints.source_kind(source) != "orbax":
+    return checkpoints.load_model(source, dtype=dtype)
+  config = orbax_io.load_config(source)
+  shardings = sharding.param_shardings(orbax_io.abstract_params(source, dtype), mesh, config)
+  return config, orbax_io.restore_params(source, shardings, dtype)
+
+
 def build_engine(cfg: RunConfig):
   """-> (engine, tokenizer, model_info for results.json)."""
   enable_compilation_cache(cfg.compilation_cache_dir)
   source = cfg.checkpoint or checkpoints.default_gguf_path()
   tokenizer_source = cfg.tokenizer or source
-  config, params = checkpoints.load_model(source, dtype=cfg.dtype)
-  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source)
-  checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   mesh = sharding.make_mesh(data=cfg.mesh_data, model=cfg.mesh_model)
   logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
+  config, params = load_params(source, cfg.dtype, mesh)
+  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source)
+  checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
                   length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
                   prefix_reuse=cfg.prefix_reuse, overlong=cfg.overlong, dtype=cfg.dtype,

@@ -55,8 +55,10 @@ def define_flags() -> None:
   flags.DEFINE_boolean("prefix_reuse", True, "Compute the shared demonstrations' KV once per "
                        "group (answers are identical either way).")
   flags.DEFINE_integer("max_new_tokens", 15, "Greedy tokens per answer (the reference uses 15).")
-  flags.DEFINE_string("length_buckets", "64,128,256,512,1024,2048",
-                      "Padded prompt-length buckets (comma list, ascending).")
+  flags.DEFINE_string("length_buckets", "32,48,64,96,128,192,256,384,512,768,1024,1536,2048",
+                      "Padded prompt-length buckets (comma list, ascending). Steps of 1.5x-2x "
+                      "bound padding at 1/3; each bucket used compiles its own programs (fewer, "
+                      "coarser buckets on TPU, where a compile costs more).")
   flags.DEFINE_enum("overlong", "error", list(OVERLONG_POLICIES),
                     "A prompt longer than the largest bucket: stop with an error, or keep its "
                     "last tokens (logged per prompt).")
