@@ -187,6 +187,13 @@ def cpu_section(workdir: str) -> tuple[str, dict]:
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
   except OSError:
     pass
+  differing = tables.differing_answers(results)
+  if differing and "a" in results:
+    texts = {(g.key, i): t for g in groups for i, t in enumerate(g.texts)}
+    margins = run_worker(workdir, "hf_margins", {
+        "system": "hf_margins", "checkpoint": checkpoint, "max_new_tokens": FLAGS.max_new_tokens,
+        "prompts": [texts[(d["key"], d["index"])] for d in differing]})
+    extra["differing"] = [dict(d, **m) for d, m in zip(differing, margins["prompts"])]
   summary = tables.summarize(results, extra["peak"])
   md = render_cpu_markdown(info, data_dir, checkpoint, groups, results, extra, summary)
   raw = {"command": _command_line(), "machine": info, "data_dir": data_dir,
@@ -277,6 +284,11 @@ def render_cpu_markdown(info, data_dir, checkpoint, groups, results, extra, summ
             f"a sample of ~{FLAGS.hf_sweep_prompts} prompts")
     lines += [f"HF batched, batch sizes tried on {what} (best used for (b)):", "",
               tables.sweep_table(extra["hf_sweep"], results.get("a")), ""]
+  if extra.get("differing"):
+    lines += ["Answers that differ from (a), with HF's own smallest gap between its top two logits "
+              "along its greedy path (one teacher-forced pass): a gap near fp32 rounding means any "
+              "other summation order (batching, padding, another library) may pick the other "
+              "token.", "", tables.differing_table(extra["differing"]), ""]
   lines += ["Targets (CPU, 8-shot):", "", tables.targets_lines(summary)]
   return "\n".join(lines) + "\n"
 

@@ -91,3 +91,35 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert raw["decode"]["zero_shot"]["batch"] == 4
   assert raw["projection"]["zero_shot"]["prompts"] == 53 * (743 + 1031 + 784) * 4
   assert not raw["projection_complete"]
+
+
+def test_differing_answers_lists_each_prompt_once_with_every_system():
+  group = lambda answers: {"key": "de/few_shot_mixed", "answers": answers,
+                           "names": [f"record {i}" for i in range(len(answers))]}
+  results = {"a": {"groups": [group(["x", "y", "z"])]}, "b": {"groups": [group(["x", "Y", "z"])]},
+             "c": {"groups": [group(["x", "Y", "Z"])]}, "d": {"groups": [group(["x", "y", "z"])]}}
+  got = tables.differing_answers(results)
+  assert [(d["index"], d["a"], d["systems"]) for d in got] == [
+      (1, "y", {"b": "Y", "c": "Y"}), (2, "z", {"c": "Z"})]
+  assert tables.differing_answers({k: v for k, v in results.items() if k != "a"}) == []
+
+
+def test_hf_margins_worker_gaps_match_a_plain_forward(tiny_ckpt):
+  """The worker's first-step gap equals the top-2 gap of HF's logits on the prompt alone, and its
+  path is HF's greedy answer."""
+  import numpy as np
+  import torch
+
+  from bmike_jax import reference_hf
+  from bmike_jax.benchmarks import worker
+
+  text = 'New Fact: "The capital of France is Rome"\nQuestion: "Capital of France?" Answer: "'
+  got = worker.run_hf_margins({"checkpoint": tiny_ckpt, "prompts": [text],
+                               "max_new_tokens": 6})["prompts"][0]
+  model = reference_hf.load_hf_model(tiny_ckpt)
+  ids = list(reference_hf.load_hf_tokenizer(tiny_ckpt)(text)["input_ids"])
+  assert got["ids"] == reference_hf.reference_generate_ids(model, ids, 6)
+  with torch.no_grad():
+    top2 = np.sort(model(torch.tensor([ids])).logits[0, -1].float().numpy())[-2:]
+  assert abs(got["gaps"][0] - float(top2[1] - top2[0])) < 1e-5
+  assert got["min_gap"] == min(got["gaps"]) == got["gaps"][got["min_gap_step"]]

@@ -151,6 +151,12 @@ def test_missing_checkpoint(tmp_path):
   _expect_user_error(proc, "nope")
 
 
+def test_mesh_larger_than_the_devices(tiny_ckpt, tmp_path):
+  proc = run_main(BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", "--mesh_model=64",
+                                f"--output_dir={tmp_path}/o"])
+  _expect_user_error(proc, "--mesh_model=64", "device")
+
+
 def test_missing_and_malformed_data(tiny_ckpt, tmp_path):
   import shutil
   data = tmp_path / "data"

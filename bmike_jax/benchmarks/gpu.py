@@ -51,15 +51,13 @@ def llama31_8b_config():
 
 def tiny_config():
   """Same code path, toy sizes: for smoke tests of this section on a CPU (--synthetic_model=tiny)."""
-  from bmike_jax.model import LlamaConfig, RopeScaling
+  import dataclasses
 
-  return LlamaConfig(
-      vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-      num_kv_heads=2, head_dim=16, rms_norm_eps=1e-5, rope_theta=500000.0,
-      max_position_embeddings=4096, tie_word_embeddings=False,
-      rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                               original_max_position_embeddings=1024),
-      bos_token_id=1, eos_token_ids=(2,))
+  big = llama31_8b_config()
+  return dataclasses.replace(
+      big, vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+      num_kv_heads=2, head_dim=16, max_position_embeddings=4096, bos_token_id=1, eos_token_ids=(2,),
+      rope_scaling=dataclasses.replace(big.rope_scaling, original_max_position_embeddings=1024))
 
 
 class SyntheticTokenizer:

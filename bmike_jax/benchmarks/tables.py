@@ -101,6 +101,39 @@ def identical(a: Sequence[str], b: Sequence[str]) -> float | None:
   return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
+NEAR_TIE = 1e-4  # top-2 logit gap (fp32) below which a greedy step is a coin flip of rounding
+
+
+def differing_answers(results: dict) -> list[dict]:
+  """Prompts whose answer from (b), (c) or (d) differs from (a)'s: key, index, name, answers."""
+  if "a" not in results:
+    return []
+  out = {}
+  for ga in results["a"]["groups"]:
+    for label in ("b", "c", "d"):
+      for g in results.get(label, {}).get("groups", []):
+        if g["key"] != ga["key"]:
+          continue
+        for i, (x, y) in enumerate(zip(ga["answers"], g["answers"])):
+          if x != y:
+            d = out.setdefault((ga["key"], i), {"key": ga["key"], "index": i,
+                                                "name": ga["names"][i], "a": x, "systems": {}})
+            d["systems"][label] = y
+  return [out[k] for k in sorted(out)]
+
+
+def differing_table(differing: Sequence[dict]) -> str:
+  """One row per prompt answered differently: HF's smallest top-2 logit gap along its own greedy
+  path (up to the closing quote) tells whether the divergence is an fp32 near-tie."""
+  rows = []
+  for d in differing:
+    others = "; ".join(f"({k}) {v!r}" for k, v in sorted(d["systems"].items()))
+    rows.append([d["name"], repr(d["a"]), others, f"{d['min_gap']:.2e}",
+                 str(d["min_gap_step"] + 1), "yes" if d["min_gap"] < NEAR_TIE else "no"])
+  return md_table(["prompt", "(a) answer", "other answers", "HF min top-2 logit gap",
+                   "at step", f"near-tie (< {NEAR_TIE:g})"], rows)
+
+
 def summarize(results: dict, peak: dict | None) -> dict:
   """results: label ("a".."d") -> worker result. Returns per label and scope the numbers of the
   tables, the FLOP-floor rows and the target checks (all JSON-serialisable)."""

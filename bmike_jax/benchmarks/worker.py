@@ -2,7 +2,8 @@
 
     python -m bmike_jax.benchmarks.worker SPEC.json OUT.json
 
-SPEC: {"system": "hf_reference" | "hf_batched" | "hf_sweep" | "engine" | "peak", "checkpoint",
+SPEC: {"system": "hf_reference" | "hf_batched" | "hf_sweep" | "engine" | "peak" | "hf_margins",
+"checkpoint",
 "groups": [Group.to_json()], "max_new_tokens", ...}. OUT: per-group timings, answers and counts,
 plus the process's peak RSS. Every timed region covers generation and answer extraction (the
 prompts are tokenized beforehand, untimed); compile and warm-up are timed apart.
@@ -85,6 +86,34 @@ def run_hf_reference(spec) -> dict:
     groups.append(_group_record(g, answers, seconds, ids, generated))
   return {"groups": groups, "load_seconds": load_seconds, "warmup_seconds": warmup,
           "torch_threads": torch.get_num_threads()}
+
+
+def run_hf_margins(spec) -> dict:
+  """For prompts whose answers differ between systems: HF's greedy path and, at every step of it
+  up to the answer's closing quote, the gap between its top two logits (one teacher-forced pass).
+  A gap of ~1e-5 on logits of ~25 is an fp32 near-tie: any other summation order may flip it."""
+  import numpy as np
+  import torch
+
+  from bmike_jax import reference_hf
+
+  model = reference_hf.load_hf_model(spec["checkpoint"])
+  tokenizer = reference_hf.load_hf_tokenizer(spec["checkpoint"])
+  out = []
+  for text in spec["prompts"]:
+    ids = list(tokenizer(text)["input_ids"])
+    new = reference_hf.reference_generate_ids(model, ids, spec["max_new_tokens"])
+    with torch.no_grad():
+      logits = model(torch.tensor([ids + new[:-1]])).logits[0, len(ids) - 1:].float().numpy()
+    gaps = []
+    for step in range(len(new)):
+      top2 = np.sort(logits[step])[-2:]
+      gaps.append(float(top2[1] - top2[0]))
+      if '"' in tokenizer.decode(new[:step + 1], skip_special_tokens=True):
+        break
+    low = int(np.argmin(gaps))
+    out.append({"ids": new, "gaps": gaps, "min_gap": gaps[low], "min_gap_step": low})
+  return {"prompts": out}
 
 
 def _hf_batched_pass(model, tokenizer, spec, all_ids, batch_size):
@@ -243,7 +272,8 @@ def run_peak(spec) -> dict:
 
 
 SYSTEMS = {"hf_reference": run_hf_reference, "hf_batched": run_hf_batched,
-           "hf_sweep": run_hf_sweep, "engine": run_engine, "peak": run_peak}
+           "hf_sweep": run_hf_sweep, "engine": run_engine, "peak": run_peak,
+           "hf_margins": run_hf_margins}
 
 
 def main(argv) -> int:

@@ -12,7 +12,7 @@ from bmike_jax.checkpoints import orbax_io
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
 from bmike_jax.engine import sharding
-from bmike_jax.runner.run_config import RunConfig
+from bmike_jax.runner.run_config import FlagError, RunConfig
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -39,7 +39,12 @@ def build_engine(cfg: RunConfig):
   enable_compilation_cache(cfg.compilation_cache_dir)
   source = cfg.checkpoint or checkpoints.default_gguf_path()
   tokenizer_source = cfg.tokenizer or source
-  mesh = sharding.make_mesh(data=cfg.mesh_data, model=cfg.mesh_model)
+  checkpoints.source_kind(source)  # a missing or unknown checkpoint is reported first
+  try:
+    mesh = sharding.make_mesh(data=cfg.mesh_data, model=cfg.mesh_model)
+  except ValueError as e:
+    raise FlagError(f"--mesh_data={cfg.mesh_data} --mesh_model={cfg.mesh_model}: {e} "
+                    f"(this process sees {jax.device_count()} device(s))") from e
   logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
   config, params = load_params(source, cfg.dtype, mesh)
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source)
