@@ -2,7 +2,8 @@
 # One NVIDIA GPU machine (local or reached over ssh): install, convert weights, run.
 # Usage: bash launch/gpu.sh {install|convert|run|bench}
 # Settings: FLAGFILE (configs/8b.flags), HF_SOURCE (HF Llama directory), CKPT (converted dir,
-# as in the flagfile). 8B in bf16 fits one 80 GB GPU with --mesh_model=1.
+# as in the flagfile), EXTRA_FLAGS (more flags; for several nodes --coordinator_address=HOST0:PORT
+# --num_processes=N --process_id=I). 8B in bf16 fits one 80 GB GPU with --mesh_model=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLAGFILE="${FLAGFILE:-configs/8b.flags}"

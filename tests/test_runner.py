@@ -140,6 +140,7 @@ def _expect_user_error(proc, *fragments):
     ("--setups=two_shot", ["--setups", "two_shot"]),
     ("--batch_size=0", ["--batch_size"]),
     ("--length_buckets=64,32", ["--length_buckets"]),
+    ("--coordinator_address=localhost:1234", ["--coordinator_address", "--process_id"]),
 ])
 def test_bad_flag_values(flag, fragments, tmp_path):
   proc = run_main(BASE_FLAGS + [flag, f"--output_dir={tmp_path}", "--checkpoint=unused"])
@@ -229,3 +230,41 @@ def test_flagfiles_parse_and_validate(flagfile, tmp_path):
   proc = run_main([f"--flagfile={os.path.join(repo, flagfile)}", f"--data_dir={SAMPLE_DIR}",
                    "--langs=de", f"--output_dir={tmp_path}/o", f"--checkpoint={tmp_path}/absent"])
   _expect_user_error(proc, "absent")
+
+
+def test_two_processes_split_the_batches_and_one_writes(full_run, tiny_ckpt, tmp_path):
+  """A pod in miniature: two CPU processes joined by jax.distributed (one device each, a global
+  data axis of 2) run the same command; every global batch is fed half by each. Process 0 alone
+  writes, and the results equal the single-process run's."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  out = str(tmp_path / "pod")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("BMIKE53_DIR", None)
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=", *BASE_FLAGS,
+       f"--checkpoint={tiny_ckpt}", f"--output_dir={out}", "--distributed=true",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  logs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2" in logs[1][1] and "2 local / 2 global" not in logs[1][1]
+  ref_out, _ = full_run
+  assert load_results(out)["results"] == load_results(ref_out)["results"]
+  # Answers and their scores exactly; the likelihoods' floats to fp32 rounding (a per-device batch
+  # of 2 instead of 4 may pick other matmul kernels).
+  got, want = load_samples(out), load_samples(ref_out)
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    floats = {k for k in w if k.startswith("inv_ppl_")}
+    assert {k: v for k, v in g.items() if k not in floats} == {
+        k: v for k, v in w.items() if k not in floats}
+    for k in floats:
+      assert (g[k] is None) == (w[k] is None), (k, g[k], w[k])
+      if w[k] is not None:
+        assert abs(g[k] - w[k]) <= 1e-5 * abs(w[k]), (k, g[k], w[k])

@@ -22,10 +22,17 @@ def _looks_multi_process() -> bool:
   return len([h for h in hosts.split(",") if h]) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def maybe_initialize(mode: str) -> None:
-  """mode: 'true' always initialises, 'false' never, 'auto' when the environment says so."""
-  if mode == "true" or (mode == "auto" and _looks_multi_process()):
-    jax.distributed.initialize()
+def maybe_initialize(mode: str, coordinator_address: str = "", num_processes: int = 0,
+                     process_id: int = -1) -> None:
+  """mode: 'true' always initialises, 'false' never, 'auto' when the environment (or an explicit
+  coordinator address) says so. Without an address jax detects the cluster (TPU pod, SLURM, ...)."""
+  explicit = bool(coordinator_address)
+  if mode == "true" or (mode == "auto" and (explicit or _looks_multi_process())):
+    if explicit:
+      jax.distributed.initialize(coordinator_address=coordinator_address,
+                                 num_processes=num_processes, process_id=process_id)
+    else:
+      jax.distributed.initialize()
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count())

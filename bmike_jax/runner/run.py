@@ -100,7 +100,8 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
 
   `build_engine(cfg) -> (engine, tokenizer, model_info)` is called only when work remains.
   """
-  distributed.maybe_initialize(cfg.distributed)
+  distributed.maybe_initialize(cfg.distributed, cfg.coordinator_address, cfg.num_processes,
+                               cfg.process_id)
   writer = distributed.is_writer()
   store = OutputStore(cfg.output_dir)
   check_inputs(cfg)

@@ -67,6 +67,13 @@ def define_flags() -> None:
   flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
                     "Call jax.distributed.initialize() (Cloud TPU pods, multi-host GPU). auto: "
                     "when the environment says there are several processes.")
+  flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs "
+                      "the environment does not describe (e.g. multi-node GPU without SLURM); "
+                      "Cloud TPU pods and SLURM need none of these three flags.")
+  flags.DEFINE_integer("num_processes", 0, "Processes of a multi-process run (with "
+                       "--coordinator_address).")
+  flags.DEFINE_integer("process_id", -1, "This process's index, 0 .. num_processes - 1 (with "
+                       "--coordinator_address).")
   flags.DEFINE_boolean("progress", True, "Show a progress bar with ETA.")
   flags.DEFINE_string("compilation_cache_dir", "~/.cache/bmike_jax/xla",
                       "Persistent XLA compilation cache: a rerun with the same shapes skips "
@@ -76,7 +83,8 @@ def define_flags() -> None:
 RUNNER_FLAGS = ("data_dir", "datasets", "langs", "setups", "query_types", "limit", "output_dir",
                 "batch_size", "dtype", "checkpoint", "tokenizer", "mesh_data", "mesh_model",
                 "prefix_reuse", "max_new_tokens", "length_buckets", "overlong", "likelihood",
-                "distributed", "progress", "compilation_cache_dir")
+                "distributed", "coordinator_address", "num_processes", "process_id", "progress",
+                "compilation_cache_dir")
 
 
 def flag_values(flag_values=FLAGS) -> dict:
@@ -105,6 +113,9 @@ class RunConfig:
   overlong: str
   likelihood: bool
   distributed: str
+  coordinator_address: str
+  num_processes: int
+  process_id: int
   progress: bool
   compilation_cache_dir: str
 
@@ -159,6 +170,9 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
   if f.mesh_model <= 0 or f.mesh_data == 0 or f.mesh_data < -1:
     raise FlagError(f"--mesh_data must be -1 or positive and --mesh_model positive, got "
                     f"{f.mesh_data} x {f.mesh_model}")
+  if f.coordinator_address and not 0 <= f.process_id < f.num_processes:
+    raise FlagError(f"--coordinator_address needs --num_processes >= 1 and --process_id in "
+                    f"[0, num_processes), got {f.num_processes} and {f.process_id}")
   lang_codes = tuple(languages.LANGUAGES)
   return RunConfig(
       data_dir=str(f.data_dir or data_lib.default_data_dir()),
@@ -180,6 +194,9 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
       overlong=f.overlong,
       likelihood=f.likelihood,
       distributed=f.distributed,
+      coordinator_address=f.coordinator_address,
+      num_processes=f.num_processes,
+      process_id=f.process_id,
       progress=f.progress,
       compilation_cache_dir=os.path.expanduser(f.compilation_cache_dir or ""),
   )
