@@ -47,6 +47,14 @@ def run(config, meshes) -> dict:
         "norm": _spec(engine, "final_norm", "scale"),
         "batch_buckets": list(engine.batch_buckets),
     }
+  # A batch of 16 whose decode loop shrinks to 8 and 4 rows (rows gathered across data devices).
+  many = engine_tiny.group_prompts(seed=13, n=14, prefix_len=40, suffix_range=(1, 30))
+  for data, model in meshes:
+    mesh = make_mesh(data, model, devices=jax.devices()[:data * model])
+    for halvings in ((0, 2) if (data, model) == (1, 1) else (2,)):
+      engine = Engine(config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=16,
+                      decode_halvings=halvings)
+      out[f"{data}x{model}"][f"shrink{halvings}_ids"] = [list(r.ids) for r in engine.generate(many)]
   return out
 
 

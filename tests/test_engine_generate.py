@@ -43,7 +43,10 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
     dict(batch_size=8, prefix_reuse=False),
     dict(batch_size=32, prefix_reuse=False, length_buckets=(128, 256)),
     dict(batch_size=4, prefix_reuse=True, length_buckets=(16, 24, 40, 56, 72, 96)),
-], ids=["b8-reuse", "b32-reuse", "b8", "b32-big-buckets", "b4-reuse-fine-buckets"])
+    dict(batch_size=32, prefix_reuse=True, decode_halvings=0),
+    dict(batch_size=16, prefix_reuse=False, decode_halvings=3),
+], ids=["b8-reuse", "b32-reuse", "b8", "b32-big-buckets", "b4-reuse-fine-buckets",
+        "b32-no-shrink", "b16-shrink-to-2"])
 def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
   engine = _engine(**kw)
   results = engine.generate(prompts, prompt_names=[f"p{i}" for i in range(len(prompts))])
@@ -55,6 +58,17 @@ def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baselin
     assert engine.stats.prefill_tokens < engine.stats.prompt_tokens
   else:
     assert engine.stats.prefill_tokens == engine.stats.prompt_tokens
+
+
+def test_shrinking_decode_batch_is_exercised(prompts, baseline):
+  """The default engine's batch of 32 (21 prompts, 11 dummy rows) shrinks to 16 rows once 5 rows
+  have finished: the answers' lengths show that this happens while rows are still running, so the
+  b32-reuse case above (answers equal the one-at-a-time baseline) goes through the move. (The
+  sharding test exercises two moves on every mesh.)"""
+  engine = _engine(batch_size=32)
+  assert engine.programs.decode_phases(32) == (32, 16, 8)
+  lengths = sorted(len(ids) for ids in baseline)
+  assert len(prompts) == 21 and lengths[4] < 15 and lengths[-1] == 15
 
 
 def test_group_prefix_flag_overrides_and_results_keep_order(prompts, baseline):

@@ -29,6 +29,15 @@ def test_batch_buckets_and_pick():
     buckets.pick_bucket(65, (32, 48, 64))
 
 
+def test_decode_phases_shrink_through_batch_buckets():
+  assert buckets.decode_phases(16, (1, 2, 4, 8, 16), 2) == (16, 8, 4)
+  assert buckets.decode_phases(32, (1, 2, 4, 8, 16, 32), 1) == (32, 16)
+  assert buckets.decode_phases(12, (1, 2, 4, 8, 12), 2, min_batch=8) == (12, 8, 4)
+  assert buckets.decode_phases(16, (4, 8, 16), 3) == (16, 8, 4)  # a data axis of 4: no 2, 1
+  assert buckets.decode_phases(16, (1, 2, 4, 8, 16), 0) == (16,)
+  assert buckets.decode_phases(8, (1, 2, 4, 8), 2) == (8,)  # under min_batch
+
+
 def test_overlong_error_names_prompt_and_lengths():
   with pytest.raises(buckets.PromptTooLongError) as err:
     buckets.fit_prompt(list(range(70)), "zsre de #7", max_bucket=64, context=1000)

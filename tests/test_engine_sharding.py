@@ -32,8 +32,12 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
     runs = mesh_runs[name]
     base = runs["1x1"]
     assert any(len(ids) < 15 for ids in base["ids"])
+    # 14 rows in a batch of 16: the loop shrinks to 8, then 4 rows while rows still run.
+    lengths = sorted(len(ids) for ids in base["shrink0_ids"])
+    assert lengths[14 - 8 - 1] < 15 and lengths[14 - 4 - 1] < 15 and lengths[-1] == 15, lengths
     for mesh, run in runs.items():
       assert run["ids"] == base["ids"], (name, mesh)
+      assert run["shrink2_ids"] == base["shrink0_ids"], (name, mesh)
       for got, ref in zip(run["logprobs"], base["logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh}")
 

@@ -74,3 +74,17 @@ def fit_prompt(ids: Sequence[int], name: str, *, max_bucket: int, context: int,
   logging.warning("overlong='truncate_left': prompt %r cut from %d to %d tokens (%s)",
                   name, len(ids), len(kept), reason)
   return kept
+
+
+def decode_phases(batch: int, batch_buckets: Sequence[int], halvings: int,
+                  min_batch: int = 16) -> tuple[int, ...]:
+  """The batch sizes a decode loop of `batch` rows shrinks through as rows finish: `batch`, then
+  the smaller batch buckets down to batch / 2**halvings (decreasing; just (batch,) for 0).
+
+  Batches under `min_batch` rows do not shrink: there a step's cost is mostly reading the weights,
+  which a smaller batch does not save, while every phase is one more loop body to compile."""
+  if batch < min_batch:
+    return (batch,)
+  floor = batch / 2 ** halvings
+  smaller = sorted((b for b in batch_buckets if floor <= b < batch), reverse=True)
+  return (batch, *smaller[:halvings])

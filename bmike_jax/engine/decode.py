@@ -1,11 +1,19 @@
-"""Greedy decoding on device: a `lax.while_loop` over steps, the KV cache updated in place.
+"""Greedy decoding on device: `lax.while_loop`s over steps, the KV cache updated in place.
 
 No host round trip per token: the loop runs until every row is done (EOS, a quote token, or
 max_new_tokens generated). The engine runs `greedy_decode` in the same jitted program as the
 prefill (programs.py), so the cache buffer prefill allocates is updated in place by every step.
+
+Shrinking batch: a batch decodes until its slowest row stops, and a finished row costs as much per
+step as a running one. With `phases` = (B, B/2, B/4) the loop runs at B rows until at most B/2 are
+still running, then gathers those rows (their cache, positions, answers so far) into a B/2-row
+state and goes on at that size, and so on. Each row's computation is unchanged (rows never see each
+other), only fewer finished rows are carried along; the answers are put back in the batch's order.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +38,41 @@ def decode_step(model: Llama, params, prefix: KVCache | None, mask, state: Decod
   return record_token(state, jnp.argmax(logits, axis=-1).astype(jnp.int32), stop)  # logits [B, V]
 
 
+def take_rows(state: DecodeState, rows) -> DecodeState:
+  """The state of `rows` [R] int32 only (cache rows are axis 1 of [L, B, S, KVH, Dh])."""
+  return state.replace(
+      cache=KVCache(k=jnp.take(state.cache.k, rows, axis=1), v=jnp.take(state.cache.v, rows, axis=1)),
+      key_valid=state.key_valid[rows], next_position=state.next_position[rows],
+      last_token=state.last_token[rows], out=state.out[rows], num_out=state.num_out[rows],
+      done=state.done[rows])
+
+
 def greedy_decode(model: Llama, params, prefix: KVCache | None, prefix_length, state: DecodeState,
-                  stop: StopRule) -> DecodeState:
-  """Decode until every row is done; the state's `out[:, :num_out]` are the answers' ids."""
+                  stop: StopRule, phases: Sequence[int] = (),
+                  constrain: Callable[[DecodeState], DecodeState] | None = None):
+  """Decode until every row is done. Returns (out [B, N] int32, num_out [B] int32): each row's
+  answer ids are out[i, :num_out[i]], in the batch's row order.
+
+  phases: decreasing batch sizes, the first = B (default: B only); the loop moves to the next size
+  once no more rows than it are running. constrain(state): places a state of any phase's size on
+  the mesh (rows over the data axis)."""
   mask = prefix_mask(prefix, prefix_length)
-  return jax.lax.while_loop(lambda s: ~jnp.all(s.done),
-                            lambda s: decode_step(model, params, prefix, mask, s, stop), state)
+  b = state.last_token.shape[0]
+  phases = tuple(phases) or (b,)
+  if phases[0] != b or any(n <= m for n, m in zip(phases, phases[1:])):
+    raise ValueError(f"phases must start at the batch size {b} and decrease, got {phases}")
+  out, num_out = state.out, state.num_out         # [B, N], [B]: answers in the batch's order
+  origin = jnp.arange(b, dtype=jnp.int32)         # [R]: batch row of each row of the state
+  step = lambda s: decode_step(model, params, prefix, mask, s, stop)
+  for size, next_size in zip(phases, phases[1:] + (0,)):
+    running = lambda s, n=next_size: jnp.sum(~s.done) > n
+    state = jax.lax.while_loop(running, step, state)
+    out = out.at[origin].set(state.out)
+    num_out = num_out.at[origin].set(state.num_out)
+    if next_size:
+      # Stable: the running rows (at most next_size) first, then finished ones as filler.
+      keep = jnp.argsort(state.done, stable=True)[:next_size].astype(jnp.int32)
+      state, origin = take_rows(state, keep), origin[keep]
+      if constrain is not None:
+        state = constrain(state)
+  return out, num_out

@@ -71,13 +71,16 @@ class Engine:
   32, 48, 64, 96, ... up to the context, at most 8192); overlong: "error" or "truncate_left".
   prefix_reuse: compute the common token prefix of the prompts of a call once (min_prefix tokens
   at least). dtype: compute and KV-cache dtype (params are cast to it). eos_ids: ids that end an
-  answer (default: config.eos_token_ids, else tokenizer.eos_ids).
+  answer (default: config.eos_token_ids, else tokenizer.eos_ids). decode_halvings: a batch's decode
+  loop moves its still-running rows into a batch half the size, up to this many times, once no
+  more than that many rows are running (finished rows stop costing compute; 0: never).
   """
 
   def __init__(self, config, params, tokenizer, mesh=None, batch_size: int = 8,
                length_buckets: Sequence[int] | None = None, max_new_tokens: int = 15,
                prefix_reuse: bool = True, overlong: str = "error", dtype=jnp.float32,
-               min_prefix: int = 16, eos_ids: Sequence[int] | None = None):
+               min_prefix: int = 16, eos_ids: Sequence[int] | None = None,
+               decode_halvings: int = 2):
     if isinstance(config, Llama):
       config = config.config
     if not isinstance(config, LlamaConfig):
@@ -106,7 +109,11 @@ class Engine:
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype
         else x, params)
     self.params, params_shardings = sh.shard_params(params, self.mesh, config)
-    self.programs = Programs(self.model, self.mesh, params_shardings, max_new_tokens)
+    if decode_halvings < 0:
+      raise ValueError(f"decode_halvings must be >= 0, got {decode_halvings}")
+    self.programs = Programs(
+        self.model, self.mesh, params_shardings, max_new_tokens,
+        lambda b: buckets_lib.decode_phases(b, self.batch_buckets, decode_halvings))
     self.stop = self._stop_rule(eos_ids)
     self.stats = ThroughputStats()
     self._last_prefix = None  # (prefix ids, KV): a group scored right after it is generated reuses it

@@ -6,8 +6,9 @@ buckets; a row's own cache has S = Sb + N slots, derived):
 
     prefix(Pb)             tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
     generate(B, Pb, Sb)    prefix KV + suffixes [B, Sb] -> answers [B, N] and their lengths [B]:
-                           prefill, then the greedy `while_loop` in the same program (the cache
-                           [L, B, S, KVH, Dh] lives and is updated in place inside it)
+                           prefill, then the greedy `while_loop`s in the same program (the cache
+                           [L, B, S, KVH, Dh] lives and is updated in place inside them; the
+                           batch shrinks to B/2, B/4 rows as rows finish, see decode.py)
     score(B, Pb, Sb, Cb)   prefix KV + suffixes + continuations [B, Cb] -> log-probs [B, Cb]
 
 The counter is incremented inside the traced body, so it counts real traces (= compilations),
@@ -33,8 +34,10 @@ from bmike_jax.model import KVCache, Llama
 class Programs:
   """Builds (once per key) and caches the jitted programs for one model, params sharding and mesh."""
 
-  def __init__(self, model: Llama, mesh: Mesh, params_shardings, max_new_tokens: int):
+  def __init__(self, model: Llama, mesh: Mesh, params_shardings, max_new_tokens: int,
+               decode_phases=lambda batch: (batch,)):
     self.model = model
+    self.decode_phases = decode_phases  # batch -> the decode loop's shrinking batch sizes
     self.mesh = mesh
     self.params_shardings = params_shardings
     self.max_new_tokens = max_new_tokens
@@ -99,14 +102,17 @@ class Programs:
 
     def build():
       states = self.state_shardings(batch)
+      phases = self.decode_phases(batch)
 
       def fn(params, prefix, prefix_length, tokens, lengths, active, stop):
         self._traced(key)
         state = prefill(self.model, params, prefix, prefix_length, tokens, lengths, active, stop,
                         slots=slots, max_new_tokens=self.max_new_tokens)
         state = jax.lax.with_sharding_constraint(state, states)
-        state = greedy_decode(self.model, params, prefix, prefix_length, state, stop)
-        return state.out, state.num_out
+        return greedy_decode(
+            self.model, params, prefix, prefix_length, state, stop, phases,
+            lambda s: jax.lax.with_sharding_constraint(
+                s, self.state_shardings(s.last_token.shape[0])))
 
       r1, r2 = self._rows(1, batch), self._rows(2, batch)
       return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),

@@ -51,7 +51,8 @@ def build_engine(cfg: RunConfig):
   checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
                   length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
-                  prefix_reuse=cfg.prefix_reuse, overlong=cfg.overlong, dtype=cfg.dtype,
+                  prefix_reuse=cfg.prefix_reuse, decode_halvings=cfg.decode_halvings,
+                  overlong=cfg.overlong, dtype=cfg.dtype,
                   # What HF generate stops on (generation_config.json wins), as the reference.
                   eos_ids=config.eos_token_ids or None)
   model_info = {

@@ -54,6 +54,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("mesh_model", 1, "Devices on the mesh's model (tensor-parallel) axis.")
   flags.DEFINE_boolean("prefix_reuse", True, "Compute the shared demonstrations' KV once per "
                        "group (answers are identical either way).")
+  flags.DEFINE_integer("decode_halvings", 2, "A batch of 16 rows or more moves its still-running "
+                       "rows into a batch half the size, up to this many times, once no more than "
+                       "that many are running (finished rows stop costing compute; each halving "
+                       "compiles one more loop; answers are identical either way). 0: never.")
   flags.DEFINE_integer("max_new_tokens", 15, "Greedy tokens per answer (the reference uses 15).")
   flags.DEFINE_string("length_buckets", "32,48,64,96,128,192,256,384,512,768,1024,1536,2048",
                       "Padded prompt-length buckets (comma list, ascending). Steps of 1.5x-2x "
@@ -82,7 +86,7 @@ def define_flags() -> None:
 
 RUNNER_FLAGS = ("data_dir", "datasets", "langs", "setups", "query_types", "limit", "output_dir",
                 "batch_size", "dtype", "checkpoint", "tokenizer", "mesh_data", "mesh_model",
-                "prefix_reuse", "max_new_tokens", "length_buckets", "overlong", "likelihood",
+                "prefix_reuse", "decode_halvings", "max_new_tokens", "length_buckets", "overlong", "likelihood",
                 "distributed", "coordinator_address", "num_processes", "process_id", "progress",
                 "compilation_cache_dir")
 
@@ -108,6 +112,7 @@ class RunConfig:
   mesh_data: int
   mesh_model: int
   prefix_reuse: bool
+  decode_halvings: int
   max_new_tokens: int
   length_buckets: tuple[int, ...]
   overlong: str
@@ -170,6 +175,8 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
   if f.mesh_model <= 0 or f.mesh_data == 0 or f.mesh_data < -1:
     raise FlagError(f"--mesh_data must be -1 or positive and --mesh_model positive, got "
                     f"{f.mesh_data} x {f.mesh_model}")
+  if f.decode_halvings < 0:
+    raise FlagError(f"--decode_halvings must be >= 0, got {f.decode_halvings}")
   if f.coordinator_address and not 0 <= f.process_id < f.num_processes:
     raise FlagError(f"--coordinator_address needs --num_processes >= 1 and --process_id in "
                     f"[0, num_processes), got {f.num_processes} and {f.process_id}")
@@ -189,6 +196,7 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
       mesh_data=f.mesh_data,
       mesh_model=f.mesh_model,
       prefix_reuse=f.prefix_reuse,
+      decode_halvings=f.decode_halvings,
       max_new_tokens=f.max_new_tokens,
       length_buckets=_parse_buckets(f.length_buckets),
       overlong=f.overlong,
