@@ -184,7 +184,8 @@ def run(args) -> dict:
 
   def make(max_new_tokens):
     return Engine(config, params, tokenizer, batch_size=args.batch_size, length_buckets=buckets,
-                  max_new_tokens=max_new_tokens, prefix_reuse=True, dtype=jnp.bfloat16)
+                  max_new_tokens=max_new_tokens, prefix_reuse=True, dtype=jnp.bfloat16,
+                  decode_halvings=0)  # as configs/8b.flags
 
   # Decode-step groups: one full batch of equal-length prompts per length class, at the median
   # suffix length of the setup (shapes the passes below have compiled already).
