@@ -71,9 +71,10 @@ class Engine:
   32, 48, 64, 96, ... up to the context, at most 8192); overlong: "error" or "truncate_left".
   prefix_reuse: compute the common token prefix of the prompts of a call once (min_prefix tokens
   at least). dtype: compute and KV-cache dtype (params are cast to it). eos_ids: ids that end an
-  answer (default: config.eos_token_ids, else tokenizer.eos_ids). decode_halvings: a batch's decode
-  loop moves its still-running rows into a batch half the size, up to this many times, once no
-  more than that many rows are running (finished rows stop costing compute; 0: never).
+  answer (default: config.eos_token_ids, else tokenizer.eos_ids). decode_halvings: the decode loop of
+  a batch of 16 rows or more moves its still-running rows into a batch half the size, up to this
+  many times, once no more than that many are running (finished rows stop costing compute; 0:
+  never; see buckets.decode_phases).
   """
 
   def __init__(self, config, params, tokenizer, mesh=None, batch_size: int = 8,
