@@ -64,7 +64,7 @@ def greedy_decode(model: Llama, params, prefix: KVCache | None, prefix_length, s
   out, num_out = state.out, state.num_out         # [B, N], [B]: answers in the batch's order
   origin = jnp.arange(b, dtype=jnp.int32)         # [R]: batch row of each row of the state
   step = lambda s: decode_step(model, params, prefix, mask, s, stop)
-  for size, next_size in zip(phases, phases[1:] + (0,)):
+  for next_size in phases[1:] + (0,):
     running = lambda s, n=next_size: jnp.sum(~s.done) > n
     state = jax.lax.while_loop(running, step, state)
     out = out.at[origin].set(state.out)

@@ -101,18 +101,17 @@ class Programs:
     key = ("generate", batch, pb, sb)
 
     def build():
-      states = self.state_shardings(batch)
       phases = self.decode_phases(batch)
+
+      def place(state):  # a state of any phase's batch size, rows over the data axis
+        return jax.lax.with_sharding_constraint(
+            state, self.state_shardings(state.last_token.shape[0]))
 
       def fn(params, prefix, prefix_length, tokens, lengths, active, stop):
         self._traced(key)
-        state = prefill(self.model, params, prefix, prefix_length, tokens, lengths, active, stop,
-                        slots=slots, max_new_tokens=self.max_new_tokens)
-        state = jax.lax.with_sharding_constraint(state, states)
-        return greedy_decode(
-            self.model, params, prefix, prefix_length, state, stop, phases,
-            lambda s: jax.lax.with_sharding_constraint(
-                s, self.state_shardings(s.last_token.shape[0])))
+        state = place(prefill(self.model, params, prefix, prefix_length, tokens, lengths, active,
+                              stop, slots=slots, max_new_tokens=self.max_new_tokens))
+        return greedy_decode(self.model, params, prefix, prefix_length, state, stop, phases, place)
 
       r1, r2 = self._rows(1, batch), self._rows(2, batch)
       return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),

@@ -11,8 +11,8 @@ Call convention (the engine relies on it; see DESIGN.md):
 Returns (logits float32, new cache).
 
 Shared-prefix ("cascade") attention: a query's scores over the shared prefix and over its row's
-own cache are concatenated before one softmax, so the result equals attention over one cache
-holding [prefix, own tokens], but the prefix's K/V are stored and read once per batch instead of
+own cache go through one softmax (a shared running max and normalizer, no concatenation, see
+`_attend`), so the result equals attention over one cache holding [prefix, own tokens], but the prefix's K/V are stored and read once per batch instead of
 once per row. The per-layer caches ride through the layer scan as a carry and only the T new
 entries are written (in place), so a decode step does not rewrite the whole cache.
 """
