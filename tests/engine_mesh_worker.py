@@ -47,6 +47,16 @@ def run(config, meshes) -> dict:
         "norm": _spec(engine, "final_norm", "scale"),
         "batch_buckets": list(engine.batch_buckets),
     }
+  # Layers unrolled over per-layer params (the accelerator default): same answers, and each
+  # layer's params follow the table without the stacked [L] axis.
+  for data, model in meshes:
+    mesh = make_mesh(data, model, devices=jax.devices()[:data * model])
+    engine = Engine(config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=8,
+                    scan_layers=False)
+    run_ = out[f"{data}x{model}"]
+    run_["unrolled_ids"] = [list(r.ids) for r in engine.generate(prompts)]
+    run_["unrolled_q"] = _spec(engine, "layers_1", "attn", "q", "kernel")
+    run_["unrolled_down"] = _spec(engine, "layers_0", "mlp", "down", "kernel")
   # A batch of 16 whose decode loop shrinks to 8 and 4 rows (rows gathered across data devices).
   many = engine_tiny.group_prompts(seed=13, n=14, prefix_len=40, suffix_range=(1, 30))
   for data, model in meshes:

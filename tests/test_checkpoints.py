@@ -126,6 +126,18 @@ RESTORE_ON_MESH = textwrap.dedent("""
     for a, s, b in zip(jax.tree_util.tree_leaves(placed), jax.tree_util.tree_leaves(want),
                        jax.tree_util.tree_leaves(plain)):
       assert isinstance(a, jax.Array) and a.sharding == s and np.array_equal(np.asarray(a), b)
+    # Per-layer (unrolled) layout: split on the devices, each slice already where the table puts it.
+    from bmike_jax.model import layer_layout
+    config, per_layer = model_setup.load_params(ckpt, "float32", engine_mesh, scan_layers=False)
+    plain_layers = layer_layout.unstack_layers(plain, config.num_layers)
+    want = sh.param_shardings(plain_layers, engine_mesh, config)
+    assert jax.tree_util.tree_structure(per_layer) == jax.tree_util.tree_structure(want)
+    for a, s, b in zip(jax.tree_util.tree_leaves(per_layer), jax.tree_util.tree_leaves(want),
+                       jax.tree_util.tree_leaves(plain_layers)):
+      assert a.sharding.is_equivalent_to(s, a.ndim), (a.sharding, s)
+      assert np.array_equal(np.asarray(a), b)
+    q0 = per_layer["layers_0"]["attn"]["q"]["kernel"]
+    assert q0.addressable_shards[0].data.shape[-1] == q0.shape[-1] // 2
     print("OK", len(jax.devices()))
 """)
 

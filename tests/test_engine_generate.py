@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bmike_jax.engine import Engine, PromptTooLongError
+from bmike_jax.model import layer_layout
 from tests import engine_tiny
 
 CONFIG = engine_tiny.tiny_config()
@@ -45,10 +46,20 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
     dict(batch_size=4, prefix_reuse=True, length_buckets=(16, 24, 40, 56, 72, 96)),
     dict(batch_size=32, prefix_reuse=True, decode_halvings=0),
     dict(batch_size=16, prefix_reuse=False, decode_halvings=3),
+    dict(batch_size=8, prefix_reuse=True, scan_layers=False),
+    dict(batch_size=16, prefix_reuse=False, scan_layers=False, per_layer_params=True),
 ], ids=["b8-reuse", "b32-reuse", "b8", "b32-big-buckets", "b4-reuse-fine-buckets",
-        "b32-no-shrink", "b16-shrink-to-2"])
+        "b32-no-shrink", "b16-shrink-to-2", "b8-reuse-unrolled-layers",
+        "b16-unrolled-layers-per-layer-params-in"])
 def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
-  engine = _engine(**kw)
+  kw = dict(kw)
+  params = PARAMS
+  if kw.pop("per_layer_params", False):  # the engine takes params of either layout
+    params = layer_layout.unstack_layers(PARAMS, CONFIG.num_layers)
+    assert not layer_layout.is_stacked(params)
+  engine = Engine(CONFIG, params, TOK, **kw)
+  assert engine.scan_layers == kw.get("scan_layers", True)  # CPU default: scanned
+  assert layer_layout.is_stacked(engine.params) == engine.scan_layers
   results = engine.generate(prompts, prompt_names=[f"p{i}" for i in range(len(prompts))])
   assert [r.ids for r in results] == baseline
   assert [r.text for r in results] == [TOK.decode(ids).split('"')[0] for ids in baseline]

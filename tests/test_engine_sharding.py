@@ -38,6 +38,7 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
     for mesh, run in runs.items():
       assert run["ids"] == base["ids"], (name, mesh)
       assert run["shrink2_ids"] == base["shrink0_ids"], (name, mesh)
+      assert run["unrolled_ids"] == base["ids"], (name, mesh)
       for got, ref in zip(run["logprobs"], base["logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh}")
 
@@ -48,6 +49,8 @@ def test_param_table_applied(mesh_runs):
   assert runs["1x4"]["k"] == [None, None, "model"]
   assert runs["1x4"]["down"] == [None, "model", None]
   assert runs["1x4"]["embed"] == ["model", None]
+  assert runs["1x4"]["unrolled_q"] == [None, "model"]       # one layer's [D, H*Dh]
+  assert runs["2x2"]["unrolled_down"] == ["model", None]    # one layer's [F, D]
   assert runs["1x4"]["norm"] == [None]
   assert runs["4x1"]["batch_buckets"] == [4, 8]
   fallback = mesh_runs["fallback"]["1x4"]

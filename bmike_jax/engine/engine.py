@@ -26,6 +26,7 @@ from bmike_jax.engine.answer import answer_text
 from bmike_jax.engine.programs import Programs
 from bmike_jax.engine.state import StopRule
 from bmike_jax.model import Llama, LlamaConfig
+from bmike_jax.model import layer_layout
 
 MAX_DEFAULT_BUCKET = 8192  # default largest length bucket (capped by the model's context)
 MAX_IN_FLIGHT = 2          # batches dispatched ahead of the host reading results
@@ -74,14 +75,17 @@ class Engine:
   answer (default: config.eos_token_ids, else tokenizer.eos_ids). decode_halvings: the decode loop of
   a batch of 16 rows or more moves its still-running rows into a batch half the size, up to this
   many times, once no more than that many are running (finished rows stop costing compute; 0:
-  never; see buckets.decode_phases).
+  never; see buckets.decode_phases). scan_layers: scan the decoder layers over stacked params
+  (True) or unroll them over per-layer params (False); default: scanned on CPU (fast compiles),
+  unrolled on GPU / TPU, where a scanned step copies every layer's weights before reading them
+  (model/layer_layout.py). Params may come in either layout; they are converted once.
   """
 
   def __init__(self, config, params, tokenizer, mesh=None, batch_size: int = 8,
                length_buckets: Sequence[int] | None = None, max_new_tokens: int = 15,
                prefix_reuse: bool = True, overlong: str = "error", dtype=jnp.float32,
                min_prefix: int = 16, eos_ids: Sequence[int] | None = None,
-               decode_halvings: int = 2):
+               decode_halvings: int = 2, scan_layers: bool | None = None):
     if isinstance(config, Llama):
       config = config.config
     if not isinstance(config, LlamaConfig):
@@ -105,7 +109,13 @@ class Engine:
     self.batch_size = -(-batch_size // data) * data
     self.batch_buckets = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
     dtype = jnp.dtype(dtype)
-    self.model = Llama(config, dtype=dtype, param_dtype=dtype)
+    if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
+      scan_layers = layer_layout.default_scan_layers(self.mesh.devices.flat[0].platform)
+    self.scan_layers = bool(scan_layers)
+    if self.scan_layers != layer_layout.is_stacked(params):
+      params = (layer_layout.stack_layers if self.scan_layers else layer_layout.unstack_layers)(
+          params, config.num_layers)
+    self.model = Llama(config, dtype=dtype, param_dtype=dtype, scan_layers=self.scan_layers)
     params = jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype
         else x, params)

@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bmike_jax.model import LlamaConfig
+from bmike_jax.model import layer_layout
 
 DATA, MODEL = "data", "model"
 
@@ -68,14 +69,16 @@ class ShardRule:
   unit: str | None = None
 
 
+# Specs of one layer's params; in the stacked layout (params["layers"], model/layer_layout.py)
+# every leaf has a leading [L] axis, which stays unsharded (see `param_shardings`).
 PARAM_RULES: tuple[ShardRule, ...] = (
-    ShardRule(r"layers/attn/q/kernel$", P(None, None, MODEL), "num_heads"),       # [L, D, H*Dh]
-    ShardRule(r"layers/attn/(k|v)/kernel$", P(None, None, MODEL), "num_kv_heads"),  # [L, D, KVH*Dh]
-    ShardRule(r"layers/attn/o/kernel$", P(None, MODEL, None), "num_heads"),       # [L, H*Dh, D]
-    ShardRule(r"layers/mlp/(gate|up)/kernel$", P(None, None, MODEL)),             # [L, D, F]
-    ShardRule(r"layers/mlp/down/kernel$", P(None, MODEL, None)),                  # [L, F, D]
-    ShardRule(r"embed/embedding$", P(MODEL, None)),                               # [V, D]
-    ShardRule(r"lm_head/kernel$", P(None, MODEL)),                                # [D, V]
+    ShardRule(r"attn/q/kernel$", P(None, MODEL), "num_heads"),                    # [D, H*Dh]
+    ShardRule(r"attn/(k|v)/kernel$", P(None, MODEL), "num_kv_heads"),             # [D, KVH*Dh]
+    ShardRule(r"attn/o/kernel$", P(MODEL, None), "num_heads"),                    # [H*Dh, D]
+    ShardRule(r"mlp/(gate|up)/kernel$", P(None, MODEL)),                          # [D, F]
+    ShardRule(r"mlp/down/kernel$", P(MODEL, None)),                               # [F, D]
+    ShardRule(r"^embed/embedding$", P(MODEL, None)),                              # [V, D]
+    ShardRule(r"^lm_head/kernel$", P(None, MODEL)),                               # [D, V]
     ShardRule(r".*", P()),                                                        # norms
 )
 
@@ -112,7 +115,9 @@ def param_shardings(params, mesh: Mesh, config: LlamaConfig,
   def one(path, leaf):
     name = _path_str(path)
     rule = next(r for r in rules if re.search(r.pattern, name))
-    spec = P(*(list(rule.spec) + [None] * (leaf.ndim - len(rule.spec))))
+    stacked = [None] if name.startswith(layer_layout.STACKED + "/") else []  # the [L] axis
+    spec = stacked + list(rule.spec)
+    spec = P(*(spec + [None] * (leaf.ndim - len(spec))))
     units = None
     if rule.unit:
       units = [getattr(config, rule.unit) if a is not None else None for a in spec]

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from bmike_jax.model.config import LlamaConfig
+from bmike_jax.model import layer_layout
 from bmike_jax.model import rope
 
 
@@ -157,6 +158,7 @@ class Llama(nn.Module):
   config: LlamaConfig
   dtype: Any = jnp.float32  # activations / compute
   param_dtype: Any = jnp.float32
+  scan_layers: bool = True  # False: layers unrolled, params per layer (see layer_layout.py)
 
   @nn.compact
   def __call__(self, tokens, positions, cache: KVCache, write_index, attn_mask,
@@ -166,18 +168,26 @@ class Llama(nn.Module):
                      param_dtype=self.param_dtype, name="embed")
     x = embed(tokens)  # [B, T, D]
     cos, sin = rope.rotary_tables(positions, rope.inverse_frequencies(cfg))
-    layers = nn.scan(
-        DecoderLayer,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=cfg.num_layers,
-    )(cfg, self.dtype, self.param_dtype, name="layers")
     shared = None if prefix is None else (prefix.k, prefix.v)
     if shared is not None and prefix_mask is None:
       prefix_mask = jnp.ones((prefix.length,), bool)
-    carry = (x, (cache.k, cache.v), jnp.zeros((), jnp.int32))
-    (x, (k, v), _), _ = layers(carry, shared, cos, sin, write_index, attn_mask, prefix_mask)
+    if self.scan_layers:
+      layers = nn.scan(
+          DecoderLayer,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
+      )(cfg, self.dtype, self.param_dtype, name=layer_layout.STACKED)
+      carry = (x, (cache.k, cache.v), jnp.zeros((), jnp.int32))
+      (x, (k, v), _), _ = layers(carry, shared, cos, sin, write_index, attn_mask, prefix_mask)
+    else:
+      carry = (x, (cache.k, cache.v), 0)  # a static layer index: static cache slices
+      for i in range(cfg.num_layers):
+        layer = DecoderLayer(cfg, self.dtype, self.param_dtype, name=layer_layout.layer_name(i))
+        own = None if shared is None else (shared[0][i], shared[1][i])
+        carry, _ = layer(carry, own, cos, sin, write_index, attn_mask, prefix_mask)
+      x, (k, v), _ = carry
     if logits_index is not None:
       x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
     x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
@@ -198,9 +208,10 @@ def causal_forward(model: Llama, params, tokens: jax.Array) -> jax.Array:
   return logits
 
 
-def init_params(config: LlamaConfig, seed: int = 0, dtype=jnp.float32):
-  """Randomly initialised params (shapes for conversion checks and synthetic benchmarks)."""
-  model = Llama(config, dtype=dtype, param_dtype=dtype)
+def init_params(config: LlamaConfig, seed: int = 0, dtype=jnp.float32, scan_layers: bool = True):
+  """Randomly initialised params (shapes for conversion checks and synthetic benchmarks), in the
+  stacked layout, or per layer with scan_layers=False."""
+  model = Llama(config, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
   tokens = jnp.zeros((1, 1), jnp.int32)
   cache = KVCache.zeros(config, 1, 1, dtype)
   mask = jnp.ones((1, 1, 1), bool)

@@ -12,6 +12,7 @@ from bmike_jax.checkpoints import orbax_io
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
 from bmike_jax.engine import sharding
+from bmike_jax.model import layer_layout
 from bmike_jax.runner.run_config import FlagError, RunConfig
 
 
@@ -23,15 +24,20 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def load_params(source: str, dtype: str, mesh):
+def load_params(source: str, dtype: str, mesh, scan_layers: bool = True):
   """(config, params). A converted (orbax) checkpoint is restored straight onto the mesh: each
   device reads only its shards, and no host holds the whole model (an 8B on a pod); HF and GGUF
-  sources are read on the host and placed by the engine."""
+  sources are read on the host and placed by the engine. scan_layers=False: restored params are
+  split per layer here, leaf by leaf, each stacked leaf freed once split (the engine would keep
+  both layouts on the devices at once)."""
   if checkpoints.source_kind(source) != "orbax":
     return checkpoints.load_model(source, dtype=dtype)
   config = orbax_io.load_config(source)
   shardings = sharding.param_shardings(orbax_io.abstract_params(source, dtype), mesh, config)
-  return config, orbax_io.restore_params(source, shardings, dtype)
+  params = orbax_io.restore_params(source, shardings, dtype)
+  if not scan_layers:
+    params = layer_layout.unstack_layers(params, config.num_layers, consume=True)
+  return config, params
 
 
 def build_engine(cfg: RunConfig):
@@ -46,12 +52,16 @@ def build_engine(cfg: RunConfig):
     raise FlagError(f"--mesh_data={cfg.mesh_data} --mesh_model={cfg.mesh_model}: {e} "
                     f"(this process sees {jax.device_count()} device(s))") from e
   logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
-  config, params = load_params(source, cfg.dtype, mesh)
+  scan_layers = cfg.scan_layers
+  if scan_layers is None:
+    scan_layers = layer_layout.default_scan_layers(mesh.devices.flat[0].platform)
+  config, params = load_params(source, cfg.dtype, mesh, scan_layers)
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source)
   checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
                   length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
                   prefix_reuse=cfg.prefix_reuse, decode_halvings=cfg.decode_halvings,
+                  scan_layers=scan_layers,
                   overlong=cfg.overlong, dtype=cfg.dtype,
                   # What HF generate stops on (generation_config.json wins), as the reference.
                   eos_ids=config.eos_token_ids or None)
@@ -62,5 +72,6 @@ def build_engine(cfg: RunConfig):
       "num_params": config.num_params,
       "config": dataclasses.asdict(config),
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "scan_layers": scan_layers,
   }
   return engine, tokenizer, model_info

@@ -58,6 +58,11 @@ def define_flags() -> None:
                        "rows into a batch half the size, up to this many times, once no more than "
                        "that many are running (finished rows stop costing compute; each halving "
                        "compiles one more loop; answers are identical either way). 0: never.")
+  flags.DEFINE_enum("scan_layers", "auto", ["auto", "true", "false"],
+                    "Scan the decoder layers over stacked weights (true: ~5x faster compiles) or "
+                    "unroll them over per-layer weights (false: a GPU decode step reads each "
+                    "weight once instead of three times, BENCHMARKS.md). auto: scanned on CPU, "
+                    "unrolled on GPU / TPU. Answers are identical either way.")
   flags.DEFINE_integer("max_new_tokens", 15, "Greedy tokens per answer (the reference uses 15).")
   flags.DEFINE_string("length_buckets", "32,48,64,96,128,192,256,384,512,768,1024,1536,2048",
                       "Padded prompt-length buckets (comma list, ascending). Steps of 1.5x-2x "
@@ -86,7 +91,7 @@ def define_flags() -> None:
 
 RUNNER_FLAGS = ("data_dir", "datasets", "langs", "setups", "query_types", "limit", "output_dir",
                 "batch_size", "dtype", "checkpoint", "tokenizer", "mesh_data", "mesh_model",
-                "prefix_reuse", "decode_halvings", "max_new_tokens", "length_buckets", "overlong", "likelihood",
+                "prefix_reuse", "decode_halvings", "scan_layers", "max_new_tokens", "length_buckets", "overlong", "likelihood",
                 "distributed", "coordinator_address", "num_processes", "process_id", "progress",
                 "compilation_cache_dir")
 
@@ -113,6 +118,7 @@ class RunConfig:
   mesh_model: int
   prefix_reuse: bool
   decode_halvings: int
+  scan_layers: bool | None  # None: the platform's default (layer_layout.default_scan_layers)
   max_new_tokens: int
   length_buckets: tuple[int, ...]
   overlong: str
@@ -197,6 +203,7 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
       mesh_model=f.mesh_model,
       prefix_reuse=f.prefix_reuse,
       decode_halvings=f.decode_halvings,
+      scan_layers={"auto": None, "true": True, "false": False}[f.scan_layers],
       max_new_tokens=f.max_new_tokens,
       length_buckets=_parse_buckets(f.length_buckets),
       overlong=f.overlong,
