@@ -80,6 +80,12 @@ flags.DEFINE_integer("decode_repeats", 3, "Timed repeats of each decode measurem
 flags.DEFINE_integer("gpu_matmul_size", 8192, "n of the bf16 matmul peak measurement.")
 flags.DEFINE_enum("synthetic_model", "llama3_8b", ["llama3_8b", "tiny"], "tiny: toy sizes, to "
                   "smoke-test the GPU section's code (with --allow_cpu).")
+flags.DEFINE_string("gpu_lengths", None, "GPU section: read the real prompts' token lengths from "
+                    "this file (written by --gpu_write_lengths where the data and the embedded "
+                    "tokenizer are) instead of tokenizing here.")
+flags.DEFINE_string("gpu_write_lengths", None, "Write the real prompts' token lengths of the GPU "
+                    "section's workload (--dataset, --langs, --gpu_records, --gpu_setups) to this "
+                    "file and exit; needs no accelerator.")
 flags.DEFINE_boolean("allow_cpu", False, "Let the GPU section run on CPU (smoke tests only; its "
                      "numbers mean nothing there).")
 
@@ -297,6 +303,23 @@ def gpu_section() -> tuple[str, dict]:
   from bmike_jax.benchmarks import gpu
   from bmike_jax.benchmarks import workload
 
+  data_dir = FLAGS.data_dir or workload.default_data_dir()
+  if FLAGS.gpu_write_lengths:
+    lengths, source = gpu.real_lengths(data_dir, FLAGS.dataset, FLAGS.langs, FLAGS.gpu_records,
+                                       FLAGS.gpu_setups)
+    if source["tokenizer"].startswith("none"):
+      print(f"bench: --gpu_write_lengths: {source['tokenizer']}; nothing written", file=sys.stderr)
+      sys.exit(1)
+    gpu.write_lengths(FLAGS.gpu_write_lengths, lengths, source)
+    _log(f"wrote the prompt lengths of {sum(len(s) for g in lengths.values() for _, s in g)} "
+         f"prompts to {FLAGS.gpu_write_lengths}")
+    sys.exit(0)
+  if FLAGS.gpu_lengths:
+    try:
+      gpu.read_lengths(FLAGS.gpu_lengths, FLAGS.gpu_setups)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
   if not gpu.is_accelerator() and not FLAGS.allow_cpu:
     import jax
     print("bench: --gpu_synthetic_8b needs a GPU (or TPU); this machine's JAX sees only "
@@ -305,7 +328,7 @@ def gpu_section() -> tuple[str, dict]:
     sys.exit(2)
   args = types.SimpleNamespace(
       model=FLAGS.synthetic_model, batch_size=FLAGS.gpu_batch_size,
-      data_dir=FLAGS.data_dir or workload.default_data_dir(), dataset=FLAGS.dataset,
+      data_dir=data_dir, dataset=FLAGS.dataset, lengths_file=FLAGS.gpu_lengths,
       langs=FLAGS.langs, records=FLAGS.gpu_records, setups=FLAGS.gpu_setups,
       decode_repeats=FLAGS.decode_repeats,
       hbm_bandwidth=FLAGS.hbm_bandwidth, peak_flops=FLAGS.peak_flops,
@@ -335,7 +358,7 @@ def write_outputs(md: str, raw: dict) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.gpu_synthetic_8b:
+  if FLAGS.gpu_synthetic_8b or FLAGS.gpu_write_lengths:
     md, raw = gpu_section()
     write_outputs(md, raw)
     return

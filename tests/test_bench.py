@@ -76,11 +76,31 @@ def test_gpu_section_refuses_without_a_gpu():
 
 
 def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
+  # The prompt lengths are written where the data and tokenizer are, then read (as on a GPU
+  # machine that has neither).
+  lengths = str(tmp_path / "lengths.json")
+  proc = run_bench([f"--data_dir={SAMPLE_DIR}", "--langs=de", "--gpu_records=1",
+                    "--gpu_setups=zero_shot", f"--gpu_write_lengths={lengths}"], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(lengths, encoding="utf-8") as f:
+    written = json.load(f)
+  (prefix, suffixes), = written["lengths"]["zero_shot"]   # one group: de
+  assert len(suffixes) == 4 and min(suffixes) > 0 and prefix >= 0
+  assert written["source"]["tokenizer"].startswith("SmolLM2")
+  bad = tmp_path / "bad.json"
+  bad.write_text("{}")
+  proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={bad}"], timeout=300)
+  assert proc.returncode == 1 and f"--gpu_lengths={bad}" in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={lengths}", "--gpu_setups=one_shot"],
+                   timeout=300)
+  assert proc.returncode == 1 and "one_shot" in proc.stderr, proc.stderr[-2000:]
+
   out = str(tmp_path / "gpu")
   proc = run_bench(["--gpu_synthetic_8b", "--synthetic_model=tiny", "--allow_cpu",
-                    f"--data_dir={SAMPLE_DIR}", "--langs=de", "--gpu_records=1",
-                    "--gpu_setups=zero_shot", "--gpu_batch_size=4", "--decode_repeats=1",
-                    "--gpu_matmul_size=128", "--max_new_tokens=3", f"--output={out}"])
+                    f"--gpu_lengths={lengths}", "--gpu_setups=zero_shot", "--gpu_batch_size=4",
+                    "--decode_repeats=1", "--gpu_matmul_size=128", "--max_new_tokens=3",
+                    f"--output={out}"])
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(out + ".md", encoding="utf-8") as f:
     md = f.read()
@@ -89,6 +109,9 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   with open(out + ".json", encoding="utf-8") as f:
     raw = json.load(f)
   assert raw["decode"]["zero_shot"]["batch"] == 4
+  assert raw["setups"]["zero_shot"]["full"]["prompts"] == 4
+  assert raw["lengths_source"] == written["source"]
+  assert raw["scan_layers"] is True  # the CPU layout
   assert raw["projection"]["zero_shot"]["prompts"] == 53 * (743 + 1031 + 784) * 4
   assert not raw["projection_complete"]
 

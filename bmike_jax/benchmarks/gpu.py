@@ -84,9 +84,11 @@ def is_accelerator() -> bool:
 
 
 def real_lengths(data_dir: str, dataset: str, langs: Sequence[str], records: int,
-                 setups: Sequence[str]) -> dict:
-  """setup -> [(shared prefix length, [suffix lengths])] per language group, from the real prompts
-  tokenized with the embedded (SmolLM2) tokenizer; FALLBACK_LENGTHS without it."""
+                 setups: Sequence[str]) -> tuple[dict, dict]:
+  """(setup -> [(shared prefix length, [suffix lengths])] per language group, source): lengths of
+  the real prompts tokenized with the embedded (SmolLM2) tokenizer; FALLBACK_LENGTHS without it.
+  `source` says which."""
+  source = {"dataset": dataset, "langs": list(langs), "records": records}
   try:
     from bmike_jax import checkpoints
     from bmike_jax import tokenizer as tokenizer_lib
@@ -99,12 +101,44 @@ def real_lengths(data_dir: str, dataset: str, langs: Sequence[str], records: int
       ids = [tok.encode(t) for t in g.texts]
       p = common_prefix_length(ids)
       out.setdefault(g.setup, []).append((p, [len(x) - p for x in ids]))
-    return out
+    return out, {**source, "tokenizer": "SmolLM2-135M (embedded GGUF)", "data_dir": str(data_dir)}
   except Exception as e:  # pylint: disable=broad-except  (lengths only; fall back)
     print(f"bench: real prompt lengths unavailable ({e}); using fixed lengths", flush=True)
     n = records * SWEEP_QUERY_TYPES
-    return {s: [(FALLBACK_LENGTHS[s][0], [FALLBACK_LENGTHS[s][1]] * n)] * len(langs)
-            for s in setups}
+    return ({s: [(FALLBACK_LENGTHS[s][0], [FALLBACK_LENGTHS[s][1]] * n)] * len(langs)
+             for s in setups}, {**source, "tokenizer": f"none: fixed FALLBACK_LENGTHS ({e})"})
+
+
+def write_lengths(path: str, lengths: dict, source: dict) -> None:
+  """Saves `real_lengths`' result (with where it came from) as JSON, for a GPU machine that has
+  neither the data nor the embedded tokenizer (`--gpu_lengths`)."""
+  import json
+  import os
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"source": source, "lengths": {s: [[p, list(suf)] for p, suf in groups]
+                                             for s, groups in lengths.items()}}, f)
+
+
+def read_lengths(path: str, setups: Sequence[str]) -> tuple[dict, dict]:
+  """(lengths, source) from a `write_lengths` file; ValueError naming the file when it is unreadable
+  or lacks one of `setups`."""
+  import json
+
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+    lengths = {s: [(int(p), [int(x) for x in suf]) for p, suf in groups]
+               for s, groups in raw["lengths"].items()}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"--gpu_lengths={path}: not a prompt-lengths file written by "
+                     f"--gpu_write_lengths ({e})") from None
+  missing = [s for s in setups if s not in lengths]
+  if missing:
+    raise ValueError(f"--gpu_lengths={path}: has no lengths for setup(s) {', '.join(missing)} "
+                     f"(it has {', '.join(sorted(lengths))})")
+  return lengths, raw.get("source", {})
 
 
 def synthetic_group(rng: np.random.Generator, vocab: int, bos: int | None, prefix_len: int,
@@ -170,14 +204,22 @@ def run(args) -> dict:
   print(f"bench[gpu]: initialising {args.model} ({config.num_params / 1e9:.2f}B params, bf16)",
         flush=True)
   t0 = time.perf_counter()
-  params = jax.jit(lambda: init_params(config, seed=0, dtype=jnp.bfloat16))()
+  # The layout the engine runs on this device (per layer on accelerators), so it converts nothing.
+  scan_layers = device.platform == "cpu"
+  out["scan_layers"] = scan_layers
+  params = jax.jit(lambda: init_params(config, seed=0, dtype=jnp.bfloat16,
+                                       scan_layers=scan_layers))()
   jax.block_until_ready(params)
   out["init_seconds"] = time.perf_counter() - t0
   param_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
   out["param_bytes"] = param_bytes
   tokenizer = SyntheticTokenizer(config)
   rng = np.random.default_rng(0)
-  lengths = real_lengths(args.data_dir, args.dataset, args.langs, args.records, args.setups)
+  if getattr(args, "lengths_file", None):
+    lengths, out["lengths_source"] = read_lengths(args.lengths_file, args.setups)
+  else:
+    lengths, out["lengths_source"] = real_lengths(args.data_dir, args.dataset, args.langs,
+                                                  args.records, args.setups)
   groups = {s: [synthetic_group(rng, config.vocab_size, config.bos_token_id, p, suf)
                 for p, suf in lengths[s]] for s in args.setups}
   buckets = args.length_buckets or None
@@ -273,7 +315,8 @@ def markdown(res: dict) -> str:
   mm = res["measured_matmul"]
   lines += [
       f"- parameters: {res['num_params'] / 1e9:.3f}B, {res['param_bytes'] / 1e9:.2f} GB; "
-      f"engine batch size {res['batch_size']}",
+      f"engine batch size {res['batch_size']}; decoder layers "
+      f"{'scanned (stacked params)' if res.get('scan_layers') else 'unrolled (per-layer params)'}",
       (f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
        f"({res['hbm_bandwidth_source']})" if res["hbm_bandwidth"] else
        "- HBM bandwidth: unknown device (pass --hbm_bandwidth)") + "; dense bf16 peak used: "
@@ -307,7 +350,8 @@ def markdown(res: dict) -> str:
                fmt(res["projected_seconds"] / 3600, 2)])
   lines += [
       "Synthetic prompts copy the token lengths (and the shared demonstration prefix) of the real "
-      "prompts under the SmolLM2 tokenizer.", "",
+      "prompts under the SmolLM2 tokenizer; lengths from: "
+      + ", ".join(f"{k} {v}" for k, v in res.get("lengths_source", {}).items()) + ".", "",
       "Projected full sweep (3 datasets × 53 languages × 4 query types per setup; greedy answers "
       "only, no likelihood scoring; 15 tokens per answer since random weights never close the "
       "quote):", "",
