@@ -146,3 +146,19 @@ def test_hf_margins_worker_gaps_match_a_plain_forward(tiny_ckpt):
     top2 = np.sort(model(torch.tensor([ids])).logits[0, -1].float().numpy())[-2:]
   assert abs(got["gaps"][0] - float(top2[1] - top2[0])) < 1e-5
   assert got["min_gap"] == min(got["gaps"]) == got["gaps"][got["min_gap_step"]]
+
+
+def test_decode_probe_runs_every_variant_on_a_toy_model(tmp_path):
+  out = tmp_path / "probe.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "bmike_jax.benchmarks.gpu_decode_probe",
+                         "--model=tiny", "--dtype=float32", "--batch=4", "--slots=16", "--steps=2",
+                         "--repeats=1", f"--hlo_dir={tmp_path / 'hlo'}", f"--output={out}"],
+                        capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  raw = json.loads(out.read_text())
+  assert set(raw["variants"]) == {"read_all_params", "layer_chain", "model_scanned",
+                                  "model_unrolled"}
+  assert all(v > 0 for v in raw["variants"].values())
+  assert sorted(os.listdir(tmp_path / "hlo")) == ["model_scanned.hlo.txt", "model_unrolled.hlo.txt"]
+  assert "model_unrolled" in proc.stdout

@@ -1,6 +1,6 @@
 """Where a bf16 decode step's time goes on an accelerator: one script, several variants, one table.
 
-  python -m bmike_jax.benchmarks.gpu_decode_probe [--model=llama3_8b|tiny] [--batch=64] [--slots=64]
+  python -m bmike_jax.benchmarks.gpu_decode_probe [--model=llama3_8b|smollm2|tiny] [--batch=64] [--slots=64]
 
 Variants, each timed as `steps` decode steps in one jitted fori_loop (median of --repeats):
 - read_all_params: a reduction over every parameter byte (the measured HBM floor of a step);
@@ -94,7 +94,6 @@ def main(argv):
 
   x0 = jax.random.normal(jax.random.PRNGKey(1), (b, cfg.hidden_size), dtype)
   res["variants"]["layer_chain"] = _time(jax.jit(chain), per_layer, head, x0) / n
-  res["variants"]["read_all_params"] = res["variants"]["read_all_params"]
   del per_layer
 
   for layout in FLAGS.layouts:

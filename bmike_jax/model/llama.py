@@ -1,4 +1,5 @@
-"""The Flax (linen) Llama decoder: scanned layers, preallocated KV cache, per-row positions.
+"""The Flax (linen) Llama decoder: scanned or unrolled layers (model/layer_layout.py), preallocated
+KV cache, per-row positions.
 
 Call convention (the engine relies on it; see DESIGN.md):
   tokens, positions: [B, T] int32
@@ -13,8 +14,9 @@ Returns (logits float32, new cache).
 Shared-prefix ("cascade") attention: a query's scores over the shared prefix and over its row's
 own cache go through one softmax (a shared running max and normalizer, no concatenation, see
 `_attend`), so the result equals attention over one cache holding [prefix, own tokens], but the prefix's K/V are stored and read once per batch instead of
-once per row. The per-layer caches ride through the layer scan as a carry and only the T new
-entries are written (in place), so a decode step does not rewrite the whole cache.
+once per row. The per-layer caches ride through the layers (the scan's carry, or the unrolled
+chain) and only the T new entries are written (in place), so a decode step does not rewrite the
+whole cache.
 """
 
 from __future__ import annotations
