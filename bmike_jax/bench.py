@@ -44,7 +44,8 @@ flags.DEFINE_list("setups", ["few_shot_mixed", "zero_shot"], "Prompt setups of t
 flags.DEFINE_string("checkpoint", None, "Model for every system: a .gguf file or a HF directory "
                     "(default: the embedded SmolLM2-135M GGUF).")
 flags.DEFINE_integer("batch_size", 16, "bmike-jax batch size of (c) and (d).")
-flags.DEFINE_list("length_buckets", [], "bmike-jax length buckets (default: the engine's).")
+flags.DEFINE_list("length_buckets", [], "bmike-jax length buckets (default: the engine's; in the "
+                  "GPU section those of configs/8b.flags).")
 flags.DEFINE_integer("max_new_tokens", 15, "Greedy tokens per answer (the reference uses 15).")
 flags.DEFINE_list("hf_batch_sizes", ["8", "16", "32"], "Batch sizes tried for (b).")
 flags.DEFINE_integer("hf_sweep_prompts", 128, "Choose (b)'s batch size on a sample of about this "

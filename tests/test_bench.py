@@ -112,6 +112,12 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert raw["setups"]["zero_shot"]["full"]["prompts"] == 4
   assert raw["lengths_source"] == written["source"]
   assert raw["scan_layers"] is True  # the CPU layout
+  # Default buckets: the 8B flagfile's, so the section compiles what an 8B run compiles.
+  from bmike_jax.benchmarks import gpu
+  with open(os.path.join(os.path.dirname(SAMPLE_DIR), "..", "configs", "8b.flags")) as f:
+    line, = [l for l in f if l.startswith("--length_buckets=")]
+  assert raw["length_buckets"] == [int(x) for x in line.split("=")[1].split(",")]
+  assert tuple(raw["length_buckets"]) == gpu.EIGHT_B_FLAGFILE_BUCKETS
   assert raw["projection"]["zero_shot"]["prompts"] == 53 * (743 + 1031 + 784) * 4
   assert not raw["projection_complete"]
 

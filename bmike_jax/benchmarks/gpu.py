@@ -33,6 +33,8 @@ SWEEP_QUERY_TYPES = 4
 SWEEP_SETUPS = {"zero_shot": "zero_shot", "one_shot": "one_shot",
                 "few_shot_mixed": "few_shot_mixed", "few_shot_specific": "few_shot_mixed"}
 GPU_SETUPS = ("zero_shot", "one_shot", "few_shot_mixed")
+# Length buckets of configs/8b.flags: the section's default, so it compiles what an 8B run compiles.
+EIGHT_B_FLAGFILE_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
 # Token lengths used when the embedded tokenizer cannot be loaded: (shared prefix, mean suffix).
 FALLBACK_LENGTHS = {"zero_shot": (0, 54), "one_shot": (60, 60), "few_shot_mixed": (490, 60)}
 
@@ -222,7 +224,8 @@ def run(args) -> dict:
                                                   args.records, args.setups)
   groups = {s: [synthetic_group(rng, config.vocab_size, config.bos_token_id, p, suf)
                 for p, suf in lengths[s]] for s in args.setups}
-  buckets = args.length_buckets or None
+  buckets = tuple(args.length_buckets or EIGHT_B_FLAGFILE_BUCKETS)
+  out["length_buckets"] = list(buckets)
 
   def make(max_new_tokens):
     return Engine(config, params, tokenizer, batch_size=args.batch_size, length_buckets=buckets,
@@ -315,7 +318,8 @@ def markdown(res: dict) -> str:
   mm = res["measured_matmul"]
   lines += [
       f"- parameters: {res['num_params'] / 1e9:.3f}B, {res['param_bytes'] / 1e9:.2f} GB; "
-      f"engine batch size {res['batch_size']}; decoder layers "
+      f"engine batch size {res['batch_size']}; length buckets "
+      f"{','.join(map(str, res.get('length_buckets', [])))}; decoder layers "
       f"{'scanned (stacked params)' if res.get('scan_layers') else 'unrolled (per-layer params)'}",
       (f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
        f"({res['hbm_bandwidth_source']})" if res["hbm_bandwidth"] else
