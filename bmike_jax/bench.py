@@ -315,9 +315,10 @@ def gpu_section() -> tuple[str, dict]:
     _log(f"wrote the prompt lengths of {sum(len(s) for g in lengths.values() for _, s in g)} "
          f"prompts to {FLAGS.gpu_write_lengths}")
     sys.exit(0)
+  given_lengths = None  # read before anything is measured: a bad file stops the run at once
   if FLAGS.gpu_lengths:
     try:
-      gpu.read_lengths(FLAGS.gpu_lengths, FLAGS.gpu_setups)
+      given_lengths = gpu.read_lengths(FLAGS.gpu_lengths, FLAGS.gpu_setups)
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
@@ -329,7 +330,7 @@ def gpu_section() -> tuple[str, dict]:
     sys.exit(2)
   args = types.SimpleNamespace(
       model=FLAGS.synthetic_model, batch_size=FLAGS.gpu_batch_size,
-      data_dir=data_dir, dataset=FLAGS.dataset, lengths_file=FLAGS.gpu_lengths,
+      data_dir=data_dir, dataset=FLAGS.dataset, lengths=given_lengths,
       langs=FLAGS.langs, records=FLAGS.gpu_records, setups=FLAGS.gpu_setups,
       decode_repeats=FLAGS.decode_repeats,
       hbm_bandwidth=FLAGS.hbm_bandwidth, peak_flops=FLAGS.peak_flops,

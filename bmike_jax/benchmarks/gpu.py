@@ -176,7 +176,8 @@ def _device_memory() -> dict:
 
 def run(args) -> dict:
   """args: a namespace with model, batch_size, data_dir, dataset, langs, records, decode_repeats,
-  hbm_bandwidth, peak_flops, length_buckets, setups, matmul_size, max_new_tokens. Returns a
+  hbm_bandwidth, peak_flops, length_buckets, setups, matmul_size, max_new_tokens, and optionally
+  lengths ((lengths, source) from `read_lengths`; default: `real_lengths` of the data). Returns a
   JSON-able result dict."""
   import jax
   import jax.numpy as jnp
@@ -217,8 +218,8 @@ def run(args) -> dict:
   out["param_bytes"] = param_bytes
   tokenizer = SyntheticTokenizer(config)
   rng = np.random.default_rng(0)
-  if getattr(args, "lengths_file", None):
-    lengths, out["lengths_source"] = read_lengths(args.lengths_file, args.setups)
+  if getattr(args, "lengths", None):  # (lengths, source) from read_lengths
+    lengths, out["lengths_source"] = args.lengths
   else:
     lengths, out["lengths_source"] = real_lengths(args.data_dir, args.dataset, args.langs,
                                                   args.records, args.setups)
