@@ -88,10 +88,12 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert len(suffixes) == 4 and min(suffixes) > 0 and prefix >= 0
   assert written["source"]["tokenizer"].startswith("SmolLM2")
   bad = tmp_path / "bad.json"
-  bad.write_text("{}")
-  proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={bad}"], timeout=300)
-  assert proc.returncode == 1 and f"--gpu_lengths={bad}" in proc.stderr, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
+  for text in ("{}", '{"lengths": []}', '{"lengths": {"zero_shot": []}}',
+               '{"lengths": {"zero_shot": [[4, []]]}}'):
+    bad.write_text(text)
+    proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={bad}"], timeout=300)
+    assert proc.returncode == 1 and f"--gpu_lengths={bad}" in proc.stderr, (text, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, text
   proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={lengths}", "--gpu_setups=one_shot"],
                    timeout=300)
   assert proc.returncode == 1 and "one_shot" in proc.stderr, proc.stderr[-2000:]

@@ -48,9 +48,10 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
     dict(batch_size=16, prefix_reuse=False, decode_halvings=3),
     dict(batch_size=8, prefix_reuse=True, scan_layers=False),
     dict(batch_size=16, prefix_reuse=False, scan_layers=False, per_layer_params=True),
+    dict(batch_size=8, prefix_reuse=True, per_layer_params=True),
 ], ids=["b8-reuse", "b32-reuse", "b8", "b32-big-buckets", "b4-reuse-fine-buckets",
         "b32-no-shrink", "b16-shrink-to-2", "b8-reuse-unrolled-layers",
-        "b16-unrolled-layers-per-layer-params-in"])
+        "b16-unrolled-layers-per-layer-params-in", "b8-reuse-per-layer-params-restacked"])
 def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
   kw = dict(kw)
   params = PARAMS

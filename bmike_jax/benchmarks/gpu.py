@@ -133,9 +133,14 @@ def read_lengths(path: str, setups: Sequence[str]) -> tuple[dict, dict]:
       raw = json.load(f)
     lengths = {s: [(int(p), [int(x) for x in suf]) for p, suf in groups]
                for s, groups in raw["lengths"].items()}
-  except (OSError, ValueError, KeyError, TypeError) as e:
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(f"--gpu_lengths={path}: not a prompt-lengths file written by "
                      f"--gpu_write_lengths ({e})") from None
+  bad = [s for s, groups in lengths.items()
+         if not groups or any(p < 0 or not suf or min(suf) < 1 for p, suf in groups)]
+  if bad:
+    raise ValueError(f"--gpu_lengths={path}: setup(s) {', '.join(bad)} have no groups, an empty "
+                     "group or a length below 1")
   missing = [s for s in setups if s not in lengths]
   if missing:
     raise ValueError(f"--gpu_lengths={path}: has no lengths for setup(s) {', '.join(missing)} "
@@ -186,6 +191,7 @@ def run(args) -> dict:
   from bmike_jax.engine import buckets as buckets_lib
   from bmike_jax.engine import layout as layout_lib
   from bmike_jax.model import init_params
+  from bmike_jax.model import layer_layout
 
   device = jax.devices()[0]
   config = llama31_8b_config() if args.model == "llama3_8b" else tiny_config()
@@ -208,7 +214,7 @@ def run(args) -> dict:
         flush=True)
   t0 = time.perf_counter()
   # The layout the engine runs on this device (per layer on accelerators), so it converts nothing.
-  scan_layers = device.platform == "cpu"
+  scan_layers = layer_layout.default_scan_layers(device.platform)
   out["scan_layers"] = scan_layers
   params = jax.jit(lambda: init_params(config, seed=0, dtype=jnp.bfloat16,
                                        scan_layers=scan_layers))()
@@ -321,7 +327,8 @@ def markdown(res: dict) -> str:
       f"- parameters: {res['num_params'] / 1e9:.3f}B, {res['param_bytes'] / 1e9:.2f} GB; "
       f"engine batch size {res['batch_size']}; length buckets "
       f"{','.join(map(str, res.get('length_buckets', [])))}; decoder layers "
-      f"{'scanned (stacked params)' if res.get('scan_layers') else 'unrolled (per-layer params)'}",
+      # (runs before the layout choice existed have no scan_layers: they were scanned)
+      f"{'unrolled (per-layer params)' if res.get('scan_layers') is False else 'scanned (stacked params)'}",
       (f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
        f"({res['hbm_bandwidth_source']})" if res["hbm_bandwidth"] else
        "- HBM bandwidth: unknown device (pass --hbm_bandwidth)") + "; dense bf16 peak used: "

@@ -78,7 +78,10 @@ class Engine:
   never; see buckets.decode_phases). scan_layers: scan the decoder layers over stacked params
   (True) or unroll them over per-layer params (False); default: scanned on CPU (fast compiles),
   unrolled on GPU / TPU, where a scanned step copies every layer's weights before reading them
-  (model/layer_layout.py). Params may come in either layout; they are converted once.
+  (model/layer_layout.py). Params may come in either layout; they are converted once (numpy params:
+  views; params already on the devices in the other layout: both layouts are held there until the
+  caller drops its own, so pass host or per-layer params for a model that fills the devices, as the
+  runner does).
   """
 
   def __init__(self, config, params, tokenizer, mesh=None, batch_size: int = 8,

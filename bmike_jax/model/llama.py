@@ -136,8 +136,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """One block, scanned over layers. The carry is (residual stream x [B, T, D], all layers' KV
-  caches, layer index); the scanned input is this layer's slice of the shared prefix KV."""
+  """One block, scanned over layers or one of the unrolled chain. The carry is (residual stream
+  x [B, T, D], all layers' KV caches, layer index); the other input is this layer's slice of the
+  shared prefix KV."""
 
   config: LlamaConfig
   dtype: Any = jnp.float32
