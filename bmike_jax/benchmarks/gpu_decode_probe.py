@@ -14,7 +14,9 @@ Also writes each model variant's optimized HLO to --hlo_dir, when given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import statistics
 import time
 
@@ -52,9 +54,6 @@ def main(argv):
 
   from bmike_jax.benchmarks import gpu
   from bmike_jax.model import KVCache, Llama, init_params
-
-  import dataclasses
-
   from bmike_jax.model import layer_layout
 
   cfg = {"llama3_8b": gpu.llama31_8b_config, "tiny": gpu.tiny_config}.get(FLAGS.model)
@@ -72,9 +71,10 @@ def main(argv):
                                    for x in jax.tree_util.tree_leaves(p)))
   res["variants"]["read_all_params"] = _time(read_all, params)
 
-  lp = params["layers"]
-  per_layer = [jax.tree_util.tree_map(lambda a, i=i: a[i], lp) for i in range(cfg.num_layers)]
-  per_layer = jax.block_until_ready(jax.device_put(per_layer))
+  split = layer_layout.unstack_layers(params, cfg.num_layers)
+  per_layer = jax.block_until_ready([split[layer_layout.layer_name(i)]
+                                     for i in range(cfg.num_layers)])
+  del split
   head = params["lm_head"]["kernel"] if "lm_head" in params else params["embed"]["embedding"].T
 
   def chain(layers, head, x):  # x [B, D]
@@ -118,7 +118,6 @@ def main(argv):
     compiled = fn.lower(variant_params, KVCache.zeros(cfg, b, s, dtype), tok).compile()
     res.setdefault("compile_seconds", {})[name] = time.perf_counter() - t0
     if FLAGS.hlo_dir:
-      import os
       os.makedirs(FLAGS.hlo_dir, exist_ok=True)
       with open(os.path.join(FLAGS.hlo_dir, f"{name}.hlo.txt"), "w") as f:
         f.write(compiled.as_text())
