@@ -9,9 +9,20 @@ Sources (`load_tokenizer`):
     (the sentencepiece Llama default, as llama.cpp and transformers' own GGUF reader assume);
   - a `.gguf` file: its own tokenizer (`tokenizer.ggml.*` metadata), via transformers' converter.
 
+  - a directory with only Meta's original tiktoken `tokenizer.model` (Llama 3.x: one
+    `base64(token bytes) rank` per line): rebuilt as the byte-level BPE of its HF `tokenizer.json`
+    (same ids), with Meta's 256 special tokens and BOS `<|begin_of_text|>` added, as Llama 3.1 does.
+
 `encode(text, add_bos=True)` applies the post-processor (the tokenizer's own BOS rule: SmolLM2 adds
 none, Llama-3 `<|begin_of_text|>`, Llama-2 `<s>`); `add_bos=False` applies none. transformers is
 used for conversion only; encoding and decoding run in `tokenizers`.
+
+Decode clean-up (`DECODE_CLEANUPS`, SPEC "Generation and answer extraction"): `tokenizer_config.json`
+may ask for `clean_up_tokenization_spaces` (Llama-3.x does). The reference decoded with transformers
+4.x, which applied that clean-up (` .` -> `.`, ` 's` -> `'s`, ...) to every tokenizer model, BPE
+included; transformers >= 5.7 no longer does for BPE. `decode_cleanup="reference"` reproduces the
+reference; `"plain"` never cleans up (the decoded text as is). The config's own flag is kept
+(`config_clean_up`) and written back unchanged by `save`.
 """
 
 from __future__ import annotations
@@ -31,13 +42,20 @@ QUOTE = '"'
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 CONFIG_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "tokenizer.model", "chat_template.jinja")
+# name -> what it does; the first is the default (the reference's behaviour).
+DECODE_CLEANUPS = {
+    "reference": "transformers 4.x decode, as the reference: the tokenizer config's "
+                 "clean_up_tokenization_spaces applied whatever the tokenizer model (BPE too)",
+    "plain": "no clean-up: the decoded text as is (transformers >= 5.7 for BPE tokenizers)",
+}
 
 
 class Tokenizer:
   """A `tokenizers.Tokenizer` plus the few facts of its HF wrapper (BOS/EOS tokens, clean-up)."""
 
   def __init__(self, backend: tokenizers.Tokenizer, bos_token: str | None, eos_token: str | None,
-               source: str = "", clean_up_spaces: bool = False):
+               source: str = "", config_clean_up: bool = False,
+               decode_cleanup: str = "reference"):
     self.backend = backend
     self.backend.no_truncation()
     self.backend.no_padding()
@@ -50,8 +68,12 @@ class Tokenizer:
     self.special_ids = frozenset(i for i, tok in added.items() if tok.special)
     vocab = backend.get_vocab(with_added_tokens=True)  # token -> id
     self.vocab_size = max(vocab.values()) + 1  # ids this tokenizer can produce: [0, vocab_size)
-    # transformers skips its clean-up for BPE models (it corrupts them).
-    self.clean_up_spaces = clean_up_spaces and type(backend.model).__name__ != "BPE"
+    if decode_cleanup not in DECODE_CLEANUPS:
+      raise ValueError(f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, "
+                       f"got {decode_cleanup!r}")
+    self.config_clean_up = config_clean_up  # what tokenizer_config.json asks for
+    self.decode_cleanup = decode_cleanup
+    self.clean_up_spaces = decode_cleanup == "reference" and config_clean_up
 
   def encode(self, text: str, add_bos: bool = True) -> list[int]:
     return self.backend.encode(text, add_special_tokens=add_bos).ids
@@ -102,13 +124,13 @@ class Tokenizer:
     self.backend.save(os.path.join(directory, "tokenizer.json"))
     config = {"tokenizer_class": "TokenizersBackend", "add_bos_token": self.adds_bos,
               "add_eos_token": self.adds_eos, "bos_token": self.bos_token,
-              "eos_token": self.eos_token, "clean_up_tokenization_spaces": self.clean_up_spaces}
+              "eos_token": self.eos_token, "clean_up_tokenization_spaces": self.config_clean_up}
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
       json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def clean_up_tokenization(text: str) -> str:
-  """transformers' `clean_up_tokenization` (only for non-BPE models that ask for it)."""
+  """transformers 4.x `clean_up_tokenization`, replacements in its order."""
   for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
                         (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
                         (" 're", "'re")):
@@ -146,7 +168,7 @@ def _template(bos: str | None, bos_id, eos: str | None, eos_id, add_bos: bool, a
   return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
-def from_tokenizer_json(directory: str) -> Tokenizer:
+def from_tokenizer_json(directory: str, decode_cleanup: str = "reference") -> Tokenizer:
   path = os.path.join(directory, "tokenizer.json")
   try:
     backend = tokenizers.Tokenizer.from_file(path)
@@ -161,29 +183,32 @@ def from_tokenizer_json(directory: str) -> Tokenizer:
         eos, None if eos is None else backend.token_to_id(eos),
         bool(config.get("add_bos_token", False)), bool(config.get("add_eos_token", False)))
   return Tokenizer(backend, bos, eos, source=directory,
-                   clean_up_spaces=bool(config.get("clean_up_tokenization_spaces", False)))
+                   config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
+                   decode_cleanup=decode_cleanup)
 
 
-def from_transformers(hf_tokenizer, source: str) -> Tokenizer:
+def from_transformers(hf_tokenizer, source: str, decode_cleanup: str = "reference") -> Tokenizer:
   """Wraps the fast backend of a transformers tokenizer (after its BOS/EOS set-up)."""
   backend = getattr(hf_tokenizer, "backend_tokenizer", None)
   if backend is None:
     raise CheckpointError(f"{source}: transformers built no fast tokenizer")
   return Tokenizer(backend, hf_tokenizer.bos_token, hf_tokenizer.eos_token, source=source,
-                   clean_up_spaces=bool(getattr(hf_tokenizer, "clean_up_tokenization_spaces", False)))
+                   config_clean_up=bool(getattr(hf_tokenizer, "clean_up_tokenization_spaces",
+                                                False)),
+                   decode_cleanup=decode_cleanup)
 
 
-def from_gguf(path: str) -> Tokenizer:
+def from_gguf(path: str, decode_cleanup: str = "reference") -> Tokenizer:
   import transformers  # pylint: disable=import-outside-toplevel  (conversion only; no torch)
   try:
     hf = transformers.AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
                                                     gguf_file=os.path.basename(path))
   except (ValueError, OSError, KeyError) as e:
     raise CheckpointError(f"{path}: cannot build the GGUF's tokenizer ({e})") from e
-  return from_transformers(hf, path)
+  return from_transformers(hf, path, decode_cleanup)
 
 
-def from_sentencepiece(directory: str) -> Tokenizer:
+def from_sentencepiece(directory: str, decode_cleanup: str = "reference") -> Tokenizer:
   import sentencepiece  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   model = os.path.join(directory, "tokenizer.model")
@@ -200,19 +225,124 @@ def from_sentencepiece(directory: str) -> Tokenizer:
       hf = transformers.LlamaTokenizer.from_pretrained(directory, **kwargs)
   except (ValueError, OSError, KeyError) as e:
     raise CheckpointError(f"{model}: cannot convert the sentencepiece model ({e})") from e
-  return from_transformers(hf, directory)
+  return from_transformers(hf, directory, decode_cleanup)
 
 
-def load_tokenizer(source: str) -> Tokenizer:
-  """From a directory with tokenizer.json or tokenizer.model, or from a .gguf file."""
+# Meta's Llama 3 tokenizer (its reference `tokenizer.py`): the pre-tokenizer pattern and the 256
+# special tokens that follow the 128,000 BPE ranks.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIAL_TOKENS = (
+    ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+     "<|reserved_special_token_1|>", "<|reserved_special_token_2|>",
+     "<|reserved_special_token_3|>", "<|start_header_id|>", "<|end_header_id|>",
+     "<|reserved_special_token_4|>", "<|eot_id|>"]
+    + [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)])
+TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} \d+")
+
+
+def is_tiktoken_file(path: str) -> bool:
+  """Meta's tiktoken format: text lines `base64(token bytes) rank` (a sentencepiece model is a
+  binary protobuf)."""
+  try:
+    with open(path, "rb") as f:
+      first = f.readline().rstrip(b"\r\n")
+  except OSError:
+    return False
+  return bool(TIKTOKEN_LINE.fullmatch(first))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character map, the alphabet of byte-level BPE vocabularies."""
+  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+               + list(range(ord("®"), ord("ÿ") + 1)))
+  chars, extra = {}, 0
+  for b in range(256):
+    if b in printable:
+      chars[b] = chr(b)
+    else:
+      chars[b] = chr(256 + extra)
+      extra += 1
+  return chars
+
+
+def _read_tiktoken_ranks(path: str) -> dict[bytes, int]:
+  import base64  # pylint: disable=import-outside-toplevel
+  ranks: dict[bytes, int] = {}
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, start=1):
+      line = line.strip()
+      if not line:
+        continue
+      if not TIKTOKEN_LINE.fullmatch(line):
+        raise CheckpointError(f"{path}: line {number} is not `base64 rank` (a tiktoken file)")
+      token, rank = line.split()
+      ranks[base64.b64decode(token)] = int(rank)
+  if sorted(ranks.values()) != list(range(len(ranks))):
+    raise CheckpointError(f"{path}: ranks are not 0 .. {len(ranks) - 1} without gaps")
+  return ranks
+
+
+def from_tiktoken(directory: str, decode_cleanup: str = "reference") -> Tokenizer:
+  """Meta's original Llama 3 `tokenizer.model`, as the byte-level BPE of its HF tokenizer.json.
+
+  Every token of rank r gets the merges (left, right) of its splits into two tokens that exist,
+  ordered by r (then by the parts' ranks): with `ignore_merges` a pre-token that is itself in the
+  vocabulary maps to it directly, so BPE over these merges gives tiktoken's ids. BOS is added
+  (Llama 3.1's post-processor); `tokenizer_config.json`, when present, may rename BOS/EOS and asks
+  for the clean-up.
+  """
+  import tokenizers.decoders  # pylint: disable=import-outside-toplevel
+  import tokenizers.models  # pylint: disable=import-outside-toplevel
+  import tokenizers.pre_tokenizers  # pylint: disable=import-outside-toplevel
+  path = os.path.join(directory, "tokenizer.model")
+  ranks = _read_tiktoken_ranks(path)
+  chars = _bytes_to_unicode()
+  text = {token: "".join(chars[b] for b in token) for token in ranks}
+  merges = []
+  for token, rank in ranks.items():
+    splits = [(token[:i], token[i:]) for i in range(1, len(token))
+              if token[:i] in ranks and token[i:] in ranks]
+    splits.sort(key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+    merges.extend((rank, text[l], text[r]) for l, r in splits)
+  merges.sort(key=lambda m: m[0])
+  model = tokenizers.models.BPE({text[t]: r for t, r in ranks.items()},
+                                [(l, r) for _, l, r in merges], ignore_merges=True)
+  backend = tokenizers.Tokenizer(model)
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+      tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated"),
+      tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  backend.decoder = tokenizers.decoders.ByteLevel()
+  backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
+                              for t in LLAMA3_SPECIAL_TOKENS])
+  config = _read_json(os.path.join(directory, "tokenizer_config.json"))
+  bos = _token_text(config.get("bos_token")) or LLAMA3_SPECIAL_TOKENS[0]
+  eos = _token_text(config.get("eos_token")) or LLAMA3_SPECIAL_TOKENS[1]
+  backend.post_processor = _template(bos, backend.token_to_id(bos), eos, backend.token_to_id(eos),
+                                     bool(config.get("add_bos_token", True)),
+                                     bool(config.get("add_eos_token", False)))
+  return Tokenizer(backend, bos, eos, source=directory,
+                   config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
+                   decode_cleanup=decode_cleanup)
+
+
+def load_tokenizer(source: str, decode_cleanup: str = "reference") -> Tokenizer:
+  """From a directory with tokenizer.json or tokenizer.model (sentencepiece or Meta's tiktoken),
+  or from a .gguf file. `decode_cleanup`: a key of DECODE_CLEANUPS."""
+  if decode_cleanup not in DECODE_CLEANUPS:
+    raise ValueError(f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, "
+                     f"got {decode_cleanup!r}")
   source = os.fspath(source)
   if os.path.isfile(source) and source.endswith(".gguf"):
-    return from_gguf(source)
+    return from_gguf(source, decode_cleanup)
   if os.path.isdir(source):
     if os.path.isfile(os.path.join(source, "tokenizer.json")):
-      return from_tokenizer_json(source)
-    if os.path.isfile(os.path.join(source, "tokenizer.model")):
-      return from_sentencepiece(source)
+      return from_tokenizer_json(source, decode_cleanup)
+    model = os.path.join(source, "tokenizer.model")
+    if os.path.isfile(model):
+      if is_tiktoken_file(model):
+        return from_tiktoken(source, decode_cleanup)
+      return from_sentencepiece(source, decode_cleanup)
     raise CheckpointError(f"{source}: no tokenizer.json or tokenizer.model in this directory")
   raise CheckpointError(f"{source}: no such tokenizer (expected a directory with tokenizer.json / "
                         "tokenizer.model, or a .gguf file)")
