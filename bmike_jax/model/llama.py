@@ -11,6 +11,13 @@ Call convention (the engine relies on it; see DESIGN.md):
           attended by every query before its own cache; prefix_mask: [P] bool, its real slots
 Returns (logits float32, new cache).
 
+Precision (`matmul_precision`): with dtype float32 (the reference's precision) every matmul and
+einsum runs at `Precision.HIGHEST`: on GPUs a default float32 dot uses TF32, on TPUs bf16 passes,
+so "float32" would not be float32 there (on CPU both are exact float32). bfloat16 is the fast mode
+(DEFAULT precision) and departs from the reference. In both dtypes the attention scores and the
+weighted values accumulate in float32 (`preferred_element_type`) instead of being rounded to the
+compute dtype first.
+
 Shared-prefix ("cascade") attention: a query's scores over the shared prefix and over its row's
 own cache go through one softmax (a shared running max and normalizer, no concatenation, see
 `_attend`), so the result equals attention over one cache holding [prefix, own tokens], but the prefix's K/V are stored and read once per batch instead of
@@ -60,8 +67,15 @@ class RMSNorm(nn.Module):
     return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
+def matmul_precision(dtype) -> jax.lax.Precision:
+  """HIGHEST for float32 (true float32 dots on every platform), DEFAULT for the fast bf16 mode."""
+  return (jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32
+          else jax.lax.Precision.DEFAULT)
+
+
 def _dense(features: int, name: str, dtype, param_dtype) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name)
+  return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                  precision=matmul_precision(dtype), name=name)
 
 
 def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
@@ -71,24 +85,26 @@ def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
   normalizer, so no [.., P + S] concatenation is built. Each einsum is written in the layout its
   dot produces (batch dims first), so the large score blocks are never transposed; for the prefix
   the batch folds into the rows of one [B*T*G, Dh] x [Dh, P] product per KV head.
+  Scores and weighted sums accumulate in float32 (see the module docstring on precision).
   Returns [B, T, KVH, G, Dh]."""
   scale, neg = q.shape[-1] ** -0.5, jnp.finfo(jnp.float32).min
-  own = jnp.einsum("btkgd,bskd->bktgs", q, k_cache).astype(jnp.float32) * scale    # [B,KVH,T,G,S]
+  dot = dict(precision=matmul_precision(dtype), preferred_element_type=jnp.float32)
+  own = jnp.einsum("btkgd,bskd->bktgs", q, k_cache, **dot) * scale                 # [B,KVH,T,G,S]
   own = jnp.where(attn_mask[:, None, :, None, :], own, neg)
   peak = jnp.max(own, axis=-1)                                                     # [B,KVH,T,G]
   if prefix is not None:
     pk, pv = (a[0].astype(dtype) for a in prefix)                                  # [P, KVH, Dh]
-    pre = jnp.einsum("btkgd,pkd->kbtgp", q, pk).astype(jnp.float32) * scale        # [KVH,B,T,G,P]
+    pre = jnp.einsum("btkgd,pkd->kbtgp", q, pk, **dot) * scale                     # [KVH,B,T,G,P]
     pre = jnp.where(prefix_mask, pre, neg)
     peak = jnp.maximum(peak, jnp.max(pre, axis=-1).transpose(1, 0, 2, 3))
   own = jnp.exp(own - peak[..., None])
   total = jnp.sum(own, axis=-1)                                                    # [B,KVH,T,G]
-  out = jnp.einsum("bktgs,bskd->bktgd", own.astype(dtype), v_cache).astype(jnp.float32)
+  out = jnp.einsum("bktgs,bskd->bktgd", own.astype(dtype), v_cache, **dot)
   if prefix is not None:
     pre = jnp.exp(pre - peak.transpose(1, 0, 2, 3)[..., None])
     total = total + jnp.sum(pre, axis=-1).transpose(1, 0, 2, 3)
-    out = out + jnp.einsum("kbtgp,pkd->kbtgd", pre.astype(dtype), pv).astype(
-        jnp.float32).transpose(1, 0, 2, 3, 4)
+    out = out + jnp.einsum("kbtgp,pkd->kbtgd", pre.astype(dtype), pv, **dot).transpose(
+        1, 0, 2, 3, 4)
   out = out / total[..., None]                                                     # [B,KVH,T,G,Dh]
   return out.transpose(0, 2, 1, 3, 4).astype(dtype)
 
@@ -194,8 +210,9 @@ class Llama(nn.Module):
     if logits_index is not None:
       x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
     x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
-    if cfg.tie_word_embeddings:
-      logits = embed.attend(x)
+    if cfg.tie_word_embeddings:  # embed.attend, at the model's matmul precision
+      logits = jnp.einsum("...d,vd->...v", x, embed.embedding.astype(self.dtype),
+                          precision=matmul_precision(self.dtype))
     else:
       logits = _dense(cfg.vocab_size, "lm_head", self.dtype, self.param_dtype)(x)
     return logits.astype(jnp.float32), KVCache(k=k, v=v)
