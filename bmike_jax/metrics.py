@@ -145,14 +145,21 @@ def score(values: Sequence[float]) -> float | None:
     return round(sum(values) * 100 / float(len(values)), 2) if values else None
 
 
+def unrounded_score(values: Sequence[float]) -> float | None:
+    """Mean x 100, not rounded: the reference prints the likelihood figures with `%.6f`."""
+    values = list(values)
+    return sum(values) * 100 / float(len(values)) if values else None
+
+
 def likelihood_scores(rows: Sequence[Mapping[str, Any]]) -> dict:
-    """lik_success_* / lik_magnitude_* (x 100) and n_lik_* over rows with both 1/PPL values."""
+    """lik_success_* / lik_magnitude_* (x 100, unrounded as the reference prints them) and
+    n_lik_* over rows with both 1/PPL values."""
     out = {}
     for name, other in LIKELIHOOD_OTHERS.items():
         pairs = [likelihood_comparison(r["inv_ppl_alt"], r[other]) for r in rows
                  if r.get("inv_ppl_alt") is not None and r.get(other) is not None]
-        out[f"lik_success_{name}"] = score([success for success, _ in pairs])
-        out[f"lik_magnitude_{name}"] = score([magnitude for _, magnitude in pairs])
+        out[f"lik_success_{name}"] = unrounded_score([success for success, _ in pairs])
+        out[f"lik_magnitude_{name}"] = unrounded_score([magnitude for _, magnitude in pairs])
         out[f"n_lik_{name}"] = len(pairs)
     return out
 

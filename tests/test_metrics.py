@@ -191,10 +191,11 @@ def test_aggregate_rows_likelihood_reference_and_corrected():
         _row(**lik, em=0.0, inv_ppl_alt=0.5, inv_ppl_loc_ans=0.0, inv_ppl_old=None),    # loc: +0.5 win; no old (`oud`)
     ]
     leaf = aggregate_rows(rows, metrics=("em",))["wikifactdiff"]["few_shot_specific"]["af"]["reliability"]
+    # EM rounded to 2 decimals; the likelihood figures unrounded, as the reference prints them
     assert leaf == {
         "n": 3, "em": 33.33,
-        "lik_success_loc_ans": 66.67, "lik_magnitude_loc_ans": 16.67,  # (0.25 - 0.25 + 0.5) / 3
-        "lik_success_old": 50.0, "lik_magnitude_old": -6.25,            # (-0.25 + 0.125) / 2
+        "lik_success_loc_ans": 200 / 3, "lik_magnitude_loc_ans": 50 / 3,  # (0.25 - 0.25 + 0.5) / 3
+        "lik_success_old": 50.0, "lik_magnitude_old": -6.25,              # (-0.25 + 0.125) / 2
         "n_lik_loc_ans": 3, "n_lik_old": 2,
     }
 

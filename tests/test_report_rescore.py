@@ -46,11 +46,11 @@ def test_rescore_hand_computed(tmp_path):
     # loc_ans: 0.5>0.2 yes, 0.1>0.3 no, 0.4>0.4 no, 0.3>0.2 yes
     assert cell["lik_success_loc_ans"] == 50.0
     assert cell["lik_magnitude_loc_ans"] == pytest.approx(100 * (0.3 - 0.2 + 0.0 + 0.1) / 4,
-                                                          abs=0.006)
+                                                          rel=1e-12)  # unrounded
     # old: rows 0, 2, 3 (row 1 has none): 0.5>0.1 yes, 0.4>0.6 no, 0.3>0.3 no
     assert cell["n_lik_old"] == 3
-    assert cell["lik_success_old"] == 33.33
-    assert cell["lik_magnitude_old"] == pytest.approx(100 * (0.4 - 0.2 + 0.0) / 3, abs=0.006)
+    assert cell["lik_success_old"] == pytest.approx(100 / 3, rel=1e-12)
+    assert cell["lik_magnitude_old"] == pytest.approx(100 * (0.4 - 0.2 + 0.0) / 3, rel=1e-12)
 
 
 def test_rescore_groups_and_zsre_has_no_likelihood(tmp_path):
