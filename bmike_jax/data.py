@@ -160,10 +160,23 @@ def pool_path(data_dir: str | os.PathLike, dataset: str) -> Path:
     return Path(data_dir) / POOL_FOLDER / DATASET_FILES[check_dataset(dataset, data_dir)][2]
 
 
-def load_file(data_dir: str | os.PathLike, dataset: str, lang: str, limit: int | None = None) -> LoadedFile:
-    """Records of one dataset and target language; `limit` keeps the first N usable ones."""
+# What a record limit counts (name -> meaning); the runner's --limit_mode.
+LIMIT_MODES = {
+    "usable": "the first N records that have the target-language side (corrected)",
+    "reference_lcount": "the reference's --lcount: the file's first N records, then those without "
+                        "the target-language side dropped (fewer than N where some lack it)",
+}
+
+
+def load_file(data_dir: str | os.PathLike, dataset: str, lang: str, limit: int | None = None,
+              limit_mode: str = "usable") -> LoadedFile:
+    """Records of one dataset and target language. `limit` keeps the first N usable records
+    (`limit_mode="usable"`), or, as the reference's `--lcount` does, the file's first N records
+    and then drops those without the target side (`"reference_lcount"`)."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    if limit_mode not in LIMIT_MODES:
+        raise ValueError(f"limit_mode must be one of {', '.join(LIMIT_MODES)}, got {limit_mode!r}")
     path = dataset_path(data_dir, dataset, lang)
     code = normalize_lang(lang)
     raw = _read_json_list(path)
@@ -172,7 +185,7 @@ def load_file(data_dir: str | os.PathLike, dataset: str, lang: str, limit: int |
         en, target = _parse_record(path, index, item, code)
         if target is None:
             skipped.append(index)
-        elif limit is None or len(records) < limit:
+        elif limit is None or (len(records) < limit if limit_mode == "usable" else index < limit):
             records.append(Record(dataset, code, index, en, target))
     return LoadedFile(dataset, code, path, tuple(records), len(raw), len(skipped), tuple(skipped))
 

@@ -57,8 +57,19 @@ def render_demonstrations(pool: Sequence[Demonstration], indices: Sequence[int],
     return "".join(f"{pool[i].new_fact}\n{pool[i].line(code)}\n\n" for i in indices)
 
 
+QUERY_START = 'New Fact: "'  # the demonstrations' lines say `New fact:`
+
+
 def query_text(record: Record, query_type: str) -> str:
-    return f'New Fact: "{record.en.src} {record.en.alt}"\nQuestion: "{record.query(query_type)}" Answer: "'
+    return f'{QUERY_START}{record.en.src} {record.en.alt}"\nQuestion: "{record.query(query_type)}" Answer: "'
+
+
+def strip_demonstrations(prompt: str) -> str:
+    """The query of a built prompt: the text from its `New Fact: "` on."""
+    start = prompt.find(QUERY_START)
+    if start < 0:
+        raise ValueError(f"not a BMIKE-53 prompt (no {QUERY_START!r}): {prompt[:80]!r}")
+    return prompt[start:]
 
 
 def build_prompt(pool: Sequence[Demonstration], setup: str, lang: str, record: Record, query_type: str) -> str:

@@ -56,7 +56,7 @@ def build_engine(cfg: RunConfig):
   if scan_layers is None:
     scan_layers = layer_layout.default_scan_layers(mesh.devices.flat[0].platform)
   config, params = load_params(source, cfg.dtype, mesh, scan_layers)
-  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source)
+  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source, decode_cleanup=cfg.decode_cleanup)
   checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
                   length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
@@ -73,5 +73,7 @@ def build_engine(cfg: RunConfig):
       "config": dataclasses.asdict(config),
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
       "scan_layers": scan_layers,
+      "tokenizer_config_clean_up": tokenizer.config_clean_up,
+      "decode_cleanup_applied": tokenizer.clean_up_spaces,
   }
   return engine, tokenizer, model_info

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
 import os
+import platform
 import subprocess
 import time
 from typing import Callable
 
 import flax
 import jax
+import numpy as np
 from absl import logging
 
 import bmike_jax
+from bmike_jax import checkpoints
 from bmike_jax import data as data_lib
 from bmike_jax import metrics
-from bmike_jax.runner import distributed, summary
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.model import llama
+from bmike_jax.runner import distributed, fingerprint, reference_layout, summary
 from bmike_jax.runner.evaluate import evaluate_unit
-from bmike_jax.runner.run_config import RunConfig
-from bmike_jax.runner.store import OutputStore
+from bmike_jax.runner.run_config import PRECISIONS, RunConfig
+from bmike_jax.runner.store import OutputError, OutputStore
 from bmike_jax.runner.units import Unit, enumerate_units
 
 
@@ -61,6 +68,15 @@ class RunState:
             self.metrics[unit]["query_types"])
     return out
 
+  def data_files(self) -> dict:
+    """Data and pool file (relative to the data folder) -> sha256, of the finished units."""
+    out = {}
+    for m in self.metrics.values():
+      out[m["data"]["file"]] = m["data"].get("sha256")
+      if "pool_file" in m["data"]:
+        out[m["data"]["pool_file"]] = m["data"].get("pool_sha256")
+    return dict(sorted(out.items()))
+
   def data_counts(self) -> dict:
     out: dict = {}
     for unit, m in self.metrics.items():
@@ -74,25 +90,105 @@ def _by_query_type(rows: list[dict], query_types) -> dict:
   return {qt: table[qt] for qt in query_types if qt in table}
 
 
+def library_versions() -> dict:
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  versions = {"bmike_jax": bmike_jax.__version__, "jax": jax.__version__,
+              "jaxlib": getattr(jax.lib, "__version__", None) or _dist_version("jaxlib"),
+              "flax": flax.__version__, "numpy": np.__version__,
+              "tokenizers": tokenizers.__version__, "orbax-checkpoint": _dist_version(
+                  "orbax-checkpoint"), "transformers": _dist_version("transformers"),
+              "python": platform.python_version(), "code": code_version()}
+  return versions
+
+
+def _dist_version(name: str) -> str | None:
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  try:
+    return metadata.version(name)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def variants_document(cfg: RunConfig, model_info: dict) -> dict:
+  """Which variant of every reference quirk each number is (SPEC: the reference's behaviour is a
+  named option, the corrected one beside it)."""
+  return {
+      "decode_cleanup": {
+          "ran": cfg.decode_cleanup,
+          "meaning": tokenizer_lib.DECODE_CLEANUPS[cfg.decode_cleanup],
+          "tokenizer_config_asks": model_info.get("tokenizer_config_clean_up"),
+          "applied": model_info.get("decode_cleanup_applied"),
+          "reference": cfg.decode_cleanup == "reference",
+      },
+      "precision": {
+          "dtype": cfg.dtype,
+          "matmul_precision": llama.matmul_precision(cfg.dtype).name,
+          "meaning": PRECISIONS[cfg.dtype],
+          "reference": cfg.dtype == "float32",
+      },
+      "limit_mode": {"ran": cfg.limit_mode, "meaning": data_lib.LIMIT_MODES[cfg.limit_mode],
+                     "reference": cfg.limit_mode == "reference_lcount", "limit": cfg.limit},
+      "likelihood": {
+          "lik_*_loc_ans": "1/PPL(alt) against 1/PPL(loc_ans): the reference's comparison",
+          "lik_*_old": "1/PPL(alt) against 1/PPL(old): the corrected comparison",
+          "rounding": "success and magnitude x 100, unrounded (the reference prints %.6f)",
+      },
+      "scores": {
+          "em": "exact match of the cut answer and the gold string (reference), x 100, 2 decimals",
+          "f1_ref": "reference F1 of SPEC: precision x recall over model token ids",
+          "f1": "standard token F1 (harmonic mean) over model token ids",
+          "f1_norm": "language-aware normalized F1 in the manner of the MLQA evaluation script",
+      },
+  }
+
+
+def run_document() -> dict:
+  devices = jax.devices()
+  return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "platform": devices[0].platform, "device_kind": devices[0].device_kind,
+          "device_count": len(devices), "process_count": jax.process_count()}
+
+
 def results_document(cfg: RunConfig, state: RunState, model_info: dict, engine_stats: dict,
                      flag_values: dict) -> dict:
   return {
       "flags": flag_values,
-      "versions": {"bmike_jax": bmike_jax.__version__, "jax": jax.__version__,
-                   "flax": flax.__version__, "code": code_version()},
+      "versions": library_versions(),
+      "run": run_document(),
       "model": model_info,
-      "variants": {
-          "f1_ref": "reference F1 of SPEC: precision x recall over model token ids",
-          "f1": "standard token F1 (harmonic mean) over model token ids",
-          "f1_norm": "language-aware normalized F1 in the manner of the MLQA evaluation script",
-          "lik_*_loc_ans": "likelihood comparison of alt against loc_ans (reference)",
-          "lik_*_old": "likelihood comparison of alt against old (corrected)",
-      },
-      "data": {"data_dir": cfg.data_dir, "counts": state.data_counts()},
+      "variants": variants_document(cfg, model_info),
+      "data": {"data_dir": cfg.data_dir, "counts": state.data_counts(),
+               "files_sha256": state.data_files()},
       "units": {"planned": len(state.units), "finished": len(state.metrics)},
       "engine": engine_stats,
       "results": state.results(),
   }
+
+
+@functools.lru_cache(maxsize=None)
+def _data_file_sha256(path: str) -> str:
+  return fingerprint.file_sha256(path)
+
+
+def check_finished_data(cfg: RunConfig, state: RunState) -> None:
+  """A finished unit was computed from the data file as it is now (its sha256), or the rerun
+  stops with an error naming the file."""
+  for unit, doc in state.metrics.items():
+    for key, path in (("sha256", data_lib.dataset_path(cfg.data_dir, unit.dataset, unit.lang)),
+                      ("pool_sha256", data_lib.pool_path(cfg.data_dir, unit.dataset))):
+      recorded = doc["data"].get(key)
+      if recorded is not None and recorded != _data_file_sha256(str(path)):
+        raise OutputError(
+            f"{path}: changed since unit {unit.name} was finished in {cfg.output_dir} (sha256 "
+            f"was {recorded[:12]}..., now {_data_file_sha256(str(path))[:12]}...). Use another "
+            "--output_dir, or restore the data file.")
+
+
+def model_identity(cfg: RunConfig) -> dict:
+  """The checkpoint's fingerprint (a missing or unknown checkpoint is reported here, first)."""
+  source = cfg.checkpoint or checkpoints.default_gguf_path()
+  checkpoints.source_kind(source)
+  return {"model_fingerprint": fingerprint.model_fingerprint(source)}
 
 
 def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None) -> dict:
@@ -105,10 +201,12 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   writer = distributed.is_writer()
   store = OutputStore(cfg.output_dir)
   check_inputs(cfg)
+  identity = {**cfg.result_identity(), **model_identity(cfg)}
   if writer:
-    store.prepare(cfg.result_identity())
+    store.prepare(identity)
   units = list(enumerate_units(cfg.datasets, cfg.langs, cfg.setups))
   state = RunState(units, {u: store.load_metrics(u) for u in units if store.is_finished(u)})
+  check_finished_data(cfg, state)
   todo = [u for u in units if u not in state.metrics]
   logging.info("%d units planned, %d already finished, %d to run", len(units),
                len(units) - len(todo), len(todo))
@@ -116,25 +214,33 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
     logging.info("nothing to run: every unit is finished in %s", cfg.output_dir)
     return store.load_results()
   engine, tokenizer, model_info = build_engine(cfg)
+  model_info = {**model_info, "fingerprint": identity["model_fingerprint"]}
   bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
   loaded_key, loaded = None, None
   start = time.perf_counter()
   for unit in todo:
     if loaded_key != (unit.dataset, unit.lang):
-      loaded = data_lib.load_file(cfg.data_dir, unit.dataset, unit.lang, limit=cfg.limit)
+      loaded = data_lib.load_file(cfg.data_dir, unit.dataset, unit.lang, limit=cfg.limit,
+                                  limit_mode=cfg.limit_mode)
       pool = data_lib.load_pool(cfg.data_dir, unit.dataset)
+      pool_path = data_lib.pool_path(cfg.data_dir, unit.dataset)
       loaded_key = (unit.dataset, unit.lang)
     rows = evaluate_unit(engine, tokenizer, loaded, pool, unit.setup, cfg.query_types,
                          cfg.likelihood)
     unit_doc = {
         "unit": dataclasses.asdict(unit),
         "data": {"file": os.path.relpath(loaded.path, cfg.data_dir), "n_total": loaded.n_total,
-                 "n_skipped": loaded.n_skipped, "n_used": len(loaded.records)},
+                 "n_skipped": loaded.n_skipped, "n_used": len(loaded.records),
+                 "sha256": _data_file_sha256(str(loaded.path)),
+                 "pool_file": os.path.relpath(pool_path, cfg.data_dir),
+                 "pool_sha256": _data_file_sha256(str(pool_path))},
         "query_types": _by_query_type(rows, cfg.query_types),
     }
     state.metrics[unit] = unit_doc
     if writer:
       store.write_unit(unit, rows, unit_doc)
+      if cfg.reference_layout:
+        reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
       store.write_results(results_document(cfg, state, model_info, engine.stats(), flag_values))
     if bar is not None:
       bar.update(1)
