@@ -4,6 +4,7 @@ and one clear error for each kind of bad input."""
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from tests.tiny_checkpoint import make_tiny_checkpoint
 
 pytest.importorskip("torch")
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(os.path.dirname(data_lib.__file__), "sample_data")
 BASE_FLAGS = ["--datasets=zsre,counterfact", "--langs=de,zh", "--setups=zero_shot,few_shot_specific",
               "--limit=2", "--batch_size=4", "--length_buckets=64,128,256,512,1024",
@@ -241,11 +243,11 @@ def test_report_rescores_a_runner_output_identically_and_builds(full_run):
   assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "figures")))
 
 
-@pytest.mark.parametrize("flagfile", ["configs/8b.flags", "configs/3b.flags", "configs/smollm2.flags"])
+@pytest.mark.parametrize("flagfile", sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.flags"))))
 def test_flagfiles_parse_and_validate(flagfile, tmp_path):
   """Every shipped flagfile is accepted (the run then stops at the missing checkpoint)."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = run_main([f"--flagfile={os.path.join(repo, flagfile)}", f"--data_dir={SAMPLE_DIR}",
+  proc = run_main([f"--flagfile={os.path.join(REPO, flagfile)}", f"--data_dir={SAMPLE_DIR}",
                    "--langs=de", f"--output_dir={tmp_path}/o", f"--checkpoint={tmp_path}/absent"])
   _expect_user_error(proc, "absent")
 
