@@ -1,0 +1,78 @@
+"""Weight deltas: what an edit returns, applied functionally to a params tree.
+
+The base params are never mutated: `apply_delta(params, delta)` returns a new tree whose touched
+leaves are `base + delta` and whose other leaves are the base's own arrays, so the unedited model
+is the base tree itself, bit for bit, after any number of edits.
+
+A delta is a dict `{path: {layer: value}}`:
+- path: a leaf inside one layer, "mlp/down/kernel", "attn/q/kernel", ... (kernels are [in, out]);
+- layer: an int, that layer of the stacked `params["layers"]` leaf; or `ALL_LAYERS` (-1): every
+  layer at once (the value then has a leading [L] axis);
+- value: a dense array of the leaf's per-layer shape, or a factor pair `(a, b)` with
+  `a @ b` that shape (ROME's rank-one u vᵀ, LoRA's scaled A·B, KN's columns).
+It is a pytree: a batch of edits is the same dict with a leading [R] axis on every array
+(`jax.vmap` output), and `row(delta, r)` takes one edit out of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from bmike_jax.model import layer_layout
+
+ALL_LAYERS = -1
+Delta = Mapping[str, Mapping[int, Any]]
+
+
+def dense(value) -> jax.Array:
+  """The dense update of a delta value (a factor pair multiplied out)."""
+  if isinstance(value, (tuple, list)):
+    a, b = value
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+  return value
+
+
+def _get(tree, path: str):
+  for key in path.split("/"):
+    tree = tree[key]
+  return tree
+
+
+def _replace(tree, path: str, leaf):
+  """A copy of the nested dict `tree` with the leaf at `path` replaced (other subtrees shared)."""
+  key, _, rest = path.partition("/")
+  out = dict(tree)
+  out[key] = _replace(tree[key], rest, leaf) if rest else leaf
+  return out
+
+
+def apply_delta(params, delta: Delta):
+  """New params with every entry of `delta` added (in float32, cast back to the leaf's dtype)."""
+  if not layer_layout.is_stacked(params):
+    raise ValueError("apply_delta needs the stacked params layout (params['layers'])")
+  layers = params[layer_layout.STACKED]
+  for path, per_layer in delta.items():
+    leaf = _get(layers, path)
+    for layer, value in per_layer.items():
+      update = dense(value).astype(jnp.float32)
+      if layer == ALL_LAYERS:
+        leaf = (leaf.astype(jnp.float32) + update).astype(leaf.dtype)
+      else:
+        leaf = leaf.at[layer].set((leaf[layer].astype(jnp.float32) + update).astype(leaf.dtype))
+    layers = _replace(layers, path, leaf)
+  out = dict(params)
+  out[layer_layout.STACKED] = layers
+  return out
+
+
+def row(delta: Delta, r: int) -> Delta:
+  """Edit `r` of a batched delta (every array with a leading [R] axis)."""
+  return jax.tree_util.tree_map(lambda a: a[r], delta)
+
+
+def num_rows(delta: Delta) -> int:
+  leaves = jax.tree_util.tree_leaves(delta)
+  return int(leaves[0].shape[0]) if leaves else 0

@@ -1,0 +1,58 @@
+"""The weight-editing methods by name, one call for all: requests -> a batch of deltas."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from bmike_jax.editing import ft, kn, lora, rome
+from bmike_jax.editing.request import EditRequest
+from bmike_jax.model.config import LlamaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  config_type: type
+  module: Any
+
+
+METHODS = {
+    "ft": Method("ft", ft.FTConfig, ft),
+    "lora": Method("lora", lora.LoRAConfig, lora),
+    "rome": Method("rome", rome.ROMEConfig, rome),
+    "kn": Method("kn", kn.KNConfig, kn),
+}
+
+
+def method(name: str) -> Method:
+  if name not in METHODS:
+    raise ValueError(f"unknown editing method {name!r}; valid: {', '.join(METHODS)}")
+  return METHODS[name]
+
+
+def check_layers(config: LlamaConfig, hp) -> None:
+  """A layer index of the hyper-parameters must exist in the model (the 3B defaults name layers
+  a 2-layer test model or SmolLM2 may lack)."""
+  for name in ("layer",):
+    value = getattr(hp, name, None)
+    if value is not None and not 0 <= value < config.num_layers:
+      raise ValueError(f"{type(hp).__name__}.{name}={value} is not a layer of this "
+                       f"{config.num_layers}-layer model")
+  for value in getattr(hp, "layers", None) or ():
+    if not 0 <= value < config.num_layers:
+      raise ValueError(f"{type(hp).__name__}.layers holds {value}, not a layer of this "
+                       f"{config.num_layers}-layer model")
+
+
+def edit(name: str, config: LlamaConfig, params, tokenizer, requests: Sequence[EditRequest],
+         hp=None, **pad) -> tuple[dict, Any]:
+  """One optimisation per request, batched (vmapped): (delta with a leading [R] axis, info:
+  FT-L / LoRA (losses [R, steps], final losses [R]), ROME / KN a dict of [R]-leading arrays).
+  `pad` fixes the padded shapes (`length`, ...), so that two calls compile and compute alike."""
+  m = method(name)
+  hp = m.config_type() if hp is None else hp
+  check_layers(config, hp)
+  prepared = m.module.prepare_batch(tokenizer, requests, hp, **pad)
+  out = m.module.edit(config, params, hp, prepared)
+  return out[0], out[1:] if len(out) > 2 else out[1]

@@ -1,0 +1,77 @@
+"""editing/forward.py equals the model's causal forward; its hooks do what they say; deltas leave
+the base params untouched."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bmike_jax.editing import delta as delta_lib
+from bmike_jax.editing.forward import MlpPatch, forward
+from bmike_jax.model import Llama, causal_forward
+from tests.engine_tiny import tiny_config, tiny_params
+
+
+def _tokens(b=2, t=12, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(3, 256, (b, t)), jnp.int32)
+
+
+def test_forward_equals_model_causal_forward():
+  for tied in (False, True):
+    config = tiny_config(tie_word_embeddings=tied)
+    params = tiny_params(config)
+    tokens = _tokens()
+    ours, trace = forward(config, params, tokens)
+    theirs = causal_forward(Llama(config), params, tokens)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert trace.down_in is None and trace.gate_at is None
+
+
+def test_right_padding_does_not_change_real_positions():
+  config = tiny_config()
+  params = tiny_params(config)
+  tokens = _tokens(1, 8)
+  padded = jnp.concatenate([tokens, jnp.zeros((1, 8), jnp.int32)], axis=1)
+  a, _ = forward(config, params, tokens)
+  b, _ = forward(config, params, padded)
+  np.testing.assert_allclose(a[0], b[0, :8], rtol=1e-6, atol=1e-6)
+
+
+def test_capture_and_patch_hooks():
+  config = tiny_config(num_layers=3)
+  params = tiny_params(config)
+  tokens = _tokens(2, 10)
+  base, trace = forward(config, params, tokens, capture_layer=1,
+                        gate_position=jnp.array([3, 7]))
+  # down_out is the down projection of down_in
+  kernel = params["layers"]["mlp"]["down"]["kernel"][1]
+  np.testing.assert_allclose(trace.down_out, trace.down_in @ kernel, rtol=1e-5, atol=1e-5)
+  assert trace.gate_at.shape == (3, 2, config.intermediate_size)
+  # a zero out_add and a gate replaced by its own value change nothing
+  pos = jnp.array([3, 7])
+  same = MlpPatch(layer=2, position=pos, gate=trace.gate_at[2],
+                  out_add=jnp.zeros((2, config.hidden_size)))
+  np.testing.assert_allclose(forward(config, params, tokens, patch=same)[0], base, atol=1e-6)
+  # an out_add at position p of layer 1 leaves the positions before p alone and changes p
+  add = MlpPatch(layer=1, position=pos, out_add=jnp.ones((2, config.hidden_size)))
+  patched, trace2 = forward(config, params, tokens, patch=add, capture_layer=1)
+  np.testing.assert_allclose(patched[0, :3], base[0, :3], atol=1e-6)
+  assert not np.allclose(patched[0, 3], base[0, 3])
+  np.testing.assert_allclose(trace2.down_out[0, 3], trace.down_out[0, 3] + 1.0, atol=1e-5)
+
+
+def test_apply_delta_is_functional():
+  config = tiny_config()
+  params = tiny_params(config)
+  before = jax.tree_util.tree_map(np.array, params)
+  d = {"mlp/down/kernel": {1: jnp.ones((config.intermediate_size, config.hidden_size))},
+       "attn/q/kernel": {delta_lib.ALL_LAYERS: (jnp.ones((2, 64, 1)), jnp.ones((2, 1, 64)))}}
+  edited = delta_lib.apply_delta(params, d)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, before, params)
+  down = edited["layers"]["mlp"]["down"]["kernel"]
+  np.testing.assert_array_equal(down[0], before["layers"]["mlp"]["down"]["kernel"][0])
+  np.testing.assert_allclose(down[1], before["layers"]["mlp"]["down"]["kernel"][1] + 1.0)
+  np.testing.assert_allclose(edited["layers"]["attn"]["q"]["kernel"],
+                             before["layers"]["attn"]["q"]["kernel"] + 1.0)
+  assert edited["embed"] is params["embed"]
