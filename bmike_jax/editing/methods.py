@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from bmike_jax.editing import ft, kn, lora, rome
-from bmike_jax.editing.request import EditRequest
+from bmike_jax.editing.request import EditRequest, subject_template
 from bmike_jax.model.config import LlamaConfig
 
 
@@ -29,6 +29,13 @@ def method(name: str) -> Method:
   if name not in METHODS:
     raise ValueError(f"unknown editing method {name!r}; valid: {', '.join(METHODS)}")
   return METHODS[name]
+
+
+def check_request(name: str, request: EditRequest) -> None:
+  """Raise EditError when `request` cannot be edited by method `name` (ROME: the subject must
+  occur exactly once in the prompt)."""
+  if method(name).name == "rome":
+    subject_template(request)
 
 
 def check_layers(config: LlamaConfig, hp) -> None:

@@ -1,0 +1,194 @@
+"""Evaluation of weight edits: edit once per record, ask every requested language with that edit,
+read the answers under two protocols, and emit sample rows in the runner's samples.jsonl schema
+(DESIGN.md) plus `method`, `protocol` and the fields below.
+
+`reference` (the fork's baselines, every quirk kept): the question of language L with no template
+(reliability `L.src` -> `L.alt`, generality `L.rephrase` -> `L.alt`, locality `L.loc` ->
+`L.loc_ans`, portability `L.port` -> `L.port_ans`); the answer is the teacher-forced argmax over
+the gold span of `prompt + " " + gold` (answers.teacher_forced), on the edited model
+(`prediction`) and on the unedited one (`pre_prediction`). Scored as its evaluate_test.py: EM on
+the strings and the icl.py "F1" c²/(|a|·|b|) on the ids of a score tokenizer (the fork: Llama-2's;
+here the one the caller gives, else the model's own, named in `score_tokenizer`), both empty 1,
+one empty 0; locality compares the post-edit answer with the pre-edit answer
+(`scored_against`), not with `loc_ans`. The standard F1 and the normalised F1 are added, named.
+
+`comparable` (new; what the in-context runs do): greedy generation (15 tokens, cut at the first
+`"`, the model's own tokenizer) after the zero-shot query line `Question: "{L.query}" Answer: "`
+with no New Fact line, scored exactly as the in-context runs (runner/evaluate.score_sample),
+locality against `loc_ans`.
+
+`setup` holds the protocol's name (these rows have no demonstrations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from bmike_jax import metrics
+from bmike_jax.data import QUERY_TYPES, LoadedFile, Record
+from bmike_jax.editing import answers, methods
+from bmike_jax.editing import delta as delta_lib
+from bmike_jax.editing.request import EditError, EditRequest, request_from_record
+from bmike_jax.engine.answer import cut_at_quote
+from bmike_jax.model.config import LlamaConfig
+from bmike_jax.runner.evaluate import score_sample
+
+PROTOCOLS = ("reference", "comparable")
+UNEDITED = "unedited"  # the method name of rows read on the base model
+MODEL_TOKENIZER = "model"  # `score_tokenizer` when the reference protocol scores with the model's
+
+
+@dataclasses.dataclass(frozen=True)
+class EditGroup:
+  """One edit (the English side's request) and the records of every language asked with it."""
+
+  dataset: str
+  index: int
+  request: EditRequest
+  records: tuple[Record, ...]
+
+
+def edit_groups(files: Sequence[LoadedFile]) -> list[EditGroup]:
+  """Records of the given files grouped by (dataset, position in the file): the files of one
+  dataset are parallel, each record's `en` side is the same edit. An error when they differ."""
+  groups: dict[tuple[str, int], list[Record]] = {}
+  for loaded in files:
+    for record in loaded.records:
+      groups.setdefault((record.dataset, record.index), []).append(record)
+  out = []
+  for (dataset, index), records in groups.items():
+    first = records[0]
+    for other in records[1:]:
+      if (other.en.src, other.en.alt, other.en.subject) != (first.en.src, first.en.alt,
+                                                            first.en.subject):
+        raise ValueError(f"{dataset} record {index}: the English side differs between the "
+                         f"{first.lang} and {other.lang} files ({first.en.src!r} vs "
+                         f"{other.en.src!r}); one edit cannot serve both")
+    out.append(EditGroup(dataset, index, request_from_record(first), tuple(records)))
+  return out
+
+
+def comparable_prompt(record: Record, query_type: str) -> str:
+  return f'Question: "{record.query(query_type)}" Answer: "'
+
+
+def _base_row(method: str, protocol: str, record: Record, query_type: str, prompt: str) -> dict:
+  return {"method": method, "protocol": protocol, "dataset": record.dataset, "lang": record.lang,
+          "setup": protocol, "query_type": query_type, "case_id": record.target.case_id,
+          "prompt": prompt, "gold": record.gold(query_type),
+          "gold_en": record.gold_en(query_type)}
+
+
+def reference_rows(*, method: str, config: LlamaConfig, params, base_params, tokenizer,
+                   records: Sequence[Record], query_types: Sequence[str] = QUERY_TYPES,
+                   score_tokenizer=None, score_tokenizer_name: str = MODEL_TOKENIZER,
+                   pre_cache: dict | None = None) -> list[dict]:
+  """Rows of the `reference` protocol for `records` asked on `params` (the edited model);
+  `pre_prediction` from `base_params` (memoised in `pre_cache` by dataset, lang, index and query
+  type, so several methods share them)."""
+  scorer = tokenizer if score_tokenizer is None else score_tokenizer
+  queries = [(r, qt) for r in records for qt in query_types]
+  prompts = [r.query(qt) for r, qt in queries]
+  golds = [r.gold(qt) for r, qt in queries]
+  post = answers.teacher_forced(config, params, tokenizer, prompts, golds)
+  cache = {} if pre_cache is None else pre_cache
+  keys = [(r.dataset, r.lang, r.index, qt) for r, qt in queries]
+  missing = [i for i, k in enumerate(keys) if k not in cache]
+  if missing:
+    pre = answers.teacher_forced(config, base_params, tokenizer, [prompts[i] for i in missing],
+                                 [golds[i] for i in missing])
+    for i, ids in zip(missing, pre):
+      cache[keys[i]] = tokenizer.decode(ids)
+  rows = []
+  for (record, qt), prompt, ids, key in zip(queries, prompts, post, keys):
+    prediction, pre_prediction = tokenizer.decode(ids), cache[key]
+    against = pre_prediction if qt == "locality" else record.gold(qt)
+    row = _base_row(method, "reference", record, qt, prompt)
+    row.update(prediction=prediction, pre_prediction=pre_prediction,
+               scored_against="pre_prediction" if qt == "locality" else "gold",
+               score_tokenizer=score_tokenizer_name,
+               **score_sample(scorer, prediction, against, record.lang))
+    rows.append(row)
+  return rows
+
+
+def comparable_rows(*, method: str, config: LlamaConfig, params, tokenizer,
+                    records: Sequence[Record], query_types: Sequence[str] = QUERY_TYPES,
+                    max_new_tokens: int = 15) -> list[dict]:
+  """Rows of the `comparable` protocol for `records` asked on `params`."""
+  queries = [(r, qt) for r in records for qt in query_types]
+  prompts = [comparable_prompt(r, qt) for r, qt in queries]
+  outs = answers.greedy(config, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
+  rows = []
+  for (record, qt), prompt, ids in zip(queries, prompts, outs):
+    prediction = cut_at_quote(tokenizer.decode(ids))
+    row = _base_row(method, "comparable", record, qt, prompt)
+    row.update(prediction=prediction,
+               **score_sample(tokenizer, prediction, record.gold(qt), record.lang))
+    rows.append(row)
+  return rows
+
+
+def run_method(*, method: str, config: LlamaConfig, params, tokenizer,
+               files: Sequence[LoadedFile], hp: Any = None,
+               protocols: Sequence[str] = PROTOCOLS, query_types: Sequence[str] = QUERY_TYPES,
+               score_tokenizer=None, score_tokenizer_name: str = MODEL_TOKENIZER,
+               batch_size: int = 8, pad: dict | None = None,
+               pre_cache: dict | None = None) -> tuple[list[dict], dict]:
+  """Edit once per record group (batches of `batch_size` requests, one vmapped optimisation
+  each), ask every language of the group under each protocol. `method` UNEDITED asks the base
+  model. Returns (rows, stats {"edits", "groups", "skipped": [messages]}); a group whose edit
+  cannot be built (ROME: subject not in the prompt) is skipped and named in `skipped`."""
+  unknown = [p for p in protocols if p not in PROTOCOLS]
+  if unknown:
+    raise ValueError(f"unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}")
+  groups = edit_groups(files)
+  rows: list[dict] = []
+  stats = {"edits": 0, "groups": len(groups), "skipped": []}
+  pre_cache = {} if pre_cache is None else pre_cache
+  for start in range(0, len(groups), batch_size):
+    chunk = groups[start:start + batch_size]
+    if method == UNEDITED:
+      edited = [(g, params) for g in chunk]
+    else:
+      usable, edited = [], []
+      for g in chunk:
+        try:
+          methods.check_request(method, g.request)
+          usable.append(g)
+        except EditError as err:
+          stats["skipped"].append(str(err))
+      if not usable:
+        continue
+      delta, _ = methods.edit(method, config, params, tokenizer, [g.request for g in usable],
+                              hp, **(pad or {}))
+      stats["edits"] += len(usable)
+      edited = [(g, delta_lib.apply_delta(params, delta_lib.row(delta, r)))
+                for r, g in enumerate(usable)]
+    for group, group_params in edited:
+      if "reference" in protocols:
+        rows += reference_rows(method=method, config=config, params=group_params,
+                               base_params=params, tokenizer=tokenizer, records=group.records,
+                               query_types=query_types, score_tokenizer=score_tokenizer,
+                               score_tokenizer_name=score_tokenizer_name, pre_cache=pre_cache)
+      if "comparable" in protocols:
+        rows += comparable_rows(method=method, config=config, params=group_params,
+                                tokenizer=tokenizer, records=group.records,
+                                query_types=query_types)
+  return rows, stats
+
+
+def summarise(rows: Sequence[dict]) -> dict:
+  """results[method][protocol][dataset][lang][query_type] = {"n", "em", "f1_ref", "f1",
+  "f1_norm"} (× 100, 2 decimals, metrics.score)."""
+  cells: dict[tuple, list[dict]] = {}
+  for row in rows:
+    key = (row["method"], row["protocol"], row["dataset"], row["lang"], row["query_type"])
+    cells.setdefault(key, []).append(row)
+  out: dict = {}
+  for (m, p, d, lang, qt), cell in cells.items():
+    entry = {"n": len(cell)}
+    entry.update({k: metrics.score([r[k] for r in cell]) for k in metrics.TEXT_METRICS})
+    out.setdefault(m, {}).setdefault(p, {}).setdefault(d, {}).setdefault(lang, {})[qt] = entry
+  return out
