@@ -48,7 +48,8 @@ class FTConfig:
 
 def prepare(tokenizer, request: EditRequest, hp: FTConfig, *, length: int,
             max_targets: int) -> dict:
-  """Fixed-shape arrays of one edit: tokens [length], read positions / labels / mask [max_targets]."""
+  """Fixed-shape arrays of one edit: tokens [length]; read positions, labels, mask
+  [max_targets]."""
   prompt_ids = tokenizer.encode(request.prompt)
   target_text = " " + request.target
   if hp.objective == "prompt_last":

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bmike_jax.editing import delta as delta_lib
 from bmike_jax.editing.forward import MlpPatch, forward, logits_only
 from bmike_jax.editing.request import EditRequest, pad_rows, round_up, stack_prepared
 from bmike_jax.model.config import LlamaConfig
@@ -126,7 +127,6 @@ def scores(config: LlamaConfig, params, hp: KNConfig, row: jax.Array, n_prompt, 
 
 def edit_one(config: LlamaConfig, params, hp: KNConfig, prepared: dict):
   """(delta {down: {ALL: (chosen [L, F, 1], vec [L, 1, D])}}, info {scores, chosen, greedy})."""
-  from bmike_jax.editing import delta as delta_lib
   n_prompt, max_answer = prepared["n_prompt"], prepared["answer"].shape[0]
   row, greedy = greedy_extend(config, params, prepared["tokens"], n_prompt, max_answer)
   answer, answer_mask = prepared["answer"], prepared["answer_mask"]

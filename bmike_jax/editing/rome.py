@@ -62,7 +62,8 @@ class ROMEConfig:
 
 
 def _norm(x: jax.Array) -> jax.Array:
-  """‖x‖ whose gradient at x = 0 is 0, as torch's (jnp.linalg.norm's is NaN there; δ starts at 0)."""
+  """‖x‖ whose gradient at x = 0 is 0, as torch's (jnp.linalg.norm's is NaN there, and δ starts
+  at 0)."""
   sq = jnp.sum(x * x)
   return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
