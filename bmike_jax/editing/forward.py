@@ -42,12 +42,14 @@ class MlpPatch:
 @dataclasses.dataclass(frozen=True)
 class Trace:
   """What a forward pass read besides the logits: the MLP of layer `capture_layer` over every
-  position (`down_in` [B, T, F], the input of `down`; `down_out` [B, T, D], its output), and the
-  `gate` output of every layer at `gate_position` (`gate_at` [L, B, F]); None where not asked."""
+  position (`down_in` [B, T, F], the input of `down`; `down_out` [B, T, D], its output;
+  `layer_out` [B, T, D], the residual stream after that layer), and the `gate` output of every
+  layer at `gate_position` (`gate_at` [L, B, F]); None where not asked."""
 
   down_in: jax.Array | None = None
   down_out: jax.Array | None = None
   gate_at: jax.Array | None = None
+  layer_out: jax.Array | None = None
 
 
 def stacked(params, config: LlamaConfig):
@@ -99,7 +101,7 @@ def forward(config: LlamaConfig, params, tokens: jax.Array, *, patch: MlpPatch |
   f = config.intermediate_size
 
   def layer(carry, p):
-    x, i, down_in, down_out = carry
+    x, i, down_in, down_out, layer_out = carry
     x = x + _attention(config, p["attn"], _rms_norm(x, p["input_norm"]["scale"], eps), cos, sin)
     normed = _rms_norm(x, p["post_attn_norm"]["scale"], eps)
     gate = _dot(normed, p["mlp"]["gate"]["kernel"])
@@ -111,17 +113,19 @@ def forward(config: LlamaConfig, params, tokens: jax.Array, *, patch: MlpPatch |
     if patch is not None and patch.out_add is not None:
       here = (at & (i == patch.layer))[..., None]
       out = out + jnp.where(here, patch.out_add[:, None, :].astype(jnp.float32), 0.0)
+    x = x + out
     if capture_layer is not None:
       down_in = jnp.where(i == capture_layer, hidden, down_in)
       down_out = jnp.where(i == capture_layer, out, down_out)
+      layer_out = jnp.where(i == capture_layer, x, layer_out)
     gate_at = None if gate_position is None else gate[rows, gate_position]
-    return (x + out, i + 1, down_in, down_out), gate_at
+    return (x, i + 1, down_in, down_out, layer_out), gate_at
 
   empty_in = jnp.zeros((b, t, f) if capture_layer is not None else (), jnp.float32)
   empty_out = jnp.zeros((b, t, config.hidden_size) if capture_layer is not None else (),
                         jnp.float32)
-  carry = (x, jnp.zeros((), jnp.int32), empty_in, empty_out)
-  (x, _, down_in, down_out), gate_at = jax.lax.scan(layer, carry, params["layers"])
+  carry = (x, jnp.zeros((), jnp.int32), empty_in, empty_out, empty_out)
+  (x, _, down_in, down_out, layer_out), gate_at = jax.lax.scan(layer, carry, params["layers"])
   x = _rms_norm(x, params["final_norm"]["scale"], eps)
   if config.tie_word_embeddings:
     logits = jnp.einsum("btd,vd->btv", x, params["embed"]["embedding"].astype(jnp.float32),
@@ -129,7 +133,8 @@ def forward(config: LlamaConfig, params, tokens: jax.Array, *, patch: MlpPatch |
   else:
     logits = _dot(x, params["lm_head"]["kernel"])
   trace = Trace(down_in=down_in if capture_layer is not None else None,
-                down_out=down_out if capture_layer is not None else None, gate_at=gate_at)
+                down_out=down_out if capture_layer is not None else None, gate_at=gate_at,
+                layer_out=layer_out if capture_layer is not None else None)
   return logits, trace
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from bmike_jax.editing import ft, kn, lora, rome
+from bmike_jax.editing import ft, kn, lora, memit, rome
 from bmike_jax.editing.request import EditRequest, subject_template
 from bmike_jax.model.config import LlamaConfig
 
@@ -22,6 +22,7 @@ METHODS = {
     "lora": Method("lora", lora.LoRAConfig, lora),
     "rome": Method("rome", rome.ROMEConfig, rome),
     "kn": Method("kn", kn.KNConfig, kn),
+    "memit": Method("memit", memit.MEMITConfig, memit),
 }
 
 
@@ -34,7 +35,7 @@ def method(name: str) -> Method:
 def check_request(name: str, request: EditRequest) -> None:
   """Raise EditError when `request` cannot be edited by method `name` (ROME: the subject must
   occur exactly once in the prompt)."""
-  if method(name).name == "rome":
+  if method(name).name in ("rome", "memit"):
     subject_template(request)
 
 
@@ -53,13 +54,19 @@ def check_layers(config: LlamaConfig, hp) -> None:
 
 
 def edit(name: str, config: LlamaConfig, params, tokenizer, requests: Sequence[EditRequest],
-         hp=None, **pad) -> tuple[dict, Any]:
+         hp=None, second_moments=None, **pad) -> tuple[dict, Any]:
   """One optimisation per request, batched (vmapped): (delta with a leading [R] axis, info:
   FT-L / LoRA (losses [R, steps], final losses [R]), ROME / KN a dict of [R]-leading arrays).
-  `pad` fixes the padded shapes (`length`, ...), so that two calls compile and compute alike."""
+  `pad` fixes the padded shapes (`length`, ...), so that two calls compile and compute alike.
+  MEMIT needs `second_moments` (stats.load_or_compute), the others take none."""
   m = method(name)
   hp = m.config_type() if hp is None else hp
   check_layers(config, hp)
   prepared = m.module.prepare_batch(tokenizer, requests, hp, **pad)
-  out = m.module.edit(config, params, hp, prepared)
+  if m.name == "memit":
+    out = m.module.edit(config, params, hp, prepared, second_moments)
+  elif second_moments is not None:
+    raise ValueError(f"second moments are for MEMIT, not {name}")
+  else:
+    out = m.module.edit(config, params, hp, prepared)
   return out[0], out[1:] if len(out) > 2 else out[1]

@@ -135,11 +135,13 @@ def run_method(*, method: str, config: LlamaConfig, params, tokenizer,
                protocols: Sequence[str] = PROTOCOLS, query_types: Sequence[str] = QUERY_TYPES,
                score_tokenizer=None, score_tokenizer_name: str = MODEL_TOKENIZER,
                batch_size: int = 8, pad: dict | None = None,
-               pre_cache: dict | None = None) -> tuple[list[dict], dict]:
+               pre_cache: dict | None = None,
+               second_moments=None) -> tuple[list[dict], dict]:
   """Edit once per record group (batches of `batch_size` requests, one vmapped optimisation
   each), ask every language of the group under each protocol. `method` UNEDITED asks the base
-  model. Returns (rows, stats {"edits", "groups", "skipped": [messages]}); a group whose edit
-  cannot be built (ROME: subject not in the prompt) is skipped and named in `skipped`."""
+  model; MEMIT needs `second_moments` (stats.load_or_compute). Returns (rows, stats {"edits",
+  "groups", "skipped": [messages]}); a group whose edit cannot be built (ROME, MEMIT: subject
+  not in the prompt) is skipped and named in `skipped`."""
   unknown = [p for p in protocols if p not in PROTOCOLS]
   if unknown:
     raise ValueError(f"unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}")
@@ -162,7 +164,7 @@ def run_method(*, method: str, config: LlamaConfig, params, tokenizer,
       if not usable:
         continue
       delta, _ = methods.edit(method, config, params, tokenizer, [g.request for g in usable],
-                              hp, **(pad or {}))
+                              hp, second_moments=second_moments, **(pad or {}))
       stats["edits"] += len(usable)
       edited = [(g, delta_lib.apply_delta(params, delta_lib.row(delta, r)))
                 for r, g in enumerate(usable)]

@@ -111,30 +111,21 @@ def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: ROMEConfig,
                          for r in requests])
 
 
-def edit_one(config: LlamaConfig, params, hp: ROMEConfig, prepared: dict):
-  """(delta {down: {layer: (u [F, 1], right [1, D])}}, info) of one prepared edit. info holds
-  the key k* [F], the value v [D], v0 [D], losses [steps], final loss."""
+def value_search(config: LlamaConfig, params, hp, prepared: dict, *, layer: int, v0: jax.Array,
+                 kl_init: jax.Array):
+  """The δ of the value search (module docstring), added to layer `layer`'s `down` output (the
+  same as adding it to that layer's output) at the subject's last token of the rewriting and KL
+  rows. `hp` holds the search's fields (ROMEConfig's; MEMITConfig has the same). Returns
+  (δ, losses [steps - 1], final loss)."""
   n_ctx = len(hp.contexts)
   n_opt = n_ctx + 1  # rewriting prompts + the KL prompt
-  tokens, lookup = prepared["tokens"], prepared["lookup"]
-  opt_tokens, opt_lookup = tokens[:n_opt], lookup[:n_opt]
-  rows = jnp.arange(tokens.shape[0])
-
-  # Unedited pass over every row: keys, v0, the KL prompt's initial distribution.
-  logits0, trace = forward(config, params, tokens, capture_layer=hp.layer)
-  down_in = trace.down_in[rows, lookup]    # [N, F]
-  down_out = trace.down_out[rows, lookup]  # [N, D]
-  v0 = down_out[0]
-  kl_init = jax.nn.log_softmax(logits0[n_ctx, lookup[n_ctx]])
-  u = jnp.mean(down_in[n_opt:n_opt + n_ctx], axis=0)
-  u = u / jnp.linalg.norm(u)
-  k_star, w_k_star = down_in[-1], down_out[-1]
-
-  reads, labels, mask = prepared["reads"], prepared["labels"], prepared["mask"].astype(jnp.float32)
+  opt_tokens, opt_lookup = prepared["tokens"][:n_opt], prepared["lookup"][:n_opt]
+  reads, labels = prepared["reads"], prepared["labels"]
+  mask = prepared["mask"].astype(jnp.float32)
   max_norm = hp.clamp_norm_factor * jnp.linalg.norm(v0)
 
   def loss(d):
-    patch = MlpPatch(layer=hp.layer, position=opt_lookup,
+    patch = MlpPatch(layer=layer, position=opt_lookup,
                      out_add=jnp.broadcast_to(d, (n_opt, d.shape[0])))
     logits, _ = forward(config, params, opt_tokens, patch=patch)
     logp = jax.nn.log_softmax(jnp.take_along_axis(
@@ -151,8 +142,28 @@ def edit_one(config: LlamaConfig, params, hp: ROMEConfig, prepared: dict):
     norm = jnp.linalg.norm(d)
     return jnp.where(norm > max_norm, d * max_norm / norm, d)
 
-  d, losses, final = adam_steps(loss, jnp.zeros_like(v0), lr=hp.lr, steps=max(hp.steps - 1, 0),
-                                stop_loss=hp.stop_loss, project=clamp)
+  return adam_steps(loss, jnp.zeros_like(v0), lr=hp.lr, steps=max(hp.steps - 1, 0),
+                    stop_loss=hp.stop_loss, project=clamp)
+
+
+def edit_one(config: LlamaConfig, params, hp: ROMEConfig, prepared: dict):
+  """(delta {down: {layer: (u [F, 1], right [1, D])}}, info) of one prepared edit. info holds
+  the key k* [F], the value v [D], v0 [D], losses [steps - 1], final loss."""
+  n_ctx = len(hp.contexts)
+  n_opt = n_ctx + 1
+  tokens, lookup = prepared["tokens"], prepared["lookup"]
+  rows = jnp.arange(tokens.shape[0])
+  # Unedited pass over every row: keys, v0, the KL prompt's initial distribution.
+  logits0, trace = forward(config, params, tokens, capture_layer=hp.layer)
+  down_in = trace.down_in[rows, lookup]    # [N, F]
+  down_out = trace.down_out[rows, lookup]  # [N, D]
+  v0 = down_out[0]
+  kl_init = jax.nn.log_softmax(logits0[n_ctx, lookup[n_ctx]])
+  u = jnp.mean(down_in[n_opt:n_opt + n_ctx], axis=0)
+  u = u / jnp.linalg.norm(u)
+  k_star, w_k_star = down_in[-1], down_out[-1]
+  d, losses, final = value_search(config, params, hp, prepared, layer=hp.layer, v0=v0,
+                                  kl_init=kl_init)
   value = v0 + d
   right = (value - w_k_star) / jnp.dot(k_star, u)
   info = {"key": k_star, "value": value, "v0": v0, "losses": losses, "final_loss": final}

@@ -1,0 +1,101 @@
+"""Second moments of the `down` projection's inputs over a text corpus (MEMIT's C = E[k kᵀ]),
+computed once per model, layers and corpus, stored as .npz and reused.
+
+The fork uses 100k Wikipedia samples; here the corpus is a local file the user gives: `.txt` (one
+text per non-empty line) or `.jsonl` (a "text" field per line). Every real token position of
+every text (tokenised with BOS, cut at `max_length`) contributes one key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bmike_jax.editing.forward import forward
+from bmike_jax.editing.request import pad_rows
+from bmike_jax.model.config import LlamaConfig
+
+
+class CorpusError(ValueError):
+  """A corpus file that cannot be read (names the file, line and the fault)."""
+
+
+def read_corpus(path: str, limit: int | None = None) -> list[str]:
+  if not os.path.isfile(path):
+    raise CorpusError(f"{path}: no such corpus file (MEMIT's second moments need a .txt or "
+                      ".jsonl corpus)")
+  texts = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if limit is not None and len(texts) >= limit:
+        break
+      if not line.strip():
+        continue
+      if path.endswith(".jsonl"):
+        try:
+          item = json.loads(line)
+        except json.JSONDecodeError as err:
+          raise CorpusError(f"{path}: line {number}: not JSON ({err.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+          raise CorpusError(f"{path}: line {number}: no string field 'text'")
+        texts.append(item["text"])
+      else:
+        texts.append(line.rstrip("\n"))
+  if not texts:
+    raise CorpusError(f"{path}: the corpus holds no text")
+  return texts
+
+
+def second_moments(config: LlamaConfig, params, tokenizer, texts: Sequence[str],
+                   layers: Sequence[int], *, max_length: int = 128,
+                   batch_size: int = 8) -> np.ndarray:
+  """[len(layers), F, F] float32: the mean of k kᵀ over every real token's `down` input k."""
+  f = config.intermediate_size
+  sums = np.zeros((len(layers), f, f), np.float64)
+  count = 0
+  keys = jax.jit(lambda p, t, layer: forward(config, p, t, capture_layer=layer)[1].down_in,
+                 static_argnums=2)
+  for start in range(0, len(texts), batch_size):
+    ids = [tokenizer.encode(t)[:max_length] for t in texts[start:start + batch_size]]
+    tokens = jnp.asarray(pad_rows(ids, max_length))
+    real = np.zeros((len(ids), max_length), bool)
+    for i, row in enumerate(ids):
+      real[i, :len(row)] = True
+    count += int(real.sum())
+    for j, layer in enumerate(layers):
+      k = np.asarray(keys(params, tokens, int(layer)), np.float64)[real]  # [n, F]
+      sums[j] += k.T @ k
+  return (sums / max(count, 1)).astype(np.float32)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def load_or_compute(cache_path: str, *, corpus_path: str, model_name: str, config: LlamaConfig,
+                    params, tokenizer, layers: Sequence[int], limit: int | None = None,
+                    max_length: int = 128) -> np.ndarray:
+  """The second moments of `layers`, read from `cache_path` when it was computed from the same
+  model name, layers, corpus file (sha256), limit and max_length; else computed and stored."""
+  meta = {"model": model_name, "layers": [int(x) for x in layers],
+          "corpus_sha256": _sha256(corpus_path) if os.path.isfile(corpus_path) else None,
+          "limit": limit, "max_length": max_length}
+  if os.path.isfile(cache_path):
+    with np.load(cache_path) as stored:
+      if json.loads(str(stored["meta"])) == meta:
+        return stored["moments"]
+  texts = read_corpus(corpus_path, limit)
+  moments = second_moments(config, params, tokenizer, texts, layers, max_length=max_length)
+  os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+  np.savez(cache_path, moments=moments, meta=np.array(json.dumps(meta)))
+  return moments
