@@ -1,9 +1,9 @@
 """A functional causal forward pass of the Llama of `bmike_jax.model.llama` with the hooks the
 weight editors need: read a layer's MLP activations and output, replace a layer's gate
 activations at one position (KN's attribution), add a vector to a layer's `down` output at one
-position per row (ROME's and MEMIT's value search). `Llama.__call__` stays as it is: this is a second, plain implementation over the same
-stacked params tree (`params["layers"]` with a leading [L] axis), tested equal to
-`model.causal_forward` (tests/test_editing_forward.py).
+position per row (ROME's and MEMIT's value search). `Llama.__call__` stays as it is: this is a
+second, plain implementation over the same stacked params tree (`params["layers"]` with a
+leading [L] axis), tested equal to `model.causal_forward` (tests/test_editing_forward.py).
 
 Rows are right-padded: tokens [B, T] hold each row's real tokens first, then anything; causal
 attention means the padding never changes the logits at a real position. Everything is computed in

@@ -73,7 +73,11 @@ def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: FTConfig,
                   length: int | None = None, max_targets: int | None = None) -> dict:
   longest = max(len(tokenizer.encode(r.prompt + " " + r.target)) for r in requests)
   length = round_up(longest) if length is None else length
-  max_targets = round_up(longest, 8) if max_targets is None else max_targets
+  if max_targets is None:
+    max_targets = max(len(tokenizer.encode(" " + r.target, add_bos=hp.target_bos))
+                      if hp.objective == "prompt_last" else
+                      len(tokenizer.encode(r.prompt + " " + r.target))
+                      - len(tokenizer.encode(r.prompt)) for r in requests)
   return stack_prepared([prepare(tokenizer, r, hp, length=length, max_targets=max_targets)
                          for r in requests])
 

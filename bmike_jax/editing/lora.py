@@ -72,7 +72,9 @@ def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: LoRAConfig,
                   length: int | None = None, max_targets: int | None = None) -> dict:
   longest = max(len(tokenizer.encode(f"{r.prompt} {r.target}{hp.suffix}")) for r in requests)
   length = round_up(longest) if length is None else length
-  max_targets = round_up(longest, 8) if max_targets is None else max_targets
+  if max_targets is None:
+    max_targets = max(len(tokenizer.encode(f"{r.prompt} {r.target}{hp.suffix}"))
+                      - len(tokenizer.encode(r.prompt)) for r in requests)
   return stack_prepared([prepare(tokenizer, r, hp, length=length, max_targets=max_targets)
                          for r in requests])
 

@@ -106,7 +106,8 @@ def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: ROMEConfig,
   texts += [fill(hp.kl_prompt, r.subject) for r in requests]
   longest = max(len(tokenizer.encode(t)) for t in texts)
   length = round_up(longest) if length is None else length
-  max_targets = round_up(longest, 8) if max_targets is None else max_targets
+  if max_targets is None:  # the logits read are [contexts, max_targets, V]: keep it tight
+    max_targets = max(len(tokenizer.encode(" " + r.target, add_bos=False)) for r in requests)
   return stack_prepared([prepare(tokenizer, r, hp, length=length, max_targets=max_targets)
                          for r in requests])
 
