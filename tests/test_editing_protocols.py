@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bmike_jax import data
-from bmike_jax.editing import protocols
+from bmike_jax.editing import protocols, templates
 from bmike_jax.editing.ft import FTConfig
 from bmike_jax.model import Llama, causal_forward
 from tests.editing_tiny import CharTokenizer
@@ -127,3 +127,18 @@ def test_rome_skips_a_record_without_its_subject(setup):
                                      files=[loaded])
   assert rows == [] and stats["edits"] == 0
   assert "no such subject" in stats["skipped"][0] and "occurs 0 times" in stats["skipped"][0]
+
+
+def test_rome_context_templates_generated_greedily(setup):
+  config, params, tok, _ = setup
+  out = templates.generate(config, params, tok, starters=("The", "I"), lengths=(3,))
+  assert len(out) == 2 and all(t.endswith(". {}") and t.count("{}") == 1 for t in out)
+  for starter, template in zip(("The", "I"), out):
+    assert template.startswith(starter)
+    ids = tok.encode(starter)
+    for _ in range(3):  # the same greedy tokens, read off the model's own forward
+      t = int(np.argmax(_logits(config, params, ids)[-1]))
+      if t in tok.eos_ids:
+        break
+      ids.append(t)
+    assert template == templates.template_of(tok.decode(ids))
