@@ -82,8 +82,9 @@ def prepare(tokenizer, request: EditRequest, hp: KNConfig, *, length: int,
 
 def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: KNConfig,
                   length: int | None = None, max_answer: int | None = None) -> dict:
-  answers = [len(tokenizer.encode(t)) for r in requests for t in (r.target, r.ground_truth)]
-  max_answer = round_up(max(answers), 8) if max_answer is None else max_answer
+  if max_answer is None:  # every answer slot costs L forward + backward passes: keep it tight
+    max_answer = max(len(tokenizer.encode(t, add_bos=hp.target_bos)) for r in requests
+                     for t in (r.target, r.ground_truth))
   longest = max(len(tokenizer.encode(r.prompt)) for r in requests) + max_answer
   length = round_up(longest) if length is None else length
   return stack_prepared([prepare(tokenizer, r, hp, length=length, max_answer=max_answer)
