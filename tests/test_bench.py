@@ -1,5 +1,6 @@
-"""`python -m bmike_jax.bench` end to end on a tiny workload and a tiny random model: it runs every
-system in its subprocess and prints its tables with the expected columns. No timing assertions."""
+"""The benchmarks in tools/ (`python -m tools.bench_cpu`, `tools.bench_gpu`, `tools.tables`) end to
+end on a tiny workload and a tiny random model: every system runs in its subprocess, the tables
+have the expected rows, and `tools.tables` renders a saved run again. No timing assertions."""
 
 from __future__ import annotations
 
@@ -11,19 +12,30 @@ import sys
 import pytest
 
 from bmike_jax import data as data_lib
-from bmike_jax.benchmarks import tables
 from tests.tiny_checkpoint import make_tiny_checkpoint
+from tools import paths
+from tools import tables
 
 pytest.importorskip("torch")
 
-SAMPLE_DIR = os.path.join(os.path.dirname(data_lib.__file__), "sample_data")
+SAMPLE_DIR = str(data_lib.SAMPLE_DATA_DIR)
+DOCS_BENCH = paths.REPO_ROOT / "docs" / "bench" / "h100_2026-11-24"
+
+
+def run_tool(module, flags, timeout=900):
+  """`python -m <module> <flags>` from the repository root (tools/ is not installed)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("BMIKE53_DIR", None)
+  return subprocess.run([sys.executable, "-m", module, *flags], capture_output=True, text=True,
+                        env=env, timeout=timeout, check=False, cwd=paths.REPO_ROOT)
 
 
 def run_bench(flags, timeout=900):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("BMIKE53_DIR", None)
-  return subprocess.run([sys.executable, "-m", "bmike_jax.bench", *flags], capture_output=True,
-                        text=True, env=env, timeout=timeout, check=False)
+  return run_tool("tools.bench_cpu", flags, timeout)
+
+
+def run_gpu_bench(flags, timeout=300):
+  return run_tool("tools.bench_gpu", flags, timeout)
 
 
 def header(columns) -> str:
@@ -67,10 +79,35 @@ def test_cpu_bench_prints_its_tables(tiny_ckpt, tmp_path):
   assert raw["summary"]["floor"]["d"]["all"]["unique_tokens"] <= \
       raw["summary"]["floor"]["d"]["all"]["prompt_tokens"]
   assert raw["extra"]["peak"]["flops"] > 0
+  # The report is rendered from the raw JSON alone: redone without measuring, it is the same.
+  proc = run_tool("tools.tables", [f"--from={out}.json"], timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout == md
+
+
+def test_tables_redo_the_saved_gpu_reports_exactly():
+  """The H100 runs in docs/bench: each .md is what tools.tables renders from the .json beside it
+  (so BENCHMARKS.md's GPU tables can be redone without a GPU)."""
+  for name in ("gpu_scanned_layers", "gpu_unrolled_layers", "gpu_unrolled_layers_one_shot"):
+    with open(DOCS_BENCH / f"{name}.json", encoding="utf-8") as f:
+      raw = json.load(f)
+    assert tables.render(raw) == (DOCS_BENCH / f"{name}.md").read_text(encoding="utf-8"), name
+  with open(DOCS_BENCH / "gpu_unrolled_layers.json", encoding="utf-8") as f:
+    md = tables.render(json.load(f))
+  assert "| zero_shot (48) | 64 | 80 | 8.126 | 4.794 | 1.69× | 4.995 | 1.63× |" in md
+  assert "worst 1.85× → FAIL" in md
+
+
+def test_tables_rejects_a_file_that_is_not_a_run(tmp_path):
+  bad = tmp_path / "bad.json"
+  bad.write_text('{"results": {}}')
+  proc = run_tool("tools.tables", [f"--from={bad}"], timeout=120)
+  assert proc.returncode == 1 and f"--from={bad}" in proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 def test_gpu_section_refuses_without_a_gpu():
-  proc = run_bench(["--gpu_synthetic_8b"], timeout=300)
+  proc = run_gpu_bench([])
   assert proc.returncode == 2
   assert "needs a GPU" in proc.stderr and "nothing was measured" in proc.stderr
 
@@ -79,8 +116,8 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   # The prompt lengths are written where the data and tokenizer are, then read (as on a GPU
   # machine that has neither).
   lengths = str(tmp_path / "lengths.json")
-  proc = run_bench([f"--data_dir={SAMPLE_DIR}", "--langs=de", "--gpu_records=1",
-                    "--gpu_setups=zero_shot", f"--gpu_write_lengths={lengths}"], timeout=300)
+  proc = run_gpu_bench([f"--data_dir={SAMPLE_DIR}", "--langs=de", "--records=1",
+                        "--setups=zero_shot", f"--write_lengths={lengths}"])
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(lengths, encoding="utf-8") as f:
     written = json.load(f)
@@ -91,18 +128,16 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   for text in ("{}", '{"lengths": []}', '{"lengths": {"zero_shot": []}}',
                '{"lengths": {"zero_shot": [[4, []]]}}'):
     bad.write_text(text)
-    proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={bad}"], timeout=300)
-    assert proc.returncode == 1 and f"--gpu_lengths={bad}" in proc.stderr, (text, proc.stderr[-2000:])
+    proc = run_gpu_bench([f"--lengths={bad}"])
+    assert proc.returncode == 1 and f"--lengths={bad}" in proc.stderr, (text, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, text
-  proc = run_bench(["--gpu_synthetic_8b", f"--gpu_lengths={lengths}", "--gpu_setups=one_shot"],
-                   timeout=300)
+  proc = run_gpu_bench([f"--lengths={lengths}", "--setups=one_shot"])
   assert proc.returncode == 1 and "one_shot" in proc.stderr, proc.stderr[-2000:]
 
   out = str(tmp_path / "gpu")
-  proc = run_bench(["--gpu_synthetic_8b", "--synthetic_model=tiny", "--allow_cpu",
-                    f"--gpu_lengths={lengths}", "--gpu_setups=zero_shot", "--gpu_batch_size=4",
-                    "--decode_repeats=1", "--gpu_matmul_size=128", "--max_new_tokens=3",
-                    f"--output={out}"])
+  proc = run_gpu_bench(["--model=tiny", "--allow_cpu", f"--lengths={lengths}",
+                        "--setups=zero_shot", "--batch_size=4", "--decode_repeats=1",
+                        "--matmul_size=128", "--max_new_tokens=3", f"--output={out}"])
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(out + ".md", encoding="utf-8") as f:
     md = f.read()
@@ -115,13 +150,20 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert raw["lengths_source"] == written["source"]
   assert raw["scan_layers"] is True  # the CPU layout
   # Default buckets: the 8B flagfile's, so the section compiles what an 8B run compiles.
-  from bmike_jax.benchmarks import gpu
-  with open(os.path.join(os.path.dirname(SAMPLE_DIR), "..", "configs", "8b.flags")) as f:
+  from tools.bench import gpu
+  with open(paths.REPO_ROOT / "configs" / "8b.flags", encoding="utf-8") as f:
     line, = [l for l in f if l.startswith("--length_buckets=")]
   assert raw["length_buckets"] == [int(x) for x in line.split("=")[1].split(",")]
   assert tuple(raw["length_buckets"]) == gpu.EIGHT_B_FLAGFILE_BUCKETS
   assert raw["projection"]["zero_shot"]["prompts"] == 53 * (743 + 1031 + 784) * 4
   assert not raw["projection_complete"]
+  # The step arithmetic the report shows, from the measured times: (t(3) - t(1)) / 2 steps.
+  d = raw["decode"]["zero_shot"]
+  assert d["steps"] == 2
+  assert d["step_seconds"] == pytest.approx((d["t_full"] - d["t_prefill_only"]) / 2)
+  assert raw["projection"]["zero_shot"]["seconds"] == pytest.approx(
+      raw["projection"]["zero_shot"]["prompts"] / raw["setups"]["zero_shot"]["full"]["prompts_per_s"])
+  assert md == tables.render(raw)
 
 
 def test_differing_answers_lists_each_prompt_once_with_every_system():
@@ -141,8 +183,8 @@ def test_hf_margins_worker_gaps_match_a_plain_forward(tiny_ckpt):
   import numpy as np
   import torch
 
-  from bmike_jax import reference_hf
-  from bmike_jax.benchmarks import worker
+  from tools import reference_hf
+  from tools.bench import worker
 
   text = 'New Fact: "The capital of France is Rome"\nQuestion: "Capital of France?" Answer: "'
   got = worker.run_hf_margins({"checkpoint": tiny_ckpt, "prompts": [text],
@@ -159,10 +201,11 @@ def test_hf_margins_worker_gaps_match_a_plain_forward(tiny_ckpt):
 def test_decode_probe_runs_every_variant_on_a_toy_model(tmp_path):
   out = tmp_path / "probe.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.benchmarks.gpu_decode_probe",
+  proc = subprocess.run([sys.executable, "-m", "tools.decode_probe",
                          "--model=tiny", "--dtype=float32", "--batch=4", "--slots=16", "--steps=2",
                          "--repeats=1", f"--hlo_dir={tmp_path / 'hlo'}", f"--output={out}"],
-                        capture_output=True, text=True, env=env, timeout=300, check=False)
+                        capture_output=True, text=True, env=env, timeout=300, check=False,
+                        cwd=paths.REPO_ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   raw = json.loads(out.read_text())
   assert set(raw["variants"]) == {"read_all_params", "layer_chain", "model_scanned",

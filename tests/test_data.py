@@ -20,7 +20,7 @@ from bmike_jax.data import (
     load_file,
     load_pool,
 )
-from bmike_jax.make_sample import RECORDS_PER_FILE, SAMPLE_LANGS, make_sample
+from tools.make_sample import RECORDS_PER_FILE, SAMPLE_LANGS, make_sample
 
 from tests.data_dirs import HAS_REAL, REAL_DIR, needs_real
 

@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from bmike_jax import checkpoints, reference_hf  # noqa: E402
+from bmike_jax import checkpoints  # noqa: E402
+from tools import reference_hf  # noqa: E402
 from bmike_jax.engine import Engine  # noqa: E402
 from tests import engine_tiny, hf_tiny  # noqa: E402
 

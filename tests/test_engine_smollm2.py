@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from bmike_jax import checkpoints, data, fidelity, reference_hf  # noqa: E402
+from bmike_jax import checkpoints, data  # noqa: E402
+from tools import fidelity, reference_hf  # noqa: E402
 from bmike_jax import tokenizer as tokenizer_lib  # noqa: E402
 from bmike_jax.engine import Engine  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Cut the small sample shipped in `bmike_jax/sample_data` from the full bmike53 folder.
 
-    python -m bmike_jax.make_sample --source=/work/shared/bmike53 --output=bmike_jax/sample_data
+    python -m tools.make_sample --source=/work/shared/bmike53 --output=bmike_jax/sample_data
 
 Same layout as bmike53. For each dataset and each sample language: the first
 `RECORDS_PER_FILE` records plus, where the file has one, the first record lacking the

@@ -1,6 +1,6 @@
 """One system of the benchmark in its own process, so that its memory high-water mark is its own:
 
-    python -m bmike_jax.benchmarks.worker SPEC.json OUT.json
+    python -m tools.bench.worker SPEC.json OUT.json
 
 SPEC: {"system": "hf_reference" | "hf_batched" | "hf_sweep" | "engine" | "peak" | "hf_margins",
 "checkpoint",
@@ -50,7 +50,7 @@ def _group_record(group: dict, answers, seconds, prompt_ids, generated, **extra)
 def _load_hf(spec):
   import torch
 
-  from bmike_jax import reference_hf
+  from tools import reference_hf
 
   torch.set_num_threads(spec.get("torch_threads") or os.cpu_count() or 1)
   t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def run_hf_reference(spec) -> dict:
   """(a) the reference way: `generate`, one prompt at a time."""
   import torch
 
-  from bmike_jax import reference_hf
+  from tools import reference_hf
   from bmike_jax.engine.answer import cut_at_quote
 
   model, tokenizer, all_ids, load_seconds = _load_hf(spec)
@@ -95,7 +95,7 @@ def run_hf_margins(spec) -> dict:
   import numpy as np
   import torch
 
-  from bmike_jax import reference_hf
+  from tools import reference_hf
 
   model = reference_hf.load_hf_model(spec["checkpoint"])
   tokenizer = reference_hf.load_hf_tokenizer(spec["checkpoint"])
@@ -117,7 +117,7 @@ def run_hf_margins(spec) -> dict:
 
 
 def _hf_batched_pass(model, tokenizer, spec, all_ids, batch_size):
-  from bmike_jax.benchmarks import hf_batched
+  from tools.bench import hf_batched
 
   groups = []
   for g, ids in zip(spec["groups"], all_ids):
@@ -130,7 +130,7 @@ def _hf_batched_pass(model, tokenizer, spec, all_ids, batch_size):
 
 
 def _hf_batched_warmup(model, tokenizer, spec, all_ids, batch_size) -> float:
-  from bmike_jax.benchmarks import hf_batched
+  from tools.bench import hf_batched
 
   t0 = time.perf_counter()
   hf_batched.batched_answers(model, tokenizer, all_ids[0][:batch_size], batch_size,
@@ -265,7 +265,7 @@ def run_engine(spec) -> dict:
 
 
 def run_peak(spec) -> dict:
-  from bmike_jax.benchmarks import flops
+  from tools.bench import flops
 
   return flops.matmul_peak(n=spec.get("n", 2048), dtype=spec.get("dtype", "float32"),
                            reps=spec.get("reps", 5))
@@ -278,7 +278,7 @@ SYSTEMS = {"hf_reference": run_hf_reference, "hf_batched": run_hf_batched,
 
 def main(argv) -> int:
   if len(argv) != 3:
-    print("usage: python -m bmike_jax.benchmarks.worker SPEC.json OUT.json", file=sys.stderr)
+    print("usage: python -m tools.bench.worker SPEC.json OUT.json", file=sys.stderr)
     return 2
   with open(argv[1], encoding="utf-8") as f:
     spec = json.load(f)

@@ -1,13 +1,21 @@
-"""Aggregation of the workers' results and the markdown tables the bench prints."""
+"""The benchmarks' tables, rendered from their raw JSON in one place (and the aggregation of the
+CPU workers' results they need):
+
+    python -m tools.tables --from=outputs/bench/cpu.json     # or a GPU run's .json
+
+prints the markdown report again without measuring anything (`tools.bench_cpu` and
+`tools.bench_gpu` print the same by calling `render`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from typing import Sequence
 
-from bmike_jax.benchmarks import flops
+from tools.bench import flops
 
 SYSTEM_NAMES = {
     "a": "(a) HF generate, 1 prompt at a time",
@@ -294,3 +302,187 @@ def machine_line(info: dict) -> str:
     parts.append(f"load average at start {info['loadavg_start']}, at end "
                  f"{info.get('loadavg_end', '?')} (a busy machine distorts every number)")
   return "\n".join(f"- {p}" for p in parts)
+
+
+def strip_lists(summary: dict) -> dict:
+  """The summary without the per-prompt lists (they are in the raw `results`)."""
+  out = json.loads(json.dumps(summary))
+  for per in out["systems"].values():
+    for agg in per.values():
+      agg.pop("answers", None)
+      agg.pop("digests", None)
+  return out
+
+
+def render(raw: dict) -> str:
+  """The markdown report of one benchmark run from its raw JSON (CPU or GPU)."""
+  return render_gpu(raw) if raw.get("section") == "gpu" or "decode" in raw else render_cpu(raw)
+
+
+def render_cpu(raw: dict) -> str:
+  """The CPU benchmark's report (tools/bench_cpu.py) from its raw JSON."""
+  info, data_dir, checkpoint = raw["machine"], raw["data_dir"], raw["checkpoint"]
+  results, extra, run_flags = raw["results"], raw["extra"], raw["flags"]
+  summary = summarize(results, extra["peak"])
+  groups = next(iter(results.values()))["groups"]  # every system ran the same groups
+  peak = extra["peak"]
+  langs = sorted({g["lang"] for g in groups}, key=[g["lang"] for g in groups].index)
+  setups = sorted({g["setup"] for g in groups}, key=[g["setup"] for g in groups].index)
+  records = {g["lang"]: g["prompts"] // 4 for g in groups}
+  d = results.get("d", {})
+  lines = [
+      f"### CPU: {os.path.basename(checkpoint.rstrip('/'))} (fp32), bmike-jax vs HF transformers",
+      "",
+      machine_line(info),
+      f"- measured fp32 matmul peak (jnp.dot {peak['n']}², best of {peak['reps']}): "
+      f"{peak['flops'] / 1e9:.1f} GFLOP/s",
+      f"- workload: {run_flags['dataset']} from `{data_dir}`, records per language {records}, × 4 query "
+      f"types, languages {', '.join(langs)}, setups {', '.join(setups)}: "
+      f"{sum(g['prompts'] for g in groups)} prompts, {run_flags['max_new_tokens']} new tokens max; "
+      f"model `{os.path.basename(checkpoint)}` ({d.get('num_params', 0) / 1e6:.1f}M params)",
+      f"- command: `{raw['command']}`", "",
+      main_table(summary, results), "",
+      "Columns: time = the timed run only (models loaded, warm); prompts/s, gen tok/s (tokens each "
+      "system generated: HF runs to EOS or 15 tokens, bmike-jax stops at the answer's closing "
+      "quote), prefill tok/s (prompt tokens / time), unique prefill tok/s (prompt tokens actually "
+      "computed / time: the shared demonstrations count once per group); compile = seconds of jax "
+      "compile events (trace, lower, XLA compile): of the untimed cold pass before the timed warm "
+      "pass on the same shapes, or (systems without a cold pass, see below) of the single pass, "
+      "subtracted from its time; peak RSS = the system's own process high-water mark, model "
+      "load included; = (a) / = (b): share of answers identical; × (a) / × (b): prompts/s ratio.",
+      "",
+  ]
+  mism = {k: v for k, v in summary["ids_mismatch"].items() if v}
+  lines.append("- prompt token ids identical across systems: "
+               + ("yes" if not mism else f"NO, differing prompts per system: {mism}"))
+  for label in ("a", "b", "c", "d"):
+    if label not in results:
+      continue
+    r, agg = results[label], summary["systems"][label]["all"]
+    mem = r.get("memory_after_load_mib") or {}
+    line = (f"- {SYSTEM_NAMES[label]}: model load {r.get('load_seconds', 0):.1f} s, RSS "
+            f"after load {mem.get('rss', 0):.0f} MiB (high-water {mem.get('hwm', 0):.0f} MiB), "
+            f"peak {r.get('peak_rss_mib', 0):.0f} MiB")
+    if label in ("c", "d") and r.get("cold_pass", True):
+      line += (f"; {r['compile_count']} programs compiled (jax compile events "
+               f"{agg.get('jax_compile_seconds', 0):.1f} s; cold pass − warm pass "
+               f"{agg.get('compile_seconds', 0):.1f} s), {agg.get('warm_compiles')} in the timed "
+               "warm pass (should be 0)")
+    elif label in ("c", "d"):
+      line += (f"; {r['compile_count']} programs compiled; no cold pass: timed once, its "
+               f"{agg.get('jax_compile_seconds', 0):.1f} s of jax compile events subtracted")
+    lines.append(line)
+  lines.append("")
+  if summary["floor"]:
+    lines += [f"Prefill against the FLOP floor at the measured {peak['flops'] / 1e9:.1f} GFLOP/s: "
+              f"2N floor = unique prompt tokens × 2 × {d.get('num_params', 0) / 1e6:.1f}M params; "
+              f"matmul floor = 2 × ({d.get('token_matmul_params', 0) / 1e6:.1f}M decoder params × "
+              f"unique tokens + {d.get('lm_head_params', 0) / 1e6:.1f}M lm_head params × prompts) "
+              "(the embedding is a lookup, logits are computed at the last position only); "
+              "prefill-only = the same workload with max_new_tokens=1, warm; floor / time is the "
+              "share of the peak achieved:", "",
+              floor_table(summary), ""]
+  if extra.get("hf_sweep"):
+    what = ("whole workload" if extra["hf_sweep"].get("full_workload") else
+            f"a sample of ~{run_flags['hf_sweep_prompts']} prompts")
+    lines += [f"HF batched, batch sizes tried on {what} (best used for (b)):", "",
+              sweep_table(extra["hf_sweep"], results.get("a")), ""]
+  if extra.get("differing"):
+    lines += ["Answers that differ from (a), with HF's own smallest gap between its top two logits "
+              "along its greedy path (one teacher-forced pass): a gap near fp32 rounding means any "
+              "other summation order (batching, padding, another library) may pick the other "
+              "token.", "", differing_table(extra["differing"]), ""]
+  lines += ["Targets (CPU, 8-shot):", "", targets_lines(summary)]
+  return "\n".join(lines) + "\n"
+
+
+def _gpu_setup_facts(res: dict) -> str:
+  """"; length buckets ...; decoder layers ..." for the facts the run recorded (runs saved before
+  a fact was recorded render without it, as they were printed then)."""
+  out = ""
+  if res.get("length_buckets"):
+    out += f"; length buckets {','.join(map(str, res['length_buckets']))}"
+  if "scan_layers" in res:
+    out += ("; decoder layers " + ("scanned (stacked params)" if res["scan_layers"]
+                                   else "unrolled (per-layer params)"))
+  return out
+
+
+def render_gpu(res: dict) -> str:
+  """The GPU benchmark's report (tools/bench_gpu.py) from its raw JSON."""
+  fmt, pct, ratio = _fmt, _pct, _ratio
+  lines = [f"### GPU: synthetic {res['model']} (bf16, random weights) on {res['device']}", ""]
+  mm = res["measured_matmul"]
+  lines += [
+      f"- parameters: {res['num_params'] / 1e9:.3f}B, {res['param_bytes'] / 1e9:.2f} GB; "
+      f"engine batch size {res['batch_size']}" + _gpu_setup_facts(res),
+      (f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
+       f"({res['hbm_bandwidth_source']})" if res["hbm_bandwidth"] else
+       "- HBM bandwidth: unknown device (pass --hbm_bandwidth)") + "; dense bf16 peak used: "
+      f"{fmt(res['peak_bf16_flops'] / 1e12)} TFLOP/s ({res['peak_source']}); measured bf16 "
+      f"matmul ({mm['n']}²): {fmt(mm['flops'] / 1e12)} TFLOP/s",
+      f"- device memory peak: {fmt((res['device_memory'].get('peak_bytes_in_use') or 0) / 2**30)} GiB",
+      "",
+      md_table(
+          ("setup", "prompts", "mean prompt tokens", "unique tokens", "time (s)", "prompts/s",
+           "compile (s)", "prefill-only (s)", "prefill MFU"),
+          [[s, r["full"]["prompts"], fmt(r["full"]["prompt_tokens"] / max(1, r["full"]["prompts"])),
+            r["prefill"]["prefill_tokens"], fmt(r["full"]["seconds"]), fmt(r["full"]["prompts_per_s"]),
+            fmt(r["full"]["compile_seconds"] + r["prefill"]["compile_seconds"]),
+            fmt(r["prefill"]["seconds"], 3), pct(r["prefill"]["mfu"])]
+           for s, r in res["setups"].items()]),
+      "",
+      md_table(
+          ("decode (prompt length)", "batch", "cache slots", "step (ms)", "HBM floor (ms)",
+           "step / floor", "floor incl. KV (ms)", "step / floor incl. KV"),
+          [[f"{s} ({d['prompt_length']})", d["batch"], d["cache_slots"],
+            fmt(d["step_seconds"] * 1e3, 3),
+            fmt(d["floor_seconds"] * 1e3 if d["floor_seconds"] else None, 3), ratio(d["ratio"]),
+            fmt(d["floor_kv_seconds"] * 1e3 if d["floor_kv_seconds"] else None, 3),
+            ratio(d["ratio_kv"])] for s, d in res["decode"].items()]),
+      "",
+  ]
+  proj = res["projection"]
+  rows = [[s, f"{p['prompts']:,}", p["measured_as"], fmt(p["prompts_per_s"]),
+           fmt(p["seconds"] / 3600, 2)] for s, p in proj.items()]
+  rows.append(["total", f"{sum(p['prompts'] for p in proj.values()):,}", "", "",
+               fmt(res["projected_seconds"] / 3600, 2)])
+  lines += [
+      "Synthetic prompts copy the token lengths (and the shared demonstration prefix) of the real "
+      "prompts under the SmolLM2 tokenizer; lengths from: "
+      + ", ".join(f"{k} {v}" for k, v in res.get("lengths_source", {}).items()) + ".", "",
+      "Projected full sweep (3 datasets × 53 languages × 4 query types per setup; greedy answers "
+      "only, no likelihood scoring; 15 tokens per answer since random weights never close the "
+      "quote):", "",
+      md_table(("setup", "prompts", "rate measured as", "prompts/s", "hours"), rows)]
+  if not res["projection_complete"]:
+    lines.append("\n(not every setup was measured: the total covers the measured ones only)")
+  worst = [d["ratio"] for d in res["decode"].values() if d["ratio"] is not None]
+  if worst:
+    lines += ["", f"- target: decode step within 1.25× the HBM floor: worst {max(worst):.2f}× → "
+              f"{'PASS' if max(worst) <= 1.25 else 'FAIL'}"]
+  lines += ["", f"- command: `{res['command']}`"]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  import argparse
+
+  parser = argparse.ArgumentParser(description="Render a benchmark's tables from its raw JSON.")
+  parser.add_argument("--from", dest="source", required=True,
+                      help="the .json a tools.bench_cpu / tools.bench_gpu run wrote (--output)")
+  args = parser.parse_args(argv)
+  try:
+    with open(args.source, encoding="utf-8") as f:
+      raw = json.load(f)
+    md = render(raw)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    print(f"error: --from={args.source}: not a benchmark's raw JSON ({type(e).__name__}: {e})",
+          file=sys.stderr)
+    return 1
+  print(md, end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

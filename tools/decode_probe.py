@@ -1,6 +1,6 @@
 """Where a bf16 decode step's time goes on an accelerator: one script, several variants, one table.
 
-  python -m bmike_jax.benchmarks.gpu_decode_probe [--model=llama3_8b|smollm2|tiny] [--batch=64] [--slots=64]
+  python -m tools.decode_probe [--model=llama3_8b|smollm2|tiny] [--batch=64] [--slots=64]
 
 Variants, each timed as `steps` decode steps in one jitted fori_loop (median of --repeats):
 - read_all_params: a reduction over every parameter byte (the measured HBM floor of a step);
@@ -52,7 +52,7 @@ def main(argv):
   import jax
   import jax.numpy as jnp
 
-  from bmike_jax.benchmarks import gpu
+  from tools.bench import gpu
   from bmike_jax.model import KVCache, Llama, init_params
   from bmike_jax.model import layer_layout
 

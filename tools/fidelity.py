@@ -1,6 +1,6 @@
 """Engine vs the HF torch reference on real BMIKE-53 prompts: extracted-answer agreement.
 
-    python -m bmike_jax.fidelity --langs=de,ru,zh,th --setups=few_shot_mixed,zero_shot --limit=5
+    python -m tools.fidelity --langs=de,ru,zh,th --setups=few_shot_mixed,zero_shot --limit=5
 
 Builds the prompts the runner builds (grouped as the runner groups them: one engine call per
 dataset x setup x language, per query type for the metric-specific setup), generates with the
@@ -74,7 +74,7 @@ def run_engine(engine, groups) -> tuple[list[list[Case]], float]:
 
 
 def run_reference(hf_model, hf_tokenizer, groups, max_new_tokens: int = 15):
-  from bmike_jax import reference_hf
+  from tools import reference_hf
 
   out, t0 = [], time.perf_counter()
   for cases in groups:
@@ -120,7 +120,7 @@ def define_flags():
   flags.DEFINE_list("datasets", ["zsre"], "Datasets.")
   flags.DEFINE_list("query_types", list(data_lib.QUERY_TYPES), "Query types.")
   flags.DEFINE_integer("limit", 5, "Records per dataset x language.")
-  flags.DEFINE_string("data_dir", None, "BMIKE-53 data (default: ../shared/bmike53 or the sample).")
+  flags.DEFINE_string("data_dir", None, "BMIKE-53 data (default: tools/paths.py's).")
   flags.DEFINE_string("checkpoint", None, "Model (default: the embedded SmolLM2-135M GGUF).")
   flags.DEFINE_integer("batch_size", 8, "Engine batch size.")
   flags.DEFINE_bool("prefix_reuse", True, "Engine shared-prefix reuse.")
@@ -128,21 +128,17 @@ def define_flags():
 
 def main(argv):
   del argv
-  import os
-
   from absl import flags
 
-  from bmike_jax import checkpoints, reference_hf
+  from bmike_jax import checkpoints
   from bmike_jax import tokenizer as tokenizer_lib
   from bmike_jax.engine import Engine
+  from tools import paths
+  from tools import reference_hf
 
   f = flags.FLAGS
   source = f.checkpoint or checkpoints.default_gguf_path()
-  data_dir = f.data_dir
-  if data_dir is None:
-    shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                          "shared", "bmike53")
-    data_dir = shared if os.path.isdir(shared) else str(data_lib.default_data_dir())
+  data_dir = f.data_dir or paths.default_data_dir()
   config, params = checkpoints.load_model(source)
   tokenizer = tokenizer_lib.load_tokenizer(source)
   hf_model = reference_hf.load_hf_model(source)

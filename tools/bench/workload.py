@@ -4,14 +4,11 @@ of a group share their demonstrations, as the runner passes them to the engine).
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from typing import Sequence
 
 from bmike_jax import data as data_lib
 from bmike_jax import prompts as prompts_lib
-
-SHARED_DATA_DIR = "/work/shared/bmike53"
 
 
 @dataclasses.dataclass
@@ -33,13 +30,6 @@ class Group:
   @classmethod
   def from_json(cls, d: dict) -> "Group":
     return cls(**d)
-
-
-def default_data_dir() -> str:
-  """The full data set of this workspace when present, else the package's default (the sample)."""
-  if os.path.isdir(SHARED_DATA_DIR):
-    return SHARED_DATA_DIR
-  return str(data_lib.default_data_dir())
 
 
 def build_groups(data_dir: str, dataset: str, langs: Sequence[str], setups: Sequence[str],

@@ -1,5 +1,5 @@
-"""GPU section of the bench (`--gpu_synthetic_8b`): a randomly initialised Llama-3.1-8B-shaped model
-in bfloat16 on one accelerator, synthetic prompts of the real prompts' token lengths.
+"""The GPU benchmark's measurement (tools/bench_gpu.py): a randomly initialised Llama-3.1-8B-shaped
+model in bfloat16 on one accelerator, synthetic prompts of the real prompts' token lengths.
 
 What it measures (all through the public `Engine.generate`):
 - per setup (zero_shot, one_shot, few_shot_mixed): prompts/s of full greedy answers (15 new tokens;
@@ -16,6 +16,7 @@ What it measures (all through the public `Engine.generate`):
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import statistics
 import time
@@ -23,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from bmike_jax.benchmarks import flops
-from bmike_jax.benchmarks import tables
+from bmike_jax import checkpoints
+from tools.bench import workload
+from tools.bench import flops
 
 SWEEP_LANGUAGES = 53
 SWEEP_RECORDS = {"zsre": 743, "counterfact": 1031, "wikifactdiff": 784}
@@ -32,7 +34,6 @@ SWEEP_QUERY_TYPES = 4
 # Setup of the full sweep -> the measured setup whose prompt lengths and grouping stand for it.
 SWEEP_SETUPS = {"zero_shot": "zero_shot", "one_shot": "one_shot",
                 "few_shot_mixed": "few_shot_mixed", "few_shot_specific": "few_shot_mixed"}
-GPU_SETUPS = ("zero_shot", "one_shot", "few_shot_mixed")
 # Length buckets of configs/8b.flags: the section's default, so it compiles what an 8B run compiles.
 EIGHT_B_FLAGFILE_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
 # Token lengths used when the embedded tokenizer cannot be loaded: (shared prefix, mean suffix).
@@ -92,9 +93,7 @@ def real_lengths(data_dir: str, dataset: str, langs: Sequence[str], records: int
   `source` says which."""
   source = {"dataset": dataset, "langs": list(langs), "records": records}
   try:
-    from bmike_jax import checkpoints
     from bmike_jax import tokenizer as tokenizer_lib
-    from bmike_jax.benchmarks import workload
     from bmike_jax.engine.layout import common_prefix_length
 
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
@@ -113,7 +112,7 @@ def real_lengths(data_dir: str, dataset: str, langs: Sequence[str], records: int
 
 def write_lengths(path: str, lengths: dict, source: dict) -> None:
   """Saves `real_lengths`' result (with where it came from) as JSON, for a GPU machine that has
-  neither the data nor the embedded tokenizer (`--gpu_lengths`)."""
+  neither the data nor the embedded tokenizer (`--lengths`)."""
   import json
   import os
 
@@ -134,16 +133,16 @@ def read_lengths(path: str, setups: Sequence[str]) -> tuple[dict, dict]:
     lengths = {s: [(int(p), [int(x) for x in suf]) for p, suf in groups]
                for s, groups in raw["lengths"].items()}
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ValueError(f"--gpu_lengths={path}: not a prompt-lengths file written by "
-                     f"--gpu_write_lengths ({e})") from None
+    raise ValueError(f"--lengths={path}: not a prompt-lengths file written by "
+                     f"--write_lengths ({e})") from None
   bad = [s for s, groups in lengths.items()
          if not groups or any(p < 0 or not suf or min(suf) < 1 for p, suf in groups)]
   if bad:
-    raise ValueError(f"--gpu_lengths={path}: setup(s) {', '.join(bad)} have no groups, an empty "
+    raise ValueError(f"--lengths={path}: setup(s) {', '.join(bad)} have no groups, an empty "
                      "group or a length below 1")
   missing = [s for s in setups if s not in lengths]
   if missing:
-    raise ValueError(f"--gpu_lengths={path}: has no lengths for setup(s) {', '.join(missing)} "
+    raise ValueError(f"--lengths={path}: has no lengths for setup(s) {', '.join(missing)} "
                      f"(it has {', '.join(sorted(lengths))})")
   return lengths, raw.get("source", {})
 
@@ -179,120 +178,143 @@ def _device_memory() -> dict:
   return {k: stats.get(k) for k in ("peak_bytes_in_use", "bytes_limit", "bytes_in_use")}
 
 
-def run(args) -> dict:
-  """args: a namespace with model, batch_size, data_dir, dataset, langs, records, decode_repeats,
-  hbm_bandwidth, peak_flops, length_buckets, setups, matmul_size, max_new_tokens, and optionally
-  lengths ((lengths, source) from `read_lengths`; default: `real_lengths` of the data). Returns a
-  JSON-able result dict."""
+@dataclasses.dataclass(frozen=True)
+class GpuBenchConfig:
+  """What one GPU benchmark run measures (tools/bench_gpu.py's flags)."""
+  model: str                        # "llama3_8b" or "tiny" (toy sizes: smoke tests on a CPU)
+  batch_size: int
+  setups: tuple[str, ...]           # measured setups; few_shot_specific is projected
+  length_buckets: tuple[int, ...]   # () = configs/8b.flags' (EIGHT_B_FLAGFILE_BUCKETS)
+  max_new_tokens: int
+  decode_repeats: int               # timed repeats of each decode measurement (best kept)
+  matmul_size: int                  # n of the bf16 matmul peak measurement
+  hbm_bandwidth: float = 0.0        # bytes/s; 0: from flops.DEVICE_TABLE
+  peak_flops: float = 0.0           # dense bf16 FLOP/s; 0: from the table, else measured
+
+  @property
+  def buckets(self) -> tuple[int, ...]:
+    return tuple(self.length_buckets or EIGHT_B_FLAGFILE_BUCKETS)
+
+
+def measure_device(config: GpuBenchConfig) -> dict:
+  """The device, its bandwidth and bf16 peak (flag, table or measured), the measured matmul."""
+  import jax
+
+  device = jax.devices()[0]
+  spec = flops.lookup_device(device.device_kind)
+  bandwidth = config.hbm_bandwidth or (spec.hbm_bytes_per_s if spec else None)
+  peak = config.peak_flops or (spec.bf16_flops if spec else None)
+  out = {"device": device.device_kind, "platform": device.platform,
+         "hbm_bandwidth": bandwidth,
+         "hbm_bandwidth_source": "flag" if config.hbm_bandwidth else ("table" if spec else None),
+         "peak_bf16_flops": peak,
+         "peak_source": "flag" if config.peak_flops else ("table" if spec else None)}
+  print(f"bench[gpu]: {device.device_kind}: measuring the bf16 matmul peak", flush=True)
+  out["measured_matmul"] = flops.matmul_peak(n=config.matmul_size, dtype="bfloat16", reps=10)
+  if peak is None:
+    out["peak_bf16_flops"], out["peak_source"] = out["measured_matmul"]["flops"], "measured"
+  return out
+
+
+def _init_model(config: GpuBenchConfig, platform: str):
+  """(model config, random bf16 params in the layout the engine runs on `platform`, facts)."""
   import jax
   import jax.numpy as jnp
 
-  from bmike_jax.engine import Engine
-  from bmike_jax.engine import buckets as buckets_lib
-  from bmike_jax.engine import layout as layout_lib
   from bmike_jax.model import init_params
   from bmike_jax.model import layer_layout
 
-  device = jax.devices()[0]
-  config = llama31_8b_config() if args.model == "llama3_8b" else tiny_config()
-  spec = flops.lookup_device(device.device_kind)
-  bandwidth = args.hbm_bandwidth or (spec.hbm_bytes_per_s if spec else None)
-  peak = args.peak_flops or (spec.bf16_flops if spec else None)
-  out = {"device": device.device_kind, "platform": device.platform, "model": args.model,
-         "num_params": config.num_params, "batch_size": args.batch_size,
-         "hbm_bandwidth": bandwidth,
-         "hbm_bandwidth_source": "flag" if args.hbm_bandwidth else ("table" if spec else None),
-         "peak_bf16_flops": peak,
-         "peak_source": "flag" if args.peak_flops else ("table" if spec else None)}
-  print(f"bench[gpu]: {device.device_kind}: measuring the bf16 matmul peak", flush=True)
-  out["measured_matmul"] = flops.matmul_peak(n=args.matmul_size, dtype="bfloat16", reps=10)
-  if peak is None:
-    peak = out["measured_matmul"]["flops"]
-    out["peak_bf16_flops"], out["peak_source"] = peak, "measured"
-
-  print(f"bench[gpu]: initialising {args.model} ({config.num_params / 1e9:.2f}B params, bf16)",
+  model = llama31_8b_config() if config.model == "llama3_8b" else tiny_config()
+  print(f"bench[gpu]: initialising {config.model} ({model.num_params / 1e9:.2f}B params, bf16)",
         flush=True)
   t0 = time.perf_counter()
   # The layout the engine runs on this device (per layer on accelerators), so it converts nothing.
-  scan_layers = layer_layout.default_scan_layers(device.platform)
-  out["scan_layers"] = scan_layers
-  params = jax.jit(lambda: init_params(config, seed=0, dtype=jnp.bfloat16,
+  scan_layers = layer_layout.default_scan_layers(platform)
+  params = jax.jit(lambda: init_params(model, seed=0, dtype=jnp.bfloat16,
                                        scan_layers=scan_layers))()
   jax.block_until_ready(params)
-  out["init_seconds"] = time.perf_counter() - t0
-  param_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
-  out["param_bytes"] = param_bytes
-  tokenizer = SyntheticTokenizer(config)
-  rng = np.random.default_rng(0)
-  if getattr(args, "lengths", None):  # (lengths, source) from read_lengths
-    lengths, out["lengths_source"] = args.lengths
-  else:
-    lengths, out["lengths_source"] = real_lengths(args.data_dir, args.dataset, args.langs,
-                                                  args.records, args.setups)
-  groups = {s: [synthetic_group(rng, config.vocab_size, config.bos_token_id, p, suf)
-                for p, suf in lengths[s]] for s in args.setups}
-  buckets = tuple(args.length_buckets or EIGHT_B_FLAGFILE_BUCKETS)
-  out["length_buckets"] = list(buckets)
+  facts = {"model": config.model, "num_params": model.num_params,
+           "batch_size": config.batch_size, "scan_layers": scan_layers,
+           "init_seconds": time.perf_counter() - t0,
+           "param_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(params))}
+  return model, params, facts
 
-  def make(max_new_tokens):
-    return Engine(config, params, tokenizer, batch_size=args.batch_size, length_buckets=buckets,
-                  max_new_tokens=max_new_tokens, prefix_reuse=True, dtype=jnp.bfloat16,
-                  decode_halvings=0)  # as configs/8b.flags
 
-  # Decode-step groups: one full batch of equal-length prompts per length class, at the median
-  # suffix length of the setup (shapes the passes below have compiled already).
-  decode_sets = {}
-  for s in [x for x in ("zero_shot", "few_shot_mixed") if x in args.setups]:
-    p_len, suf = lengths[s][0]
-    decode_sets[s] = synthetic_group(rng, config.vocab_size, config.bos_token_id, p_len,
-                                     [int(statistics.median(suf))] * args.batch_size)
+def _bucket_shape(engine, ids: Sequence[Sequence[int]], max_new_tokens: int):
+  """(batch, prefix bucket, cache slots) the engine runs a group of equal-length prompts at."""
+  from bmike_jax.engine import buckets as buckets_lib
+  from bmike_jax.engine import layout as layout_lib
 
-  # Full answers and prefill only (max_new_tokens=1), per setup; then the decode groups on the same
-  # two engines: step time = (t(max_new_tokens) - t(1)) / (max_new_tokens - 1).
-  per_setup, decode_times, shapes = {}, {}, {}
-  for max_new, label in ((args.max_new_tokens, "full"), (1, "prefill")):
-    engine = make(max_new)
-    for s in args.setups:
+  plen = layout_lib.common_prefix_length(ids)
+  plen = plen if plen >= engine.min_prefix else 0
+  pb = buckets_lib.pick_bucket(plen, engine.length_buckets) if plen else 0
+  sb = buckets_lib.pick_bucket(len(ids[0]) - plen, engine.length_buckets)
+  return engine.batch_size, pb, layout_lib.cache_length(sb, max_new_tokens)
+
+
+def measure_engine(config: GpuBenchConfig, model, params, groups: dict,
+                   decode_sets: dict) -> dict:
+  """Times the engine: per setup a cold and a warm pass over its groups with full answers and with
+  max_new_tokens=1 (prefill only); the decode-step groups (best of decode_repeats) on the same
+  two engines. Returns {"setups", "decode_times", "shapes", "compile_counts"}."""
+  import jax.numpy as jnp
+
+  from bmike_jax.engine import Engine
+
+  tokenizer = SyntheticTokenizer(model)
+  per_setup, decode_times, shapes, compile_counts = {}, {}, {}, {}
+  for max_new, label in ((config.max_new_tokens, "full"), (1, "prefill")):
+    engine = Engine(model, params, tokenizer, batch_size=config.batch_size,
+                    length_buckets=config.buckets, max_new_tokens=max_new, prefix_reuse=True,
+                    dtype=jnp.bfloat16, decode_halvings=0)  # as configs/8b.flags
+    for s in config.setups:
       print(f"bench[gpu]: {label} {s}: cold pass", flush=True)
       cold = _timed_pass(engine, groups[s])
       print(f"bench[gpu]: {label} {s}: warm pass", flush=True)
       warm = _timed_pass(engine, groups[s])
-      r = per_setup.setdefault(s, {})
-      r[label] = {"seconds": warm[0], "cold_seconds": cold[0], "prompts": warm[1],
-                  "prompt_tokens": warm[2], "prefill_tokens": warm[3],
-                  "compile_seconds": max(0.0, cold[0] - warm[0])}
+      per_setup.setdefault(s, {})[label] = {
+          "seconds": warm[0], "cold_seconds": cold[0], "prompts": warm[1],
+          "prompt_tokens": warm[2], "prefill_tokens": warm[3],
+          "compile_seconds": max(0.0, cold[0] - warm[0])}
     for s, ids in decode_sets.items():
       print(f"bench[gpu]: {label} decode-step group {s}", flush=True)
       engine.generate(ids)  # compiles only if these shapes are new
       runs = []
-      for _ in range(args.decode_repeats):
+      for _ in range(config.decode_repeats):
         t0 = time.perf_counter()
         engine.generate(ids)
         runs.append(time.perf_counter() - t0)
       decode_times.setdefault(s, {})[label] = min(runs)
       if label == "full":
-        plen = layout_lib.common_prefix_length(ids)
-        plen = plen if plen >= engine.min_prefix else 0
-        pb = buckets_lib.pick_bucket(plen, engine.length_buckets) if plen else 0
-        sb = buckets_lib.pick_bucket(len(ids[0]) - plen, engine.length_buckets)
-        shapes[s] = (engine.batch_size, pb, layout_lib.cache_length(sb, max_new))
-    out.setdefault("compile_counts", {})[label] = engine.compile_count
+        shapes[s] = _bucket_shape(engine, ids, max_new)
+    compile_counts[label] = engine.compile_count
     del engine
     gc.collect()
-  for s, r in per_setup.items():
+  return {"setups": per_setup, "decode_times": decode_times, "shapes": shapes,
+          "compile_counts": compile_counts}
+
+
+def project_setups(per_setup: dict, *, num_params: int, peak_flops: float) -> dict:
+  """Adds prompts/s (full answers) and the prefill FLOPs and MFU (prefill only) per setup."""
+  for r in per_setup.values():
     f, p = r["full"], r["prefill"]
     f["prompts_per_s"] = f["prompts"] / f["seconds"]
-    p["flops"] = flops.prefill_flops(p["prefill_tokens"], config.num_params)
-    p["mfu"] = p["flops"] / p["seconds"] / peak
-  out["setups"] = per_setup
+    p["flops"] = flops.prefill_flops(p["prefill_tokens"], num_params)
+    p["mfu"] = p["flops"] / p["seconds"] / peak_flops
+  return per_setup
 
+
+def project_decode(measured: dict, decode_sets: dict, *, model, param_bytes: int,
+                   bandwidth: float | None, max_new_tokens: int) -> dict:
+  """Per decode group: step time = (t(max_new_tokens) - t(1)) / (max_new_tokens - 1), against the
+  HBM floor of the parameter bytes (and of the parameters plus the KV bytes a step reads)."""
   decode = {}
-  steps = args.max_new_tokens - 1
-  for s, t in decode_times.items():
-    batch, pb, slots = shapes[s]
+  steps = max_new_tokens - 1
+  for s, t in measured["decode_times"].items():
+    batch, pb, slots = measured["shapes"][s]
     step = (t["full"] - t["prefill"]) / steps if steps > 0 else None
     # k and v, bf16, every slot read by the masked attention: the shared prefix once, own caches
-    kv_bytes = (config.num_layers * (pb + batch * slots) * config.num_kv_heads * config.head_dim
+    kv_bytes = (model.num_layers * (pb + batch * slots) * model.num_kv_heads * model.head_dim
                 * 2 * 2)
     floor = flops.hbm_floor_seconds(param_bytes, bandwidth) if bandwidth else None
     floor_kv = flops.hbm_floor_seconds(param_bytes + kv_bytes, bandwidth) if bandwidth else None
@@ -302,10 +324,11 @@ def run(args) -> dict:
                  "floor_kv_seconds": floor_kv,
                  "ratio": step / floor if floor and step else None,
                  "ratio_kv": step / floor_kv if floor_kv and step else None}
-  out["decode"] = decode
-  out["device_memory"] = _device_memory()
+  return decode
 
-  # Projection of the full sweep.
+
+def project_sweep(per_setup: dict) -> dict:
+  """The full sweep (SWEEP_SETUPS x datasets x languages x query types) at the measured rates."""
   per_setup_prompts = SWEEP_LANGUAGES * sum(SWEEP_RECORDS.values()) * SWEEP_QUERY_TYPES
   projection = {}
   for sweep_setup, measured in SWEEP_SETUPS.items():
@@ -313,65 +336,35 @@ def run(args) -> dict:
       rate = per_setup[measured]["full"]["prompts_per_s"]
       projection[sweep_setup] = {"prompts": per_setup_prompts, "measured_as": measured,
                                  "prompts_per_s": rate, "seconds": per_setup_prompts / rate}
-  out["projection"] = projection
-  out["projection_complete"] = len(projection) == len(SWEEP_SETUPS)
-  out["projected_seconds"] = sum(p["seconds"] for p in projection.values())
+  return {"projection": projection, "projection_complete": len(projection) == len(SWEEP_SETUPS),
+          "projected_seconds": sum(p["seconds"] for p in projection.values())}
+
+
+def run(config: GpuBenchConfig, lengths: dict, lengths_source: dict) -> dict:
+  """Measures (device, engine passes, decode steps) and projects (MFU, step / floor, full sweep);
+  `lengths` as `real_lengths` or `read_lengths` give them. Returns the raw JSON of the run."""
+  out = measure_device(config)
+  model, params, facts = _init_model(config, out["platform"])
+  out.update(facts)
+  out["lengths_source"] = lengths_source
+  out["length_buckets"] = list(config.buckets)
+  rng = np.random.default_rng(0)
+  groups = {s: [synthetic_group(rng, model.vocab_size, model.bos_token_id, p, suf)
+                for p, suf in lengths[s]] for s in config.setups}
+  # Decode-step groups: one full batch of equal-length prompts per length class, at the median
+  # suffix length of the setup (shapes the passes have compiled already).
+  decode_sets = {}
+  for s in [x for x in ("zero_shot", "few_shot_mixed") if x in config.setups]:
+    p_len, suf = lengths[s][0]
+    decode_sets[s] = synthetic_group(rng, model.vocab_size, model.bos_token_id, p_len,
+                                     [int(statistics.median(suf))] * config.batch_size)
+  measured = measure_engine(config, model, params, groups, decode_sets)
+  out["compile_counts"] = measured["compile_counts"]
+  out["setups"] = project_setups(measured["setups"], num_params=model.num_params,
+                                 peak_flops=out["peak_bf16_flops"])
+  out["decode"] = project_decode(measured, decode_sets, model=model,
+                                 param_bytes=out["param_bytes"], bandwidth=out["hbm_bandwidth"],
+                                 max_new_tokens=config.max_new_tokens)
+  out["device_memory"] = _device_memory()
+  out.update(project_sweep(out["setups"]))
   return out
-
-
-def markdown(res: dict) -> str:
-  fmt, pct, ratio = tables._fmt, tables._pct, tables._ratio  # pylint: disable=protected-access
-  lines = [f"### GPU: synthetic {res['model']} (bf16, random weights) on {res['device']}", ""]
-  mm = res["measured_matmul"]
-  lines += [
-      f"- parameters: {res['num_params'] / 1e9:.3f}B, {res['param_bytes'] / 1e9:.2f} GB; "
-      f"engine batch size {res['batch_size']}; length buckets "
-      f"{','.join(map(str, res.get('length_buckets', [])))}; decoder layers "
-      # (runs before the layout choice existed have no scan_layers: they were scanned)
-      f"{'unrolled (per-layer params)' if res.get('scan_layers') is False else 'scanned (stacked params)'}",
-      (f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
-       f"({res['hbm_bandwidth_source']})" if res["hbm_bandwidth"] else
-       "- HBM bandwidth: unknown device (pass --hbm_bandwidth)") + "; dense bf16 peak used: "
-      f"{fmt(res['peak_bf16_flops'] / 1e12)} TFLOP/s ({res['peak_source']}); measured bf16 "
-      f"matmul ({mm['n']}²): {fmt(mm['flops'] / 1e12)} TFLOP/s",
-      f"- device memory peak: {fmt((res['device_memory'].get('peak_bytes_in_use') or 0) / 2**30)} GiB",
-      "",
-      tables.md_table(
-          ("setup", "prompts", "mean prompt tokens", "unique tokens", "time (s)", "prompts/s",
-           "compile (s)", "prefill-only (s)", "prefill MFU"),
-          [[s, r["full"]["prompts"], fmt(r["full"]["prompt_tokens"] / max(1, r["full"]["prompts"])),
-            r["prefill"]["prefill_tokens"], fmt(r["full"]["seconds"]), fmt(r["full"]["prompts_per_s"]),
-            fmt(r["full"]["compile_seconds"] + r["prefill"]["compile_seconds"]),
-            fmt(r["prefill"]["seconds"], 3), pct(r["prefill"]["mfu"])]
-           for s, r in res["setups"].items()]),
-      "",
-      tables.md_table(
-          ("decode (prompt length)", "batch", "cache slots", "step (ms)", "HBM floor (ms)",
-           "step / floor", "floor incl. KV (ms)", "step / floor incl. KV"),
-          [[f"{s} ({d['prompt_length']})", d["batch"], d["cache_slots"],
-            fmt(d["step_seconds"] * 1e3, 3),
-            fmt(d["floor_seconds"] * 1e3 if d["floor_seconds"] else None, 3), ratio(d["ratio"]),
-            fmt(d["floor_kv_seconds"] * 1e3 if d["floor_kv_seconds"] else None, 3),
-            ratio(d["ratio_kv"])] for s, d in res["decode"].items()]),
-      "",
-  ]
-  proj = res["projection"]
-  rows = [[s, f"{p['prompts']:,}", p["measured_as"], fmt(p["prompts_per_s"]),
-           fmt(p["seconds"] / 3600, 2)] for s, p in proj.items()]
-  rows.append(["total", f"{sum(p['prompts'] for p in proj.values()):,}", "", "",
-               fmt(res["projected_seconds"] / 3600, 2)])
-  lines += [
-      "Synthetic prompts copy the token lengths (and the shared demonstration prefix) of the real "
-      "prompts under the SmolLM2 tokenizer; lengths from: "
-      + ", ".join(f"{k} {v}" for k, v in res.get("lengths_source", {}).items()) + ".", "",
-      "Projected full sweep (3 datasets × 53 languages × 4 query types per setup; greedy answers "
-      "only, no likelihood scoring; 15 tokens per answer since random weights never close the "
-      "quote):", "",
-      tables.md_table(("setup", "prompts", "rate measured as", "prompts/s", "hours"), rows)]
-  if not res["projection_complete"]:
-    lines.append("\n(not every setup was measured: the total covers the measured ones only)")
-  worst = [d["ratio"] for d in res["decode"].values() if d["ratio"] is not None]
-  if worst:
-    lines += ["", f"- target: decode step within 1.25× the HBM floor: worst {max(worst):.2f}× → "
-              f"{'PASS' if max(worst) <= 1.25 else 'FAIL'}"]
-  return "\n".join(lines)
