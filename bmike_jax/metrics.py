@@ -23,7 +23,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from bmike_jax.languages import normalize_lang
 
@@ -99,12 +99,21 @@ def answer_tokens(text: str, lang: str) -> list[str]:
     return _CHARACTER_TOKEN.sub(r" \1 ", text).split()
 
 
-def normalize_answer(text: str, lang: str) -> str:
-    return " ".join(answer_tokens(text, lang))
-
-
 def normalized_f1(pred: str, gold: str, lang: str) -> float:
     return token_f1(answer_tokens(pred, lang), answer_tokens(gold, lang))
+
+
+def answer_scores(prediction: str, gold: str, lang: str, *,
+                  encode: Callable[[str], Sequence[int]]) -> dict[str, float]:
+    """The four answer scores (TEXT_METRICS) of one answer; `encode`: text -> token ids without
+    BOS (the model's tokenizer). The runner and the re-scoring both call this."""
+    pred_ids, gold_ids = encode(prediction), encode(gold)
+    return {
+        "em": exact_match(prediction, gold),
+        "f1_ref": reference_f1(pred_ids, gold_ids),
+        "f1": token_f1(pred_ids, gold_ids),
+        "f1_norm": normalized_f1(prediction, gold, lang),
+    }
 
 
 # ---- likelihood comparison -------------------------------------------------------------

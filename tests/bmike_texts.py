@@ -1,13 +1,13 @@
-"""Real BMIKE-53 text for model and tokenizer tests: ../shared/bmike53 when present, else the
-sample shipped in the package (en de ru ar hi zh ja th)."""
+"""Real BMIKE-53 text for model and tokenizer tests: the full data (tests/data_dirs.py) when
+present, else the sample shipped in the package (en de ru ar hi zh ja th)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bmike_jax import data, prompts
+from tests.data_dirs import HAS_REAL, REAL_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "bmike53"
 # One language per script: Latin, Cyrillic, Arabic, Devanagari, CJK (zh, ja), Thai.
 SCRIPT_LANGS = ("de", "ru", "ar", "hi", "zh", "ja", "th")
 # More scripts when the full data is there: Greek, Hebrew, Korean, Armenian, Georgian, Tamil, Bengali.
@@ -15,11 +15,11 @@ EXTRA_LANGS = ("el", "he", "ko", "hy", "ka", "ta", "bn", "vi", "uk")
 
 
 def data_dir() -> Path:
-  return SHARED if (SHARED / "zsRE").is_dir() else data.SAMPLE_DATA_DIR
+  return REAL_DIR if HAS_REAL else data.SAMPLE_DATA_DIR
 
 
 def langs() -> tuple[str, ...]:
-  return SCRIPT_LANGS + (EXTRA_LANGS if data_dir() == SHARED else ())
+  return SCRIPT_LANGS + (EXTRA_LANGS if HAS_REAL else ())
 
 
 def bmike_prompts(langs_=SCRIPT_LANGS, setups=("zero_shot", "one_shot"), dataset="zsre",

@@ -161,8 +161,9 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   d = raw["decode"]["zero_shot"]
   assert d["steps"] == 2
   assert d["step_seconds"] == pytest.approx((d["t_full"] - d["t_prefill_only"]) / 2)
+  rate = raw["setups"]["zero_shot"]["full"]["prompts_per_s"]
   assert raw["projection"]["zero_shot"]["seconds"] == pytest.approx(
-      raw["projection"]["zero_shot"]["prompts"] / raw["setups"]["zero_shot"]["full"]["prompts_per_s"])
+      raw["projection"]["zero_shot"]["prompts"] / rate)
   assert md == tables.render(raw)
 
 

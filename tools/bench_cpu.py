@@ -60,8 +60,8 @@ flags.DEFINE_list("engine_cold_pass", ["d"], "bmike-jax systems (c, d) timed on 
 flags.DEFINE_boolean("prefill_only", True, "Also time (d) with max_new_tokens=1 (prefill only) for "
                      "the FLOP-floor table.")
 flags.DEFINE_integer("peak_matmul_size", 2048, "n of the n x n fp32 matmul that measures the peak.")
-flags.DEFINE_string("output", None, "Write the markdown report here and the raw numbers to the same "
-                    "path with a .json suffix.")
+flags.DEFINE_string("output", None, "Write the markdown report here and the raw numbers to "
+                    "the same path with a .json suffix.")
 flags.DEFINE_string("worker_platform", "cpu", "JAX_PLATFORMS for the CPU section's workers ('' "
                     "keeps the environment's).")
 flags.DEFINE_boolean("keep_workdir", False, "Keep the workers' specs, results and logs.")

@@ -51,8 +51,8 @@ flags.DEFINE_string("write_lengths", None, "Write the real prompts' token length
                     "accelerator.")
 flags.DEFINE_boolean("allow_cpu", False, "Run on CPU too (smoke tests only; its numbers mean "
                      "nothing there).")
-flags.DEFINE_string("output", None, "Write the markdown report here and the raw numbers to the same "
-                    "path with a .json suffix.")
+flags.DEFINE_string("output", None, "Write the markdown report here and the raw numbers to "
+                    "the same path with a .json suffix.")
 
 
 def _write_lengths(data_dir: str) -> None:
@@ -83,8 +83,8 @@ def main(argv):
   if not gpu.is_accelerator() and not FLAGS.allow_cpu:
     import jax
     print("bench: tools.bench_gpu needs a GPU (or TPU); this machine's JAX sees only "
-          f"{[d.platform for d in jax.devices()]} devices. Install jax[cuda12] on a GPU machine and "
-          "rerun; nothing was measured.", file=sys.stderr)
+          f"{[d.platform for d in jax.devices()]} devices. Install jax[cuda12] on a GPU machine "
+          "and rerun; nothing was measured.", file=sys.stderr)
     sys.exit(2)
   config = gpu.GpuBenchConfig(
       model=FLAGS.model, batch_size=FLAGS.batch_size, setups=tuple(FLAGS.setups),

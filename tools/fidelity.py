@@ -2,11 +2,10 @@
 
     python -m tools.fidelity --langs=de,ru,zh,th --setups=few_shot_mixed,zero_shot --limit=5
 
-Builds the prompts the runner builds (grouped as the runner groups them: one engine call per
-dataset x setup x language, per query type for the metric-specific setup), generates with the
-engine (batched, shared prefix reused) and with HF `generate` one prompt at a time (the reference's
-way: float32, the HF tokenizer's encoding of the prompt text), and prints the agreement rate and
-every differing case side by side. Needs torch and transformers (the `reference` extra).
+Builds the prompts the runner builds, grouped as the runner groups them (bmike_jax/workload.py),
+generates with the engine (batched, shared prefix reused) and with HF `generate` one prompt at a
+time (the reference's way: float32, the HF tokenizer's encoding of the prompt text), and prints
+the agreement rate and every differing case side by side. Needs torch and transformers (the `reference` extra).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Sequence
 
 from bmike_jax import data as data_lib
 from bmike_jax import prompts as prompts_lib
+from bmike_jax import workload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,26 +41,20 @@ class Case:
 
 def build_groups(data_dir, datasets: Sequence[str], setups: Sequence[str], langs: Sequence[str],
                  limit: int, query_types: Sequence[str], tokenizer, hf_tokenizer):
-  """Lists of Cases, one list per engine call (prompts sharing their demonstrations)."""
+  """Lists of Cases, one list per engine call of the runner (bmike_jax/workload.py)."""
   groups = []
   for dataset in datasets:
     pool = data_lib.load_pool(data_dir, dataset)
     for lang in langs:
       loaded = data_lib.load_file(data_dir, dataset, lang, limit=limit)
       for setup in setups:
-        qt_groups = ([(qt,) for qt in query_types] if setup == "few_shot_specific"
-                     else [tuple(query_types)])
-        for qts in qt_groups:
-          cases = []
-          for record in loaded.records:
-            for qt in qts:
-              text = prompts_lib.build_prompt(pool, setup, lang, record, qt)
-              cases.append(Case(
-                  name=f"{dataset}/{lang}/{setup}/{qt}/record{record.index}", dataset=dataset,
-                  setup=setup, lang=lang, query_type=qt, prompt=text,
-                  prompt_ids=tuple(tokenizer.encode(text)),
-                  reference_ids=tuple(hf_tokenizer(text)["input_ids"])))
-          groups.append(cases)
+        for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup,
+                                          query_types=query_types):
+          groups.append([Case(name=name, dataset=dataset, setup=setup, lang=loaded.lang,
+                              query_type=q.query_type, prompt=q.prompt,
+                              prompt_ids=tuple(tokenizer.encode(q.prompt)),
+                              reference_ids=tuple(hf_tokenizer(q.prompt)["input_ids"]))
+                         for q, name in zip(group.queries, group.names)])
   return groups
 
 

@@ -328,7 +328,8 @@ def render_cpu(raw: dict) -> str:
   peak = extra["peak"]
   langs = sorted({g["lang"] for g in groups}, key=[g["lang"] for g in groups].index)
   setups = sorted({g["setup"] for g in groups}, key=[g["setup"] for g in groups].index)
-  records = {g["lang"]: g["prompts"] // 4 for g in groups}
+  # (runs saved before groups recorded their query types asked all 4 in each group)
+  records = {g["lang"]: g["prompts"] // len(g.get("query_types", "1234")) for g in groups}
   d = results.get("d", {})
   lines = [
       f"### CPU: {os.path.basename(checkpoint.rstrip('/'))} (fp32), bmike-jax vs HF transformers",

@@ -148,14 +148,7 @@ class _CachedEncoder:
 
 def score_row(row, encode):
     """The answer metrics of one samples.jsonl row, recomputed (encode: text -> token ids)."""
-    pred, gold = row["prediction"], row["gold"]
-    pred_ids, gold_ids = encode(pred), encode(gold)
-    return {
-        "em": metrics.exact_match(pred, gold),
-        "f1_ref": metrics.reference_f1(pred_ids, gold_ids),
-        "f1": metrics.token_f1(pred_ids, gold_ids),
-        "f1_norm": metrics.normalized_f1(pred, gold, row["lang"]),
-    }
+    return metrics.answer_scores(row["prediction"], row["gold"], row["lang"], encode=encode)
 
 
 def rescore(rows, tokenizer):

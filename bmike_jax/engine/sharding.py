@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -170,7 +170,3 @@ def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     raise ValueError(f"this process's rows {sorted(rows)} are not contiguous; build the mesh "
                      "with make_mesh (devices grouped by process)")
   return jax.make_array_from_process_local_data(sharding, array[lo:hi], array.shape)
-
-
-def tree_to_global(tree: Any, shardings: Any):
-  return jax.tree_util.tree_map(to_global, tree, shardings)

@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from bmike_jax import metrics
-from bmike_jax import prompts
+from bmike_jax import workload
 from bmike_jax.data import Demonstration, LoadedFile, Record
 
 # The likelihood comparison of SPEC applies to these datasets and query types only.
@@ -31,17 +31,11 @@ class GenerationEngine(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class _Query:
+  """A query of the unit with its token ids (what the likelihood jobs need)."""
   record: Record
   query_type: str
   prompt: str
   prompt_ids: list[int]
-
-
-def _query_groups(setup: str, query_types: Sequence[str]) -> list[tuple[str, ...]]:
-  """Query types whose prompts share one demonstration prefix go to the engine together."""
-  if setup == "few_shot_specific":
-    return [(qt,) for qt in query_types]
-  return [tuple(query_types)]
 
 
 def likelihood_split(tokenizer, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -58,30 +52,23 @@ def likelihood_split(tokenizer, prompt: str, continuation: str) -> tuple[list[in
 
 
 def score_sample(tokenizer, prediction: str, gold: str, lang: str) -> dict:
-  pred_ids = tokenizer.encode(prediction, add_bos=False)
-  gold_ids = tokenizer.encode(gold, add_bos=False)
-  return {
-      "em": metrics.exact_match(prediction, gold),
-      "f1_ref": metrics.reference_f1(pred_ids, gold_ids),
-      "f1": metrics.token_f1(pred_ids, gold_ids),
-      "f1_norm": metrics.normalized_f1(prediction, gold, lang),
-  }
+  """The four answer scores of one sample (metrics.answer_scores with the model's tokenizer)."""
+  return metrics.answer_scores(prediction, gold, lang,
+                               encode=lambda text: tokenizer.encode(text, add_bos=False))
 
 
 def evaluate_unit(engine: GenerationEngine, tokenizer, loaded: LoadedFile,
                   pool: Sequence[Demonstration], setup: str, query_types: Sequence[str],
                   likelihood: bool) -> list[dict]:
-  """Sample rows (DESIGN.md's samples.jsonl schema) of one dataset x setup x language."""
+  """Sample rows (DESIGN.md's samples.jsonl schema) of one dataset x setup x language; one engine
+  call per prompt group of bmike_jax/workload.py."""
   lang = loaded.lang
   rows = []
-  for group in _query_groups(setup, query_types):
-    queries = []
-    for record in loaded.records:
-      for qt in group:
-        text = prompts.build_prompt(pool, setup, lang, record, qt)
-        queries.append(_Query(record, qt, text, tokenizer.encode(text)))
-    names = [f"{loaded.path} record {q.record.index} ({q.query_type}, {setup})" for q in queries]
-    results = engine.generate([q.prompt_ids for q in queries], prompt_names=names)
+  for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup,
+                                    query_types=query_types):
+    queries = [_Query(q.record, q.query_type, q.prompt, tokenizer.encode(q.prompt))
+               for q in group.queries]
+    results = engine.generate([q.prompt_ids for q in queries], prompt_names=group.names)
     likelihoods = {}
     if likelihood and loaded.dataset in LIKELIHOOD_DATASETS:
       likelihoods = _likelihoods(engine, tokenizer, queries)

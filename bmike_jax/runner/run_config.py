@@ -20,9 +20,9 @@ from bmike_jax import data as data_lib
 from bmike_jax import languages
 from bmike_jax import prompts
 from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.engine.buckets import OVERLONG_POLICIES
 
 DTYPES = ("float32", "bfloat16")
-OVERLONG_POLICIES = ("error", "truncate_left")
 PRECISIONS = {
     "float32": "float32 at full matmul precision (HIGHEST on GPU/TPU): the reference's precision",
     "bfloat16": "bfloat16, the fast mode: departs from the reference (float32); see BENCHMARKS.md "

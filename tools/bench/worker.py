@@ -38,8 +38,9 @@ def ids_digest(ids) -> str:
 
 
 def _group_record(group: dict, answers, seconds, prompt_ids, generated, **extra) -> dict:
-  return {"key": f"{group['lang']}/{group['setup']}", "lang": group["lang"],
-          "setup": group["setup"], "prompts": len(prompt_ids), "seconds": seconds,
+  return {"key": group["key"], "lang": group["lang"], "setup": group["setup"],
+          "query_types": sorted(set(group["query_types"])), "prompts": len(prompt_ids),
+          "seconds": seconds,
           "prompt_tokens": sum(len(p) for p in prompt_ids), "generated_tokens": int(sum(generated)),
           "answers": list(answers), "names": list(group["names"]),
           "ids_digests": [ids_digest(p) for p in prompt_ids], **extra}

@@ -1,5 +1,5 @@
-"""The benchmark's BMIKE-53 workload: prompt texts in groups of one language x setup (the prompts
-of a group share their demonstrations, as the runner passes them to the engine)."""
+"""The benchmarks' BMIKE-53 workload: prompt texts in the runner's engine calls
+(bmike_jax/workload.py decides which prompts go together), as JSON-able groups for the workers."""
 
 from __future__ import annotations
 
@@ -8,47 +8,41 @@ import random
 from typing import Sequence
 
 from bmike_jax import data as data_lib
-from bmike_jax import prompts as prompts_lib
+from bmike_jax import workload
 
 
 @dataclasses.dataclass
 class Group:
+  """One engine call of the workload (a workload.PromptGroup) as the workers get it."""
   dataset: str
   lang: str
   setup: str
+  key: str                  # workload.PromptGroup.key: unique within the workload
   texts: list[str]
-  names: list[str]          # "record {index} ({query_type})"
+  names: list[str]          # "dataset/lang/setup record N (query_type)"
   query_types: list[str]
-
-  @property
-  def key(self) -> str:
-    return f"{self.lang}/{self.setup}"
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
-  @classmethod
-  def from_json(cls, d: dict) -> "Group":
-    return cls(**d)
+  def sample(self, indices: Sequence[int]) -> "Group":
+    return dataclasses.replace(self, texts=[self.texts[i] for i in indices],
+                               names=[self.names[i] for i in indices],
+                               query_types=[self.query_types[i] for i in indices])
 
 
 def build_groups(data_dir: str, dataset: str, langs: Sequence[str], setups: Sequence[str],
                  records: int, query_types: Sequence[str] = data_lib.QUERY_TYPES) -> list[Group]:
-  """One group per (language, setup): every record x query type, in record-major order (the order
-  the runner builds them in for setups whose query types share the demonstrations)."""
+  """The engine calls the runner makes for these units (first `records` records per language)."""
   pool = data_lib.load_pool(data_dir, dataset)
   groups = []
   for lang in langs:
     loaded = data_lib.load_file(data_dir, dataset, lang, limit=records or None)
     for setup in setups:
-      prompts_lib.check_setup(setup)
-      texts, names, qts = [], [], []
-      for record in loaded.records:
-        for qt in query_types:
-          texts.append(prompts_lib.build_prompt(pool, setup, lang, record, qt))
-          names.append(f"{dataset}/{lang}/{setup} record {record.index} ({qt})")
-          qts.append(qt)
-      groups.append(Group(dataset, loaded.lang, setup, texts, names, qts))
+      for g in workload.unit_groups(loaded=loaded, pool=pool, setup=setup,
+                                    query_types=query_types):
+        groups.append(Group(g.dataset, g.lang, g.setup, g.key, g.prompts, g.names,
+                            [q.query_type for q in g.queries]))
   return groups
 
 
@@ -62,6 +56,5 @@ def subset(groups: Sequence[Group], total: int, seed: int = 0) -> list[Group]:
     # a seeded random sample (an even stride would hit one query type only: prompts are
     # record-major, 4 query types per record)
     idx = list(range(n)) if n <= per else sorted(random.Random(seed).sample(range(n), per))
-    out.append(Group(g.dataset, g.lang, g.setup, [g.texts[i] for i in idx],
-                     [g.names[i] for i in idx], [g.query_types[i] for i in idx]))
+    out.append(g.sample(idx))
   return out
