@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import buckets as buckets_lib
 from bmike_jax.engine import layout as layout_lib
 from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.answer import answer_text
+from bmike_jax.engine.batch import ScoreBatch, SharedPrefix, SuffixBatch
 from bmike_jax.engine.programs import Programs
 from bmike_jax.engine.state import StopRule
 from bmike_jax.model import Llama, LlamaConfig
@@ -174,7 +176,7 @@ class Engine:
     return out
 
   def _prefix(self, prompts, group_prefix: bool | None):
-    """(group layout, prefix KV or None without reuse, prefix length on device, suffixes).
+    """(group layout, SharedPrefix (kv None without reuse), suffixes).
 
     The last prefix's KV is kept: the likelihood scoring of a group right after its generation
     (same demonstrations) does not recompute it; the KV is the same array, so are the results."""
@@ -186,17 +188,15 @@ class Engine:
     p = sh.to_global(np.asarray(group.prefix_length, np.int32), repl)
     suffixes = [ids[group.prefix_length:] for ids in prompts]
     if pb == 0:
-      return group, None, p, suffixes
+      return group, SharedPrefix(kv=None, length=p), suffixes
     if self._last_prefix is not None and self._last_prefix[0] == group.prefix:
-      return group, self._last_prefix[1], p, suffixes
+      return group, SharedPrefix(kv=self._last_prefix[1], length=p), suffixes
     tokens, _, _ = layout_lib.pad_rows([group.prefix], 1, pb)
-    kv = self.programs.prefix(pb)(self.params, sh.to_global(tokens, repl), p)
+    kv = self.programs.prefix(pb)(params=self.params, tokens=sh.to_global(tokens, repl),
+                                  prefix_length=p)
     self._last_prefix = (group.prefix, kv)
     self.stats.prefill_tokens += group.prefix_length
-    return group, kv, p, suffixes
-
-  def _rows(self, array: np.ndarray, batch: int):
-    return sh.to_global(array, sh.batch_sharding(self.mesh, array.ndim, batch))
+    return group, SharedPrefix(kv=kv, length=p), suffixes
 
   # Generation ----------------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class Engine:
     t0 = time.perf_counter()
     compiled_before = self.compile_count
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
-    group, prefix_kv, p, suffixes = self._prefix(prompts, group_prefix)
+    group, prefix, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
     plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
                                     batch_buckets=self.batch_buckets,
@@ -219,9 +219,11 @@ class Engine:
       tokens, lengths, active = layout_lib.pad_rows([suffixes[i] for i in plan.rows], plan.batch,
                                                     plan.suffix_bucket)
       slots = layout_lib.cache_length(plan.suffix_bucket, self.max_new_tokens)
+      rows = batch_lib.place(SuffixBatch(tokens=tokens, lengths=lengths, active=active),
+                             SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
+                             self.mesh)
       out, num_out = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
-          self.params, prefix_kv, p, self._rows(tokens, plan.batch),
-          self._rows(lengths, plan.batch), self._rows(active, plan.batch), self.stop)
+          params=self.params, prefix=prefix, rows=rows, stop=self.stop)
       pending.append((plan, out, num_out))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
@@ -268,8 +270,8 @@ class Engine:
             f"continuation of {prompt_names[i] if prompt_names else i}", len(c), max_cont,
             "largest length bucket")
     prompts = self._fit(prompt_ids_list, prompt_names, [len(c) for c in conts])
-    group, prefix_kv, p, suffixes = self._prefix(prompts, group_prefix)
-    plen, pb = group.prefix_length, group.prefix_bucket
+    group, prefix, suffixes = self._prefix(prompts, group_prefix)
+    pb = group.prefix_bucket
     plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
                                     batch_buckets=self.batch_buckets,
                                     length_buckets=self.length_buckets,
@@ -282,10 +284,13 @@ class Engine:
       cont, cont_lengths, _ = layout_lib.pad_rows([conts[i] for i in plan.rows], plan.batch,
                                                   plan.extra_bucket, min_length=0)
       slots = layout_lib.cache_length(plan.suffix_bucket, plan.extra_bucket)
+      rows = batch_lib.place(
+          ScoreBatch(tokens=tokens, lengths=lengths, continuations=cont,
+                     continuation_lengths=cont_lengths),
+          ScoreBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket,
+                          continuation_bucket=plan.extra_bucket), self.mesh)
       logp = self.programs.score(plan.batch, pb, plan.suffix_bucket, plan.extra_bucket, slots)(
-          self.params, prefix_kv, p, self._rows(tokens, plan.batch),
-          self._rows(lengths, plan.batch), self._rows(cont, plan.batch),
-          self._rows(cont_lengths, plan.batch))
+          params=self.params, prefix=prefix, rows=rows)
       pending.append((plan, logp))
     out: list[np.ndarray | None] = [None] * len(prompts)
     for plan, logp in pending:

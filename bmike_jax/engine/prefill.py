@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from bmike_jax.engine.batch import SharedPrefix, SuffixBatch
 from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
 
 
-def append_tokens(model: Llama, params, cache: KVCache, key_valid, tokens, start_position,
+def append_tokens(model: Llama, params, *, cache: KVCache, key_valid, tokens, start_position,
                   num_valid, write_index, logits_index=None, prefix: KVCache | None = None,
                   prefix_mask=None):
   """Write `tokens` [B, T] at slots [write_index, write_index + T) of `cache` and run the model.
@@ -43,24 +44,19 @@ def append_tokens(model: Llama, params, cache: KVCache, key_valid, tokens, start
   return logits, cache, key_valid
 
 
-def prefix_cache(model: Llama, params, tokens, prefix_length) -> KVCache:
+def prefix_cache(model: Llama, params, *, tokens, prefix_length) -> KVCache:
   """KV of the shared prefix: tokens [1, Pb] (right-padded), prefix_length [] int32 (P).
 
-  Returns KVCache k, v: [L, 1, Pb, KVH, Dh] (slots >= P hold padding, masked by `prefix_mask`)."""
+  Returns KVCache k, v: [L, 1, Pb, KVH, Dh] (slots >= P hold padding, masked by
+  `SharedPrefix.mask`)."""
   _, pb = tokens.shape
   cache = KVCache.zeros(model.config, 1, pb, model.dtype)
-  key_valid = jnp.zeros((1, pb), bool)
   # Only the KV is needed: ask for the logits of a single position (the cheapest output).
-  _, cache, _ = append_tokens(model, params, cache, key_valid, tokens, jnp.zeros((1,), jnp.int32),
-                              jnp.reshape(prefix_length, (1,)), 0, jnp.zeros((1,), jnp.int32))
+  _, cache, _ = append_tokens(model, params, cache=cache, key_valid=jnp.zeros((1, pb), bool),
+                              tokens=tokens, start_position=jnp.zeros((1,), jnp.int32),
+                              num_valid=jnp.reshape(prefix_length, (1,)), write_index=0,
+                              logits_index=jnp.zeros((1,), jnp.int32))
   return cache
-
-
-def prefix_mask(prefix: KVCache | None, prefix_length):
-  """[Pb] bool: the prefix slots holding real tokens (None without a prefix)."""
-  if prefix is None:
-    return None
-  return jnp.arange(prefix.length, dtype=jnp.int32) < prefix_length
 
 
 def start_cache(model: Llama, batch: int, slots: int):
@@ -69,27 +65,26 @@ def start_cache(model: Llama, batch: int, slots: int):
   return KVCache.zeros(model.config, batch, slots, model.dtype), jnp.zeros((batch, slots), bool)
 
 
-def prefill(model: Llama, params, prefix: KVCache | None, prefix_length, tokens, lengths, active,
-            stop: StopRule, *, slots: int, max_new_tokens: int) -> DecodeState:
+def prefill(model: Llama, params, *, prefix: SharedPrefix, batch: SuffixBatch, stop: StopRule,
+            slots: int, max_new_tokens: int) -> DecodeState:
   """Run each row's suffix on top of the shared prefix and pick the first new token.
 
-  prefix: [L, 1, Pb, KVH, Dh] or None (Pb = 0); prefix_length: [] int32 (P)
-  tokens: [B, Sb] right-padded suffixes; lengths: [B] int32 (n_i >= 1); active: [B] bool
   Returns the DecodeState after one generated token (step 1), cache [L, B, S, KVH, Dh].
   """
-  b, sb = tokens.shape
+  b, sb = batch.tokens.shape
   cache, key_valid = start_cache(model, b, slots)
-  start = jnp.broadcast_to(prefix_length, (b,)).astype(jnp.int32)
-  logits, cache, key_valid = append_tokens(model, params, cache, key_valid, tokens, start, lengths,
-                                           0, logits_index=lengths - 1, prefix=prefix,
-                                           prefix_mask=prefix_mask(prefix, prefix_length))
+  start = jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32)
+  logits, cache, key_valid = append_tokens(
+      model, params, cache=cache, key_valid=key_valid, tokens=batch.tokens, start_position=start,
+      num_valid=batch.lengths, write_index=0, logits_index=batch.lengths - 1, prefix=prefix.kv,
+      prefix_mask=prefix.mask())
   state = DecodeState(
       cache=cache, key_valid=key_valid,
-      next_position=start + lengths,
+      next_position=start + batch.lengths,
       write_index=jnp.asarray(sb, jnp.int32),
       last_token=jnp.zeros((b,), jnp.int32),
       out=jnp.zeros((b, max_new_tokens), jnp.int32),
       num_out=jnp.zeros((b,), jnp.int32),
-      done=~active,
+      done=~batch.active,
       step=jnp.asarray(0, jnp.int32))
   return record_token(state, jnp.argmax(logits, axis=-1).astype(jnp.int32), stop)

@@ -5,11 +5,14 @@ Programs and their keys (B: batch bucket, Pb / Sb / Cb: prefix / suffix / contin
 buckets; a row's own cache has S = Sb + N slots, derived):
 
     prefix(Pb)             tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
-    generate(B, Pb, Sb)    prefix KV + suffixes [B, Sb] -> answers [B, N] and their lengths [B]:
+    generate(B, Pb, Sb)    SharedPrefix + SuffixBatch -> answers [B, N] and their lengths [B]:
                            prefill, then the greedy `while_loop`s in the same program (the cache
                            [L, B, S, KVH, Dh] lives and is updated in place inside them; the
                            batch shrinks to B/2, B/4 rows as rows finish, see decode.py)
-    score(B, Pb, Sb, Cb)   prefix KV + suffixes + continuations [B, Cb] -> log-probs [B, Cb]
+    score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
+
+Each program is called with keywords only; its inputs are the named structures of batch.py, whose
+shardings are built from the same structures (a swapped argument fails on structure or shape).
 
 The counter is incremented inside the traced body, so it counts real traces (= compilations),
 including any unexpected retrace.
@@ -23,7 +26,9 @@ import logging
 import jax
 from jax.sharding import Mesh
 
+from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import sharding as sh
+from bmike_jax.engine.batch import ScoreBatch, SharedPrefix, SuffixBatch
 from bmike_jax.engine.decode import greedy_decode
 from bmike_jax.engine.prefill import prefill, prefix_cache
 from bmike_jax.engine.scoring import score_continuations
@@ -57,47 +62,54 @@ class Programs:
       self._jitted[key] = build()
     return self._jitted[key]
 
-  # Shardings -----------------------------------------------------------------------------------
+  # Shardings (built from the same structures the programs take) -------------------------------
 
   def _repl(self):
     return sh.replicated(self.mesh)
 
-  def _rows(self, ndim: int, batch: int):
-    return sh.batch_sharding(self.mesh, ndim, batch)
-
-  def _prefix_kv(self, pb: int):
-    if pb == 0:
-      return None
-    s = sh.prefix_sharding(self.mesh, self.model.config)
-    return KVCache(k=s, v=s)
+  def prefix_shardings(self, pb: int) -> SharedPrefix:
+    kv = None
+    if pb:
+      s = sh.prefix_sharding(self.mesh, self.model.config)
+      kv = KVCache(k=s, v=s)
+    return SharedPrefix(kv=kv, length=self._repl())
 
   def stop_shardings(self):
     return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
 
   def state_shardings(self, batch: int) -> DecodeState:
     cache = sh.cache_sharding(self.mesh, self.model.config, batch)
-    r1, r2, repl = self._rows(1, batch), self._rows(2, batch), self._repl()
+    r1 = sh.batch_sharding(self.mesh, 1, batch)
+    r2, repl = sh.batch_sharding(self.mesh, 2, batch), self._repl()
     # out / num_out (tiny) are replicated so that every host can read the answers.
     return DecodeState(cache=KVCache(k=cache, v=cache), key_valid=r2, next_position=r1,
                        write_index=repl, last_token=r1, out=repl, num_out=repl, done=r1,
                        step=repl)
 
-  # Programs ------------------------------------------------------------------------------------
+  # Programs: each returns a keyword-only call ---------------------------------------------------
 
   def prefix(self, pb: int):
+    """call(*, params, tokens [1, Pb], prefix_length []) -> KVCache [L, 1, Pb, KVH, Dh]."""
     key = ("prefix", pb)
 
     def build():
       def fn(params, tokens, prefix_length):
         self._traced(key)
-        return prefix_cache(self.model, params, tokens, prefix_length)
+        return prefix_cache(self.model, params, tokens=tokens, prefix_length=prefix_length)
 
-      return jax.jit(fn, in_shardings=(self.params_shardings, self._repl(), self._repl()),
-                     out_shardings=self._prefix_kv(pb))
+      jitted = jax.jit(fn, in_shardings=(self.params_shardings, self._repl(), self._repl()),
+                       out_shardings=self.prefix_shardings(pb).kv)
+
+      def call(*, params, tokens, prefix_length):
+        return jitted(params, tokens, prefix_length)
+
+      return call
 
     return self._get(key, build)
 
   def generate(self, batch: int, pb: int, sb: int, slots: int):
+    """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop) -> (answers [B, N] int32,
+    their lengths [B] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
     key = ("generate", batch, pb, sb)
 
     def build():
@@ -107,31 +119,44 @@ class Programs:
         return jax.lax.with_sharding_constraint(
             state, self.state_shardings(state.last_token.shape[0]))
 
-      def fn(params, prefix, prefix_length, tokens, lengths, active, stop):
+      def fn(params, prefix, rows, stop):
         self._traced(key)
-        state = place(prefill(self.model, params, prefix, prefix_length, tokens, lengths, active,
-                              stop, slots=slots, max_new_tokens=self.max_new_tokens))
-        return greedy_decode(self.model, params, prefix, prefix_length, state, stop, phases, place)
+        state = place(prefill(self.model, params, prefix=prefix, batch=rows, stop=stop,
+                              slots=slots, max_new_tokens=self.max_new_tokens))
+        return greedy_decode(self.model, params, prefix=prefix, state=state, stop=stop,
+                             phases=phases, constrain=place)
 
-      r1, r2 = self._rows(1, batch), self._rows(2, batch)
-      return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),
-                                       r2, r1, r1, self.stop_shardings()),
-                     out_shardings=(self._repl(), self._repl()))
+      spec = SuffixBatch.spec(batch=batch, suffix_bucket=sb)
+      jitted = jax.jit(fn, in_shardings=(self.params_shardings, self.prefix_shardings(pb),
+                                         batch_lib.row_shardings(spec, self.mesh),
+                                         self.stop_shardings()),
+                       out_shardings=(self._repl(), self._repl()))
+
+      def call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop: StopRule):
+        return jitted(params, prefix, rows, stop)
+
+      return call
 
     return self._get(key, build)
 
   def score(self, batch: int, pb: int, sb: int, cb: int, slots: int):
+    """call(*, params, prefix: SharedPrefix, rows: ScoreBatch) -> log-probs [B, Cb] float32;
+    rows as `ScoreBatch.spec(batch=batch, suffix_bucket=sb, continuation_bucket=cb)`."""
     key = ("score", batch, pb, sb, cb)
 
     def build():
-      def fn(params, prefix, prefix_length, tokens, lengths, continuations, continuation_lengths):
+      def fn(params, prefix, rows):
         self._traced(key)
-        return score_continuations(self.model, params, prefix, prefix_length, tokens, lengths,
-                                   continuations, continuation_lengths, slots=slots)
+        return score_continuations(self.model, params, prefix=prefix, batch=rows, slots=slots)
 
-      r1, r2 = self._rows(1, batch), self._rows(2, batch)
-      return jax.jit(fn, in_shardings=(self.params_shardings, self._prefix_kv(pb), self._repl(),
-                                       r2, r1, r2, r1),
-                     out_shardings=self._repl())
+      spec = ScoreBatch.spec(batch=batch, suffix_bucket=sb, continuation_bucket=cb)
+      jitted = jax.jit(fn, in_shardings=(self.params_shardings, self.prefix_shardings(pb),
+                                         batch_lib.row_shardings(spec, self.mesh)),
+                       out_shardings=self._repl())
+
+      def call(*, params, prefix: SharedPrefix, rows: ScoreBatch):
+        return jitted(params, prefix, rows)
+
+      return call
 
     return self._get(key, build)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bmike_jax.engine.prefill import append_tokens, prefix_mask, start_cache
-from bmike_jax.model import KVCache, Llama
+from bmike_jax.engine.batch import ScoreBatch, SharedPrefix
+from bmike_jax.engine.prefill import append_tokens, start_cache
+from bmike_jax.model import Llama
 
 CHUNK = 64  # continuation positions per full-vocab logits block
 
@@ -23,30 +24,32 @@ def _token_logprobs(logits, targets):
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def score_continuations(model: Llama, params, prefix: KVCache | None, prefix_length, tokens,
-                        lengths, continuations, continuation_lengths, *, slots: int):
+def score_continuations(model: Llama, params, *, prefix: SharedPrefix, batch: ScoreBatch,
+                        slots: int):
   """Per-token log-probs of each row's continuation after its prompt.
 
-  prefix: [L, 1, Pb, KVH, Dh] or None; prefix_length: [] int32 (P)
-  tokens: [B, Sb] prompt suffixes (right-padded), lengths: [B] int32 (n_i >= 1)
-  continuations: [B, Cb] (right-padded), continuation_lengths: [B] int32 (m_i >= 0)
-  Returns [B, Cb] float32: entry c is log p(cont_c | prompt, cont_<c), 0 for c >= m_i.
+  Returns [B, Cb] float32: entry c is log p(cont_c | prompt, cont_<c), 0 for c >= m_i (m_i: the
+  row's continuation length).
   """
-  b, sb = tokens.shape
-  cb = continuations.shape[1]
-  shared = dict(prefix=prefix, prefix_mask=prefix_mask(prefix, prefix_length))
+  b, sb = batch.tokens.shape
+  cb = batch.continuations.shape[1]
+  shared = dict(prefix=prefix.kv, prefix_mask=prefix.mask())
   cache, key_valid = start_cache(model, b, slots)
-  start = jnp.broadcast_to(prefix_length, (b,)).astype(jnp.int32)
-  logits, cache, key_valid = append_tokens(model, params, cache, key_valid, tokens, start, lengths,
-                                           0, logits_index=lengths - 1, **shared)  # [B, V]
-  parts = [_token_logprobs(logits, continuations[:, 0])[:, None]]             # [B, 1]
+  start = jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32)
+  logits, cache, key_valid = append_tokens(
+      model, params, cache=cache, key_valid=key_valid, tokens=batch.tokens,
+      start_position=start, num_valid=batch.lengths, write_index=0,
+      logits_index=batch.lengths - 1, **shared)                                     # [B, V]
+  parts = [_token_logprobs(logits, batch.continuations[:, 0])[:, None]]            # [B, 1]
   # The rest of the continuation in chunks, so that at most [B, CHUNK, V] logits exist at once.
   for c0 in range(0, cb - 1, CHUNK):
     c1 = min(c0 + CHUNK, cb - 1)
     chunk_logits, cache, key_valid = append_tokens(
-        model, params, cache, key_valid, continuations[:, c0:c1], start + lengths + c0,
-        jnp.clip(continuation_lengths - c0, 0, c1 - c0), sb + c0, **shared)     # [B, c, V]
-    parts.append(_token_logprobs(chunk_logits, continuations[:, c0 + 1:c1 + 1]))
-  logprobs = jnp.concatenate(parts, axis=1)                                    # [B, Cb]
-  keep = jnp.arange(cb)[None, :] < continuation_lengths[:, None]
+        model, params, cache=cache, key_valid=key_valid, tokens=batch.continuations[:, c0:c1],
+        start_position=start + batch.lengths + c0,
+        num_valid=jnp.clip(batch.continuation_lengths - c0, 0, c1 - c0), write_index=sb + c0,
+        **shared)                                                                   # [B, c, V]
+    parts.append(_token_logprobs(chunk_logits, batch.continuations[:, c0 + 1:c1 + 1]))
+  logprobs = jnp.concatenate(parts, axis=1)                                         # [B, Cb]
+  keep = jnp.arange(cb)[None, :] < batch.continuation_lengths[:, None]
   return jnp.where(keep, logprobs, 0.0)

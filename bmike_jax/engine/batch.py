@@ -1,0 +1,91 @@
+"""The named inputs of the engine's programs: the group's shared prefix and one batch of rows.
+
+Each is a pytree dataclass. Its shapes (`spec`) and its shardings (`row_shardings`) are built from
+the same fields, and `place` checks every array against the spec before it goes to the devices, so
+a call cannot pass two arrays in each other's place: the fields are named, and a swap of two
+fields fails on their shape or dtype on any number of devices.
+
+B: batch bucket, Sb: suffix length bucket, Cb: continuation length bucket, Pb: prefix bucket.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from bmike_jax.engine import sharding as sh
+from bmike_jax.model import KVCache
+
+
+@flax.struct.dataclass
+class SharedPrefix:
+  """The group's shared token prefix (its demonstrations), computed once per group."""
+
+  kv: KVCache | None  # k, v: [L, 1, Pb, KVH, Dh] (slots >= length are padding); None: Pb = 0
+  length: jax.Array   # [] int32: P, the prefix's real tokens (0 without a prefix)
+
+  def mask(self):
+    """[Pb] bool: the slots holding real tokens (None without a prefix)."""
+    if self.kv is None:
+      return None
+    return jnp.arange(self.kv.length, dtype=jnp.int32) < self.length
+
+
+@flax.struct.dataclass
+class SuffixBatch:
+  """One batch of the group's prompts after the shared prefix (generation)."""
+
+  tokens: jax.Array   # [B, Sb] int32: right-padded suffixes
+  lengths: jax.Array  # [B] int32: real tokens of each row (>= 1)
+  active: jax.Array   # [B] bool: real rows (False: padding rows of the batch bucket)
+
+  @staticmethod
+  def spec(*, batch: int, suffix_bucket: int) -> "SuffixBatch":
+    return SuffixBatch(tokens=jax.ShapeDtypeStruct((batch, suffix_bucket), jnp.int32),
+                       lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
+                       active=jax.ShapeDtypeStruct((batch,), jnp.bool_))
+
+
+@flax.struct.dataclass
+class ScoreBatch:
+  """One batch of prompt suffixes with the continuations whose log-probs are scored."""
+
+  tokens: jax.Array                # [B, Sb] int32: right-padded prompt suffixes
+  lengths: jax.Array               # [B] int32: real suffix tokens (>= 1)
+  continuations: jax.Array         # [B, Cb] int32: right-padded continuations
+  continuation_lengths: jax.Array  # [B] int32: real continuation tokens (>= 0)
+
+  @staticmethod
+  def spec(*, batch: int, suffix_bucket: int, continuation_bucket: int) -> "ScoreBatch":
+    return ScoreBatch(
+        tokens=jax.ShapeDtypeStruct((batch, suffix_bucket), jnp.int32),
+        lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
+        continuations=jax.ShapeDtypeStruct((batch, continuation_bucket), jnp.int32),
+        continuation_lengths=jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+
+def row_shardings(spec, mesh: Mesh):
+  """The spec's structure with each array's rows (axis 0) split over the mesh's data axis."""
+  return jax.tree_util.tree_map(lambda s: sh.batch_sharding(mesh, len(s.shape), s.shape[0]), spec)
+
+
+def check(rows, spec) -> None:
+  """ValueError naming the field whose array differs from the spec in shape or dtype."""
+  names = [jax.tree_util.keystr(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(spec)[0]]
+  got, want = jax.tree_util.tree_leaves(rows), jax.tree_util.tree_leaves(spec)
+  if len(got) != len(want):
+    raise ValueError(f"{type(rows).__name__}: {len(got)} arrays, the spec has {len(want)}")
+  for name, x, s in zip(names, got, want):
+    if tuple(x.shape) != tuple(s.shape) or np.dtype(x.dtype) != np.dtype(s.dtype):
+      raise ValueError(f"{type(rows).__name__}{name}: {x.dtype}{list(x.shape)}, expected "
+                       f"{np.dtype(s.dtype)}{list(s.shape)}")
+
+
+def place(rows, spec, mesh: Mesh):
+  """Host arrays of a batch (checked against `spec`) as global arrays, rows over the data axis."""
+  check(rows, spec)
+  return jax.tree_util.tree_map(sh.to_global, rows, row_shardings(spec, mesh))
