@@ -7,5 +7,7 @@
 - fidelity.py: engine answers against HF transformers on real prompts.
 - reference_hf.py: the HF torch reference (tests, benchmarks and fidelity).
 - make_sample.py: cuts the shipped sample data from the full bmike53 folder.
+- compare_runs.py: two runs' answers and aggregate cells side by side (e.g. float32 vs bfloat16).
+- prompt_lengths.py: mean prompt length in a tokenizer's tokens per setup and script group.
 - paths.py: where the full BMIKE-53 data of this workspace is.
 """
