@@ -117,7 +117,7 @@ def test_compile_count_bounded_across_groups():
   assert set(keys.values()) == {1}  # never the same program twice
   # prefix: Pb in {32, 48, 64}; generate: B in {1, 2, 4, 8} x Pb (or none) x Sb in {32, 48}.
   assert engine.compile_count <= 3 + 4 * 4 * 2
-  assert engine.stats().get("compile_count") == engine.compile_count
+  assert engine.stats.as_dict().get("compile_count") == engine.compile_count
 
 
 def test_overlong_prompt_error_and_truncate_left():

@@ -1,7 +1,7 @@
 """Two runs of the same prompts side by side (e.g. --dtype=float32 against --dtype=bfloat16):
 the share of answers that are identical, and the largest change of any aggregate cell.
 
-    python tools/compare_runs.py --base=outputs/f32 --other=outputs/bf16 [--out=FILE.json]
+    python -m tools.compare_runs --base=outputs/f32 --other=outputs/bf16 [--out=FILE.json]
 
 Answers are matched by (dataset, lang, setup, query_type, case_id); cells are every number of
 results.json's `results[dataset][setup][lang][query_type]` present in both (n excluded).
@@ -15,10 +15,15 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("base", None, "Output directory of the reference run.")
-flags.DEFINE_string("other", None, "Output directory of the run compared with it.")
-flags.DEFINE_string("out", "", "Also write the comparison as JSON here.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This tool's flags (defined only when it runs as a script, so tests can import it beside
+  other tools)."""
+  flags.DEFINE_string("base", None, "Output directory of the reference run.")
+  flags.DEFINE_string("other", None, "Output directory of the run compared with it.")
+  flags.DEFINE_string("out", "", "Also write the comparison as JSON here.")
 
 KEY = ("dataset", "lang", "setup", "query_type", "case_id")
 
@@ -76,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   sys.exit(app.run(main))

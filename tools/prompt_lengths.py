@@ -1,7 +1,7 @@
 """Mean BMIKE-53 prompt length in a tokenizer's tokens, per setup and script group, over every
 record of every language of the full data (for the GPU projections in BENCHMARKS.md).
 
-    python tools/prompt_lengths.py --data_dir=../shared/bmike53 --tokenizer=DIR [--out=FILE.json]
+    python -m tools.prompt_lengths --data_dir=../shared/bmike53 --tokenizer=DIR [--out=FILE.json]
 
 A prompt is demonstrations + query, and the two tokenize apart: the demonstrations end in "\\n\\n",
 which Llama 3's pre-tokenizer splits off, and the query starts a new pre-token at `New Fact`.
@@ -23,12 +23,17 @@ from bmike_jax import data, languages, prompts
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.analysis.scripts import script_group
 
-flags.DEFINE_string("data_dir", None, "Full BMIKE-53 data (zsRE/, CounterFact/, ...).")
-flags.DEFINE_string("tokenizer", None, "Tokenizer directory (tokenizer.json / tokenizer.model).")
-flags.DEFINE_string("langs", "all", "Comma list or 'all'.")
-flags.DEFINE_integer("check", 2000, "Whole prompts tokenized to check the additivity.")
-flags.DEFINE_string("out", "", "Write the table as JSON here too.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This tool's flags (defined only when it runs as a script, so tests can import it beside
+  other tools)."""
+  flags.DEFINE_string("data_dir", None, "Full BMIKE-53 data (zsRE/, CounterFact/, ...).")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer directory (tokenizer.json / tokenizer.model).")
+  flags.DEFINE_string("langs", "all", "Comma list or 'all'.")
+  flags.DEFINE_integer("check", 2000, "Whole prompts tokenized to check the additivity.")
+  flags.DEFINE_string("out", "", "Write the table as JSON here too.")
 
 
 def measure(data_dir: str, tok, langs, check: int = 2000, seed: int = 0) -> dict:
@@ -86,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -52,10 +52,8 @@ class ThroughputStats:
   compile_count: int = 0      # programs the engine compiled so far (all calls, not reset)
 
   def as_dict(self) -> dict:
-    """JSON-ready (results.json); `engine.stats()` is the same."""
+    """JSON-ready (results.json)."""
     return dict(dataclasses.asdict(self), seconds=round(self.seconds, 3))
-
-  __call__ = as_dict
 
   def summary(self) -> str:
     rate = self.prompts / self.seconds if self.seconds else 0.0
@@ -155,7 +153,7 @@ class Engine:
     return self.programs.compile_count
 
   def reset_stats(self) -> None:
-    """Zero the throughput counters (`engine.stats`: fields, or `engine.stats()` as a dict)."""
+    """Zero the throughput counters (`engine.stats`: fields; `.as_dict()` for JSON)."""
     self.stats = ThroughputStats(compile_count=self.compile_count)
 
   # Shared pieces -------------------------------------------------------------------------------

@@ -241,14 +241,14 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
       store.write_unit(unit, rows, unit_doc)
       if cfg.reference_layout:
         reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
-      store.write_results(results_document(cfg, state, model_info, engine.stats(), flag_values))
+      store.write_results(results_document(cfg, state, model_info, engine.stats.as_dict(), flag_values))
     if bar is not None:
       bar.update(1)
       bar.set_postfix_str(unit.name)
   if bar is not None:
     bar.close()
   elapsed = time.perf_counter() - start
-  stats = dict(engine.stats(), run_seconds=round(elapsed, 3))
+  stats = dict(engine.stats.as_dict(), run_seconds=round(elapsed, 3))
   document = results_document(cfg, state, model_info, stats, flag_values)
   if writer:
     store.write_samples([u for u in units if u in state.metrics])
