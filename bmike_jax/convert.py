@@ -9,14 +9,14 @@ is then all the runner needs.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
+import tempfile
 
 from absl import app, flags, logging
 
-from bmike_jax import checkpoints
+from bmike_jax import checkpoints, paths
 from bmike_jax import tokenizer as tokenizer_lib
-from bmike_jax.checkpoints import orbax_io
+from bmike_jax.checkpoints import hub, orbax_io
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "HF directory (config.json + safetensors) or a .gguf file.")
@@ -25,6 +25,13 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter
 
 
 def convert(source: str, output: str, dtype: str = "float32") -> str:
+  """Writes OUTPUT (a local folder or gs://BUCKET/PATH) from SOURCE (local path or hub id)."""
+  paths.check(source, flag="source")
+  if paths.is_remote(source):
+    raise checkpoints.CheckpointError(f"--source={source}: read from local disk only (copy it "
+                                      "there first, or pass a Hugging Face id in the local cache)")
+  source = hub.resolve(source, flag="source")
+  paths.check_access(output, flag="output")
   kind = checkpoints.source_kind(source)
   if kind == "orbax":
     raise checkpoints.CheckpointError(f"{source}: already a converted checkpoint")
@@ -37,9 +44,12 @@ def convert(source: str, output: str, dtype: str = "float32") -> str:
     for name in tokenizer_lib.CONFIG_FILES:
       path = os.path.join(source, name)
       if os.path.isfile(path):
-        shutil.copy2(path, os.path.join(output, name))
+        paths.copy_file(path, paths.join(output, name))
   else:
-    tokenizer.save(output)
+    with tempfile.TemporaryDirectory() as folder:
+      tokenizer.save(folder)
+      for name in sorted(os.listdir(folder)):
+        paths.copy_file(os.path.join(folder, name), paths.join(output, name))
   logging.info("converted %s (%s, %d params) to %s", source, kind, config.num_params, output)
   return output
 
@@ -50,10 +60,15 @@ def main(argv):
     raise app.UsageError("--source and --output are required")
   try:
     convert(FLAGS.source, FLAGS.output, FLAGS.dtype)
-  except checkpoints.CheckpointError as e:
+  except (checkpoints.CheckpointError, paths.PathError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def entry() -> None:
+  """The console script (setup.py entry_points)."""
+  app.run(main)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bmike_jax.languages import LANGUAGES, normalize_lang
+from bmike_jax.paths import as_path  # a local folder or gs://
 
 DATASETS = ("zsre", "counterfact", "wikifactdiff")
 QUERY_TYPES = ("reliability", "generality", "locality", "portability")
@@ -152,12 +153,12 @@ def dataset_path(data_dir: str | os.PathLike, dataset: str, lang: str) -> Path:
     try:
         code = normalize_lang(lang)
     except ValueError as err:
-        raise DataError(Path(data_dir) / folder / f"{prefix}_test_{lang}.json", str(err), field="lang") from None
-    return Path(data_dir) / folder / f"{prefix}_test_{code}.json"
+        raise DataError(as_path(data_dir) / folder / f"{prefix}_test_{lang}.json", str(err), field="lang") from None
+    return as_path(data_dir) / folder / f"{prefix}_test_{code}.json"
 
 
 def pool_path(data_dir: str | os.PathLike, dataset: str) -> Path:
-    return Path(data_dir) / POOL_FOLDER / DATASET_FILES[check_dataset(dataset, data_dir)][2]
+    return as_path(data_dir) / POOL_FOLDER / DATASET_FILES[check_dataset(dataset, data_dir)][2]
 
 
 # What a record limit counts (name -> meaning); the runner's --limit_mode.

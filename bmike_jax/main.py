@@ -9,20 +9,23 @@ from __future__ import annotations
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from bmike_jax.runner import run_config
 
 run_config.define_flags()
+# `--help` lists the runner's flags (absl shows a module's key flags; they live in run_config).
+flags.adopt_module_key_flags(run_config)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-  from bmike_jax import checkpoints, data, languages  # noqa: F401
+  from bmike_jax import checkpoints, data, languages, paths  # noqa: F401
   from bmike_jax.engine import buckets
   from bmike_jax.model import config
   from bmike_jax.runner import store
   return (run_config.FlagError, data.DataError, store.OutputError, checkpoints.CheckpointError,
-          config.ConfigError, buckets.PromptTooLongError)
+          config.ConfigError, buckets.PromptTooLongError, paths.PathError)
 
 
 def _progress_bar(total: int, initial: int):
@@ -44,6 +47,11 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def entry() -> None:
+  """The console script (setup.py entry_points)."""
+  app.run(main)
 
 
 if __name__ == "__main__":

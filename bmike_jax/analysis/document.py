@@ -396,9 +396,12 @@ def typology_section(report, results):
 # ---- entry ---------------------------------------------------------------------------------
 
 def load_run_tokenizer(results_json, results_path):
+    """The tokenizer the run saved in its folder (tokenizer/), else the one results.json names."""
+    from bmike_jax.runner.store import TOKENIZER_DIR
     from bmike_jax.tokenizer import load_tokenizer  # heavy; only when not given one
 
-    source = rescore.tokenizer_source(results_json)
+    saved = os.path.join(os.path.dirname(results_path), TOKENIZER_DIR)
+    source = saved if os.path.isdir(saved) else rescore.tokenizer_source(results_json)
     if source is None:
         where = results_path if results_json is not None else f"{results_path} (absent)"
         raise ReportError(f"{where}: no model.tokenizer entry to re-score with; "
@@ -406,8 +409,8 @@ def load_run_tokenizer(results_json, results_path):
     try:
         return load_tokenizer(source), source
     except Exception as e:  # any loading failure becomes one clear message
-        raise ReportError(f"{results_path}: cannot load the tokenizer {source!r} named in "
-                          f"model.tokenizer ({type(e).__name__}: {e}); pass --tokenizer") from None
+        raise ReportError(f"{results_path}: cannot load the run's tokenizer {source!r} "
+                          f"({type(e).__name__}: {e}); pass --tokenizer") from None
 
 
 def build_report(results_dir, tokenizer=None, tokenizer_name=None, figure_metric="f1_ref",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from bmike_jax import paths
 from bmike_jax.checkpoints import gguf_loader, hf_safetensors, orbax_io
 from bmike_jax.checkpoints.errors import CheckpointError
 from bmike_jax.model import LlamaConfig
@@ -38,6 +39,12 @@ def default_gguf_path() -> str:
 def source_kind(source: str) -> str:
   """'orbax' | 'hf' | 'gguf' for a loadable source; CheckpointError otherwise."""
   source = os.fspath(source)
+  if paths.is_remote(source):
+    if orbax_io.is_orbax_dir(source):
+      return "orbax"
+    raise CheckpointError(f"{source}: not a converted checkpoint. From gs:// only a directory "
+                          "written by `python -m bmike_jax.convert --output=gs://...` is read "
+                          "(an HF directory or .gguf must be on local disk)")
   if gguf_loader.is_gguf_file(source):
     return "gguf"
   if orbax_io.is_orbax_dir(source):

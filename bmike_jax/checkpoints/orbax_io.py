@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Sharding
 
+from bmike_jax import paths
 from bmike_jax.checkpoints.assemble import numpy_dtype
 from bmike_jax.checkpoints.errors import CheckpointError
 from bmike_jax.model import ConfigError, LlamaConfig
@@ -33,31 +34,35 @@ ShardingSpec = Union[Any, Callable[..., Sharding]]
 
 
 def is_orbax_dir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, PARAMS)) and os.path.isfile(os.path.join(path, CONFIG))
+  return paths.isdir(paths.join(path, PARAMS)) and paths.isfile(paths.join(path, CONFIG))
+
+
+def _absolute(directory: str) -> str:
+  """orbax wants absolute paths; gs:// ones are."""
+  directory = os.fspath(directory)
+  return directory if paths.is_remote(directory) else os.path.abspath(directory)
 
 
 def save_config(directory: str, config: LlamaConfig, extra: dict | None = None) -> None:
   doc = config.to_hf_dict()
   doc[FORMAT_KEY] = {"format": "orbax", **(extra or {})}
-  with open(os.path.join(directory, CONFIG), "w", encoding="utf-8") as f:
-    json.dump(doc, f, indent=2)
+  paths.write_text(paths.join(directory, CONFIG), json.dumps(doc, indent=2))
 
 
 def load_config(directory: str) -> LlamaConfig:
-  path = os.path.join(directory, CONFIG)
+  path = paths.join(directory, CONFIG)
   try:
-    with open(path, encoding="utf-8") as f:
-      return LlamaConfig.from_hf_dict(json.load(f))
+    return LlamaConfig.from_hf_dict(json.loads(paths.read_text(path)))
   except (OSError, json.JSONDecodeError, ConfigError) as e:
     raise CheckpointError(f"{path}: cannot read the model config ({e})") from e
 
 
 def save_params(directory: str, params, config: LlamaConfig, extra: dict | None = None) -> None:
   """Writes DIR/params (must not exist yet) and DIR/config.json."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  target = os.path.join(directory, PARAMS)
-  if os.path.exists(target):
+  directory = _absolute(directory)
+  paths.makedirs(directory)
+  target = paths.join(directory, PARAMS)
+  if paths.exists(target):
     raise CheckpointError(f"{target}: already exists; choose an empty output directory")
   ocp.PyTreeCheckpointer().save(target, params)
   save_config(directory, config, extra)
@@ -69,8 +74,8 @@ def _path_str(path) -> str:
 
 def param_metadata(directory: str):
   """The stored tree: leaves carry `.shape` and `.dtype`."""
-  target = os.path.join(os.path.abspath(directory), PARAMS)
-  if not os.path.isdir(target):
+  target = paths.join(_absolute(directory), PARAMS)
+  if not paths.isdir(target):
     raise CheckpointError(f"{directory}: no orbax params folder {PARAMS!r}")
   meta = ocp.PyTreeCheckpointer().metadata(target)
   return getattr(getattr(meta, "item_metadata", meta), "tree", meta)
@@ -107,7 +112,7 @@ def restore_params(directory: str, shardings: ShardingSpec | None = None, dtype=
           tree, shardings)
     except ValueError as e:
       raise CheckpointError(f"{directory}: shardings do not match the stored param tree ({e})") from e
-  target = os.path.join(os.path.abspath(directory), PARAMS)
+  target = paths.join(_absolute(directory), PARAMS)
   return ocp.PyTreeCheckpointer().restore(target, restore_args=args)
 
 

@@ -1,15 +1,21 @@
 """Multi-host start-up: every host of a Cloud TPU pod (or multi-node GPU job) runs the same command.
 
 All processes join one global mesh and run every unit in lockstep; each feeds its share of every
-global batch (the engine builds global arrays from per-process batches). Process 0 writes.
+global batch (the engine builds global arrays from per-process batches). Process 0 writes, and
+decides which units are finished (`finished_units`): the other processes' disks play no part.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 from absl import logging
+
+from bmike_jax import paths
+from bmike_jax.runner.store import OutputError, OutputStore
+from bmike_jax.runner.units import Unit
 
 # Environment variables that announce a multi-process job.
 _MULTI_PROCESS_MARKERS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -41,3 +47,37 @@ def maybe_initialize(mode: str, coordinator_address: str = "", num_processes: in
 def is_writer() -> bool:
   """Only one process writes the output directory."""
   return jax.process_index() == 0
+
+
+def broadcast_json(obj):
+  """Process 0's `obj` (any JSON value) on every process; the others' `obj` is ignored. One
+  process: `obj` itself. Every process must call it (it is a collective)."""
+  if jax.process_count() == 1:
+    return obj
+  import numpy as np
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8) if is_writer() else None
+  size = int(multihost_utils.broadcast_one_to_all(
+      np.array([0 if data is None else data.size], dtype=np.int64))[0])
+  buffer = data if data is not None else np.zeros(size, dtype=np.uint8)
+  received = np.asarray(multihost_utils.broadcast_one_to_all(buffer), dtype=np.uint8)
+  return json.loads(received.tobytes().decode("utf-8"))
+
+
+def finished_units(store: OutputStore, units: list[Unit], identity: dict) -> dict[Unit, dict]:
+  """Process 0 prepares the output directory (refusing other settings' results) and reads which
+  units are finished, with their metrics; every process gets its answer, so all run the same
+  units in lockstep however their own disks look. An error reaches every process (none waits
+  in a collective for a process that stopped)."""
+  answer = None
+  if is_writer():
+    try:
+      store.prepare(identity)
+      answer = {"finished": [[i, store.load_metrics(u)] for i, u in enumerate(units)
+                             if store.is_finished(u)]}
+    except (OutputError, paths.PathError) as e:
+      answer = {"error": str(e)}
+  answer = broadcast_json(answer)
+  if "error" in answer:
+    raise OutputError(answer["error"])
+  return {units[i]: metrics for i, metrics in answer["finished"]}

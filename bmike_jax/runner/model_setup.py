@@ -7,8 +7,8 @@ import dataclasses
 import jax
 from absl import logging
 
-from bmike_jax import checkpoints
-from bmike_jax.checkpoints import orbax_io
+from bmike_jax import checkpoints, paths
+from bmike_jax.checkpoints import hub, orbax_io
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
 from bmike_jax.engine import sharding
@@ -76,8 +76,8 @@ def load_params(source: str, dtype: str, mesh, scan_layers: bool = True):
 def build_engine(cfg: RunConfig):
   """-> (engine, tokenizer, model_info for results.json)."""
   enable_compilation_cache(cfg.compilation_cache_dir)
-  source = cfg.checkpoint or checkpoints.default_gguf_path()
-  tokenizer_source = cfg.tokenizer or source
+  source = hub.resolve(cfg.checkpoint, flag="checkpoint") or checkpoints.default_gguf_path()
+  tokenizer_source = hub.resolve(cfg.tokenizer, flag="tokenizer") or source
   config = checkpoints.load_config(source)  # a missing or unknown checkpoint is reported first
   mesh_model = cfg.mesh_model or choose_model_axis(config, cfg.dtype, jax.devices())
   try:
@@ -91,7 +91,9 @@ def build_engine(cfg: RunConfig):
   if scan_layers is None:
     scan_layers = layer_layout.default_scan_layers(mesh.devices.flat[0].platform)
   config, params = load_params(source, cfg.dtype, mesh, scan_layers)
-  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_source, decode_cleanup=cfg.decode_cleanup)
+  tokenizer = tokenizer_lib.load_tokenizer(
+      paths.local_copy(tokenizer_source, tokenizer_lib.CONFIG_FILES),
+      decode_cleanup=cfg.decode_cleanup)
   checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
                   length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,

@@ -18,8 +18,9 @@ from absl import logging
 
 import bmike_jax
 from bmike_jax import checkpoints
+from bmike_jax.checkpoints import hub
 from bmike_jax import data as data_lib
-from bmike_jax import metrics
+from bmike_jax import metrics, paths
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.model import llama
 from bmike_jax.runner import distributed, fingerprint, reference_layout, summary
@@ -43,12 +44,13 @@ def code_version() -> str:
 
 
 def check_inputs(cfg: RunConfig) -> None:
-  """Fails fast, before the model loads, on a missing data file or pool."""
+  """Fails fast, before the model loads, on a missing data file or pool, or an unusable path."""
+  paths.check_flags(cfg)
   for dataset in cfg.datasets:
     data_lib.load_pool(cfg.data_dir, dataset, langs=cfg.langs)
     for lang in cfg.langs:
       path = data_lib.dataset_path(cfg.data_dir, dataset, lang)
-      if not os.path.isfile(path):
+      if not paths.isfile(str(path)):
         raise data_lib.DataError(path, f"missing data file for dataset {dataset!r}, language "
                                  f"{lang!r} (--data_dir={cfg.data_dir})")
 
@@ -186,7 +188,7 @@ def check_finished_data(cfg: RunConfig, state: RunState) -> None:
 
 def model_identity(cfg: RunConfig) -> dict:
   """The checkpoint's fingerprint (a missing or unknown checkpoint is reported here, first)."""
-  source = cfg.checkpoint or checkpoints.default_gguf_path()
+  source = hub.resolve(cfg.checkpoint, flag="checkpoint") or checkpoints.default_gguf_path()
   checkpoints.source_kind(source)
   return {"model_fingerprint": fingerprint.model_fingerprint(source)}
 
@@ -199,22 +201,22 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   distributed.maybe_initialize(cfg.distributed, cfg.coordinator_address, cfg.num_processes,
                                cfg.process_id)
   writer = distributed.is_writer()
-  store = OutputStore(cfg.output_dir)
   check_inputs(cfg)
+  store = OutputStore(cfg.output_dir)
   identity = {**cfg.result_identity(), **model_identity(cfg)}
-  if writer:
-    store.prepare(identity)
   units = list(enumerate_units(cfg.datasets, cfg.langs, cfg.setups))
-  state = RunState(units, {u: store.load_metrics(u) for u in units if store.is_finished(u)})
+  state = RunState(units, distributed.finished_units(store, units, identity))
   check_finished_data(cfg, state)
   todo = [u for u in units if u not in state.metrics]
   logging.info("%d units planned, %d already finished, %d to run", len(units),
                len(units) - len(todo), len(todo))
   if not todo:
     logging.info("nothing to run: every unit is finished in %s", cfg.output_dir)
-    return store.load_results()
+    return distributed.broadcast_json(store.load_results() if writer else None)
   engine, tokenizer, model_info = build_engine(cfg)
   model_info = {**model_info, "fingerprint": identity["model_fingerprint"]}
+  if writer:
+    store.write_tokenizer(tokenizer)
   bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
   loaded_key, loaded = None, None
   start = time.perf_counter()

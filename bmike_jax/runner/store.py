@@ -7,6 +7,7 @@ Layout of OUTPUT_DIR:
   csv/{dataset}/{setup}/{lang}.csv        the reference's columns: case_id, metric, input, prediction, true
   samples.jsonl                           every finished unit's samples, in unit order
   results.json                            flags, versions, model, data counts, compilations, results
+  tokenizer/                              the run's tokenizer (what `report` re-scores with)
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import os
 import tempfile
 from typing import Any, Iterable
 
+from bmike_jax import paths
 from bmike_jax.runner.units import Unit
+
+
+TOKENIZER_DIR = "tokenizer"
 
 
 class OutputError(ValueError):
@@ -27,19 +32,7 @@ class OutputError(ValueError):
 
 def atomic_write_text(path: str, text: str) -> None:
   """Writes `text` so that `path` holds either the old or the whole new content, even on kill -9."""
-  folder = os.path.dirname(path) or "."
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  paths.write_text(path, text)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
@@ -50,10 +43,11 @@ class OutputStore:
   """Reads and writes one run's output directory."""
 
   def __init__(self, output_dir: str):
+    paths.check(output_dir, flag="output_dir")
     self.root = output_dir
 
   def _path(self, *parts: str) -> str:
-    return os.path.join(self.root, *parts)
+    return paths.join(self.root, *parts)
 
   def unit_path(self, unit: Unit, suffix: str) -> str:
     return self._path("units", unit.dataset, unit.setup, f"{unit.lang}.{suffix}")
@@ -65,19 +59,18 @@ class OutputStore:
 
   def prepare(self, identity: dict) -> None:
     """Creates the directory, checks it is writable, and refuses results of other settings."""
+    paths.check_access(self.root, flag="output_dir")
     try:
-      os.makedirs(self.root, exist_ok=True)
+      paths.makedirs(self.root)
       probe = self._path(".write-probe")
-      with open(probe, "w") as f:
-        f.write("ok")
-      os.unlink(probe)
+      paths.write_text(probe, "ok")
+      paths.remove(probe)
     except OSError as e:
       raise OutputError(f"--output_dir {self.root!r} is not writable: {e.strerror or e}") from None
     run_file = self._path("run.json")
-    if os.path.exists(run_file):
+    if paths.exists(run_file):
       try:
-        with open(run_file, encoding="utf-8") as f:
-          previous = json.load(f)
+        previous = json.loads(paths.read_text(run_file))
       except (OSError, json.JSONDecodeError) as e:
         raise OutputError(f"{run_file}: unreadable ({e}); move it away or use another "
                           "--output_dir") from None
@@ -94,15 +87,14 @@ class OutputStore:
   # -- units ------------------------------------------------------------------------------------
 
   def is_finished(self, unit: Unit) -> bool:
-    return os.path.exists(self.unit_path(unit, "metrics.json"))
+    return paths.exists(self.unit_path(unit, "metrics.json"))
 
   def load_metrics(self, unit: Unit) -> dict:
-    with open(self.unit_path(unit, "metrics.json"), encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(paths.read_text(self.unit_path(unit, "metrics.json")))
 
   def load_samples(self, unit: Unit) -> list[dict]:
-    with open(self.unit_path(unit, "samples.jsonl"), encoding="utf-8") as f:
-      return [json.loads(line) for line in f if line.strip()]
+    text = paths.read_text(self.unit_path(unit, "samples.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
   def write_unit(self, unit: Unit, samples: list[dict], metrics: dict) -> None:
     """Samples and CSV first, metrics last: a unit counts as finished only when all are there."""
@@ -114,26 +106,23 @@ class OutputStore:
 
   def write_samples(self, finished: Iterable[Unit]) -> None:
     """samples.jsonl of every finished unit, rebuilt atomically (unit order)."""
-    fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-samples")
-    try:
-      with os.fdopen(fd, "w", encoding="utf-8") as out:
-        for unit in finished:
-          with open(self.unit_path(unit, "samples.jsonl"), encoding="utf-8") as f:
-            out.write(f.read())
-        out.flush()
-        os.fsync(out.fileno())
-      os.replace(tmp, self._path("samples.jsonl"))
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+    with paths.atomic_writer(self._path("samples.jsonl")) as out:
+      for unit in finished:
+        out.write(paths.read_text(self.unit_path(unit, "samples.jsonl")))
 
   def load_results(self) -> dict:
-    with open(self._path("results.json"), encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(paths.read_text(self._path("results.json")))
 
   def write_results(self, results: dict) -> None:
     atomic_write_json(self._path("results.json"), results)
+
+  def write_tokenizer(self, tokenizer) -> None:
+    """The run's tokenizer in TOKENIZER_DIR (tokenizer.json + tokenizer_config.json), so that
+    `report` re-scores a copied or fetched folder without the checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+      tokenizer.save(folder)
+      for name in sorted(os.listdir(folder)):
+        paths.copy_file(os.path.join(folder, name), self._path(TOKENIZER_DIR, name))
 
 
 def _jsonl(rows: list[dict]) -> str:
