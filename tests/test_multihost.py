@@ -1,0 +1,81 @@
+"""Multi-host resume: two CPU processes joined by jax.distributed, each with its own output disk
+(process 1's folder stays empty, as on a pod worker whose disk holds nothing), killed mid-run
+and restarted. Process 0 decides which units are finished and tells the other: both run the
+same units, nothing hangs, nothing finished is recomputed, and the results equal a local run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_runner import (BASE_FLAGS, assert_same_samples, full_run, load_results,
+                               load_samples, tiny_ckpt)  # noqa: F401  (fixtures)
+
+pytest.importorskip("torch")
+
+
+def _start_pair(tiny_ckpt, outs):  # noqa: F811
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("BMIKE53_DIR", None)
+  env.pop("XLA_FLAGS", None)
+  return [subprocess.Popen(
+      [sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=", *BASE_FLAGS,
+       f"--checkpoint={tiny_ckpt}", f"--output_dir={outs[i]}", "--distributed=true",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+
+
+def _metrics_files(out):
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, fs in os.walk(os.path.join(out, "units")) for f in fs
+          if f.endswith(".metrics.json")}
+
+
+def test_two_hosts_on_separate_disks_killed_and_restarted(full_run, tiny_ckpt, tmp_path):  # noqa: F811
+  outs = [str(tmp_path / "host0"), str(tmp_path / "host1")]
+  procs = _start_pair(tiny_ckpt, outs)
+  deadline = time.time() + 400
+  finished = {}
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    finished = _metrics_files(outs[0])
+    if len(finished) >= 2:
+      break
+    time.sleep(0.05)
+  alive = all(p.poll() is None for p in procs)
+  for p in procs:
+    if p.poll() is None:
+      os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+  assert alive, "a process ended before the pair could be killed"
+  finished = _metrics_files(outs[0])  # what the kill left (a unit may have finished meanwhile)
+  assert 2 <= len(finished) < 8
+  assert not os.path.exists(os.path.join(outs[1], "units"))  # process 1 writes nothing
+
+  procs = _start_pair(tiny_ckpt, outs)
+  try:
+    logs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]
+  for _, err in logs:  # both processes agree on the work left: process 0's disk decides
+    assert re.search(rf"8 units planned, {len(finished)} already finished", err), err[-3000:]
+  after = _metrics_files(outs[0])
+  assert len(after) == 8
+  assert {k: after[k] for k in finished} == finished  # finished units were not written again
+  ref_out, _ = full_run
+  assert load_results(outs[0])["results"] == load_results(ref_out)["results"]
+  assert_same_samples(load_samples(outs[0]), load_samples(ref_out))
+  assert not os.path.exists(os.path.join(outs[1], "results.json"))
