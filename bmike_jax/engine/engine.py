@@ -38,6 +38,7 @@ MAX_IN_FLIGHT = 2          # batches dispatched ahead of the host reading result
 class GenerationResult:
   ids: tuple[int, ...]  # generated ids, up to and excluding EOS (a final quote token is kept)
   text: str             # decoded (special tokens skipped) and cut at the first `"`
+  truncated_tokens: int = 0  # prompt tokens cut from the left (overlong="truncate_left")
 
 
 @dataclasses.dataclass
@@ -227,6 +228,9 @@ class Engine:
         self._collect(pending.pop(0), results)
     for item in pending:
       self._collect(item, results)
+    results = [r if len(ids) == len(kept) else
+               dataclasses.replace(r, truncated_tokens=len(ids) - len(kept))
+               for r, ids, kept in zip(results, prompts_ids, prompts)]
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
     self.stats.prefill_tokens += sum(len(s) for s in suffixes)

@@ -78,6 +78,8 @@ def evaluate_unit(engine: GenerationEngine, tokenizer, loaded: LoadedFile,
           "dataset": loaded.dataset, "lang": lang, "setup": setup, "query_type": q.query_type,
           "case_id": q.record.target.case_id, "prompt": q.prompt, "prediction": result.text,
           "gold": gold, "gold_en": q.record.gold_en(q.query_type),
+          # prompt tokens cut from the left by --overlong=truncate_left (0: the whole prompt)
+          "truncated_tokens": getattr(result, "truncated_tokens", 0),
           **score_sample(tokenizer, result.text, gold, lang),
       }
       if i in likelihoods:
