@@ -270,3 +270,27 @@ def local_copy(path: str, names: tuple[str, ...] | None = None) -> str:
     if isfile(join(path, name)):
       copy_file(join(path, name), os.path.join(folder, name))
   return folder
+
+
+def size(path: str) -> int:
+  """A file's size in bytes."""
+  if is_remote(path):
+    return int(_fs().info(path)["size"])
+  return os.path.getsize(path)
+
+
+def walk_files(root: str) -> list[str]:
+  """Every file under `root`, as paths relative to it ('/'-separated), in os.walk's order with
+  sorted names: a folder's files first, then its subfolders."""
+  if is_remote(root):
+    prefix = root.rstrip("/")[len("gs://"):] + "/"
+    names = [name[len(prefix):] for name in _fs().find(root) if name.startswith(prefix)]
+  else:
+    names = [os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+             for folder, _, files in os.walk(root) for name in files]
+  return sorted(names, key=_walk_order)
+
+
+def _walk_order(relative: str) -> list[tuple[int, str]]:
+  *folders, name = relative.split("/")
+  return [(1, folder) for folder in folders] + [(0, name)]

@@ -12,7 +12,7 @@
 # --dry-run prints every command (shell-quoted, one per line) instead of running it.
 # Settings (environment): NODES (comma list of ssh hosts; empty: this machine only), PORT
 # (12355), REMOTE_DIR (bmike-jax), FLAGFILE (configs/8b.flags), HF_SOURCE, DATA, CKPT, OUTPUT
-# (default: the flagfile's), MESH_MODEL (1: 8B in bf16 fits one 80 GB GPU), EXTRA_FLAGS.
+# (default: the flagfile's), MESH_MODEL (default: the flagfile's, auto), EXTRA_FLAGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dry_run=0
@@ -30,7 +30,7 @@ paths=""
 [ -n "${DATA:-}" ] && paths+=" --data_dir=$DATA"
 [ -n "${CKPT:-}" ] && paths+=" --checkpoint=$CKPT"
 [ -n "${OUTPUT:-}" ] && paths+=" --output_dir=$OUTPUT"
-runner_flags="--flagfile=$FLAGFILE$paths --mesh_model=${MESH_MODEL:-1}${EXTRA_FLAGS:+ $EXTRA_FLAGS}"
+runner_flags="--flagfile=$FLAGFILE$paths${MESH_MODEL:+ --mesh_model=$MESH_MODEL}${EXTRA_FLAGS:+ $EXTRA_FLAGS}"
 
 cmd() {
   if [ "$dry_run" = 1 ]; then printf '%q ' "$@" | sed 's/ $//'; echo; else "$@"; fi

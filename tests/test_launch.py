@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _dry_run(script: str, step: str, **env: str) -> list[list[str]]:
   clean = {k: v for k, v in os.environ.items()
            if k not in ("TPU_NAME", "ZONE", "BUCKET", "PROJECT", "ACCELERATOR", "RUNTIME", "SPOT",
-                        "NODES", "DATA", "CKPT", "OUTPUT", "HF_SOURCE", "EXTRA_FLAGS", "FLAGFILE")}
+                        "NODES", "DATA", "CKPT", "OUTPUT", "HF_SOURCE", "EXTRA_FLAGS", "FLAGFILE",
+                        "MESH_MODEL", "DATA_SRC", "QUEUED_RESOURCE", "REMOTE_DIR", "PORT")}
   proc = subprocess.run(["bash", os.path.join(REPO, "launch", script), "--dry-run", step],
                         capture_output=True, text=True, env={**clean, **env}, timeout=60)
   assert proc.returncode == 0, proc.stderr
@@ -70,7 +71,7 @@ def test_tpu_pod_refuses_a_local_bucket():
 def test_gpu_one_node_and_two_nodes():
   paths = {"DATA": "gs://bkt/bmike53", "CKPT": "gs://bkt/ckpt", "OUTPUT": "gs://bkt/runs/8b"}
   flags = ["--flagfile=configs/8b.flags", "--data_dir=gs://bkt/bmike53",
-           "--checkpoint=gs://bkt/ckpt", "--output_dir=gs://bkt/runs/8b", "--mesh_model=1"]
+           "--checkpoint=gs://bkt/ckpt", "--output_dir=gs://bkt/runs/8b"]
   assert _dry_run("gpu.sh", "run", **paths) == [[".venv/bin/python", "-m", "bmike_jax.main",
                                                  *flags]]
   lines = _dry_run("gpu.sh", "run", **paths, NODES="me@gpu0,gpu1")

@@ -11,21 +11,23 @@ from __future__ import annotations
 import hashlib
 import os
 
+from bmike_jax import paths
+
 CHUNK = 1 << 20
 
 
 def file_sha256(path: str | os.PathLike) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.open_read(os.fspath(path), "rb") as f:
     for block in iter(lambda: f.read(CHUNK), b""):
       digest.update(block)
   return digest.hexdigest()
 
 
 def _head_tail(path: str, digest) -> None:
-  size = os.path.getsize(path)
+  size = paths.size(path)
   digest.update(f"{size}\0".encode())
-  with open(path, "rb") as f:
+  with paths.open_read(path, "rb") as f:
     digest.update(f.read(CHUNK))
     if size > 2 * CHUNK:
       f.seek(size - CHUNK)
@@ -37,13 +39,10 @@ def _head_tail(path: str, digest) -> None:
 def model_fingerprint(source: str) -> str:
   """'sha256-headtail:<hex>' of a checkpoint file or directory (see the module docstring)."""
   digest = hashlib.sha256()
-  if os.path.isfile(source):
+  if paths.isfile(source):
     _head_tail(source, digest)
   else:
-    for root, dirs, files in os.walk(source):
-      dirs.sort()
-      for name in sorted(files):
-        path = os.path.join(root, name)
-        digest.update(os.path.relpath(path, source).encode() + b"\0")
-        _head_tail(path, digest)
+    for relative in paths.walk_files(source):  # local or gs://
+      digest.update(relative.encode() + b"\0")
+      _head_tail(paths.join(source, *relative.split("/")), digest)
   return "sha256-headtail:" + digest.hexdigest()

@@ -22,7 +22,7 @@ import os
 from typing import Sequence
 
 from bmike_jax import data as data_lib
-from bmike_jax import metrics
+from bmike_jax import metrics, paths
 from bmike_jax import prompts
 from bmike_jax.runner import store as store_lib
 from bmike_jax.runner.units import Unit
@@ -78,7 +78,7 @@ def summary_text(samples: Sequence[dict], unit: Unit) -> str:
 
 
 def write_unit(output_dir: str, checkpoint: str, unit: Unit, samples: Sequence[dict]) -> None:
-  folder = os.path.join(output_dir, "result", model_name(checkpoint))
+  folder = paths.join(output_dir, "result", model_name(checkpoint))
   stem = file_stem(unit)
-  store_lib.atomic_write_text(os.path.join(folder, f"{stem}.csv"), csv_text(samples))
-  store_lib.atomic_write_text(os.path.join(folder, f"{stem}.txt"), summary_text(samples, unit))
+  store_lib.atomic_write_text(paths.join(folder, f"{stem}.csv"), csv_text(samples))
+  store_lib.atomic_write_text(paths.join(folder, f"{stem}.txt"), summary_text(samples, unit))
