@@ -2,6 +2,8 @@
 
     python -m bmike_jax.convert --source=PATH --output=DIR [--dtype=float32|bfloat16]
 
+DIR may be gs://BUCKET/PATH: convert once there, and every host of a pod restores from it.
+
 DIR gets params/ (orbax, tensorstore), config.json and the tokenizer files; `--checkpoint=DIR`
 is then all the runner needs.
 """
@@ -19,8 +21,10 @@ from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.checkpoints import hub, orbax_io
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "HF directory (config.json + safetensors) or a .gguf file.")
-flags.DEFINE_string("output", None, "Output directory (created; must not hold a checkpoint).")
+flags.DEFINE_string("source", None, "HF directory (config.json + safetensors), a .gguf file, or a "
+                    "Hugging Face id (org/name) in the local HF cache (never downloaded).")
+flags.DEFINE_string("output", None, "Output directory, local or gs://BUCKET/PATH (created; must "
+                    "not hold a checkpoint).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
 
 

@@ -15,8 +15,9 @@ from bmike_jax import paths
 from bmike_jax.analysis.document import DEFAULT_MIN_CONFIDENCE, build_report
 from bmike_jax.analysis.rescore import ReportError
 
-RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Run directory with results.json and "
-                            "samples.jsonl; report.md and figures/ are written there.")
+RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Run directory (local or gs://) with "
+                                  "results.json and samples.jsonl; report.md and figures/ are "
+                                  "written there.")
 TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer source for re-scoring (a "
                                 "tokenizer.json / tokenizer.model folder or a .gguf file); "
                                 "default: results.json's model.tokenizer.")

@@ -35,6 +35,19 @@ def _start_pair(tiny_ckpt, outs):  # noqa: F811
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
 
 
+def assert_same_results(got, want, path=""):
+  """Equal cells; the unrounded likelihood magnitudes (means of float32 1/PPL differences) to
+  float32 rounding: a per-device batch of 2 instead of 4 may pick other matmul kernels."""
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and set(got) == set(want), path
+    for key in want:
+      assert_same_results(got[key], want[key], f"{path}/{key}")
+  elif path.rsplit("/", 1)[-1].startswith("lik_magnitude") and want is not None:
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-7), path
+  else:
+    assert got == want, path
+
+
 def _metrics_files(out):
   return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
           for d, _, fs in os.walk(os.path.join(out, "units")) for f in fs
@@ -76,6 +89,6 @@ def test_two_hosts_on_separate_disks_killed_and_restarted(full_run, tiny_ckpt, t
   assert len(after) == 8
   assert {k: after[k] for k in finished} == finished  # finished units were not written again
   ref_out, _ = full_run
-  assert load_results(outs[0])["results"] == load_results(ref_out)["results"]
+  assert_same_results(load_results(outs[0])["results"], load_results(ref_out)["results"])
   assert_same_samples(load_samples(outs[0]), load_samples(ref_out))
   assert not os.path.exists(os.path.join(outs[1], "results.json"))

