@@ -75,8 +75,9 @@ def finished_units(store: OutputStore, units: list[Unit], identity: dict) -> dic
       store.prepare(identity)
       answer = {"finished": [[i, store.load_metrics(u)] for i, u in enumerate(units)
                              if store.is_finished(u)]}
-    except (OutputError, paths.PathError) as e:
-      answer = {"error": str(e)}
+    except (OutputError, paths.PathError, OSError, ValueError) as e:  # ValueError: bad JSON
+      answer = {"error": str(e) if isinstance(e, (OutputError, paths.PathError)) else
+                f"--output_dir {store.root!r}: cannot read the finished units ({e})"}
   answer = broadcast_json(answer)
   if "error" in answer:
     raise OutputError(answer["error"])
