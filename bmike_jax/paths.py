@@ -195,7 +195,8 @@ def _check_reachable(endpoint: str, what: str) -> None:
       pass
   except OSError as e:
     raise PathError(f"{what}: the GCS emulator at {EMULATOR_VARIABLE}={endpoint} is not "
-                    f"reachable ({e.strerror or e}); start it, or unset {EMULATOR_VARIABLE}") from None
+                    f"reachable ({e.strerror or e}); start it, or unset "
+                    f"{EMULATOR_VARIABLE}") from None
 
 
 def _check_credentials(what: str) -> None:

@@ -81,7 +81,8 @@ def test_checkpoint_as_a_hub_id_from_the_local_cache(tiny_ckpt, tmp_path):  # no
 def test_hub_id_not_in_the_cache_is_one_clear_error(tmp_path):
   os.makedirs(tmp_path / "hub")
   proc = subprocess.run([sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=",
-                         *_small_flags("--checkpoint=tiny-org/absent", f"--output_dir={tmp_path}/o")],
+                         *_small_flags("--checkpoint=tiny-org/absent",
+                                       f"--output_dir={tmp_path}/o")],
                         capture_output=True, text=True, env=_hf_env(str(tmp_path / "hub")),
                         cwd=str(tmp_path), timeout=600)
   _expect_user_error(proc, "--checkpoint=tiny-org/absent", "local cache", "never downloads")

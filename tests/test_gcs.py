@@ -18,8 +18,8 @@ import pytest
 
 from tests.gcs_emulator import gcs  # noqa: F401  (the session fixture)
 from tests.test_runner import (_CACHE, BASE_FLAGS, SAMPLE_DIR, _expect_user_error,
-                               assert_same_samples, full_run, load_results, load_samples,
-                               run_main, tiny_ckpt)  # noqa: F401  (fixtures)
+                               assert_same_results, assert_same_samples, full_run, load_results,
+                               load_samples, run_main, tiny_ckpt)  # noqa: F401  (fixtures)
 
 pytest.importorskip("torch")
 
@@ -68,8 +68,10 @@ def test_converted_checkpoint_on_gcs_restores_bit_exact(gcs, gcs_ckpt, tiny_ckpt
   assert any(n.startswith("ckpt/tiny/params/") for n in names)
   script = ("import sys, numpy as np, jax\n"
             "from bmike_jax import checkpoints\n"
-            "_, a = checkpoints.load_model(sys.argv[1]); _, b = checkpoints.load_model(sys.argv[2])\n"
-            "la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)\n"
+            "_, a = checkpoints.load_model(sys.argv[1])\n"
+            "_, b = checkpoints.load_model(sys.argv[2])\n"
+            "la = jax.tree_util.tree_leaves_with_path(a)\n"
+            "lb = jax.tree_util.tree_leaves_with_path(b)\n"
             "assert [p for p, _ in la] == [p for p, _ in lb]\n"
             "assert all(x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))\n"
             "           for (_, x), (_, y) in zip(la, lb)), 'restored params differ'\n"
@@ -110,7 +112,7 @@ def test_run_on_gcs_killed_and_resumed_equals_a_local_run(gcs, gcs_data, gcs_ckp
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert re.search(r"8 units planned, [2-7] already finished", resumed.stderr), resumed.stderr
   results = json.loads(gcs.read("bmike-test", "runs/killed/results.json"))
-  assert results["results"] == load_results(ref_out)["results"]
+  assert_same_results(results["results"], load_results(ref_out)["results"])
   samples = [json.loads(line) for line in
              gcs.read("bmike-test", "runs/killed/samples.jsonl").decode("utf-8").splitlines()]
   assert_same_samples(samples, load_samples(ref_out))
