@@ -105,7 +105,7 @@ def test_rows_and_scores_by_hand(setup):
         "dataset": "counterfact", "lang": "de", "setup": setup, "query_type": qt,
         "case_id": record.target.case_id,
         "prompt": prompts_lib.build_prompt(POOL, setup, "de", record, qt),
-        "prediction": pred, "gold": gold, "gold_en": record.gold_en(qt),
+        "prediction": pred, "gold": gold, "gold_en": record.gold_en(qt), "truncated_tokens": 0,
         "em": em, "f1_ref": pytest.approx(f1_ref), "f1": pytest.approx(f1),
         "f1_norm": pytest.approx(f1_norm)}, (r, qt)
 
