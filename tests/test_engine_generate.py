@@ -128,7 +128,9 @@ def test_overlong_prompt_error_and_truncate_left():
   assert "zsre de record 7" in str(err.value) and "70" in str(err.value)
   truncated = _engine(length_buckets=(32, 64), overlong="truncate_left").generate([long_prompt])
   expected = [long_prompt[0]] + long_prompt[-63:]
-  assert truncated[0].ids == _engine(length_buckets=(32, 64)).generate([expected])[0].ids
+  whole = _engine(length_buckets=(32, 64)).generate([expected])[0]
+  assert truncated[0].ids == whole.ids
+  assert truncated[0].truncated_tokens == 70 - 64 and whole.truncated_tokens == 0
   small_context = engine_tiny.tiny_config(max_position_embeddings=80)
   with pytest.raises(PromptTooLongError, match="context"):
     Engine(small_context, PARAMS, TOK).generate([long_prompt])  # 70 + 15 new > 80
