@@ -8,7 +8,7 @@
 #   run      the benchmark; with several nodes every node runs it, joined by jax.distributed
 #            (--coordinator_address=FIRST_NODE:$PORT --num_processes=N --process_id=I)
 #   report   python -m bmike_jax.report --results_dir=$OUTPUT, here
-#   bench    python -m bmike_jax.bench --gpu_synthetic_8b (one node)
+#   bench    python -m tools.bench_gpu (random 8B-shaped weights; one node, from the repo root)
 # --dry-run prints every command (shell-quoted, one per line) instead of running it.
 # Settings (environment): NODES (comma list of ssh hosts; empty: this machine only), PORT
 # (12355), REMOTE_DIR (bmike-jax), FLAGFILE (configs/8b.flags), HF_SOURCE, DATA, CKPT, OUTPUT
@@ -70,5 +70,5 @@ case "$step" in
     : "${OUTPUT:?set OUTPUT (--output_dir of the run)}"
     cmd .venv/bin/python -m bmike_jax.report --results_dir="$OUTPUT" ;;
   bench)
-    cmd .venv/bin/python -m bmike_jax.bench --gpu_synthetic_8b ${EXTRA_FLAGS:-} ;;
+    cmd .venv/bin/python -m tools.bench_gpu ${EXTRA_FLAGS:-} ;;
 esac
