@@ -21,10 +21,17 @@ from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.checkpoints import hub, orbax_io
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("source", None, "HF directory (config.json + safetensors), a .gguf file, or a "
-                    "Hugging Face id (org/name) in the local HF cache (never downloaded).")
-flags.DEFINE_string("output", None, "Output directory, local or gs://BUCKET/PATH (created; must "
-                    "not hold a checkpoint).")
+flags.DEFINE_string(
+    "source",
+    None,
+    "HF directory (config.json + safetensors), a .gguf file, or a "
+    "Hugging Face id (org/name) in the local HF cache (never downloaded).",
+)
+flags.DEFINE_string(
+    "output",
+    None,
+    "Output directory, local or gs://BUCKET/PATH (created; must " "not hold a checkpoint).",
+)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
 
 
@@ -32,8 +39,10 @@ def convert(source: str, output: str, dtype: str = "float32") -> str:
   """Writes OUTPUT (a local folder or gs://BUCKET/PATH) from SOURCE (local path or hub id)."""
   paths.check(source, flag="source")
   if paths.is_remote(source):
-    raise checkpoints.CheckpointError(f"--source={source}: read from local disk only (copy it "
-                                      "there first, or pass a Hugging Face id in the local cache)")
+    raise checkpoints.CheckpointError(
+        f"--source={source}: read from local disk only (copy it "
+        "there first, or pass a Hugging Face id in the local cache)"
+    )
   source = hub.resolve(source, flag="source")
   paths.check_access(output, flag="output")
   kind = checkpoints.source_kind(source)
@@ -42,8 +51,9 @@ def convert(source: str, output: str, dtype: str = "float32") -> str:
   config, params = checkpoints.load_model(source, dtype)
   tokenizer = tokenizer_lib.load_tokenizer(source)
   checkpoints.check_vocab(config, tokenizer, source, source)
-  orbax_io.save_params(output, params, config,
-                       extra={"source": os.path.abspath(source), "dtype": dtype})
+  orbax_io.save_params(
+      output, params, config, extra={"source": os.path.abspath(source), "dtype": dtype}
+  )
   if kind == "hf":  # the original files, verbatim
     for name in tokenizer_lib.CONFIG_FILES:
       path = os.path.join(source, name)

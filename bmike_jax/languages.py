@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Language:
-    code: str
-    name: str
-    script: str
-    is_latin: bool
-    iso639_3: str
+  code: str
+  name: str
+  script: str
+  is_latin: bool
+  iso639_3: str
 
-    def __post_init__(self) -> None:
-        if self.is_latin != (self.script == "Latin"):
-            raise ValueError(f"{self.code}: is_latin={self.is_latin} contradicts script {self.script!r}")
+  def __post_init__(self) -> None:
+    if self.is_latin != (self.script == "Latin"):
+      raise ValueError(f"{self.code}: is_latin={self.is_latin} contradicts script {self.script!r}")
 
 
 # code, name (as in bmike53/lang.json; en added), script, ISO 639-3
@@ -86,8 +86,7 @@ _TABLE = (
 )
 
 LANGUAGES: dict[str, Language] = {
-    code: Language(code, name, script, script == "Latin", iso)
-    for code, name, script, iso in _TABLE
+    code: Language(code, name, script, script == "Latin", iso) for code, name, script, iso in _TABLE
 }
 
 LANGUAGE_ALIASES: dict[str, str] = {"zh-cn": "zh"}
@@ -113,22 +112,22 @@ SCRIPT_NAME_PREFIXES: dict[str, tuple[str, ...]] = {
 
 
 def normalize_lang(code: str) -> str:
-    """Canonical code for `code` (`zh-cn` -> `zh`); ValueError for an unknown one."""
-    key = code.strip().lower() if isinstance(code, str) else code
-    key = LANGUAGE_ALIASES.get(key, key)
-    if key not in LANGUAGES:
-        raise ValueError(
-            f"unknown language code {code!r}; valid codes: {', '.join(sorted(LANGUAGES))} "
-            f"(aliases: {', '.join(f'{a}->{c}' for a, c in LANGUAGE_ALIASES.items())})"
-        )
-    return key
+  """Canonical code for `code` (`zh-cn` -> `zh`); ValueError for an unknown one."""
+  key = code.strip().lower() if isinstance(code, str) else code
+  key = LANGUAGE_ALIASES.get(key, key)
+  if key not in LANGUAGES:
+    raise ValueError(
+        f"unknown language code {code!r}; valid codes: {', '.join(sorted(LANGUAGES))} "
+        f"(aliases: {', '.join(f'{a}->{c}' for a, c in LANGUAGE_ALIASES.items())})"
+    )
+  return key
 
 
 def script_share(text: str, script: str) -> float:
-    """Fraction of the letters of `text` that belong to `script` (0.0 when no letters)."""
-    prefixes = SCRIPT_NAME_PREFIXES[script]
-    letters = [ch for ch in text if ch.isalpha()]
-    if not letters:
-        return 0.0
-    hits = sum(unicodedata.name(ch, "").startswith(prefixes) for ch in letters)
-    return hits / len(letters)
+  """Fraction of the letters of `text` that belong to `script` (0.0 when no letters)."""
+  prefixes = SCRIPT_NAME_PREFIXES[script]
+  letters = [ch for ch in text if ch.isalpha()]
+  if not letters:
+    return 0.0
+  hits = sum(unicodedata.name(ch, "").startswith(prefixes) for ch in letters)
+  return hits / len(letters)

@@ -24,14 +24,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   from bmike_jax.engine import buckets
   from bmike_jax.model import config
   from bmike_jax.runner import store
-  return (run_config.FlagError, data.DataError, store.OutputError, checkpoints.CheckpointError,
-          config.ConfigError, buckets.PromptTooLongError, paths.PathError)
+
+  return (
+      run_config.FlagError,
+      data.DataError,
+      store.OutputError,
+      checkpoints.CheckpointError,
+      config.ConfigError,
+      buckets.PromptTooLongError,
+      paths.PathError,
+  )
 
 
 def _progress_bar(total: int, initial: int):
   import tqdm
-  return tqdm.tqdm(total=total, initial=initial, unit="unit", dynamic_ncols=True,
-                   file=sys.stderr)
+
+  return tqdm.tqdm(total=total, initial=initial, unit="unit", dynamic_ncols=True, file=sys.stderr)
 
 
 def main(argv):
@@ -41,8 +49,13 @@ def main(argv):
   try:
     cfg = run_config.from_flags()
     from bmike_jax.runner import model_setup, run
-    run.run(cfg, run_config.flag_values(), model_setup.build_engine,
-            progress=_progress_bar if cfg.progress else None)
+
+    run.run(
+        cfg,
+        run_config.flag_values(),
+        model_setup.build_engine,
+        progress=_progress_bar if cfg.progress else None,
+    )
   except errors as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

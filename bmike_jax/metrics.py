@@ -35,30 +35,31 @@ LIKELIHOOD_OTHERS = {"loc_ans": "inv_ppl_loc_ans", "old": "inv_ppl_old"}
 
 # ---- exact match and F1 on token ids ---------------------------------------------------
 
+
 def exact_match(pred: str, gold: str) -> float:
-    return 1.0 if pred == gold else 0.0
+  return 1.0 if pred == gold else 0.0
 
 
 def _overlap(pred_ids: Sequence, gold_ids: Sequence) -> int:
-    return sum((Counter(pred_ids) & Counter(gold_ids)).values())
+  return sum((Counter(pred_ids) & Counter(gold_ids)).values())
 
 
 def reference_f1(pred_ids: Sequence[int], gold_ids: Sequence[int]) -> float:
-    """The reference's score: c*c / (len(pred)*len(gold)); both empty 1, one empty 0."""
-    if not pred_ids or not gold_ids:
-        return float(not pred_ids and not gold_ids)
-    return _overlap(pred_ids, gold_ids) ** 2 / (len(pred_ids) * len(gold_ids))
+  """The reference's score: c*c / (len(pred)*len(gold)); both empty 1, one empty 0."""
+  if not pred_ids or not gold_ids:
+    return float(not pred_ids and not gold_ids)
+  return _overlap(pred_ids, gold_ids) ** 2 / (len(pred_ids) * len(gold_ids))
 
 
 def token_f1(pred_ids: Sequence, gold_ids: Sequence) -> float:
-    """Harmonic mean of precision and recall of the multiset overlap; same empty rules."""
-    if not pred_ids or not gold_ids:
-        return float(not pred_ids and not gold_ids)
-    common = _overlap(pred_ids, gold_ids)
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred_ids), common / len(gold_ids)
-    return 2 * precision * recall / (precision + recall)
+  """Harmonic mean of precision and recall of the multiset overlap; same empty rules."""
+  if not pred_ids or not gold_ids:
+    return float(not pred_ids and not gold_ids)
+  common = _overlap(pred_ids, gold_ids)
+  if common == 0:
+    return 0.0
+  precision, recall = common / len(pred_ids), common / len(gold_ids)
+  return 2 * precision * recall / (precision + recall)
 
 
 # ---- MLQA-style normalized F1 ----------------------------------------------------------
@@ -67,8 +68,9 @@ ASCII_PUNCTUATION = frozenset(string.punctuation)
 
 
 def is_punctuation(ch: str) -> bool:
-    """Like the MLQA script: Unicode category P*, plus ASCII string.punctuation ($, +, <, ...)."""
-    return ch in ASCII_PUNCTUATION or unicodedata.category(ch).startswith("P")
+  """Like the MLQA script: Unicode category P*, plus ASCII string.punctuation ($, +, <, ...)."""
+  return ch in ASCII_PUNCTUATION or unicodedata.category(ch).startswith("P")
+
 
 # MLQA's article patterns (the Arabic one removes every "ال", as MLQA does).
 ARTICLE_PATTERNS = {
@@ -91,86 +93,92 @@ _CHARACTER_TOKEN = re.compile(
 
 
 def answer_tokens(text: str, lang: str) -> list[str]:
-    """Lower-case, drop punctuation, drop articles (en/es/de/ar/vi), then split."""
-    code = normalize_lang(lang)
-    text = "".join(ch for ch in text.lower() if not is_punctuation(ch))
-    if code in ARTICLE_PATTERNS:
-        text = ARTICLE_PATTERNS[code].sub(" ", text)
-    return _CHARACTER_TOKEN.sub(r" \1 ", text).split()
+  """Lower-case, drop punctuation, drop articles (en/es/de/ar/vi), then split."""
+  code = normalize_lang(lang)
+  text = "".join(ch for ch in text.lower() if not is_punctuation(ch))
+  if code in ARTICLE_PATTERNS:
+    text = ARTICLE_PATTERNS[code].sub(" ", text)
+  return _CHARACTER_TOKEN.sub(r" \1 ", text).split()
 
 
 def normalized_f1(pred: str, gold: str, lang: str) -> float:
-    return token_f1(answer_tokens(pred, lang), answer_tokens(gold, lang))
+  return token_f1(answer_tokens(pred, lang), answer_tokens(gold, lang))
 
 
-def answer_scores(prediction: str, gold: str, lang: str, *,
-                  encode: Callable[[str], Sequence[int]]) -> dict[str, float]:
-    """The four answer scores (TEXT_METRICS) of one answer; `encode`: text -> token ids without
-    BOS (the model's tokenizer). The runner and the re-scoring both call this."""
-    pred_ids, gold_ids = encode(prediction), encode(gold)
-    return {
-        "em": exact_match(prediction, gold),
-        "f1_ref": reference_f1(pred_ids, gold_ids),
-        "f1": token_f1(pred_ids, gold_ids),
-        "f1_norm": normalized_f1(prediction, gold, lang),
-    }
+def answer_scores(
+    prediction: str, gold: str, lang: str, *, encode: Callable[[str], Sequence[int]]
+) -> dict[str, float]:
+  """The four answer scores (TEXT_METRICS) of one answer; `encode`: text -> token ids without
+  BOS (the model's tokenizer). The runner and the re-scoring both call this."""
+  pred_ids, gold_ids = encode(prediction), encode(gold)
+  return {
+      "em": exact_match(prediction, gold),
+      "f1_ref": reference_f1(pred_ids, gold_ids),
+      "f1": token_f1(pred_ids, gold_ids),
+      "f1_norm": normalized_f1(prediction, gold, lang),
+  }
 
 
 # ---- likelihood comparison -------------------------------------------------------------
 
-def inverse_perplexity(token_logprobs: Iterable[float]) -> float:
-    """exp(mean log-prob) over the continuation tokens, i.e. 1/PPL.
 
-    Raises ValueError on an empty continuation. (The reference does not: for an empty
-    target its `target_ids[:, :-0] = -100` masks nothing, so it scores the whole
-    prompt; this happens for WikiFactDiff's 5 empty `loc_ans`.)
-    """
-    values = [float(x) for x in token_logprobs]
-    if not values:
-        raise ValueError("inverse_perplexity needs at least one continuation token")
-    return math.exp(math.fsum(values) / len(values))
+def inverse_perplexity(token_logprobs: Iterable[float]) -> float:
+  """exp(mean log-prob) over the continuation tokens, i.e. 1/PPL.
+
+  Raises ValueError on an empty continuation. (The reference does not: for an empty
+  target its `target_ids[:, :-0] = -100` masks nothing, so it scores the whole
+  prompt; this happens for WikiFactDiff's 5 empty `loc_ans`.)
+  """
+  values = [float(x) for x in token_logprobs]
+  if not values:
+    raise ValueError("inverse_perplexity needs at least one continuation token")
+  return math.exp(math.fsum(values) / len(values))
 
 
 def likelihood_comparison(inv_ppl_alt: float, inv_ppl_other: float) -> tuple[float, float]:
-    """(success 1.0/0.0 when 1/PPL(alt) > 1/PPL(other), magnitude = their difference)."""
-    return float(inv_ppl_alt > inv_ppl_other), inv_ppl_alt - inv_ppl_other
+  """(success 1.0/0.0 when 1/PPL(alt) > 1/PPL(other), magnitude = their difference)."""
+  return float(inv_ppl_alt > inv_ppl_other), inv_ppl_alt - inv_ppl_other
 
 
 # ---- aggregation -----------------------------------------------------------------------
 
+
 def aggregate(values: Sequence[float]) -> dict:
-    """{"n", "mean"}; mean is None when there are no values."""
-    values = list(values)
-    return {"n": len(values), "mean": sum(values) / len(values) if values else None}
+  """{"n", "mean"}; mean is None when there are no values."""
+  values = list(values)
+  return {"n": len(values), "mean": sum(values) / len(values) if values else None}
 
 
 def score(values: Sequence[float]) -> float | None:
-    """Mean x 100, 2 decimals, computed as the reference's `my_avg`: round(sum * 100 / n, 2).
+  """Mean x 100, 2 decimals, computed as the reference's `my_avg`: round(sum * 100 / n, 2).
 
-    None when there are no values. (round(100 * mean, 2) differs in the last digit for
-    some n, e.g. 23 of 160: 14.38 here and in the reference, 14.37 that way.)
-    """
-    values = list(values)
-    return round(sum(values) * 100 / float(len(values)), 2) if values else None
+  None when there are no values. (round(100 * mean, 2) differs in the last digit for
+  some n, e.g. 23 of 160: 14.38 here and in the reference, 14.37 that way.)
+  """
+  values = list(values)
+  return round(sum(values) * 100 / float(len(values)), 2) if values else None
 
 
 def unrounded_score(values: Sequence[float]) -> float | None:
-    """Mean x 100, not rounded: the reference prints the likelihood figures with `%.6f`."""
-    values = list(values)
-    return sum(values) * 100 / float(len(values)) if values else None
+  """Mean x 100, not rounded: the reference prints the likelihood figures with `%.6f`."""
+  values = list(values)
+  return sum(values) * 100 / float(len(values)) if values else None
 
 
 def likelihood_scores(rows: Sequence[Mapping[str, Any]]) -> dict:
-    """lik_success_* / lik_magnitude_* (x 100, unrounded as the reference prints them) and
-    n_lik_* over rows with both 1/PPL values."""
-    out = {}
-    for name, other in LIKELIHOOD_OTHERS.items():
-        pairs = [likelihood_comparison(r["inv_ppl_alt"], r[other]) for r in rows
-                 if r.get("inv_ppl_alt") is not None and r.get(other) is not None]
-        out[f"lik_success_{name}"] = unrounded_score([success for success, _ in pairs])
-        out[f"lik_magnitude_{name}"] = unrounded_score([magnitude for _, magnitude in pairs])
-        out[f"n_lik_{name}"] = len(pairs)
-    return out
+  """lik_success_* / lik_magnitude_* (x 100, unrounded as the reference prints them) and
+  n_lik_* over rows with both 1/PPL values."""
+  out = {}
+  for name, other in LIKELIHOOD_OTHERS.items():
+    pairs = [
+        likelihood_comparison(r["inv_ppl_alt"], r[other])
+        for r in rows
+        if r.get("inv_ppl_alt") is not None and r.get(other) is not None
+    ]
+    out[f"lik_success_{name}"] = unrounded_score([success for success, _ in pairs])
+    out[f"lik_magnitude_{name}"] = unrounded_score([magnitude for _, magnitude in pairs])
+    out[f"n_lik_{name}"] = len(pairs)
+  return out
 
 
 def aggregate_rows(
@@ -178,28 +186,28 @@ def aggregate_rows(
     keys: Sequence[str] = RESULT_KEYS,
     metrics: Sequence[str] = TEXT_METRICS,
 ) -> dict:
-    """Nested results: out[row[k0]]...[row[kn]] = {"n", metric: score, ...}.
+  """Nested results: out[row[k0]]...[row[kn]] = {"n", metric: score, ...}.
 
-    Groups with rows carrying an `inv_ppl_alt` field (CounterFact / WikiFactDiff reliability
-    and generality) also get `likelihood_scores`.
-    """
-    groups: dict[tuple, list] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
-    results: dict = {}
-    for group_key, group in groups.items():
-        node = results
-        for part in group_key[:-1]:
-            node = node.setdefault(part, {})
-        leaf = {"n": len(group)}
-        leaf.update({m: score([_metric(r, m) for r in group]) for m in metrics})
-        if any("inv_ppl_alt" in r for r in group):
-            leaf.update(likelihood_scores(group))
-        node[group_key[-1]] = leaf
-    return results
+  Groups with rows carrying an `inv_ppl_alt` field (CounterFact / WikiFactDiff reliability
+  and generality) also get `likelihood_scores`.
+  """
+  groups: dict[tuple, list] = {}
+  for row in rows:
+    groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+  results: dict = {}
+  for group_key, group in groups.items():
+    node = results
+    for part in group_key[:-1]:
+      node = node.setdefault(part, {})
+    leaf = {"n": len(group)}
+    leaf.update({m: score([_metric(r, m) for r in group]) for m in metrics})
+    if any("inv_ppl_alt" in r for r in group):
+      leaf.update(likelihood_scores(group))
+    node[group_key[-1]] = leaf
+  return results
 
 
 def _metric(row: Mapping[str, Any], name: str) -> float:
-    if row.get(name) is None:
-        raise ValueError(f"row has no value for metric {name!r}: {dict(row)}")
-    return row[name]
+  if row.get(name) is None:
+    raise ValueError(f"row has no value for metric {name!r}: {dict(row)}")
+  return row[name]

@@ -58,19 +58,22 @@ def check(path: str | os.PathLike | None, *, flag: str) -> None:
   if kind is None:
     return
   if kind not in SUPPORTED_SCHEMES:
-    raise PathError(f"--{flag}={path}: unsupported scheme '{kind}://'; use a local path or "
-                    "gs://BUCKET/...")
+    raise PathError(
+        f"--{flag}={path}: unsupported scheme '{kind}://'; use a local path or " "gs://BUCKET/..."
+    )
   if not path.startswith("gs://") or not urllib.parse.urlparse(path).netloc:
     raise PathError(f"--{flag}={path}: a GCS path is gs://BUCKET/PATH")
 
 
 def _epath(path: str):
   from etils import epath
+
   return epath.Path(path)
 
 
 def _fs():
   import gcsfs
+
   return gcsfs.GCSFileSystem()
 
 
@@ -107,8 +110,9 @@ def listdir(path: str) -> list[str]:
 
 def open_read(path: str, mode: str = "r") -> IO:
   if is_remote(path):
-    return _epath(path).open(mode if "b" in mode else "r", **(
-        {} if "b" in mode else {"encoding": "utf-8"}))
+    return _epath(path).open(
+        mode if "b" in mode else "r", **({} if "b" in mode else {"encoding": "utf-8"})
+    )
   return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
@@ -194,20 +198,25 @@ def _check_reachable(endpoint: str, what: str) -> None:
     with socket.create_connection((url.hostname, port), timeout=5):
       pass
   except OSError as e:
-    raise PathError(f"{what}: the GCS emulator at {EMULATOR_VARIABLE}={endpoint} is not "
-                    f"reachable ({e.strerror or e}); start it, or unset "
-                    f"{EMULATOR_VARIABLE}") from None
+    raise PathError(
+        f"{what}: the GCS emulator at {EMULATOR_VARIABLE}={endpoint} is not "
+        f"reachable ({e.strerror or e}); start it, or unset "
+        f"{EMULATOR_VARIABLE}"
+    ) from None
 
 
 def _check_credentials(what: str) -> None:
   import google.auth
   from google.auth import exceptions
+
   try:
     google.auth.default()
   except exceptions.DefaultCredentialsError:
-    raise PathError(f"{what}: no Google Cloud credentials found; run `gcloud auth "
-                    "application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or run on a "
-                    "VM whose service account can use the bucket") from None
+    raise PathError(
+        f"{what}: no Google Cloud credentials found; run `gcloud auth "
+        "application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or run on a "
+        "VM whose service account can use the bucket"
+    ) from None
 
 
 def check_access(path: str | None, *, flag: str) -> None:
@@ -228,8 +237,10 @@ def check_access(path: str | None, *, flag: str) -> None:
   try:
     _fs().info(bucket)
   except FileNotFoundError:
-    raise PathError(f"{what}: bucket gs://{bucket} does not exist (create it with `gcloud "
-                    f"storage buckets create gs://{bucket}`)") from None
+    raise PathError(
+        f"{what}: bucket gs://{bucket} does not exist (create it with `gcloud "
+        f"storage buckets create gs://{bucket}`)"
+    ) from None
   except PermissionError as e:
     raise PathError(f"{what}: no permission to use bucket gs://{bucket} ({e})") from None
   except OSError as e:
@@ -252,6 +263,7 @@ def as_path(path: str | os.PathLike):
     check(path, flag="path")
     return _epath(os.fspath(path))
   import pathlib
+
   return pathlib.Path(path)
 
 
@@ -284,11 +296,14 @@ def walk_files(root: str) -> list[str]:
   """Every file under `root`, as paths relative to it ('/'-separated), in os.walk's order with
   sorted names: a folder's files first, then its subfolders."""
   if is_remote(root):
-    prefix = root.rstrip("/")[len("gs://"):] + "/"
-    names = [name[len(prefix):] for name in _fs().find(root) if name.startswith(prefix)]
+    prefix = root.rstrip("/")[len("gs://") :] + "/"
+    names = [name[len(prefix) :] for name in _fs().find(root) if name.startswith(prefix)]
   else:
-    names = [os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
-             for folder, _, files in os.walk(root) for name in files]
+    names = [
+        os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+        for folder, _, files in os.walk(root)
+        for name in files
+    ]
   return sorted(names, key=_walk_order)
 
 

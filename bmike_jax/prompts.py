@@ -27,54 +27,60 @@ METRIC_SPECIFIC_ENTRIES = {
 
 
 def one_shot_index(seed: int = ONE_SHOT_SEED) -> int:
-    """The reference's `random.seed(42); random.randint(0, 7)` on a local generator (-> 1)."""
-    return random.Random(seed).randint(0, MIXED_POOL_SIZE - 1)
+  """The reference's `random.seed(42); random.randint(0, 7)` on a local generator (-> 1)."""
+  return random.Random(seed).randint(0, MIXED_POOL_SIZE - 1)
 
 
 _INDICES_BY_SETUP = {
     "zero_shot": lambda query_type: (),
     "one_shot": lambda query_type: (one_shot_index(),),
     "few_shot_mixed": lambda query_type: tuple(reversed(range(MIXED_POOL_SIZE))),
-    "few_shot_specific": lambda query_type: tuple(i - 1 for i in METRIC_SPECIFIC_ENTRIES[query_type]),
+    "few_shot_specific": lambda query_type: tuple(
+        i - 1 for i in METRIC_SPECIFIC_ENTRIES[query_type]
+    ),
 }
 
 
 def check_setup(setup: str) -> str:
-    if setup not in _INDICES_BY_SETUP:
-        raise ValueError(f"unknown setup {setup!r}; valid: {', '.join(SETUPS)}")
-    return setup
+  if setup not in _INDICES_BY_SETUP:
+    raise ValueError(f"unknown setup {setup!r}; valid: {', '.join(SETUPS)}")
+  return setup
 
 
 def demonstration_indices(setup: str, query_type: str) -> tuple[int, ...]:
-    """0-based pool positions of the demonstrations, in prompt order."""
-    return _INDICES_BY_SETUP[check_setup(setup)](check_query_type(query_type))
+  """0-based pool positions of the demonstrations, in prompt order."""
+  return _INDICES_BY_SETUP[check_setup(setup)](check_query_type(query_type))
 
 
 def render_demonstrations(pool: Sequence[Demonstration], indices: Sequence[int], lang: str) -> str:
-    code = normalize_lang(lang)
-    if indices and max(indices) >= len(pool):
-        raise ValueError(f"pool has {len(pool)} entries, demonstrations need entry {max(indices) + 1}")
-    return "".join(f"{pool[i].new_fact}\n{pool[i].line(code)}\n\n" for i in indices)
+  code = normalize_lang(lang)
+  if indices and max(indices) >= len(pool):
+    raise ValueError(f"pool has {len(pool)} entries, demonstrations need entry {max(indices) + 1}")
+  return "".join(f"{pool[i].new_fact}\n{pool[i].line(code)}\n\n" for i in indices)
 
 
 QUERY_START = 'New Fact: "'  # the demonstrations' lines say `New fact:`
 
 
 def query_text(record: Record, query_type: str) -> str:
-    return f'{QUERY_START}{record.en.src} {record.en.alt}"\nQuestion: "{record.query(query_type)}" Answer: "'
+  return f'{QUERY_START}{record.en.src} {record.en.alt}"\nQuestion: "{record.query(query_type)}" Answer: "'
 
 
 def strip_demonstrations(prompt: str) -> str:
-    """The query of a built prompt: the text from its `New Fact: "` on."""
-    start = prompt.find(QUERY_START)
-    if start < 0:
-        raise ValueError(f"not a BMIKE-53 prompt (no {QUERY_START!r}): {prompt[:80]!r}")
-    return prompt[start:]
+  """The query of a built prompt: the text from its `New Fact: "` on."""
+  start = prompt.find(QUERY_START)
+  if start < 0:
+    raise ValueError(f"not a BMIKE-53 prompt (no {QUERY_START!r}): {prompt[:80]!r}")
+  return prompt[start:]
 
 
-def build_prompt(pool: Sequence[Demonstration], setup: str, lang: str, record: Record, query_type: str) -> str:
-    code = normalize_lang(lang)
-    if code != record.lang:
-        raise ValueError(f"prompt language {code!r} differs from the record's target language {record.lang!r}")
-    indices = demonstration_indices(setup, query_type)
-    return render_demonstrations(pool, indices, code) + query_text(record, query_type)
+def build_prompt(
+    pool: Sequence[Demonstration], setup: str, lang: str, record: Record, query_type: str
+) -> str:
+  code = normalize_lang(lang)
+  if code != record.lang:
+    raise ValueError(
+        f"prompt language {code!r} differs from the record's target language {record.lang!r}"
+    )
+  indices = demonstration_indices(setup, query_type)
+  return render_demonstrations(pool, indices, code) + query_text(record, query_type)

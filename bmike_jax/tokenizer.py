@@ -40,12 +40,17 @@ from bmike_jax.checkpoints.errors import CheckpointError
 
 QUOTE = '"'
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-CONFIG_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                "tokenizer.model", "chat_template.jinja")
+CONFIG_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 # name -> what it does; the first is the default (the reference's behaviour).
 DECODE_CLEANUPS = {
     "reference": "transformers 4.x decode, as the reference: the tokenizer config's "
-                 "clean_up_tokenization_spaces applied whatever the tokenizer model (BPE too)",
+    "clean_up_tokenization_spaces applied whatever the tokenizer model (BPE too)",
     "plain": "no clean-up: the decoded text as is (transformers >= 5.7 for BPE tokenizers)",
 }
 
@@ -53,9 +58,15 @@ DECODE_CLEANUPS = {
 class Tokenizer:
   """A `tokenizers.Tokenizer` plus the few facts of its HF wrapper (BOS/EOS tokens, clean-up)."""
 
-  def __init__(self, backend: tokenizers.Tokenizer, bos_token: str | None, eos_token: str | None,
-               source: str = "", config_clean_up: bool = False,
-               decode_cleanup: str = "reference"):
+  def __init__(
+      self,
+      backend: tokenizers.Tokenizer,
+      bos_token: str | None,
+      eos_token: str | None,
+      source: str = "",
+      config_clean_up: bool = False,
+      decode_cleanup: str = "reference",
+  ):
     self.backend = backend
     self.backend.no_truncation()
     self.backend.no_padding()
@@ -69,8 +80,9 @@ class Tokenizer:
     vocab = backend.get_vocab(with_added_tokens=True)  # token -> id
     self.vocab_size = max(vocab.values()) + 1  # ids this tokenizer can produce: [0, vocab_size)
     if decode_cleanup not in DECODE_CLEANUPS:
-      raise ValueError(f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, "
-                       f"got {decode_cleanup!r}")
+      raise ValueError(
+          f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, " f"got {decode_cleanup!r}"
+      )
     self.config_clean_up = config_clean_up  # what tokenizer_config.json asks for
     self.decode_cleanup = decode_cleanup
     self.clean_up_spaces = decode_cleanup == "reference" and config_clean_up
@@ -122,18 +134,32 @@ class Tokenizer:
     to the same tokenizer."""
     os.makedirs(directory, exist_ok=True)
     self.backend.save(os.path.join(directory, "tokenizer.json"))
-    config = {"tokenizer_class": "TokenizersBackend", "add_bos_token": self.adds_bos,
-              "add_eos_token": self.adds_eos, "bos_token": self.bos_token,
-              "eos_token": self.eos_token, "clean_up_tokenization_spaces": self.config_clean_up}
+    config = {
+        "tokenizer_class": "TokenizersBackend",
+        "add_bos_token": self.adds_bos,
+        "add_eos_token": self.adds_eos,
+        "bos_token": self.bos_token,
+        "eos_token": self.eos_token,
+        "clean_up_tokenization_spaces": self.config_clean_up,
+    }
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
       json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def clean_up_tokenization(text: str) -> str:
   """transformers 4.x `clean_up_tokenization`, replacements in its order."""
-  for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                        (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
-                        (" 're", "'re")):
+  for before, after in (
+      (" .", "."),
+      (" ?", "?"),
+      (" !", "!"),
+      (" ,", ","),
+      (" ' ", "'"),
+      (" n't", "n't"),
+      (" 'm", "'m"),
+      (" 's", "'s"),
+      (" 've", "'ve"),
+      (" 're", "'re"),
+  ):
     text = text.replace(before, after)
   return text
 
@@ -163,7 +189,9 @@ def _template(bos: str | None, bos_id, eos: str | None, eos_id, add_bos: bool, a
   """The TemplateProcessing transformers' `update_post_processor` builds."""
   add_bos, add_eos = add_bos and bos_id is not None, add_eos and eos_id is not None
   single = f"{(bos + ':0 ') if add_bos else ''}$A:0{(' ' + eos + ':0') if add_eos else ''}"
-  pair = f"{single}{(' ' + bos + ':1') if add_bos else ''} $B:1{(' ' + eos + ':1') if add_eos else ''}"
+  pair = (
+      f"{single}{(' ' + bos + ':1') if add_bos else ''} $B:1{(' ' + eos + ':1') if add_eos else ''}"
+  )
   special = ([(bos, bos_id)] if add_bos else []) + ([(eos, eos_id)] if add_eos else [])
   return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
@@ -174,17 +202,28 @@ def from_tokenizer_json(directory: str, decode_cleanup: str = "reference") -> To
     backend = tokenizers.Tokenizer.from_file(path)
   except Exception as e:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
     raise CheckpointError(f"{path}: cannot read tokenizer ({e})") from e
-  config = {**_read_json(os.path.join(directory, "special_tokens_map.json")),
-            **_read_json(os.path.join(directory, "tokenizer_config.json"))}
+  config = {
+      **_read_json(os.path.join(directory, "special_tokens_map.json")),
+      **_read_json(os.path.join(directory, "tokenizer_config.json")),
+  }
   bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
   if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
     backend.post_processor = _template(
-        bos, None if bos is None else backend.token_to_id(bos),
-        eos, None if eos is None else backend.token_to_id(eos),
-        bool(config.get("add_bos_token", False)), bool(config.get("add_eos_token", False)))
-  return Tokenizer(backend, bos, eos, source=directory,
-                   config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
-                   decode_cleanup=decode_cleanup)
+        bos,
+        None if bos is None else backend.token_to_id(bos),
+        eos,
+        None if eos is None else backend.token_to_id(eos),
+        bool(config.get("add_bos_token", False)),
+        bool(config.get("add_eos_token", False)),
+    )
+  return Tokenizer(
+      backend,
+      bos,
+      eos,
+      source=directory,
+      config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
+      decode_cleanup=decode_cleanup,
+  )
 
 
 def from_transformers(hf_tokenizer, source: str, decode_cleanup: str = "reference") -> Tokenizer:
@@ -192,17 +231,23 @@ def from_transformers(hf_tokenizer, source: str, decode_cleanup: str = "referenc
   backend = getattr(hf_tokenizer, "backend_tokenizer", None)
   if backend is None:
     raise CheckpointError(f"{source}: transformers built no fast tokenizer")
-  return Tokenizer(backend, hf_tokenizer.bos_token, hf_tokenizer.eos_token, source=source,
-                   config_clean_up=bool(getattr(hf_tokenizer, "clean_up_tokenization_spaces",
-                                                False)),
-                   decode_cleanup=decode_cleanup)
+  return Tokenizer(
+      backend,
+      hf_tokenizer.bos_token,
+      hf_tokenizer.eos_token,
+      source=source,
+      config_clean_up=bool(getattr(hf_tokenizer, "clean_up_tokenization_spaces", False)),
+      decode_cleanup=decode_cleanup,
+  )
 
 
 def from_gguf(path: str, decode_cleanup: str = "reference") -> Tokenizer:
   import transformers  # pylint: disable=import-outside-toplevel  (conversion only; no torch)
+
   try:
-    hf = transformers.AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                                    gguf_file=os.path.basename(path))
+    hf = transformers.AutoTokenizer.from_pretrained(
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
+    )
   except (ValueError, OSError, KeyError) as e:
     raise CheckpointError(f"{path}: cannot build the GGUF's tokenizer ({e})") from e
   return from_transformers(hf, path, decode_cleanup)
@@ -211,6 +256,7 @@ def from_gguf(path: str, decode_cleanup: str = "reference") -> Tokenizer:
 def from_sentencepiece(directory: str, decode_cleanup: str = "reference") -> Tokenizer:
   import sentencepiece  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
+
   model = os.path.join(directory, "tokenizer.model")
   config = _read_json(os.path.join(directory, "tokenizer_config.json"))
   try:
@@ -230,14 +276,22 @@ def from_sentencepiece(directory: str, decode_cleanup: str = "reference") -> Tok
 
 # Meta's Llama 3 tokenizer (its reference `tokenizer.py`): the pre-tokenizer pattern and the 256
 # special tokens that follow the 128,000 BPE ranks.
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPECIAL_TOKENS = (
-    ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-     "<|reserved_special_token_1|>", "<|reserved_special_token_2|>",
-     "<|reserved_special_token_3|>", "<|start_header_id|>", "<|end_header_id|>",
-     "<|reserved_special_token_4|>", "<|eot_id|>"]
-    + [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)])
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>",
+    "<|reserved_special_token_3|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|reserved_special_token_4|>",
+    "<|eot_id|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(5, 256 - 5)]
 TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} \d+")
 
 
@@ -254,8 +308,11 @@ def is_tiktoken_file(path: str) -> bool:
 
 def _bytes_to_unicode() -> dict[int, str]:
   """GPT-2's byte -> printable character map, the alphabet of byte-level BPE vocabularies."""
-  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-               + list(range(ord("®"), ord("ÿ") + 1)))
+  printable = (
+      list(range(ord("!"), ord("~") + 1))
+      + list(range(ord("¡"), ord("¬") + 1))
+      + list(range(ord("®"), ord("ÿ") + 1))
+  )
   chars, extra = {}, 0
   for b in range(256):
     if b in printable:
@@ -268,6 +325,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _read_tiktoken_ranks(path: str) -> dict[bytes, int]:
   import base64  # pylint: disable=import-outside-toplevel
+
   ranks: dict[bytes, int] = {}
   with open(path, "rb") as f:
     for number, line in enumerate(f, start=1):
@@ -295,43 +353,63 @@ def from_tiktoken(directory: str, decode_cleanup: str = "reference") -> Tokenize
   import tokenizers.decoders  # pylint: disable=import-outside-toplevel
   import tokenizers.models  # pylint: disable=import-outside-toplevel
   import tokenizers.pre_tokenizers  # pylint: disable=import-outside-toplevel
+
   path = os.path.join(directory, "tokenizer.model")
   ranks = _read_tiktoken_ranks(path)
   chars = _bytes_to_unicode()
   text = {token: "".join(chars[b] for b in token) for token in ranks}
   merges = []
   for token, rank in ranks.items():
-    splits = [(token[:i], token[i:]) for i in range(1, len(token))
-              if token[:i] in ranks and token[i:] in ranks]
+    splits = [
+        (token[:i], token[i:])
+        for i in range(1, len(token))
+        if token[:i] in ranks and token[i:] in ranks
+    ]
     splits.sort(key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
     merges.extend((rank, text[l], text[r]) for l, r in splits)
   merges.sort(key=lambda m: m[0])
-  model = tokenizers.models.BPE({text[t]: r for t, r in ranks.items()},
-                                [(l, r) for _, l, r in merges], ignore_merges=True)
+  model = tokenizers.models.BPE(
+      {text[t]: r for t, r in ranks.items()}, [(l, r) for _, l, r in merges], ignore_merges=True
+  )
   backend = tokenizers.Tokenizer(model)
-  backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
-      tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated"),
-      tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
+      [
+          tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated"),
+          tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+      ]
+  )
   backend.decoder = tokenizers.decoders.ByteLevel()
-  backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                              for t in LLAMA3_SPECIAL_TOKENS])
+  backend.add_special_tokens(
+      [tokenizers.AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL_TOKENS]
+  )
   config = _read_json(os.path.join(directory, "tokenizer_config.json"))
   bos = _token_text(config.get("bos_token")) or LLAMA3_SPECIAL_TOKENS[0]
   eos = _token_text(config.get("eos_token")) or LLAMA3_SPECIAL_TOKENS[1]
-  backend.post_processor = _template(bos, backend.token_to_id(bos), eos, backend.token_to_id(eos),
-                                     bool(config.get("add_bos_token", True)),
-                                     bool(config.get("add_eos_token", False)))
-  return Tokenizer(backend, bos, eos, source=directory,
-                   config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
-                   decode_cleanup=decode_cleanup)
+  backend.post_processor = _template(
+      bos,
+      backend.token_to_id(bos),
+      eos,
+      backend.token_to_id(eos),
+      bool(config.get("add_bos_token", True)),
+      bool(config.get("add_eos_token", False)),
+  )
+  return Tokenizer(
+      backend,
+      bos,
+      eos,
+      source=directory,
+      config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
+      decode_cleanup=decode_cleanup,
+  )
 
 
 def load_tokenizer(source: str, decode_cleanup: str = "reference") -> Tokenizer:
   """From a directory with tokenizer.json or tokenizer.model (sentencepiece or Meta's tiktoken),
   or from a .gguf file. `decode_cleanup`: a key of DECODE_CLEANUPS."""
   if decode_cleanup not in DECODE_CLEANUPS:
-    raise ValueError(f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, "
-                     f"got {decode_cleanup!r}")
+    raise ValueError(
+        f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, " f"got {decode_cleanup!r}"
+    )
   source = os.fspath(source)
   if os.path.isfile(source) and source.endswith(".gguf"):
     return from_gguf(source, decode_cleanup)
@@ -344,5 +422,7 @@ def load_tokenizer(source: str, decode_cleanup: str = "reference") -> Tokenizer:
         return from_tiktoken(source, decode_cleanup)
       return from_sentencepiece(source, decode_cleanup)
     raise CheckpointError(f"{source}: no tokenizer.json or tokenizer.model in this directory")
-  raise CheckpointError(f"{source}: no such tokenizer (expected a directory with tokenizer.json / "
-                        "tokenizer.model, or a .gguf file)")
+  raise CheckpointError(
+      f"{source}: no such tokenizer (expected a directory with tokenizer.json / "
+      "tokenizer.model, or a .gguf file)"
+  )

@@ -23,6 +23,7 @@ PER_QUERY_TYPE_SETUPS = ("few_shot_specific",)
 @dataclasses.dataclass(frozen=True)
 class Query:
   """One prompt: a record asked one query type."""
+
   record: Record
   query_type: str
   prompt: str
@@ -32,6 +33,7 @@ class Query:
 class PromptGroup:
   """The prompts of one engine call: one dataset x language x setup (x query type where the setup
   splits them), sharing their demonstrations."""
+
   dataset: str
   lang: str
   setup: str
@@ -51,8 +53,10 @@ class PromptGroup:
   @property
   def names(self) -> list[str]:
     """One name per prompt, for messages about it: "dataset/lang/setup record N (query_type)"."""
-    return [f"{self.dataset}/{self.lang}/{self.setup} record {q.record.index} ({q.query_type})"
-            for q in self.queries]
+    return [
+        f"{self.dataset}/{self.lang}/{self.setup} record {q.record.index} ({q.query_type})"
+        for q in self.queries
+    ]
 
 
 def query_type_groups(setup: str, query_types: Sequence[str]) -> list[tuple[str, ...]]:
@@ -62,14 +66,17 @@ def query_type_groups(setup: str, query_types: Sequence[str]) -> list[tuple[str,
   return [tuple(query_types)]
 
 
-def unit_groups(*, loaded: LoadedFile, pool: Sequence[Demonstration], setup: str,
-                query_types: Sequence[str]) -> list[PromptGroup]:
+def unit_groups(
+    *, loaded: LoadedFile, pool: Sequence[Demonstration], setup: str, query_types: Sequence[str]
+) -> list[PromptGroup]:
   """The engine calls of one unit (the records of `loaded` under `setup`), in call order."""
   prompts_lib.check_setup(setup)
   groups = []
   for qts in query_type_groups(setup, query_types):
     queries = tuple(
         Query(record, qt, prompts_lib.build_prompt(pool, setup, loaded.lang, record, qt))
-        for record in loaded.records for qt in qts)
+        for record in loaded.records
+        for qt in qts
+    )
     groups.append(PromptGroup(loaded.dataset, loaded.lang, setup, qts, queries))
   return groups

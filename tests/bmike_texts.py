@@ -22,8 +22,13 @@ def langs() -> tuple[str, ...]:
   return SCRIPT_LANGS + (EXTRA_LANGS if HAS_REAL else ())
 
 
-def bmike_prompts(langs_=SCRIPT_LANGS, setups=("zero_shot", "one_shot"), dataset="zsre",
-                  query_types=("reliability",), record_index=0) -> list[tuple[str, str]]:
+def bmike_prompts(
+    langs_=SCRIPT_LANGS,
+    setups=("zero_shot", "one_shot"),
+    dataset="zsre",
+    query_types=("reliability",),
+    record_index=0,
+) -> list[tuple[str, str]]:
   """(label, prompt text) of real BMIKE-53 prompts: per language one record (the
   `record_index`-th usable one), every setup; the query type cycles through `query_types` over
   the languages."""
@@ -31,10 +36,17 @@ def bmike_prompts(langs_=SCRIPT_LANGS, setups=("zero_shot", "one_shot"), dataset
   out = []
   for n, lang in enumerate(langs_):
     records = data.load_file(data_dir(), dataset, lang, limit=record_index + 1).records
-    record, query_type = records[min(record_index, len(records) - 1)], query_types[n % len(query_types)]
+    record, query_type = (
+        records[min(record_index, len(records) - 1)],
+        query_types[n % len(query_types)],
+    )
     for setup in setups:
-      out.append((f"{dataset}/{lang}/{setup}/{query_type}/{record.case_id}",
-                  prompts.build_prompt(pool, setup, lang, record, query_type)))
+      out.append(
+          (
+              f"{dataset}/{lang}/{setup}/{query_type}/{record.case_id}",
+              prompts.build_prompt(pool, setup, lang, record, query_type),
+          )
+      )
   return out
 
 

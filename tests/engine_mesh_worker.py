@@ -33,7 +33,7 @@ def run(config, meshes) -> dict:
   conts = [rng.integers(3, engine_tiny.VOCAB, n).tolist() for n in (3, 1, 7, 0, 5, 9)]
   out = {}
   for data, model in meshes:
-    mesh = make_mesh(data, model, devices=jax.devices()[:data * model])
+    mesh = make_mesh(data, model, devices=jax.devices()[: data * model])
     engine = Engine(config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=8)
     results = engine.generate(prompts)
     logprobs = engine.continuation_logprobs(prompts, conts)
@@ -50,9 +50,10 @@ def run(config, meshes) -> dict:
   # Layers unrolled over per-layer params (the accelerator default): same answers, and each
   # layer's params follow the table without the stacked [L] axis.
   for data, model in meshes:
-    mesh = make_mesh(data, model, devices=jax.devices()[:data * model])
-    engine = Engine(config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=8,
-                    scan_layers=False)
+    mesh = make_mesh(data, model, devices=jax.devices()[: data * model])
+    engine = Engine(
+        config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=8, scan_layers=False
+    )
     run_ = out[f"{data}x{model}"]
     run_["unrolled_ids"] = [list(r.ids) for r in engine.generate(prompts)]
     run_["unrolled_q"] = _spec(engine, "layers_1", "attn", "q", "kernel")
@@ -60,19 +61,27 @@ def run(config, meshes) -> dict:
   # A batch of 16 whose decode loop shrinks to 8 and 4 rows (rows gathered across data devices).
   many = engine_tiny.group_prompts(seed=13, n=14, prefix_len=40, suffix_range=(1, 30))
   for data, model in meshes:
-    mesh = make_mesh(data, model, devices=jax.devices()[:data * model])
+    mesh = make_mesh(data, model, devices=jax.devices()[: data * model])
     for halvings in ((0, 2) if (data, model) == (1, 1) else (2,)):
-      engine = Engine(config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=16,
-                      decode_halvings=halvings)
+      engine = Engine(
+          config,
+          params,
+          engine_tiny.FakeTokenizer(),
+          mesh=mesh,
+          batch_size=16,
+          decode_halvings=halvings,
+      )
       out[f"{data}x{model}"][f"shrink{halvings}_ids"] = [list(r.ids) for r in engine.generate(many)]
   return out
 
 
 def main() -> None:
   assert len(jax.devices()) == 4, jax.devices()
-  doc = {"divisible": run(engine_tiny.tiny_config(num_heads=8, num_kv_heads=4), MESHES),
-         # KV heads 2 on a model axis of 4: k / v and the KV cache fall back to replication.
-         "fallback": run(engine_tiny.tiny_config(num_heads=4, num_kv_heads=2), ((1, 1), (1, 4)))}
+  doc = {
+      "divisible": run(engine_tiny.tiny_config(num_heads=8, num_kv_heads=4), MESHES),
+      # KV heads 2 on a model axis of 4: k / v and the KV cache fall back to replication.
+      "fallback": run(engine_tiny.tiny_config(num_heads=4, num_kv_heads=2), ((1, 1), (1, 4))),
+  }
   json.dump(doc, sys.stdout)
 
 

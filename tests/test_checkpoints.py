@@ -52,6 +52,7 @@ def hf_dir(tmp_path_factory):
 
 # ---------------------------------------------------------------- HF config, GGUF
 
+
 def test_generation_config_eos_wins(hf_dir):
   config, _ = checkpoints.load_model(hf_dir)
   with open(os.path.join(hf_dir, "config.json")) as f:
@@ -68,7 +69,8 @@ def test_tiny_gguf_matches_transformers(variant, quantize, tmp_path):
   assert config.tie_word_embeddings == (variant == "tied")
   assert config.num_kv_heads == model.config.num_key_value_heads
   reference = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32).eval()
+      str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32
+  ).eval()
   ids = np.random.default_rng(0).integers(0, config.vocab_size, (1, 300))  # [1, T]
   with torch.no_grad():
     ref = reference(torch.from_numpy(ids)).logits.numpy()
@@ -77,6 +79,7 @@ def test_tiny_gguf_matches_transformers(variant, quantize, tmp_path):
 
 
 # ---------------------------------------------------------------- orbax
+
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_orbax_round_trip_bit_exact(hf_dir, tmp_path, dtype):
@@ -146,20 +149,38 @@ def test_orbax_restore_onto_named_sharding_mesh(hf_dir, tmp_path):
   config, params = checkpoints.load_model(hf_dir)
   orbax_io.save_params(str(tmp_path / "ckpt"), params, config)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", RESTORE_ON_MESH, str(tmp_path / "ckpt")], env=env,
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-c", RESTORE_ON_MESH, str(tmp_path / "ckpt")],
+      env=env,
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK 4" in proc.stdout
 
 
 # ---------------------------------------------------------------- convert
 
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_convert_cli_hf(hf_dir, tmp_path, dtype):
   out = str(tmp_path / "converted")
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.convert", f"--source={hf_dir}",
-                         f"--output={out}", f"--dtype={dtype}"], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "bmike_jax.convert",
+          f"--source={hf_dir}",
+          f"--output={out}",
+          f"--dtype={dtype}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.isfile(os.path.join(out, "tokenizer.json"))
   config, params = checkpoints.load_model(out, dtype=dtype)
@@ -167,15 +188,22 @@ def test_convert_cli_hf(hf_dir, tmp_path, dtype):
   assert config == config_hf
   _equal_trees(params, params_hf)
   text = bmike_texts.bmike_strings(1)[:20]
-  assert (tokenizer_lib.load_tokenizer(out).encode_batch(text) ==
-          tokenizer_lib.load_tokenizer(hf_dir).encode_batch(text))
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.convert", f"--source={hf_dir}",
-                         f"--output={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert tokenizer_lib.load_tokenizer(out).encode_batch(text) == tokenizer_lib.load_tokenizer(
+      hf_dir
+  ).encode_batch(text)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.convert", f"--source={hf_dir}", f"--output={out}"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode != 0 and "already exists" in proc.stderr
 
 
 def test_convert_smollm2_gguf(tmp_path):
   from bmike_jax import convert
+
   source = checkpoints.default_gguf_path()
   out = convert.convert(source, str(tmp_path / "smollm2"), dtype="bfloat16")
   config, params = checkpoints.load_model(out, dtype="bfloat16")
@@ -190,6 +218,7 @@ def test_convert_smollm2_gguf(tmp_path):
 
 
 # ---------------------------------------------------------------- errors
+
 
 def _rewrite(src: str, dst: str, edit) -> str:
   """A copy of the HF dir `src` whose tensors went through edit(dict) -> dict."""
@@ -209,7 +238,9 @@ def test_error_missing_tensor(hf_dir, tmp_path):
 
 def test_error_wrong_shape(hf_dir, tmp_path):
   name = "model.layers.0.self_attn.k_proj.weight"  # [KVH*Dh, D] = [16, 64]
-  path = _rewrite(hf_dir, str(tmp_path / "c"), lambda t: {**t, name: np.zeros((32, 64), np.float32)})
+  path = _rewrite(
+      hf_dir, str(tmp_path / "c"), lambda t: {**t, name: np.zeros((32, 64), np.float32)}
+  )
   with pytest.raises(CheckpointError) as e:
     checkpoints.load_model(path)
   msg = str(e.value)

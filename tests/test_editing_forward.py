@@ -42,16 +42,16 @@ def test_capture_and_patch_hooks():
   config = tiny_config(num_layers=3)
   params = tiny_params(config)
   tokens = _tokens(2, 10)
-  base, trace = forward(config, params, tokens, capture_layer=1,
-                        gate_position=jnp.array([3, 7]))
+  base, trace = forward(config, params, tokens, capture_layer=1, gate_position=jnp.array([3, 7]))
   # down_out is the down projection of down_in
   kernel = params["layers"]["mlp"]["down"]["kernel"][1]
   np.testing.assert_allclose(trace.down_out, trace.down_in @ kernel, rtol=1e-5, atol=1e-5)
   assert trace.gate_at.shape == (3, 2, config.intermediate_size)
   # a zero out_add and a gate replaced by its own value change nothing
   pos = jnp.array([3, 7])
-  same = MlpPatch(layer=2, position=pos, gate=trace.gate_at[2],
-                  out_add=jnp.zeros((2, config.hidden_size)))
+  same = MlpPatch(
+      layer=2, position=pos, gate=trace.gate_at[2], out_add=jnp.zeros((2, config.hidden_size))
+  )
   np.testing.assert_allclose(forward(config, params, tokens, patch=same)[0], base, atol=1e-6)
   # an out_add at position p of layer 1 leaves the positions before p alone and changes p
   add = MlpPatch(layer=1, position=pos, out_add=jnp.ones((2, config.hidden_size)))
@@ -65,13 +65,16 @@ def test_apply_delta_is_functional():
   config = tiny_config()
   params = tiny_params(config)
   before = jax.tree_util.tree_map(np.array, params)
-  d = {"mlp/down/kernel": {1: jnp.ones((config.intermediate_size, config.hidden_size))},
-       "attn/q/kernel": {delta_lib.ALL_LAYERS: (jnp.ones((2, 64, 1)), jnp.ones((2, 1, 64)))}}
+  d = {
+      "mlp/down/kernel": {1: jnp.ones((config.intermediate_size, config.hidden_size))},
+      "attn/q/kernel": {delta_lib.ALL_LAYERS: (jnp.ones((2, 64, 1)), jnp.ones((2, 1, 64)))},
+  }
   edited = delta_lib.apply_delta(params, d)
   jax.tree_util.tree_map(np.testing.assert_array_equal, before, params)
   down = edited["layers"]["mlp"]["down"]["kernel"]
   np.testing.assert_array_equal(down[0], before["layers"]["mlp"]["down"]["kernel"][0])
   np.testing.assert_allclose(down[1], before["layers"]["mlp"]["down"]["kernel"][1] + 1.0)
-  np.testing.assert_allclose(edited["layers"]["attn"]["q"]["kernel"],
-                             before["layers"]["attn"]["q"]["kernel"] + 1.0)
+  np.testing.assert_allclose(
+      edited["layers"]["attn"]["q"]["kernel"], before["layers"]["attn"]["q"]["kernel"] + 1.0
+  )
   assert edited["embed"] is params["embed"]

@@ -17,8 +17,7 @@ from bmike_jax.editing.request import EditRequest
 from tests.editing_tiny import CharTokenizer
 from tests.engine_tiny import tiny_config, tiny_params
 
-REQUEST = EditRequest(prompt="Where was Mozart born?", target="Oslo", subject="Mozart",
-                      name="r0")
+REQUEST = EditRequest(prompt="Where was Mozart born?", target="Oslo", subject="Mozart", name="r0")
 
 
 def test_memit_update_solves_its_least_squares(tmp_path):
@@ -29,8 +28,15 @@ def test_memit_update_solves_its_least_squares(tmp_path):
   corpus.write_text("The cat sat on the mat.\n\nParis is in France.\nA quick brown fox.\n")
   hp = MEMITConfig(layers=(0, 1), update_weight=10.0, context_templates=("So. {}",))
   cache = str(tmp_path / "moments.npz")
-  kw = dict(corpus_path=str(corpus), model_name="tiny", config=config, params=params,
-            tokenizer=tok, layers=hp.layers, max_length=32)
+  kw = dict(
+      corpus_path=str(corpus),
+      model_name="tiny",
+      config=config,
+      params=params,
+      tokenizer=tok,
+      layers=hp.layers,
+      max_length=32,
+  )
   moments = stats.load_or_compute(cache, **kw)
   assert moments.shape == (2, config.intermediate_size, config.intermediate_size)
   stamp = os.stat(cache).st_mtime_ns
@@ -42,8 +48,9 @@ def test_memit_update_solves_its_least_squares(tmp_path):
 
   with pytest.raises(ValueError, match="MEMIT needs the second moments"):
     methods.edit("memit", config, params, tok, [REQUEST], hp)
-  delta, info = methods.edit("memit", config, params, tok, [REQUEST], hp,
-                             second_moments=moments, length=48, max_targets=8)
+  delta, info = methods.edit(
+      "memit", config, params, tok, [REQUEST], hp, second_moments=moments, length=48, max_targets=8
+  )
   for j, layer in enumerate(hp.layers):
     a, r = delta["mlp/down/kernel"][layer]
     update = np.asarray(delta_lib.dense((a[0], r[0])), np.float64)

@@ -22,13 +22,23 @@ from tests.editing_tiny import CharTokenizer
 from tests.engine_tiny import tiny_config, tiny_params
 
 REQUESTS = (
-    EditRequest(prompt="Who rules Spain?", target="Ana", subject="Spain", ground_truth="Rome",
-                name="r0"),
-    EditRequest(prompt="Where was Mozart born?", target="Oslo", subject="Mozart",
-                ground_truth="Wien", name="r1"),
+    EditRequest(
+        prompt="Who rules Spain?", target="Ana", subject="Spain", ground_truth="Rome", name="r0"
+    ),
+    EditRequest(
+        prompt="Where was Mozart born?",
+        target="Oslo",
+        subject="Mozart",
+        ground_truth="Wien",
+        name="r1",
+    ),
 )
-PAD = {"ft": dict(length=32, max_targets=8), "lora": dict(length=32, max_targets=8),
-       "rome": dict(length=48, max_targets=8), "kn": dict(length=48, max_answer=8)}
+PAD = {
+    "ft": dict(length=32, max_targets=8),
+    "lora": dict(length=32, max_targets=8),
+    "rome": dict(length=48, max_targets=8),
+    "kn": dict(length=48, max_answer=8),
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +60,9 @@ def _edit(model, name, hp, requests=REQUESTS):
 def _answers(model, delta):
   config, params, _, tok = model
   edited = delta_lib.apply_delta(params, delta)
-  return answers.teacher_forced(config, edited, tok, [r.prompt for r in REQUESTS],
-                                [r.target for r in REQUESTS])
+  return answers.teacher_forced(
+      config, edited, tok, [r.prompt for r in REQUESTS], [r.target for r in REQUESTS]
+  )
 
 
 def _check_batched_equals_single(model, name, hp, batched):
@@ -64,7 +75,8 @@ def _check_batched_equals_single(model, name, hp, batched):
     single, _ = _edit(model, name, hp, [request])
     one, many = delta_lib.row(single, 0), delta_lib.row(batched, r)
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5), one, many)
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5), one, many
+    )
     assert _answers(model, one) == _answers(model, many)
 
 
@@ -91,8 +103,10 @@ def test_ft_prompt_last_objective_is_bounded_by_the_number_of_target_tokens(mode
   _, (losses, final) = _edit(model, "ft", hp)
   for r, request in enumerate(REQUESTS):
     targets = tok.encode(" " + request.target, add_bos=True)
-    bound = sum(-c / len(targets) * math.log(c / len(targets))
-                for c in (targets.count(t) for t in set(targets)))
+    bound = sum(
+        -c / len(targets) * math.log(c / len(targets))
+        for c in (targets.count(t) for t in set(targets))
+    )
     assert bound - 1e-4 <= float(final[r]) < float(losses[r, 0])
     assert float(final[r]) > hp.stop_loss
 
@@ -118,8 +132,10 @@ def test_rome_maps_key_to_value(model):
     np.testing.assert_allclose(key @ kernel, value, rtol=1e-4, atol=1e-4)
     # and in a forward pass: the down output at the subject's last token of the bare prompt
     ids = tok.encode(request.prompt)
-    last = len(tok.encode(request.prompt[:request.prompt.index(request.subject)]
-                          + request.subject)) - 1
+    last = (
+        len(tok.encode(request.prompt[: request.prompt.index(request.subject)] + request.subject))
+        - 1
+    )
     _, trace = forward(config, edited, np.asarray([ids]), capture_layer=0)
     np.testing.assert_allclose(trace.down_out[0, last], value, rtol=1e-4, atol=1e-4)
     assert not np.allclose(info["v0"][r], value)  # the value search moved
@@ -144,7 +160,7 @@ def test_kn_changes_exactly_the_chosen_rows(model, attribution):
     old = saved["layers"]["mlp"]["down"]["kernel"]
     np.testing.assert_array_equal(new[~chosen], old[~chosen])
     target = tok.encode(request.target, add_bos=True)
-    greedy = np.asarray(info["greedy"][r])[:len(target)]
+    greedy = np.asarray(info["greedy"][r])[: len(target)]
     vec = embed[target].sum(0) - embed[greedy].sum(0)
     np.testing.assert_allclose(new[chosen], old[chosen] + vec, rtol=1e-5, atol=1e-5)
   if attribution == "reference":

@@ -26,8 +26,8 @@ WIDTH = 160  # one compiled shape for the independent reads (causal: trailing pa
 def _logits(config, params, ids: list[int]) -> np.ndarray:
   """Logits [len(ids), V] of the model's own causal forward, over a [1, WIDTH] row."""
   row = np.zeros((1, WIDTH), np.int32)
-  row[0, :len(ids)] = ids
-  return np.asarray(_jitted(config)(params, jnp.asarray(row)))[0, :len(ids)]
+  row[0, : len(ids)] = ids
+  return np.asarray(_jitted(config)(params, jnp.asarray(row)))[0, : len(ids)]
 
 
 _CACHE = {}
@@ -59,15 +59,22 @@ def _f1_ref(a: list[int], b: list[int]) -> float:
 
 def _teacher_forced(config, params, tok, prompt, gold) -> str:
   full = tok.encode(prompt + " " + gold)
-  ids = np.argmax(_logits(config, params, full), axis=-1)[len(tok.encode(prompt)) - 1:-1]
+  ids = np.argmax(_logits(config, params, full), axis=-1)[len(tok.encode(prompt)) - 1 : -1]
   return tok.decode(ids.tolist())
 
 
 def test_reference_and_comparable_rows(setup):
   config, params, tok, files = setup
   hp = FTConfig(layer=1, steps=3, lr=1e-2)
-  rows, stats = protocols.run_method(method="ft", config=config, params=params, tokenizer=tok,
-                                     files=files, hp=hp, pad=dict(length=96, max_targets=48))
+  rows, stats = protocols.run_method(
+      method="ft",
+      config=config,
+      params=params,
+      tokenizer=tok,
+      files=files,
+      hp=hp,
+      pad=dict(length=96, max_targets=48),
+  )
   n_records = len(files[0].records)
   assert stats["edits"] == n_records == stats["groups"]  # one edit serves both languages
   assert len(rows) == n_records * len(LANGS) * len(data.QUERY_TYPES) * 2
@@ -78,28 +85,37 @@ def test_reference_and_comparable_rows(setup):
     assert row["method"] == "ft" and row["score_tokenizer"] == protocols.MODEL_TOKENIZER
     assert row["prompt"] == record.query(row["query_type"])
     # pre-edit answers: an independent teacher-forced read of the unedited model
-    assert row["pre_prediction"] == _teacher_forced(config, params, tok, row["prompt"],
-                                                    row["gold"])
+    assert row["pre_prediction"] == _teacher_forced(config, params, tok, row["prompt"], row["gold"])
     against = row["pre_prediction"] if row["query_type"] == "locality" else row["gold"]
     assert row["em"] == float(row["prediction"] == against)
     assert row["f1_ref"] == pytest.approx(
-        _f1_ref(tok.encode(row["prediction"], add_bos=False), tok.encode(against, add_bos=False)))
+        _f1_ref(tok.encode(row["prediction"], add_bos=False), tok.encode(against, add_bos=False))
+    )
   summary = protocols.summarise(rows)
   cell = [r for r in reference if r["lang"] == "de" and r["query_type"] == "reliability"]
   expected = round(sum(r["f1_ref"] for r in cell) * 100 / len(cell), 2)
   assert summary["ft"]["reference"]["zsre"]["de"]["reliability"]["f1_ref"] == expected
   comparable = [r for r in rows if r["protocol"] == "comparable"]
-  assert all(r["prompt"].startswith('Question: "') and r["prompt"].endswith('Answer: "')
-             for r in comparable)
-  assert all(r["gold"] == by_key[(r["lang"], r["case_id"])].gold(r["query_type"])
-             for r in comparable)
+  assert all(
+      r["prompt"].startswith('Question: "') and r["prompt"].endswith('Answer: "')
+      for r in comparable
+  )
+  assert all(
+      r["gold"] == by_key[(r["lang"], r["case_id"])].gold(r["query_type"]) for r in comparable
+  )
 
 
 def test_comparable_unedited_equals_naive_greedy(setup):
   config, params, tok, files = setup
-  rows, stats = protocols.run_method(method=protocols.UNEDITED, config=config, params=params,
-                                     tokenizer=tok, files=files[:1],
-                                     protocols=("comparable",), query_types=("reliability",))
+  rows, stats = protocols.run_method(
+      method=protocols.UNEDITED,
+      config=config,
+      params=params,
+      tokenizer=tok,
+      files=files[:1],
+      protocols=("comparable",),
+      query_types=("reliability",),
+  )
   assert stats["edits"] == 0 and len(rows) == len(files[0].records)
   quote = tok.quote_token_mask()
   for row in rows:
@@ -119,12 +135,17 @@ def test_comparable_unedited_equals_naive_greedy(setup):
 def test_rome_skips_a_record_without_its_subject(setup):
   config, params, tok, files = setup
   record = files[0].records[0]
-  broken = data.Record(record.dataset, record.lang, record.index,
-                       data.Side(**{**record.en.__dict__, "subject": "no such subject"}),
-                       record.target)
+  broken = data.Record(
+      record.dataset,
+      record.lang,
+      record.index,
+      data.Side(**{**record.en.__dict__, "subject": "no such subject"}),
+      record.target,
+  )
   loaded = data.LoadedFile("zsre", record.lang, files[0].path, (broken,), 1, 0)
-  rows, stats = protocols.run_method(method="rome", config=config, params=params, tokenizer=tok,
-                                     files=[loaded])
+  rows, stats = protocols.run_method(
+      method="rome", config=config, params=params, tokenizer=tok, files=[loaded]
+  )
   assert rows == [] and stats["edits"] == 0
   assert "no such subject" in stats["skipped"][0] and "occurs 0 times" in stats["skipped"][0]
 

@@ -25,10 +25,13 @@ def test_a_right_batch_is_placed_row_by_row():
   assert rows.tokens.sharding == batch_lib.row_shardings(spec, mesh).tokens
 
 
-@pytest.mark.parametrize("swapped, field", [
-    (dict(tokens=LENGTHS, lengths=TOKENS, active=ACTIVE), ".tokens"),   # shape
-    (dict(tokens=TOKENS, lengths=ACTIVE, active=LENGTHS), ".lengths"),  # dtype
-])
+@pytest.mark.parametrize(
+    "swapped, field",
+    [
+        (dict(tokens=LENGTHS, lengths=TOKENS, active=ACTIVE), ".tokens"),  # shape
+        (dict(tokens=TOKENS, lengths=ACTIVE, active=LENGTHS), ".lengths"),  # dtype
+    ],
+)
 def test_swapped_fields_fail_on_one_device(swapped, field):
   spec = SuffixBatch.spec(batch=4, suffix_bucket=3)
   with pytest.raises(ValueError, match=rf"SuffixBatch\{field}: .* expected "):
@@ -39,7 +42,12 @@ def test_score_batch_continuations_and_suffixes_cannot_trade_places():
   cont = np.zeros((4, 5), np.int32)
   spec = ScoreBatch.spec(batch=4, suffix_bucket=3, continuation_bucket=5)
   # (the first field that differs is named)
-  with pytest.raises(ValueError, match=r"ScoreBatch\.tokens: int32\[4, 5\], expected "
-                                       r"int32\[4, 3\]"):
-    batch_lib.check(ScoreBatch(tokens=cont, lengths=LENGTHS, continuations=TOKENS,
-                               continuation_lengths=LENGTHS), spec)
+  with pytest.raises(
+      ValueError, match=r"ScoreBatch\.tokens: int32\[4, 5\], expected " r"int32\[4, 3\]"
+  ):
+    batch_lib.check(
+        ScoreBatch(
+            tokens=cont, lengths=LENGTHS, continuations=TOKENS, continuation_lengths=LENGTHS
+        ),
+        spec,
+    )

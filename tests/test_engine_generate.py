@@ -38,20 +38,33 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
   assert min(lengths) < 15 and max(lengths) == 15
 
 
-@pytest.mark.parametrize("kw", [
-    dict(batch_size=8, prefix_reuse=True),
-    dict(batch_size=32, prefix_reuse=True),
-    dict(batch_size=8, prefix_reuse=False),
-    dict(batch_size=32, prefix_reuse=False, length_buckets=(128, 256)),
-    dict(batch_size=4, prefix_reuse=True, length_buckets=(16, 24, 40, 56, 72, 96)),
-    dict(batch_size=32, prefix_reuse=True, decode_halvings=0),
-    dict(batch_size=16, prefix_reuse=False, decode_halvings=3),
-    dict(batch_size=8, prefix_reuse=True, scan_layers=False),
-    dict(batch_size=16, prefix_reuse=False, scan_layers=False, per_layer_params=True),
-    dict(batch_size=8, prefix_reuse=True, per_layer_params=True),
-], ids=["b8-reuse", "b32-reuse", "b8", "b32-big-buckets", "b4-reuse-fine-buckets",
-        "b32-no-shrink", "b16-shrink-to-2", "b8-reuse-unrolled-layers",
-        "b16-unrolled-layers-per-layer-params-in", "b8-reuse-per-layer-params-restacked"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_size=8, prefix_reuse=True),
+        dict(batch_size=32, prefix_reuse=True),
+        dict(batch_size=8, prefix_reuse=False),
+        dict(batch_size=32, prefix_reuse=False, length_buckets=(128, 256)),
+        dict(batch_size=4, prefix_reuse=True, length_buckets=(16, 24, 40, 56, 72, 96)),
+        dict(batch_size=32, prefix_reuse=True, decode_halvings=0),
+        dict(batch_size=16, prefix_reuse=False, decode_halvings=3),
+        dict(batch_size=8, prefix_reuse=True, scan_layers=False),
+        dict(batch_size=16, prefix_reuse=False, scan_layers=False, per_layer_params=True),
+        dict(batch_size=8, prefix_reuse=True, per_layer_params=True),
+    ],
+    ids=[
+        "b8-reuse",
+        "b32-reuse",
+        "b8",
+        "b32-big-buckets",
+        "b4-reuse-fine-buckets",
+        "b32-no-shrink",
+        "b16-shrink-to-2",
+        "b8-reuse-unrolled-layers",
+        "b16-unrolled-layers-per-layer-params-in",
+        "b8-reuse-per-layer-params-restacked",
+    ],
+)
 def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
   kw = dict(kw)
   params = PARAMS
@@ -110,9 +123,14 @@ def test_compile_count_bounded_across_groups():
   # Many groups of varied lengths: bounded by the bucket combinations that occur.
   rng = np.random.default_rng(0)
   for seed in range(5):
-    engine.generate(engine_tiny.group_prompts(seed=10 + seed, n=int(rng.integers(1, 20)),
-                                              prefix_len=int(rng.integers(20, 60)),
-                                              suffix_range=(1, 40)))
+    engine.generate(
+        engine_tiny.group_prompts(
+            seed=10 + seed,
+            n=int(rng.integers(1, 20)),
+            prefix_len=int(rng.integers(20, 60)),
+            suffix_range=(1, 40),
+        )
+    )
   keys = engine.programs.compiles
   assert set(keys.values()) == {1}  # never the same program twice
   # prefix: Pb in {32, 48, 64}; generate: B in {1, 2, 4, 8} x Pb (or none) x Sb in {32, 48}.

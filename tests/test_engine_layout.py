@@ -51,8 +51,9 @@ def test_overlong_error_names_prompt_and_lengths():
 def test_overlong_truncate_left_is_logged_and_keeps_bos(caplog):
   ids = [1] + list(range(10, 79))  # 70 tokens
   with caplog.at_level(logging.WARNING):
-    out = buckets.fit_prompt(ids, "p9", max_bucket=64, context=1000, overlong="truncate_left",
-                             keep_first=1)
+    out = buckets.fit_prompt(
+        ids, "p9", max_bucket=64, context=1000, overlong="truncate_left", keep_first=1
+    )
   assert len(out) == 64 and out[0] == 1 and out[1:] == ids[-63:]
   assert "p9" in caplog.text and "70" in caplog.text
   assert buckets.fit_prompt(ids[:10], "short", max_bucket=64, context=1000) == ids[:10]
@@ -81,8 +82,9 @@ def test_plan_group_reuse_threshold():
 
 def test_plan_batches_sorted_bucketed_and_complete():
   lengths = [5, 40, 33, 7, 1, 20, 60, 2, 9, 31, 17]
-  plans = layout.plan_batches(lengths, batch_size=4, batch_buckets=(1, 2, 4),
-                              length_buckets=(32, 48, 64))
+  plans = layout.plan_batches(
+      lengths, batch_size=4, batch_buckets=(1, 2, 4), length_buckets=(32, 48, 64)
+  )
   rows = [i for p in plans for i in p.rows]
   assert sorted(rows) == list(range(len(lengths)))
   assert [len(p.rows) for p in plans] == [4, 4, 3] and [p.batch for p in plans] == [4, 4, 4]
@@ -91,8 +93,14 @@ def test_plan_batches_sorted_bucketed_and_complete():
     assert max(lengths[i] for i in p.rows) <= p.suffix_bucket
   last = layout.plan_batches([3], batch_size=8, batch_buckets=(1, 2, 4, 8), length_buckets=(32,))
   assert last[0].batch == 1
-  scored = layout.plan_batches([3, 4], batch_size=8, batch_buckets=(1, 2), length_buckets=(32,),
-                               extra_lengths=[0, 9], extra_buckets=(8, 12, 16))
+  scored = layout.plan_batches(
+      [3, 4],
+      batch_size=8,
+      batch_buckets=(1, 2),
+      length_buckets=(32,),
+      extra_lengths=[0, 9],
+      extra_buckets=(8, 12, 16),
+  )
   assert scored[0].extra_bucket == 12
 
 
@@ -107,6 +115,7 @@ def test_pad_rows_and_cache_length():
 
 
 class _Tok:
+
   def decode(self, ids):
     return "".join({3: "Ber", 4: "lin", 5: '" ', 6: "x"}[i] for i in ids)
 

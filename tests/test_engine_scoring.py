@@ -38,8 +38,9 @@ def cases():
 def test_continuation_logprobs_match_hf(models, cases, batch_size, reuse):
   hf, config, params = models
   prompts, conts = cases
-  engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=batch_size,
-                  prefix_reuse=reuse)
+  engine = Engine(
+      config, params, engine_tiny.FakeTokenizer(), batch_size=batch_size, prefix_reuse=reuse
+  )
   ours = engine.continuation_logprobs(prompts, conts)
   worst = 0.0
   for p, c, got in zip(prompts, conts, ours):
@@ -62,7 +63,7 @@ def test_greedy_ids_match_hf_generate(models):
   for p, r in zip(prompts, ours):
     ref = reference_hf.reference_generate_ids(hf, p, 15)
     if engine_tiny.EOS in ref:
-      ref = ref[:ref.index(engine_tiny.EOS)]
+      ref = ref[: ref.index(engine_tiny.EOS)]
     assert list(r.ids) == ref
 
 

@@ -19,10 +19,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def mesh_runs():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "tests.engine_mesh_worker"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=900)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.engine_mesh_worker"],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout)
 
@@ -49,8 +54,8 @@ def test_param_table_applied(mesh_runs):
   assert runs["1x4"]["k"] == [None, None, "model"]
   assert runs["1x4"]["down"] == [None, "model", None]
   assert runs["1x4"]["embed"] == ["model", None]
-  assert runs["1x4"]["unrolled_q"] == [None, "model"]       # one layer's [D, H*Dh]
-  assert runs["2x2"]["unrolled_down"] == ["model", None]    # one layer's [F, D]
+  assert runs["1x4"]["unrolled_q"] == [None, "model"]  # one layer's [D, H*Dh]
+  assert runs["2x2"]["unrolled_down"] == ["model", None]  # one layer's [F, D]
   assert runs["1x4"]["norm"] == [None]
   assert runs["4x1"]["batch_buckets"] == [4, 8]
   fallback = mesh_runs["fallback"]["1x4"]
@@ -66,6 +71,7 @@ def test_fit_spec_replicates_indivisible_dims():
     shape = {"data": 2, "model": 4}
 
   assert sharding.fit_spec(P(None, "model"), (4, 6), FakeMesh(), "x") == P(None, None)
-  assert sharding.fit_spec(P("data", None, "model"), (4, 3, 8), FakeMesh(), "x",
-                           units=[None, None, 2]) == P("data", None, None)
+  assert sharding.fit_spec(
+      P("data", None, "model"), (4, 3, 8), FakeMesh(), "x", units=[None, None, 2]
+  ) == P("data", None, None)
   assert sharding.fit_spec(P("data"), (3,), FakeMesh(), "batch") == P(None)

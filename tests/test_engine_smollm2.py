@@ -20,9 +20,15 @@ from tools import fidelity, reference_hf  # noqa: E402
 
 DATA_DIR = str(REAL_DIR)
 # (setup, language, records): 4 query types each; 52 prompts in all.
-SLICE = (("zero_shot", "de", 2), ("zero_shot", "th", 2), ("one_shot", "ru", 2),
-         ("one_shot", "zh", 2), ("few_shot_mixed", "de", 2), ("few_shot_mixed", "th", 1),
-         ("few_shot_specific", "zh", 2))
+SLICE = (
+    ("zero_shot", "de", 2),
+    ("zero_shot", "th", 2),
+    ("one_shot", "ru", 2),
+    ("one_shot", "zh", 2),
+    ("few_shot_mixed", "de", 2),
+    ("few_shot_mixed", "th", 1),
+    ("few_shot_specific", "zh", 2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,9 @@ def test_answers_match_hf_reference(models):
   engine, tokenizer, hf_model, hf_tokenizer = models
   groups = []
   for setup, lang, records in SLICE:
-    groups += fidelity.build_groups(DATA_DIR, ["zsre"], [setup], [lang], records,
-                                    data.QUERY_TYPES, tokenizer, hf_tokenizer)
+    groups += fidelity.build_groups(
+        DATA_DIR, ["zsre"], [setup], [lang], records, data.QUERY_TYPES, tokenizer, hf_tokenizer
+    )
   ours, _ = fidelity.run_engine(engine, groups)
   ref, _ = fidelity.run_reference(hf_model, hf_tokenizer, groups)
   cases = fidelity.merge(ours, ref)
@@ -62,6 +69,7 @@ def test_continuation_logprobs_match_hf(models):
   pool = data.load_pool(DATA_DIR, "counterfact")
   loaded = data.load_file(DATA_DIR, "counterfact", "de", limit=3)
   from bmike_jax import prompts
+
   prompt_ids, conts = [], []
   for record in loaded.records:
     for setup in ("zero_shot", "few_shot_mixed"):
@@ -69,7 +77,9 @@ def test_continuation_logprobs_match_hf(models):
       prompt_ids.append(tokenizer.encode(text))
       conts.append(tokenizer.encode(record.target.alt, add_bos=False))
   got = engine.continuation_logprobs(prompt_ids, conts)
-  worst = max(float(np.max(np.abs(g - reference_hf.reference_logprobs(hf_model, p, c))))
-              for p, c, g in zip(prompt_ids, conts, got))
+  worst = max(
+      float(np.max(np.abs(g - reference_hf.reference_logprobs(hf_model, p, c))))
+      for p, c, g in zip(prompt_ids, conts, got)
+  )
   print(f"SmolLM2 max |log p - HF| = {worst:.2e}")
   assert worst < 1e-4

@@ -12,8 +12,14 @@ import sys
 
 import pytest
 
-from tests.test_runner import (BASE_FLAGS, _expect_user_error, full_run, load_samples,
-                               run_main, tiny_ckpt)  # noqa: F401  (fixtures)
+from tests.test_runner import (
+    BASE_FLAGS,
+    _expect_user_error,
+    full_run,
+    load_samples,
+    run_main,
+    tiny_ckpt,
+)  # noqa: F401  (fixtures)
 
 pytest.importorskip("torch")
 
@@ -21,14 +27,19 @@ SMALL = ["--datasets=zsre", "--langs=de", "--setups=zero_shot", "--limit=1"]
 
 
 def _small_flags(*extra: str) -> list[str]:
-  keep = [f for f in BASE_FLAGS if not f.startswith(("--datasets", "--langs", "--setups",
-                                                       "--limit"))]
+  keep = [
+      f for f in BASE_FLAGS if not f.startswith(("--datasets", "--langs", "--setups", "--limit"))
+  ]
   return keep + SMALL + list(extra)
 
 
 def test_main_help_lists_the_runner_flags():
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.main", "--help"], capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.main", "--help"],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode in (0, 1), proc.stderr[-2000:]  # absl's --help exits with 1
   for flag in ("--output_dir", "--checkpoint", "--data_dir", "--overlong", "--coordinator_address"):
     assert flag in proc.stdout, flag
@@ -38,14 +49,24 @@ def test_setup_declares_the_console_scripts():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   with open(os.path.join(repo, "setup.py"), encoding="utf-8") as f:
     text = f.read()
-  for script, target in (("bmike-jax-run", "bmike_jax.main:entry"),
-                         ("bmike-jax-report", "bmike_jax.report:entry"),
-                         ("bmike-jax-convert", "bmike_jax.convert:entry")):
+  for script, target in (
+      ("bmike-jax-run", "bmike_jax.main:entry"),
+      ("bmike-jax-report", "bmike_jax.report:entry"),
+      ("bmike-jax-convert", "bmike_jax.convert:entry"),
+  ):
     assert f"{script}={target}" in text
     module, function = target.split(":")
-    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.argv = ['{script}', "
-                           f"'--helpfull']; from {module} import {function}; {function}()"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.argv = ['{script}', "
+            f"'--helpfull']; from {module} import {function}; {function}()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode in (0, 1) and "--" in proc.stdout, (script, proc.stderr[-2000:])
 
 
@@ -69,10 +90,20 @@ def _hf_env(cache: str) -> dict[str, str]:
 def test_checkpoint_as_a_hub_id_from_the_local_cache(tiny_ckpt, tmp_path):  # noqa: F811
   snapshot = _fake_hf_cache(str(tmp_path / "hub"), "tiny-org/tiny-llama", tiny_ckpt)
   out = tmp_path / "o"
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=",
-                         *_small_flags("--checkpoint=tiny-org/tiny-llama", f"--output_dir={out}")],
-                        capture_output=True, text=True, env=_hf_env(str(tmp_path / "hub")),
-                        cwd=str(tmp_path), timeout=600)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "bmike_jax.main",
+          "--compilation_cache_dir=",
+          *_small_flags("--checkpoint=tiny-org/tiny-llama", f"--output_dir={out}"),
+      ],
+      capture_output=True,
+      text=True,
+      env=_hf_env(str(tmp_path / "hub")),
+      cwd=str(tmp_path),
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / "results.json", encoding="utf-8") as f:
     assert os.path.samefile(json.load(f)["model"]["checkpoint"], snapshot)
@@ -80,11 +111,20 @@ def test_checkpoint_as_a_hub_id_from_the_local_cache(tiny_ckpt, tmp_path):  # no
 
 def test_hub_id_not_in_the_cache_is_one_clear_error(tmp_path):
   os.makedirs(tmp_path / "hub")
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=",
-                         *_small_flags("--checkpoint=tiny-org/absent",
-                                       f"--output_dir={tmp_path}/o")],
-                        capture_output=True, text=True, env=_hf_env(str(tmp_path / "hub")),
-                        cwd=str(tmp_path), timeout=600)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "bmike_jax.main",
+          "--compilation_cache_dir=",
+          *_small_flags("--checkpoint=tiny-org/absent", f"--output_dir={tmp_path}/o"),
+      ],
+      capture_output=True,
+      text=True,
+      env=_hf_env(str(tmp_path / "hub")),
+      cwd=str(tmp_path),
+      timeout=600,
+  )
   _expect_user_error(proc, "--checkpoint=tiny-org/absent", "local cache", "never downloads")
 
 
@@ -94,15 +134,21 @@ def test_report_works_on_a_fetched_folder_without_the_checkpoint(full_run, tmp_p
   fetched = tmp_path / "fetched"
   fetched.mkdir()
   for name in ("samples.jsonl", "tokenizer"):
-    (shutil.copytree if name == "tokenizer" else shutil.copy)(os.path.join(out, name),
-                                                               fetched / name)
+    (shutil.copytree if name == "tokenizer" else shutil.copy)(
+        os.path.join(out, name), fetched / name
+    )
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     results = json.load(f)
   results["model"]["tokenizer"] = str(tmp_path / "gone")
   (fetched / "results.json").write_text(json.dumps(results), encoding="utf-8")
   env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.report", f"--results_dir={fetched}"],
-                        capture_output=True, text=True, env=env, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.report", f"--results_dir={fetched}"],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (fetched / "report.md").read_text(encoding="utf-8")
   assert "cells, all identical" in report  # re-scored with the saved tokenizer
@@ -112,9 +158,17 @@ def test_truncated_prompts_are_marked_in_samples(tiny_ckpt, tmp_path):  # noqa: 
   """8-shot prompts do not fit 128 tokens and are cut; zero-shot ones fit whole."""
   out = str(tmp_path / "o")
   flags = [f for f in _small_flags() if not f.startswith(("--length_buckets", "--setups"))]
-  proc = run_main(flags + ["--length_buckets=128", "--overlong=truncate_left",
-                           "--setups=zero_shot,few_shot_specific", "--likelihood=false",
-                           f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
+  proc = run_main(
+      flags
+      + [
+          "--length_buckets=128",
+          "--overlong=truncate_left",
+          "--setups=zero_shot,few_shot_specific",
+          "--likelihood=false",
+          f"--checkpoint={tiny_ckpt}",
+          f"--output_dir={out}",
+      ]
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = load_samples(out)
   assert {r["setup"] for r in rows} == {"zero_shot", "few_shot_specific"}

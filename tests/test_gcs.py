@@ -17,9 +17,19 @@ import time
 import pytest
 
 from tests.gcs_emulator import gcs  # noqa: F401  (the session fixture)
-from tests.test_runner import (_CACHE, BASE_FLAGS, SAMPLE_DIR, _expect_user_error,
-                               assert_same_results, assert_same_samples, full_run, load_results,
-                               load_samples, run_main, tiny_ckpt)  # noqa: F401  (fixtures)
+from tests.test_runner import (
+    _CACHE,
+    BASE_FLAGS,
+    SAMPLE_DIR,
+    _expect_user_error,
+    assert_same_results,
+    assert_same_samples,
+    full_run,
+    load_results,
+    load_samples,
+    run_main,
+    tiny_ckpt,
+)  # noqa: F401  (fixtures)
 
 pytest.importorskip("torch")
 
@@ -32,9 +42,14 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 def _main(flags: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
   """python -m bmike_jax.main, as test_runner.run_main, in the environment `env`."""
-  return subprocess.run([sys.executable, "-m", "bmike_jax.main",
-                         f"--compilation_cache_dir={_CACHE}", *flags], capture_output=True,
-                        text=True, env=env, timeout=600, **kwargs)
+  return subprocess.run(
+      [sys.executable, "-m", "bmike_jax.main", f"--compilation_cache_dir={_CACHE}", *flags],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=600,
+      **kwargs,
+  )
 
 
 def _flags_without(prefix: str) -> list[str]:
@@ -49,15 +64,19 @@ def bucket(gcs):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def gcs_data(gcs, bucket):  # noqa: F811
-  return gcs.upload_tree(SAMPLE_DIR, bucket[len("gs://"):], "data")
+  return gcs.upload_tree(SAMPLE_DIR, bucket[len("gs://") :], "data")
 
 
 @pytest.fixture(scope="module")
 def gcs_ckpt(gcs, bucket, tiny_ckpt):  # noqa: F811
   target = f"{bucket}/ckpt/tiny"
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.convert", f"--source={tiny_ckpt}",
-                         f"--output={target}"], capture_output=True, text=True,
-                        env=_env(gcs.env), timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.convert", f"--source={tiny_ckpt}", f"--output={target}"],
+      capture_output=True,
+      text=True,
+      env=_env(gcs.env),
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return target
 
@@ -66,18 +85,25 @@ def test_converted_checkpoint_on_gcs_restores_bit_exact(gcs, gcs_ckpt, tiny_ckpt
   names = gcs.names("bmike-test", "ckpt/tiny/")
   assert "ckpt/tiny/config.json" in names and "ckpt/tiny/tokenizer.json" in names
   assert any(n.startswith("ckpt/tiny/params/") for n in names)
-  script = ("import sys, numpy as np, jax\n"
-            "from bmike_jax import checkpoints\n"
-            "_, a = checkpoints.load_model(sys.argv[1])\n"
-            "_, b = checkpoints.load_model(sys.argv[2])\n"
-            "la = jax.tree_util.tree_leaves_with_path(a)\n"
-            "lb = jax.tree_util.tree_leaves_with_path(b)\n"
-            "assert [p for p, _ in la] == [p for p, _ in lb]\n"
-            "assert all(x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))\n"
-            "           for (_, x), (_, y) in zip(la, lb)), 'restored params differ'\n"
-            "print('leaves', len(la))\n")
-  proc = subprocess.run([sys.executable, "-c", script, gcs_ckpt, tiny_ckpt], capture_output=True,
-                        text=True, env=_env(gcs.env), timeout=600)
+  script = (
+      "import sys, numpy as np, jax\n"
+      "from bmike_jax import checkpoints\n"
+      "_, a = checkpoints.load_model(sys.argv[1])\n"
+      "_, b = checkpoints.load_model(sys.argv[2])\n"
+      "la = jax.tree_util.tree_leaves_with_path(a)\n"
+      "lb = jax.tree_util.tree_leaves_with_path(b)\n"
+      "assert [p for p, _ in la] == [p for p, _ in lb]\n"
+      "assert all(x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))\n"
+      "           for (_, x), (_, y) in zip(la, lb)), 'restored params differ'\n"
+      "print('leaves', len(la))\n"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", script, gcs_ckpt, tiny_ckpt],
+      capture_output=True,
+      text=True,
+      env=_env(gcs.env),
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert int(proc.stdout.split()[-1]) > 0
 
@@ -86,16 +112,24 @@ def _finished_units(gcs, prefix):  # noqa: F811
   return [n for n in gcs.names("bmike-test", prefix) if n.endswith(".metrics.json")]
 
 
-def test_run_on_gcs_killed_and_resumed_equals_a_local_run(gcs, gcs_data, gcs_ckpt,  # noqa: F811
-                                                          full_run):
+def test_run_on_gcs_killed_and_resumed_equals_a_local_run(
+    gcs, gcs_data, gcs_ckpt, full_run  # noqa: F811
+):
   """Data, checkpoint (restored onto the mesh) and outputs all on gs://."""
   ref_out, _ = full_run
   out = "gs://bmike-test/runs/killed"
-  flags = _flags_without("--data_dir") + [f"--data_dir={gcs_data}", f"--checkpoint={gcs_ckpt}",
-                                          f"--output_dir={out}"]
-  proc = subprocess.Popen([sys.executable, "-m", "bmike_jax.main",
-                           f"--compilation_cache_dir={_CACHE}", *flags], env=_env(gcs.env),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  flags = _flags_without("--data_dir") + [
+      f"--data_dir={gcs_data}",
+      f"--checkpoint={gcs_ckpt}",
+      f"--output_dir={out}",
+  ]
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "bmike_jax.main", f"--compilation_cache_dir={_CACHE}", *flags],
+      env=_env(gcs.env),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   deadline = time.time() + 300
   finished = []
   while time.time() < deadline and proc.poll() is None:
@@ -113,8 +147,10 @@ def test_run_on_gcs_killed_and_resumed_equals_a_local_run(gcs, gcs_data, gcs_ckp
   assert re.search(r"8 units planned, [2-7] already finished", resumed.stderr), resumed.stderr
   results = json.loads(gcs.read("bmike-test", "runs/killed/results.json"))
   assert_same_results(results["results"], load_results(ref_out)["results"])
-  samples = [json.loads(line) for line in
-             gcs.read("bmike-test", "runs/killed/samples.jsonl").decode("utf-8").splitlines()]
+  samples = [
+      json.loads(line)
+      for line in gcs.read("bmike-test", "runs/killed/samples.jsonl").decode("utf-8").splitlines()
+  ]
   assert_same_samples(samples, load_samples(ref_out))
   names = gcs.names("bmike-test", "runs/killed/")
   assert "runs/killed/tokenizer/tokenizer.json" in names
@@ -123,13 +159,21 @@ def test_run_on_gcs_killed_and_resumed_equals_a_local_run(gcs, gcs_data, gcs_ckp
 
 def test_report_reads_and_writes_a_gcs_folder(gcs, bucket, full_run):  # noqa: F811
   ref_out, _ = full_run
-  for name in ("results.json", "samples.jsonl", "tokenizer/tokenizer.json",
-               "tokenizer/tokenizer_config.json"):
+  for name in (
+      "results.json",
+      "samples.jsonl",
+      "tokenizer/tokenizer.json",
+      "tokenizer/tokenizer_config.json",
+  ):
     with open(os.path.join(ref_out, name), "rb") as f:
       gcs.upload("bmike-test", f"fetched/{name}", f.read())
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.report",
-                         "--results_dir=gs://bmike-test/fetched"], capture_output=True, text=True,
-                        env=_env(dict(gcs.env, MPLBACKEND="Agg")), timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.report", "--results_dir=gs://bmike-test/fetched"],
+      capture_output=True,
+      text=True,
+      env=_env(dict(gcs.env, MPLBACKEND="Agg")),
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   names = gcs.names("bmike-test", "fetched/")
   assert "fetched/report.md" in names
@@ -138,8 +182,15 @@ def test_report_reads_and_writes_a_gcs_folder(gcs, bucket, full_run):  # noqa: F
   assert "](figures/" in report
 
 
-@pytest.mark.parametrize("flag", ["--output_dir=foo://bucket/run", "--output_dir=s3://b/run",
-                                  "--data_dir=foo://bucket/data", "--checkpoint=s3://b/ckpt"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--output_dir=foo://bucket/run",
+        "--output_dir=s3://b/run",
+        "--data_dir=foo://bucket/data",
+        "--checkpoint=s3://b/ckpt",
+    ],
+)
 def test_unknown_scheme_is_one_clear_error(flag, tmp_path):
   name = flag.split("=")[0]
   flags = [f for f in BASE_FLAGS if not f.startswith(name + "=")]
@@ -151,9 +202,14 @@ def test_unknown_scheme_is_one_clear_error(flag, tmp_path):
 
 
 def test_convert_to_unknown_scheme_is_one_clear_error(tiny_ckpt, tmp_path):  # noqa: F811
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.convert", f"--source={tiny_ckpt}",
-                         "--output=foo://b/c"], capture_output=True, text=True, env=_env({}),
-                        cwd=str(tmp_path), timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.convert", f"--source={tiny_ckpt}", "--output=foo://b/c"],
+      capture_output=True,
+      text=True,
+      env=_env({}),
+      cwd=str(tmp_path),
+      timeout=600,
+  )
   assert proc.returncode == 2 and "--output" in proc.stderr and "unsupported scheme" in proc.stderr
   assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "foo:")
 
@@ -173,8 +229,9 @@ def test_emulator_down(tmp_path):
 
 
 def test_no_credentials(tmp_path):
-  env = _env({"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
-              "NO_GCE_CHECK": "True"})
+  env = _env(
+      {"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "NO_GCE_CHECK": "True"}
+  )
   for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
     env.pop(name, None)
   proc = _main(BASE_FLAGS + ["--output_dir=gs://bucket/run"], env)
@@ -183,8 +240,10 @@ def test_no_credentials(tmp_path):
 
 def test_checkpoint_other_than_converted_on_gcs_is_refused(gcs, bucket, tmp_path):  # noqa: F811
   gcs.upload("bmike-test", "raw/model.gguf", b"GGUF")
-  proc = _main(BASE_FLAGS + ["--checkpoint=gs://bmike-test/raw/model.gguf",
-                             f"--output_dir={tmp_path}/o"], _env(gcs.env))
+  proc = _main(
+      BASE_FLAGS + ["--checkpoint=gs://bmike-test/raw/model.gguf", f"--output_dir={tmp_path}/o"],
+      _env(gcs.env),
+  )
   _expect_user_error(proc, "gs://bmike-test/raw/model.gguf", "converted")
 
 
@@ -192,6 +251,7 @@ def test_checkpoint_other_than_converted_on_gcs_is_refused(gcs, bucket, tmp_path
 def emulated(gcs, monkeypatch):  # noqa: F811
   """This process's gcsfs pointed at the emulator (fresh client; none cached before or after)."""
   import gcsfs
+
   for name, value in gcs.env.items():
     monkeypatch.setenv(name, value)
   gcsfs.GCSFileSystem.clear_instance_cache()
@@ -201,6 +261,7 @@ def emulated(gcs, monkeypatch):  # noqa: F811
 
 def test_path_layer_on_the_emulator(emulated, bucket, tmp_path):
   from bmike_jax import paths
+
   root = f"{bucket}/layer"
   target = paths.join(root, "a", "b.json")
   assert target == "gs://bmike-test/layer/a/b.json"
@@ -223,10 +284,20 @@ def test_path_layer_on_the_emulator(emulated, bucket, tmp_path):
   assert "layer/c.json" not in emulated.names("bmike-test", "layer/")
 
 
-@pytest.mark.parametrize("path, scheme", [("gs://b/x", "gs"), ("/tmp/x", None), ("x/y", None),
-                                          ("S3://b/x", "s3"), ("foo://b", "foo"), ("C:/x", None)])
+@pytest.mark.parametrize(
+    "path, scheme",
+    [
+        ("gs://b/x", "gs"),
+        ("/tmp/x", None),
+        ("x/y", None),
+        ("S3://b/x", "s3"),
+        ("foo://b", "foo"),
+        ("C:/x", None),
+    ],
+)
 def test_schemes(path, scheme):
   from bmike_jax import paths
+
   assert paths.scheme(path) == scheme
   if scheme not in (None, "gs"):
     with pytest.raises(paths.PathError, match="--output_dir.*unsupported scheme"):

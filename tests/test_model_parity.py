@@ -68,14 +68,26 @@ def test_shared_prefix_attention_matches_hf(tmp_path):
   prefix_tokens = np.zeros((1, padded), np.int32)
   prefix_tokens[0, :p] = ids[0, :p]
   tril = lambda n: jnp.tril(jnp.ones((n, n), bool))
-  _, prefix = llama.apply({"params": params}, jnp.asarray(prefix_tokens),
-                          jnp.arange(padded, dtype=jnp.int32)[None], KVCache.zeros(config, 1, padded),
-                          0, tril(padded)[None])
+  _, prefix = llama.apply(
+      {"params": params},
+      jnp.asarray(prefix_tokens),
+      jnp.arange(padded, dtype=jnp.int32)[None],
+      KVCache.zeros(config, 1, padded),
+      0,
+      tril(padded)[None],
+  )
   t = PROMPT_LEN - p
   positions = jnp.broadcast_to(jnp.arange(p, PROMPT_LEN, dtype=jnp.int32), (2, t))
-  logits, _ = llama.apply({"params": params}, jnp.asarray(ids[:, p:], jnp.int32), positions,
-                          KVCache.zeros(config, 2, t), 0, jnp.broadcast_to(tril(t), (2, t, t)),
-                          prefix=prefix, prefix_mask=jnp.arange(padded) < p)
+  logits, _ = llama.apply(
+      {"params": params},
+      jnp.asarray(ids[:, p:], jnp.int32),
+      positions,
+      KVCache.zeros(config, 2, t),
+      0,
+      jnp.broadcast_to(tril(t), (2, t, t)),
+      prefix=prefix,
+      prefix_mask=jnp.arange(padded) < p,
+  )
   diff = float(np.max(np.abs(_hf_logits(model, ids)[:, p:] - np.asarray(logits))))
   print(f"shared prefix: max-abs logit diff {diff:.2e}")
   assert diff < TOL
@@ -107,12 +119,14 @@ def test_bf16_save(tmp_path):
 
 # ---------------------------------------------------------------- SmolLM2-135M (GGUF, Q4_1)
 
+
 @pytest.fixture(scope="module")
 def smollm2():
   """(path, HF torch model dequantized by transformers, our config, our params, tokenizer)."""
   path = checkpoints.default_gguf_path()
   hf = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+  ).eval()
   config, params = gguf_loader.load(path)
   return path, hf, config, params, tokenizer_lib.load_tokenizer(path)
 
@@ -151,22 +165,28 @@ def _padded_last_logits(config, params, rows: list[list[int]], length: int) -> n
   tokens = np.zeros((b, length), np.int32)  # [B, T]
   lengths = np.array([len(r) for r in rows], np.int32)  # [B]
   for i, r in enumerate(rows):
-    tokens[i, :len(r)] = r
+    tokens[i, : len(r)] = r
   positions = np.broadcast_to(np.arange(length, dtype=np.int32), (b, length))
   causal = np.tril(np.ones((length, length), bool))
   mask = causal[None] & (np.arange(length)[None, None, :] < lengths[:, None, None])  # [B, T, S]
   model = Llama(config)
   cache = KVCache.zeros(config, b, length)
-  logits, _ = jax.jit(model.apply)({"params": params}, tokens, positions, cache, 0, mask,
-                                   lengths - 1)
+  logits, _ = jax.jit(model.apply)(
+      {"params": params}, tokens, positions, cache, 0, mask, lengths - 1
+  )
   return np.asarray(logits)
 
 
 def test_smollm2_next_token_matches_hf_on_bmike_prompts(smollm2):
   """Zero-shot prompts in seven scripts, the query type cycling; one padded batch for ours."""
   _, hf, config, params, tok = smollm2
-  cases = bmike_texts.bmike_prompts(bmike_texts.SCRIPT_LANGS, ("zero_shot",), dataset="counterfact",
-                                    query_types=data.QUERY_TYPES, record_index=3)
+  cases = bmike_texts.bmike_prompts(
+      bmike_texts.SCRIPT_LANGS,
+      ("zero_shot",),
+      dataset="counterfact",
+      query_types=data.QUERY_TYPES,
+      record_index=3,
+  )
   rows = [tok.encode(text) for _, text in cases]
   ours = _padded_last_logits(config, params, rows, -(-max(map(len, rows)) // 8) * 8)  # [B, V]
   worst = 0.0
@@ -175,24 +195,31 @@ def test_smollm2_next_token_matches_hf_on_bmike_prompts(smollm2):
     diff = float(np.max(np.abs(ref - mine)))
     worst = max(worst, diff)
     top2 = np.sort(ref)[-2:]
-    print(f"{label}: {len(row)} tokens, max-abs logit diff {diff:.2e}, argmax HF {ref.argmax()} "
-          f"ours {mine.argmax()} ({tok.decode([int(ref.argmax())])!r})")
+    print(
+        f"{label}: {len(row)} tokens, max-abs logit diff {diff:.2e}, argmax HF {ref.argmax()} "
+        f"ours {mine.argmax()} ({tok.decode([int(ref.argmax())])!r})"
+    )
     assert diff < 2e-3, label
     assert ref.argmax() == mine.argmax() or top2[1] - top2[0] < 1e-3, label
-  print(f"SmolLM2 zero-shot: worst max-abs last-token logit diff {worst:.2e} over {len(rows)} prompts")
+  print(
+      f"SmolLM2 zero-shot: worst max-abs last-token logit diff {worst:.2e} over {len(rows)} prompts"
+  )
 
 
 def test_smollm2_all_positions_match_hf_on_long_prompt(smollm2):
   """An 8-shot Thai prompt (~900 tokens): logits at every position."""
   _, hf, config, params, tok = smollm2
-  (label, text), = bmike_texts.bmike_prompts(("th",), ("few_shot_specific",), dataset="counterfact",
-                                             query_types=("generality",))
+  ((label, text),) = bmike_texts.bmike_prompts(
+      ("th",), ("few_shot_specific",), dataset="counterfact", query_types=("generality",)
+  )
   ids = np.array([tok.encode(text)])  # [1, T]
   ref, ours = _hf_logits(hf, ids), _our_logits(config, params, ids)  # [1, T, V]
   diff = float(np.max(np.abs(ref - ours)))
   agree = float(np.mean(ref.argmax(-1) == ours.argmax(-1)))
-  print(f"{label}: all {ids.shape[1]} positions, max-abs logit diff {diff:.2e}; argmax agree on "
-        f"{agree:.4f} of positions; last argmax HF {ref[0, -1].argmax()} ours {ours[0, -1].argmax()}")
+  print(
+      f"{label}: all {ids.shape[1]} positions, max-abs logit diff {diff:.2e}; argmax agree on "
+      f"{agree:.4f} of positions; last argmax HF {ref[0, -1].argmax()} ours {ours[0, -1].argmax()}"
+  )
   assert ids.shape[1] >= 512
   assert diff < 2e-3
   assert ref[0, -1].argmax() == ours[0, -1].argmax()

@@ -43,13 +43,17 @@ def test_float32_asks_for_highest_precision_everywhere(tied, scan_layers):
   layers = 1 if scan_layers else 2
   assert len(dots) == 11 * layers + 1
   assert all("precision = [HIGHEST, HIGHEST]" in d for d in dots), [
-      d for d in dots if "HIGHEST" not in d][:3]
+      d for d in dots if "HIGHEST" not in d
+  ][:3]
 
 
 def test_bfloat16_is_fast_but_accumulates_attention_in_float32():
   dots = _dots(jnp.bfloat16, tied=False, scan_layers=False)
   assert not any("HIGHEST" in d for d in dots)
   # attention dots: bf16 operands, f32 results (scores over own cache and prefix, two value sums)
-  attention = [d for d in dots if re.search(r"\(tensor<[^)]*bf16>, tensor<[^)]*bf16>\) -> "
-                                            r"tensor<[^>]*xf32>", d)]
+  attention = [
+      d
+      for d in dots
+      if re.search(r"\(tensor<[^)]*bf16>, tensor<[^)]*bf16>\) -> " r"tensor<[^>]*xf32>", d)
+  ]
   assert len(attention) == 4 * 2, dots[:6]

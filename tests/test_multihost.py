@@ -15,8 +15,15 @@ import time
 
 import pytest
 
-from tests.test_runner import (BASE_FLAGS, assert_same_results, assert_same_samples, full_run,
-                               load_results, load_samples, tiny_ckpt)  # noqa: F401  (fixtures)
+from tests.test_runner import (
+    BASE_FLAGS,
+    assert_same_results,
+    assert_same_samples,
+    full_run,
+    load_results,
+    load_samples,
+    tiny_ckpt,
+)  # noqa: F401  (fixtures)
 
 pytest.importorskip("torch")
 
@@ -28,21 +35,42 @@ def _start_pair(tiny_ckpt, outs):  # noqa: F811
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("BMIKE53_DIR", None)
   env.pop("XLA_FLAGS", None)
-  return [subprocess.Popen(
-      [sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=", *BASE_FLAGS,
-       f"--checkpoint={tiny_ckpt}", f"--output_dir={outs[i]}", "--distributed=true",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  return [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-m",
+              "bmike_jax.main",
+              "--compilation_cache_dir=",
+              *BASE_FLAGS,
+              f"--checkpoint={tiny_ckpt}",
+              f"--output_dir={outs[i]}",
+              "--distributed=true",
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+          ],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in (0, 1)
+  ]
 
 
 def _metrics_files(out):
-  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-          for d, _, fs in os.walk(os.path.join(out, "units")) for f in fs
-          if f.endswith(".metrics.json")}
+  return {
+      os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+      for d, _, fs in os.walk(os.path.join(out, "units"))
+      for f in fs
+      if f.endswith(".metrics.json")
+  }
 
 
 def test_two_hosts_on_separate_disks_killed_and_restarted(  # noqa: F811
-    full_run, tiny_ckpt, tmp_path):
+    full_run, tiny_ckpt, tmp_path
+):
   outs = [str(tmp_path / "host0"), str(tmp_path / "host1")]
   procs = _start_pair(tiny_ckpt, outs)
   deadline = time.time() + 400

@@ -21,9 +21,16 @@ pytest.importorskip("torch")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(os.path.dirname(data_lib.__file__), "sample_data")
-BASE_FLAGS = ["--datasets=zsre,counterfact", "--langs=de,zh", "--setups=zero_shot,few_shot_specific",
-              "--limit=2", "--batch_size=4", "--length_buckets=64,128,256,512,1024",
-              "--progress=false", f"--data_dir={SAMPLE_DIR}"]
+BASE_FLAGS = [
+    "--datasets=zsre,counterfact",
+    "--langs=de,zh",
+    "--setups=zero_shot,few_shot_specific",
+    "--limit=2",
+    "--batch_size=4",
+    "--length_buckets=64,128,256,512,1024",
+    "--progress=false",
+    f"--data_dir={SAMPLE_DIR}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +45,14 @@ def run_main(flags, **kwargs):
   flags = [f"--compilation_cache_dir={_CACHE}", *flags]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("BMIKE53_DIR", None)
-  return subprocess.run([sys.executable, "-m", "bmike_jax.main", *flags], capture_output=True,
-                        text=True, env=env, timeout=600, **kwargs)
+  return subprocess.run(
+      [sys.executable, "-m", "bmike_jax.main", *flags],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=600,
+      **kwargs,
+  )
 
 
 def load_results(out):
@@ -73,18 +86,41 @@ def test_outputs_follow_the_contract(full_run):
   assert set(res) == {"zsre", "counterfact"}
   cell = res["counterfact"]["few_shot_specific"]["zh"]["reliability"]
   assert cell["n"] == 2
-  for key in ("em", "f1_ref", "f1", "f1_norm", "lik_success_loc_ans", "lik_magnitude_loc_ans",
-              "lik_success_old", "lik_magnitude_old"):
+  for key in (
+      "em",
+      "f1_ref",
+      "f1",
+      "f1_norm",
+      "lik_success_loc_ans",
+      "lik_magnitude_loc_ans",
+      "lik_success_old",
+      "lik_magnitude_old",
+  ):
     assert key in cell, key
   assert "lik_success_loc_ans" not in res["zsre"]["zero_shot"]["de"]["reliability"]
   samples = load_samples(out)
   assert len(samples) == 2 * 2 * 2 * 2 * 4  # datasets x langs x setups x records x query types
-  for key in ("dataset", "lang", "setup", "query_type", "case_id", "prompt", "prediction", "gold",
-              "em", "f1_ref", "f1"):
+  for key in (
+      "dataset",
+      "lang",
+      "setup",
+      "query_type",
+      "case_id",
+      "prompt",
+      "prediction",
+      "gold",
+      "em",
+      "f1_ref",
+      "f1",
+  ):
     assert key in samples[0]
   # results.json numbers are the means of the samples' scores
-  rows = [s for s in samples if (s["dataset"], s["setup"], s["lang"], s["query_type"]) ==
-          ("counterfact", "few_shot_specific", "zh", "reliability")]
+  rows = [
+      s
+      for s in samples
+      if (s["dataset"], s["setup"], s["lang"], s["query_type"])
+      == ("counterfact", "few_shot_specific", "zh", "reliability")
+  ]
   assert cell["f1"] == round(100 * sum(r["f1"] for r in rows) / len(rows), 2)
   with open(os.path.join(out, "csv", "zsre", "zero_shot", "de.csv"), encoding="utf-8") as f:
     table = list(csv.reader(f))
@@ -108,9 +144,12 @@ def test_kill_minus_9_then_resume_gives_identical_results(full_run, tiny_ckpt, t
   flags = BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("BMIKE53_DIR", None)
-  proc = subprocess.Popen([sys.executable, "-m", "bmike_jax.main",
-                           f"--compilation_cache_dir={_CACHE}", *flags], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "bmike_jax.main", f"--compilation_cache_dir={_CACHE}", *flags],
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   units_dir = os.path.join(out, "units")
   deadline = time.time() + 300
   finished = []
@@ -140,7 +179,8 @@ def assert_same_samples(got, want):
   for g, w in zip(got, want):
     floats = {k for k in w if k.startswith("inv_ppl_")}
     assert {k: v for k, v in g.items() if k not in floats} == {
-        k: v for k, v in w.items() if k not in floats}
+        k: v for k, v in w.items() if k not in floats
+    }
     for k in floats:
       assert (g[k] is None) == (w[k] is None), (k, g[k], w[k])
       if w[k] is not None:
@@ -168,14 +208,17 @@ def _expect_user_error(proc, *fragments):
     assert fragment in proc.stderr, (fragment, proc.stderr[-2000:])
 
 
-@pytest.mark.parametrize("flag, fragments", [
-    ("--langs=de,xx", ["--langs", "xx"]),
-    ("--datasets=zsre,mquake", ["--datasets", "mquake"]),
-    ("--setups=two_shot", ["--setups", "two_shot"]),
-    ("--batch_size=0", ["--batch_size"]),
-    ("--length_buckets=64,32", ["--length_buckets"]),
-    ("--coordinator_address=localhost:1234", ["--coordinator_address", "--process_id"]),
-])
+@pytest.mark.parametrize(
+    "flag, fragments",
+    [
+        ("--langs=de,xx", ["--langs", "xx"]),
+        ("--datasets=zsre,mquake", ["--datasets", "mquake"]),
+        ("--setups=two_shot", ["--setups", "two_shot"]),
+        ("--batch_size=0", ["--batch_size"]),
+        ("--length_buckets=64,32", ["--length_buckets"]),
+        ("--coordinator_address=localhost:1234", ["--coordinator_address", "--process_id"]),
+    ],
+)
 def test_bad_flag_values(flag, fragments, tmp_path):
   proc = run_main(BASE_FLAGS + [flag, f"--output_dir={tmp_path}", "--checkpoint=unused"])
   _expect_user_error(proc, *fragments)
@@ -187,22 +230,28 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_mesh_larger_than_the_devices(tiny_ckpt, tmp_path):
-  proc = run_main(BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", "--mesh_model=64",
-                                f"--output_dir={tmp_path}/o"])
+  proc = run_main(
+      BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", "--mesh_model=64", f"--output_dir={tmp_path}/o"]
+  )
   _expect_user_error(proc, "--mesh_model=64", "device")
 
 
 def test_missing_and_malformed_data(tiny_ckpt, tmp_path):
   import shutil
+
   data = tmp_path / "data"
   shutil.copytree(SAMPLE_DIR, data)
   os.remove(data / "zsRE" / "zsre_test_zh.json")
-  proc = run_main(BASE_FLAGS + [f"--data_dir={data}", f"--checkpoint={tiny_ckpt}",
-                                f"--output_dir={tmp_path}/o1"])
+  proc = run_main(
+      BASE_FLAGS
+      + [f"--data_dir={data}", f"--checkpoint={tiny_ckpt}", f"--output_dir={tmp_path}/o1"]
+  )
   _expect_user_error(proc, "zsre_test_zh.json")
   (data / "zsRE" / "zsre_test_zh.json").write_text('[{"en": {"case_id": 1}, ', encoding="utf-8")
-  proc = run_main(BASE_FLAGS + [f"--data_dir={data}", f"--checkpoint={tiny_ckpt}",
-                                f"--output_dir={tmp_path}/o2"])
+  proc = run_main(
+      BASE_FLAGS
+      + [f"--data_dir={data}", f"--checkpoint={tiny_ckpt}", f"--output_dir={tmp_path}/o2"]
+  )
   _expect_user_error(proc, "zsre_test_zh.json")
 
 
@@ -216,8 +265,16 @@ def test_prompt_longer_than_largest_bucket_keeps_finished_units(tiny_ckpt, tmp_p
   out = str(tmp_path / "o")
   # zero-shot prompts fit in 128 tokens, 8-shot ones do not: the first unit finishes, then stop.
   flags = [f for f in BASE_FLAGS if not f.startswith("--length_buckets")]
-  proc = run_main(flags + ["--length_buckets=128", "--datasets=zsre", "--langs=de",
-                           f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
+  proc = run_main(
+      flags
+      + [
+          "--length_buckets=128",
+          "--datasets=zsre",
+          "--langs=de",
+          f"--checkpoint={tiny_ckpt}",
+          f"--output_dir={out}",
+      ]
+  )
   _expect_user_error(proc, "128")
   assert os.path.exists(os.path.join(out, "units", "zsre", "zero_shot", "de.metrics.json"))
   assert os.path.exists(os.path.join(out, "results.json"))
@@ -240,6 +297,7 @@ def test_incompatible_rerun_is_refused(full_run, tiny_ckpt):
 def test_report_rescores_a_runner_output_identically_and_builds(full_run):
   from bmike_jax import tokenizer as tokenizer_lib
   from bmike_jax.analysis import rescore
+
   out, _ = full_run
   stored = rescore.load_results(os.path.join(out, "results.json"))
   rows, _ = rescore.load_samples(os.path.join(out, "samples.jsonl"))
@@ -248,8 +306,13 @@ def test_report_rescores_a_runner_output_identically_and_builds(full_run):
   n_cells, differences = rescore.compare(fresh, rescore.stored_scores(stored))
   assert n_cells == 2 * 2 * 2 * 4 and differences == []
   env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
-  proc = subprocess.run([sys.executable, "-m", "bmike_jax.report", f"--results_dir={out}"],
-                        capture_output=True, text=True, env=env, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.report", f"--results_dir={out}"],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
     report = f.read()
@@ -257,12 +320,21 @@ def test_report_rescores_a_runner_output_identically_and_builds(full_run):
   assert any(name.endswith(".png") for name in os.listdir(os.path.join(out, "figures")))
 
 
-@pytest.mark.parametrize("flagfile", sorted(
-    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.flags"))))
+@pytest.mark.parametrize(
+    "flagfile",
+    sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.flags"))),
+)
 def test_flagfiles_parse_and_validate(flagfile, tmp_path):
   """Every shipped flagfile is accepted (the run then stops at the missing checkpoint)."""
-  proc = run_main([f"--flagfile={os.path.join(REPO, flagfile)}", f"--data_dir={SAMPLE_DIR}",
-                   "--langs=de", f"--output_dir={tmp_path}/o", f"--checkpoint={tmp_path}/absent"])
+  proc = run_main(
+      [
+          f"--flagfile={os.path.join(REPO, flagfile)}",
+          f"--data_dir={SAMPLE_DIR}",
+          "--langs=de",
+          f"--output_dir={tmp_path}/o",
+          f"--checkpoint={tmp_path}/absent",
+      ]
+  )
   _expect_user_error(proc, "absent")
 
 
@@ -279,11 +351,28 @@ def test_two_processes_split_the_batches_and_one_writes(full_run, tiny_ckpt, tmp
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("BMIKE53_DIR", None)
   env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=", *BASE_FLAGS,
-       f"--checkpoint={tiny_ckpt}", f"--output_dir={out}", "--distributed=true",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-m",
+              "bmike_jax.main",
+              "--compilation_cache_dir=",
+              *BASE_FLAGS,
+              f"--checkpoint={tiny_ckpt}",
+              f"--output_dir={out}",
+              "--distributed=true",
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+          ],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in (0, 1)
+  ]
   logs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]

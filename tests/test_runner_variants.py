@@ -13,8 +13,7 @@ import pytest
 
 from bmike_jax import data as data_lib
 from bmike_jax import metrics
-from tests.test_runner import BASE_FLAGS, SAMPLE_DIR, _expect_user_error, load_results, \
-    load_samples, run_main
+from tests.test_runner import BASE_FLAGS, SAMPLE_DIR, _expect_user_error, load_results, load_samples, run_main
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 pytest.importorskip("torch")
@@ -30,8 +29,15 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_run(ckpt, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("reference-layout"))
-  proc = run_main(FLAGS + [f"--checkpoint={ckpt}", f"--output_dir={out}", "--reference_layout",
-                           "--decode_cleanup=plain"])
+  proc = run_main(
+      FLAGS
+      + [
+          f"--checkpoint={ckpt}",
+          f"--output_dir={out}",
+          "--reference_layout",
+          "--decode_cleanup=plain",
+      ]
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return out
 
@@ -47,8 +53,12 @@ def test_results_name_every_variant_and_fingerprint_the_data(reference_run):
   assert variants["decode_cleanup"]["ran"] == "plain"
   assert variants["decode_cleanup"]["reference"] is False
   assert variants["decode_cleanup"]["applied"] is False
-  assert variants["precision"] == {**variants["precision"], "dtype": "float32",
-                                   "matmul_precision": "HIGHEST", "reference": True}
+  assert variants["precision"] == {
+      **variants["precision"],
+      "dtype": "float32",
+      "matmul_precision": "HIGHEST",
+      "reference": True,
+  }
   assert variants["limit_mode"]["ran"] == "usable" and variants["limit_mode"]["limit"] == 2
   assert set(variants["likelihood"]) >= {"lik_*_loc_ans", "lik_*_old"}
   files = doc["data"]["files_sha256"]
@@ -64,26 +74,43 @@ def test_results_name_every_variant_and_fingerprint_the_data(reference_run):
   assert doc["model"]["fingerprint"].startswith("sha256-headtail:")
   with open(os.path.join(reference_run, "run.json"), encoding="utf-8") as f:
     identity = json.load(f)
-  assert identity["decode_cleanup"] == "plain" and identity["query_types"] == list(
-      data_lib.QUERY_TYPES) and identity["model_fingerprint"] == doc["model"]["fingerprint"]
+  assert (
+      identity["decode_cleanup"] == "plain"
+      and identity["query_types"] == list(data_lib.QUERY_TYPES)
+      and identity["model_fingerprint"] == doc["model"]["fingerprint"]
+  )
 
 
 def test_reference_layout_files(reference_run, ckpt):
   folder = os.path.join(reference_run, "result", os.path.basename(ckpt))
   names = sorted(os.listdir(folder))
-  assert names == sorted(f"icl{n}_{prefix}_en{lang}.{ext}" for n in ("0", "1")
-                         for prefix in ("zsre", "counterfact") for lang in ("de", "zh")
-                         for ext in ("csv", "txt"))
-  samples = [s for s in load_samples(reference_run)
-             if (s["dataset"], s["setup"], s["lang"]) == ("counterfact", "one_shot", "zh")]
+  assert names == sorted(
+      f"icl{n}_{prefix}_en{lang}.{ext}"
+      for n in ("0", "1")
+      for prefix in ("zsre", "counterfact")
+      for lang in ("de", "zh")
+      for ext in ("csv", "txt")
+  )
+  samples = [
+      s
+      for s in load_samples(reference_run)
+      if (s["dataset"], s["setup"], s["lang"]) == ("counterfact", "one_shot", "zh")
+  ]
   with open(os.path.join(folder, "icl1_counterfact_enzh.csv"), encoding="utf-8") as f:
     table = list(csv.reader(f))
   assert table[0] == ["case_id", "metric", "input", "prediction", "true"]
   # record by record, reliability .. portability (the reference's loop); input = the query alone
   loaded = data_lib.load_file(SAMPLE_DIR, "counterfact", "zh", limit=2)
-  want = [(str(r.target.case_id), qt, f'New Fact: "{r.en.src} {r.en.alt}"\nQuestion: '
-           f'"{r.query(qt)}" Answer: "', r.gold(qt))
-          for r in loaded.records for qt in data_lib.QUERY_TYPES]
+  want = [
+      (
+          str(r.target.case_id),
+          qt,
+          f'New Fact: "{r.en.src} {r.en.alt}"\nQuestion: ' f'"{r.query(qt)}" Answer: "',
+          r.gold(qt),
+      )
+      for r in loaded.records
+      for qt in data_lib.QUERY_TYPES
+  ]
   assert [(row[0], row[1], row[2], row[4]) for row in table[1:]] == want
   by_key = {(str(s["case_id"]), s["query_type"]): s["prediction"] for s in samples}
   assert [row[3] for row in table[1:]] == [by_key[(row[0], row[1])] for row in table[1:]]
@@ -97,17 +124,26 @@ def test_reference_layout_files(reference_run, ckpt):
   assert f"reliability\tsuccess: {success:.6f}\tmagnitude: {magnitude:.6f}\tn: 2" in text
   em = metrics.score([s["em"] for s in rel])
   assert f"reliability\tF1: {metrics.score([s['f1_ref'] for s in rel]):.2f}\tEM: {em:.2f}" in text
-  assert "PPLS score" not in open(os.path.join(folder, "icl0_zsre_ende.txt"),
-                                  encoding="utf-8").read()
+  assert (
+      "PPLS score" not in open(os.path.join(folder, "icl0_zsre_ende.txt"), encoding="utf-8").read()
+  )
 
 
 def test_resume_refuses_other_query_types_and_cleanup(reference_run, ckpt):
-  proc = run_main(FLAGS + [f"--checkpoint={ckpt}", f"--output_dir={reference_run}",
-                           "--reference_layout", "--decode_cleanup=plain",
-                           "--query_types=reliability"])
+  proc = run_main(
+      FLAGS
+      + [
+          f"--checkpoint={ckpt}",
+          f"--output_dir={reference_run}",
+          "--reference_layout",
+          "--decode_cleanup=plain",
+          "--query_types=reliability",
+      ]
+  )
   _expect_user_error(proc, "query_types", "'reliability'", "'portability'")
-  proc = run_main(FLAGS + [f"--checkpoint={ckpt}", f"--output_dir={reference_run}",
-                           "--reference_layout"])
+  proc = run_main(
+      FLAGS + [f"--checkpoint={ckpt}", f"--output_dir={reference_run}", "--reference_layout"]
+  )
   _expect_user_error(proc, "decode_cleanup: was 'plain', now 'reference'")
 
 
@@ -115,8 +151,14 @@ def test_resume_refuses_changed_data(ckpt, tmp_path):
   data = tmp_path / "data"
   shutil.copytree(SAMPLE_DIR, data)
   flags = [f for f in FLAGS if not f.startswith("--data_dir")] + [
-      f"--data_dir={data}", f"--checkpoint={ckpt}", f"--output_dir={tmp_path}/o",
-      "--datasets=zsre", "--langs=de", "--setups=zero_shot", "--likelihood=false"]
+      f"--data_dir={data}",
+      f"--checkpoint={ckpt}",
+      f"--output_dir={tmp_path}/o",
+      "--datasets=zsre",
+      "--langs=de",
+      "--setups=zero_shot",
+      "--likelihood=false",
+  ]
   assert run_main(flags).returncode == 0
   path = data / "zsRE" / "zsre_test_de.json"
   records = json.loads(path.read_text(encoding="utf-8"))

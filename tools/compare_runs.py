@@ -25,6 +25,7 @@ def define_flags() -> None:
   flags.DEFINE_string("other", None, "Output directory of the run compared with it.")
   flags.DEFINE_string("out", "", "Also write the comparison as JSON here.")
 
+
 KEY = ("dataset", "lang", "setup", "query_type", "case_id")
 
 
@@ -37,11 +38,15 @@ def _samples(directory: str) -> dict:
 def _cells(directory: str) -> dict:
   with open(os.path.join(directory, "results.json"), encoding="utf-8") as f:
     results = json.load(f)["results"]
-  return {(d, s, l, q, metric): value
-          for d, by_setup in results.items() for s, by_lang in by_setup.items()
-          for l, by_qt in by_lang.items() for q, cell in by_qt.items()
-          for metric, value in cell.items()
-          if isinstance(value, (int, float)) and not metric.startswith("n")}
+  return {
+      (d, s, l, q, metric): value
+      for d, by_setup in results.items()
+      for s, by_lang in by_setup.items()
+      for l, by_qt in by_lang.items()
+      for q, cell in by_qt.items()
+      for metric, value in cell.items()
+      if isinstance(value, (int, float)) and not metric.startswith("n")
+  }
 
 
 def compare(base: str, other: str) -> dict:
@@ -58,11 +63,18 @@ def compare(base: str, other: str) -> dict:
     change = abs(ca[key] - cb[key])
     metric = key[-1]
     if metric not in by_metric or change > by_metric[metric]["change"]:
-      by_metric[metric] = {"change": round(change, 6), "cell": "/".join(map(str, key[:-1])),
-                           "base": ca[key], "other": cb[key]}
-  return {"answers": len(common), "identical": same,
-          "identical_share": round(same / len(common), 4),
-          "largest_cell_change": by_metric}
+      by_metric[metric] = {
+          "change": round(change, 6),
+          "cell": "/".join(map(str, key[:-1])),
+          "base": ca[key],
+          "other": cb[key],
+      }
+  return {
+      "answers": len(common),
+      "identical": same,
+      "identical_share": round(same / len(common), 4),
+      "largest_cell_change": by_metric,
+  }
 
 
 def main(argv):
@@ -71,8 +83,10 @@ def main(argv):
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:
       json.dump(table, f, indent=1)
-  print(f"{table['identical']}/{table['answers']} answers identical "
-        f"({100 * table['identical_share']:.1f}%)")
+  print(
+      f"{table['identical']}/{table['answers']} answers identical "
+      f"({100 * table['identical_share']:.1f}%)"
+  )
   print("| metric | largest change of a cell | cell | base | other |")
   print("|---|---|---|---|---|")
   for metric, row in table["largest_cell_change"].items():

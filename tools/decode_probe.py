@@ -57,23 +57,42 @@ def main(argv):
   from bmike_jax.model import layer_layout
 
   cfg = {"llama3_8b": gpu.llama31_8b_config, "tiny": gpu.tiny_config}.get(FLAGS.model)
-  cfg = cfg() if cfg else dataclasses.replace(  # SmolLM2-135M's shapes
-      gpu.tiny_config(), vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
-      num_heads=9, num_kv_heads=3, head_dim=64, tie_word_embeddings=False)
+  cfg = (
+      cfg()
+      if cfg
+      else dataclasses.replace(  # SmolLM2-135M's shapes
+          gpu.tiny_config(),
+          vocab_size=49152,
+          hidden_size=576,
+          intermediate_size=1536,
+          num_layers=30,
+          num_heads=9,
+          num_kv_heads=3,
+          head_dim=64,
+          tie_word_embeddings=False,
+      )
+  )
   dtype = jnp.dtype(FLAGS.dtype)
   b, s, n = FLAGS.batch, FLAGS.slots, FLAGS.steps
   params = jax.jit(lambda: init_params(cfg, seed=0, dtype=dtype))()
   param_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
-  res = {"device": jax.devices()[0].device_kind, "param_bytes": param_bytes, "batch": b,
-         "slots": s, "variants": {}}
+  res = {
+      "device": jax.devices()[0].device_kind,
+      "param_bytes": param_bytes,
+      "batch": b,
+      "slots": s,
+      "variants": {},
+  }
 
-  read_all = jax.jit(lambda p: sum(jnp.sum(x, dtype=jnp.float32)
-                                   for x in jax.tree_util.tree_leaves(p)))
+  read_all = jax.jit(
+      lambda p: sum(jnp.sum(x, dtype=jnp.float32) for x in jax.tree_util.tree_leaves(p))
+  )
   res["variants"]["read_all_params"] = _time(read_all, params)
 
   split = layer_layout.unstack_layers(params, cfg.num_layers)
-  per_layer = jax.block_until_ready([split[layer_layout.layer_name(i)]
-                                     for i in range(cfg.num_layers)])
+  per_layer = jax.block_until_ready(
+      [split[layer_layout.layer_name(i)] for i in range(cfg.num_layers)]
+  )
   del split
   head = params["lm_head"]["kernel"] if "lm_head" in params else params["embed"]["embedding"].T
 
@@ -90,6 +109,7 @@ def main(argv):
         h = jax.nn.silu(x @ m["gate"]["kernel"]) * (x @ m["up"]["kernel"])
         x = (x + h @ m["down"]["kernel"]) * 0.5
       return x + (x @ head)[:, : cfg.hidden_size] * 1e-3
+
     return jax.lax.fori_loop(0, n, one, x)
 
   x0 = jax.random.normal(jax.random.PRNGKey(1), (b, cfg.hidden_size), dtype)
@@ -99,16 +119,22 @@ def main(argv):
   for layout in FLAGS.layouts:
     scanned = layout == "scanned"
     model = Llama(cfg, dtype=dtype, param_dtype=dtype, scan_layers=scanned)
-    variant_params = params if scanned else jax.block_until_ready(
-        layer_layout.unstack_layers(params, cfg.num_layers))
+    variant_params = (
+        params
+        if scanned
+        else jax.block_until_ready(layer_layout.unstack_layers(params, cfg.num_layers))
+    )
+
     def steps(params, cache, tok, model=model):
       def one(i, carry):
         cache, tok = carry
         mask = jnp.broadcast_to(jnp.arange(s) <= i, (b, 1, s))
         pos = jnp.full((b, 1), i, jnp.int32)
-        logits, cache = model.apply({"params": params}, tok, pos, cache, i, mask,
-                                    logits_index=jnp.zeros((b,), jnp.int32))
+        logits, cache = model.apply(
+            {"params": params}, tok, pos, cache, i, mask, logits_index=jnp.zeros((b,), jnp.int32)
+        )
         return cache, jnp.argmax(logits, axis=-1).astype(jnp.int32)[:, None]
+
       return jax.lax.fori_loop(0, n, one, (cache, tok))
 
     fn = jax.jit(steps, donate_argnums=(1,))
@@ -134,8 +160,10 @@ def main(argv):
 
   spec = gpu.flops.lookup_device(res["device"])
   floor = param_bytes / spec.hbm_bytes_per_s if spec else res["variants"]["read_all_params"]
-  print(f"{res['device']}: params {param_bytes / 1e9:.2f} GB, batch {b}, slots {s}; "
-        f"floor {floor * 1e3:.3f} ms ({'table HBM bandwidth' if spec else 'read_all_params'})")
+  print(
+      f"{res['device']}: params {param_bytes / 1e9:.2f} GB, batch {b}, slots {s}; "
+      f"floor {floor * 1e3:.3f} ms ({'table HBM bandwidth' if spec else 'read_all_params'})"
+  )
   print(f"{'variant':28s} {'ms/step':>9s} {'x floor':>8s}")
   for k, v in res["variants"].items():
     print(f"{k:28s} {v * 1e3:9.3f} {v / floor:8.2f}")

@@ -27,8 +27,8 @@ class Case:
   lang: str
   query_type: str
   prompt: str
-  prompt_ids: tuple[int, ...]      # our tokenizer
-  reference_ids: tuple[int, ...]   # the HF tokenizer (the reference's input)
+  prompt_ids: tuple[int, ...]  # our tokenizer
+  reference_ids: tuple[int, ...]  # the HF tokenizer (the reference's input)
   engine_answer: str = ""
   reference_answer: str = ""
   engine_new_ids: tuple[int, ...] = ()
@@ -39,8 +39,16 @@ class Case:
     return self.engine_answer == self.reference_answer
 
 
-def build_groups(data_dir, datasets: Sequence[str], setups: Sequence[str], langs: Sequence[str],
-                 limit: int, query_types: Sequence[str], tokenizer, hf_tokenizer):
+def build_groups(
+    data_dir,
+    datasets: Sequence[str],
+    setups: Sequence[str],
+    langs: Sequence[str],
+    limit: int,
+    query_types: Sequence[str],
+    tokenizer,
+    hf_tokenizer,
+):
   """Lists of Cases, one list per engine call of the runner (bmike_jax/workload.py)."""
   groups = []
   for dataset in datasets:
@@ -48,13 +56,24 @@ def build_groups(data_dir, datasets: Sequence[str], setups: Sequence[str], langs
     for lang in langs:
       loaded = data_lib.load_file(data_dir, dataset, lang, limit=limit)
       for setup in setups:
-        for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup,
-                                          query_types=query_types):
-          groups.append([Case(name=name, dataset=dataset, setup=setup, lang=loaded.lang,
-                              query_type=q.query_type, prompt=q.prompt,
-                              prompt_ids=tuple(tokenizer.encode(q.prompt)),
-                              reference_ids=tuple(hf_tokenizer(q.prompt)["input_ids"]))
-                         for q, name in zip(group.queries, group.names)])
+        for group in workload.unit_groups(
+            loaded=loaded, pool=pool, setup=setup, query_types=query_types
+        ):
+          groups.append(
+              [
+                  Case(
+                      name=name,
+                      dataset=dataset,
+                      setup=setup,
+                      lang=loaded.lang,
+                      query_type=q.query_type,
+                      prompt=q.prompt,
+                      prompt_ids=tuple(tokenizer.encode(q.prompt)),
+                      reference_ids=tuple(hf_tokenizer(q.prompt)["input_ids"]),
+                  )
+                  for q, name in zip(group.queries, group.names)
+              ]
+          )
   return groups
 
 
@@ -62,8 +81,12 @@ def run_engine(engine, groups) -> tuple[list[list[Case]], float]:
   out, t0 = [], time.perf_counter()
   for cases in groups:
     results = engine.generate([c.prompt_ids for c in cases], prompt_names=[c.name for c in cases])
-    out.append([dataclasses.replace(c, engine_answer=r.text, engine_new_ids=tuple(r.ids))
-                for c, r in zip(cases, results)])
+    out.append(
+        [
+            dataclasses.replace(c, engine_answer=r.text, engine_new_ids=tuple(r.ids))
+            for c, r in zip(cases, results)
+        ]
+    )
   return out, time.perf_counter() - t0
 
 
@@ -74,17 +97,22 @@ def run_reference(hf_model, hf_tokenizer, groups, max_new_tokens: int = 15):
   for cases in groups:
     done = []
     for c in cases:
-      _, new, text = reference_hf.reference_answer(hf_model, hf_tokenizer, list(c.reference_ids),
-                                                   max_new_tokens)
+      _, new, text = reference_hf.reference_answer(
+          hf_model, hf_tokenizer, list(c.reference_ids), max_new_tokens
+      )
       done.append(dataclasses.replace(c, reference_answer=text, reference_new_ids=tuple(new)))
     out.append(done)
   return out, time.perf_counter() - t0
 
 
 def merge(engine_groups, reference_groups) -> list[Case]:
-  return [dataclasses.replace(e, reference_answer=r.reference_answer,
-                              reference_new_ids=r.reference_new_ids)
-          for eg, rg in zip(engine_groups, reference_groups) for e, r in zip(eg, rg)]
+  return [
+      dataclasses.replace(
+          e, reference_answer=r.reference_answer, reference_new_ids=r.reference_new_ids
+      )
+      for eg, rg in zip(engine_groups, reference_groups)
+      for e, r in zip(eg, rg)
+  ]
 
 
 def report(cases: Sequence[Case]) -> str:
@@ -100,9 +128,11 @@ def report(cases: Sequence[Case]) -> str:
     lines.append(f"  {setup:18s} {lang:3s} {sum(c.agrees for c in sub)}/{len(sub)}")
   for c in cases:
     if not c.agrees:
-      lines.append(f"DIFF {c.name}\n  reference: {c.reference_answer!r} {list(c.reference_new_ids)}"
-                   f"\n  engine:    {c.engine_answer!r} {list(c.engine_new_ids)}"
-                   + ("\n  (prompt token ids differ)" if c.prompt_ids != c.reference_ids else ""))
+      lines.append(
+          f"DIFF {c.name}\n  reference: {c.reference_answer!r} {list(c.reference_new_ids)}"
+          f"\n  engine:    {c.engine_answer!r} {list(c.engine_new_ids)}"
+          + ("\n  (prompt token ids differ)" if c.prompt_ids != c.reference_ids else "")
+      )
   return "\n".join(lines)
 
 
@@ -137,15 +167,18 @@ def main(argv):
   tokenizer = tokenizer_lib.load_tokenizer(source)
   hf_model = reference_hf.load_hf_model(source)
   hf_tokenizer = reference_hf.load_hf_tokenizer(source)
-  groups = build_groups(data_dir, f.datasets, f.setups, f.langs, f.limit, f.query_types,
-                        tokenizer, hf_tokenizer)
+  groups = build_groups(
+      data_dir, f.datasets, f.setups, f.langs, f.limit, f.query_types, tokenizer, hf_tokenizer
+  )
   engine = Engine(config, params, tokenizer, batch_size=f.batch_size, prefix_reuse=f.prefix_reuse)
   engine_groups, engine_s = run_engine(engine, groups)
   reference_groups, reference_s = run_reference(hf_model, hf_tokenizer, groups)
   cases = merge(engine_groups, reference_groups)
   print(report(cases))
-  print(f"engine: {engine_s:.1f}s ({engine.compile_count} programs compiled); "
-        f"HF one at a time: {reference_s:.1f}s; {len(cases)} prompts")
+  print(
+      f"engine: {engine_s:.1f}s ({engine.compile_count} programs compiled); "
+      f"HF one at a time: {reference_s:.1f}s; {len(cases)} prompts"
+  )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from bmike_jax import data as data_lib
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # $BMIKE53_DIR, else the `shared/bmike53` folder beside the repository (this workspace's layout).
-FULL_DATA_DIR = Path(os.environ.get(data_lib.DATA_DIR_ENV)
-                     or REPO_ROOT.parent / "shared" / "bmike53")
+FULL_DATA_DIR = Path(
+    os.environ.get(data_lib.DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "bmike53"
+)
 
 
 def has_full_data() -> bool:

@@ -46,12 +46,24 @@ def measure(data_dir: str, tok, langs, check: int = 2000, seed: int = 0) -> dict
       loaded = data.load_file(data_dir, dataset, lang)
       group = script_group(languages.LANGUAGES[lang])
       queries = [(r, qt) for r in loaded.records for qt in data.QUERY_TYPES]
-      query_lens = [len(ids) for ids in tok.encode_batch(
-          [prompts.query_text(r, qt) for r, qt in queries], add_bos=True)]
+      query_lens = [
+          len(ids)
+          for ids in tok.encode_batch(
+              [prompts.query_text(r, qt) for r, qt in queries], add_bos=True
+          )
+      ]
       for setup in prompts.SETUPS:
-        demo_len = {qt: len(tok.encode(prompts.render_demonstrations(
-            pool, prompts.demonstration_indices(setup, qt), lang), add_bos=False))
-            for qt in data.QUERY_TYPES}
+        demo_len = {
+            qt: len(
+                tok.encode(
+                    prompts.render_demonstrations(
+                        pool, prompts.demonstration_indices(setup, qt), lang
+                    ),
+                    add_bos=False,
+                )
+            )
+            for qt in data.QUERY_TYPES
+        }
         for (record, qt), n in zip(queries, query_lens):
           totals[(setup, group)].append(n + demo_len[qt])
           samples.append((dataset, setup, lang, record, qt, n + demo_len[qt], pool))
@@ -59,17 +71,29 @@ def measure(data_dir: str, tok, langs, check: int = 2000, seed: int = 0) -> dict
   for dataset, setup, lang, record, qt, want, pool in rng.sample(samples, min(check, len(samples))):
     got = len(tok.encode(prompts.build_prompt(pool, setup, lang, record, qt)))
     if got != want:
-      raise SystemExit(f"additivity fails for {dataset}/{setup}/{lang}/{qt} case "
-                       f"{record.case_id}: {got} != {want}")
+      raise SystemExit(
+          f"additivity fails for {dataset}/{setup}/{lang}/{qt} case "
+          f"{record.case_id}: {got} != {want}"
+      )
   by_setup_script = defaultdict(dict)
   for (setup, group), lens in sorted(totals.items()):
     by_setup_script[setup][group] = round(statistics.fmean(lens), 1)
-  by_setup = {s: round(statistics.fmean([n for (s2, _), lens in totals.items() if s2 == s
-                                          for n in lens]), 1) for s in prompts.SETUPS}
-  return {"by_setup_script": dict(by_setup_script), "by_setup": by_setup,
-          "n_prompts": len(samples), "checked_whole_prompts": min(check, len(samples)),
-          "groups": {g: sorted(l for l in langs if script_group(languages.LANGUAGES[l]) == g)
-                     for g in sorted({script_group(languages.LANGUAGES[l]) for l in langs})}}
+  by_setup = {
+      s: round(
+          statistics.fmean([n for (s2, _), lens in totals.items() if s2 == s for n in lens]), 1
+      )
+      for s in prompts.SETUPS
+  }
+  return {
+      "by_setup_script": dict(by_setup_script),
+      "by_setup": by_setup,
+      "n_prompts": len(samples),
+      "checked_whole_prompts": min(check, len(samples)),
+      "groups": {
+          g: sorted(l for l in langs if script_group(languages.LANGUAGES[l]) == g)
+          for g in sorted({script_group(languages.LANGUAGES[l]) for l in langs})
+      },
+  }
 
 
 def main(argv):
@@ -84,10 +108,16 @@ def main(argv):
   print("| setup | all | " + " | ".join(groups) + " |")
   print("|---|---|" + "---|" * len(groups))
   for setup, row in table["by_setup_script"].items():
-    print(f"| {setup} | {table['by_setup'][setup]} | " + " | ".join(str(row[g]) for g in groups)
-          + " |")
-  print(f"{table['n_prompts']} prompts; additivity checked on {table['checked_whole_prompts']} "
-        "whole prompts", file=sys.stderr)
+    print(
+        f"| {setup} | {table['by_setup'][setup]} | "
+        + " | ".join(str(row[g]) for g in groups)
+        + " |"
+    )
+  print(
+      f"{table['n_prompts']} prompts; additivity checked on {table['checked_whole_prompts']} "
+      "whole prompts",
+      file=sys.stderr,
+  )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,14 @@ def reference_generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int
     eos = model.generation_config.eos_token_id
     pad = eos[0] if isinstance(eos, (list, tuple)) else eos
   with torch.no_grad():
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=pad)
-  return out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+  return out[0, ids.shape[1] :].tolist()
 
 
 def reference_answer(model, hf_tokenizer, prompt: str | Sequence[int], max_new_tokens: int = 15):
@@ -75,5 +80,5 @@ def reference_logprobs(model, prompt_ids: Sequence[int], continuation_ids: Seque
   logp = torch.log_softmax(logits, dim=-1)
   n = len(prompt_ids)
   targets = full[0, n:]
-  picked = logp[n - 1:full.shape[1] - 1].gather(-1, targets[:, None])[:, 0]
+  picked = logp[n - 1 : full.shape[1] - 1].gather(-1, targets[:, None])[:, 0]
   return picked.numpy().astype(np.float32)

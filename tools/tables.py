@@ -24,12 +24,35 @@ SYSTEM_NAMES = {
     "d": "(d) bmike-jax, prefix reuse",
 }
 
-MAIN_COLUMNS = ("system", "setup", "prompts", "time (s)", "prompts/s", "gen tok/s",
-                "prefill tok/s", "unique prefill tok/s", "compile (s)", "peak RSS (MiB)",
-                "= (a)", "= (b)", "× (a)", "× (b)")
-FLOOR_COLUMNS = ("system", "setup", "prompts", "prompt tokens", "unique tokens computed",
-                 "prefill-only time (s)", "FLOP floor 2N (s)", "2N floor / time",
-                 "matmul floor (s)", "matmul floor / time", "achieved matmul GFLOP/s")
+MAIN_COLUMNS = (
+    "system",
+    "setup",
+    "prompts",
+    "time (s)",
+    "prompts/s",
+    "gen tok/s",
+    "prefill tok/s",
+    "unique prefill tok/s",
+    "compile (s)",
+    "peak RSS (MiB)",
+    "= (a)",
+    "= (b)",
+    "× (a)",
+    "× (b)",
+)
+FLOOR_COLUMNS = (
+    "system",
+    "setup",
+    "prompts",
+    "prompt tokens",
+    "unique tokens computed",
+    "prefill-only time (s)",
+    "FLOP floor 2N (s)",
+    "2N floor / time",
+    "matmul floor (s)",
+    "matmul floor / time",
+    "achieved matmul GFLOP/s",
+)
 SWEEP_COLUMNS = ("batch size", "prompts", "time (s)", "prompts/s", "= (a)")
 TARGET_SETUP = "few_shot_mixed"
 TARGETS = {"vs_a": 10.0, "vs_b": 3.0, "identical_a": 0.99}
@@ -124,8 +147,10 @@ def differing_answers(results: dict) -> list[dict]:
           continue
         for i, (x, y) in enumerate(zip(ga["answers"], g["answers"])):
           if x != y:
-            d = out.setdefault((ga["key"], i), {"key": ga["key"], "index": i,
-                                                "name": ga["names"][i], "a": x, "systems": {}})
+            d = out.setdefault(
+                (ga["key"], i),
+                {"key": ga["key"], "index": i, "name": ga["names"][i], "a": x, "systems": {}},
+            )
             d["systems"][label] = y
   return [out[k] for k in sorted(out)]
 
@@ -136,10 +161,27 @@ def differing_table(differing: Sequence[dict]) -> str:
   rows = []
   for d in differing:
     others = "; ".join(f"({k}) {v!r}" for k, v in sorted(d["systems"].items()))
-    rows.append([d["name"], repr(d["a"]), others, f"{d['min_gap']:.2e}",
-                 str(d["min_gap_step"] + 1), "yes" if d["min_gap"] < NEAR_TIE else "no"])
-  return md_table(["prompt", "(a) answer", "other answers", "HF min top-2 logit gap",
-                   "at step", f"near-tie (< {NEAR_TIE:g})"], rows)
+    rows.append(
+        [
+            d["name"],
+            repr(d["a"]),
+            others,
+            f"{d['min_gap']:.2e}",
+            str(d["min_gap_step"] + 1),
+            "yes" if d["min_gap"] < NEAR_TIE else "no",
+        ]
+    )
+  return md_table(
+      [
+          "prompt",
+          "(a) answer",
+          "other answers",
+          "HF min top-2 logit gap",
+          "at step",
+          f"near-tie (< {NEAR_TIE:g})",
+      ],
+      rows,
+  )
 
 
 def summarize(results: dict, peak: dict | None) -> dict:
@@ -159,8 +201,11 @@ def summarize(results: dict, peak: dict | None) -> dict:
       for ref in ("a", "b"):
         other = summary["systems"].get(ref, {}).get(scope)
         agg[f"identical_{ref}"] = identical(agg["answers"], other["answers"]) if other else None
-        agg[f"vs_{ref}"] = (agg["prompts_per_s"] / other["prompts_per_s"]
-                            if other and other["prompts_per_s"] and agg["prompts_per_s"] else None)
+        agg[f"vs_{ref}"] = (
+            agg["prompts_per_s"] / other["prompts_per_s"]
+            if other and other["prompts_per_s"] and agg["prompts_per_s"]
+            else None
+        )
     # Prompt token ids: every system should have run the same ids (HF tokenizer vs bmike-jax's).
     base = summary["systems"].get("d") or summary["systems"].get("c")
     if base:
@@ -175,23 +220,33 @@ def summarize(results: dict, peak: dict | None) -> dict:
       agg = aggregate(res, scope, key="prefill_groups")
       unique = agg.get("prefill_tokens", agg["prompt_tokens"])
       secs = agg["seconds"]
-      work = flops.matmul_flops(unique, agg["prompts"], res["token_matmul_params"],
-                                res["lm_head_params"])
-      floor = flops.flop_floor_seconds(unique, res["num_params"], peak_flops) if peak_flops else None
+      work = flops.matmul_flops(
+          unique, agg["prompts"], res["token_matmul_params"], res["lm_head_params"]
+      )
+      floor = (
+          flops.flop_floor_seconds(unique, res["num_params"], peak_flops) if peak_flops else None
+      )
       mfloor = work / peak_flops if peak_flops else None
       rows[scope] = {
-          "prompts": agg["prompts"], "prompt_tokens": agg["prompt_tokens"],
-          "unique_tokens": unique, "prefill_seconds": secs, "floor_seconds": floor,
+          "prompts": agg["prompts"],
+          "prompt_tokens": agg["prompt_tokens"],
+          "unique_tokens": unique,
+          "prefill_seconds": secs,
+          "floor_seconds": floor,
           "floor_fraction": floor / secs if floor and secs else None,
           "matmul_floor_seconds": mfloor,
           "matmul_floor_fraction": mfloor / secs if mfloor and secs else None,
-          "achieved_flops": work / secs if secs else None}
+          "achieved_flops": work / secs if secs else None,
+      }
     summary["floor"][label] = rows
   d = summary["systems"].get("d", {}).get(TARGET_SETUP)
   if d:
     summary["targets"] = {
-        "vs_a": d["vs_a"], "vs_b": d["vs_b"], "identical_a": d["identical_a"],
-        "pass": {k: (d[k] >= v if d[k] is not None else None) for k, v in TARGETS.items()}}
+        "vs_a": d["vs_a"],
+        "vs_b": d["vs_b"],
+        "identical_a": d["identical_a"],
+        "pass": {k: (d[k] >= v if d[k] is not None else None) for k, v in TARGETS.items()},
+    }
   return summary
 
 
@@ -207,14 +262,24 @@ def main_table(summary: dict, results: dict) -> str:
       name += f" (bs {results[label].get('batch_size')})"
     for scope, agg in summary["systems"][label].items():
       compile_s = agg.get("jax_compile_seconds")
-      rows.append([
-          name, scope, agg["prompts"], _fmt(agg["seconds"]), _fmt(agg["prompts_per_s"]),
-          _fmt(agg["gen_tokens_per_s"]), _fmt(agg["prefill_tokens_per_s"]),
-          _fmt(agg.get("unique_prefill_tokens_per_s")),
-          _fmt(compile_s) if label in ("c", "d") else "—",
-          _fmt(results[label].get("peak_rss_mib"), 0) if scope == "all" else "",
-          _pct(agg["identical_a"]), _pct(agg["identical_b"]), _ratio(agg["vs_a"]),
-          _ratio(agg["vs_b"])])
+      rows.append(
+          [
+              name,
+              scope,
+              agg["prompts"],
+              _fmt(agg["seconds"]),
+              _fmt(agg["prompts_per_s"]),
+              _fmt(agg["gen_tokens_per_s"]),
+              _fmt(agg["prefill_tokens_per_s"]),
+              _fmt(agg.get("unique_prefill_tokens_per_s")),
+              _fmt(compile_s) if label in ("c", "d") else "—",
+              _fmt(results[label].get("peak_rss_mib"), 0) if scope == "all" else "",
+              _pct(agg["identical_a"]),
+              _pct(agg["identical_b"]),
+              _ratio(agg["vs_a"]),
+              _ratio(agg["vs_b"]),
+          ]
+      )
   return md_table(MAIN_COLUMNS, rows)
 
 
@@ -222,11 +287,21 @@ def floor_table(summary: dict) -> str:
   rows = []
   for label, per in summary["floor"].items():
     for scope, r in per.items():
-      rows.append([SYSTEM_NAMES[label], scope, r["prompts"], r["prompt_tokens"],
-                   r["unique_tokens"], _fmt(r["prefill_seconds"]), _fmt(r["floor_seconds"], 3),
-                   _pct(r["floor_fraction"]), _fmt(r["matmul_floor_seconds"], 3),
-                   _pct(r["matmul_floor_fraction"]),
-                   _fmt(r["achieved_flops"] / 1e9 if r["achieved_flops"] else None)])
+      rows.append(
+          [
+              SYSTEM_NAMES[label],
+              scope,
+              r["prompts"],
+              r["prompt_tokens"],
+              r["unique_tokens"],
+              _fmt(r["prefill_seconds"]),
+              _fmt(r["floor_seconds"], 3),
+              _pct(r["floor_fraction"]),
+              _fmt(r["matmul_floor_seconds"], 3),
+              _pct(r["matmul_floor_fraction"]),
+              _fmt(r["achieved_flops"] / 1e9 if r["achieved_flops"] else None),
+          ]
+      )
   return md_table(FLOOR_COLUMNS, rows)
 
 
@@ -240,12 +315,20 @@ def sweep_table(sweep: dict | None, reference: dict | None) -> str:
     if reference:
       # the sweep ran a subset: compare by prompt name against the reference's answers
       ref = {n: a for g in reference["groups"] for n, a in zip(g.get("names", []), g["answers"])}
-      pairs = [(a, ref.get(n)) for g in entry["groups"] for n, a in zip(g.get("names", []),
-                                                                         g["answers"])]
+      pairs = [
+          (a, ref.get(n)) for g in entry["groups"] for n, a in zip(g.get("names", []), g["answers"])
+      ]
       pairs = [(x, y) for x, y in pairs if y is not None]
       ident = sum(x == y for x, y in pairs) / len(pairs) if pairs else None
-    rows.append([entry["batch_size"], agg["prompts"], _fmt(agg["seconds"]),
-                 _fmt(agg["prompts_per_s"]), _pct(ident)])
+    rows.append(
+        [
+            entry["batch_size"],
+            agg["prompts"],
+            _fmt(agg["seconds"]),
+            _fmt(agg["prompts_per_s"]),
+            _pct(ident),
+        ]
+    )
   return md_table(SWEEP_COLUMNS, rows)
 
 
@@ -253,22 +336,29 @@ def targets_lines(summary: dict) -> str:
   t = summary.get("targets")
   if not t:
     return f"Targets: not evaluated (setup {TARGET_SETUP} or system (d) not in this run)."
+
   def verdict(key):
     p = t["pass"][key]
     return "n/a" if p is None else ("PASS" if p else "FAIL")
-  return "\n".join([
-      f"- {TARGET_SETUP}: (d) prompts/s vs (a) = {_ratio(t['vs_a'])} "
-      f"(target ≥ {TARGETS['vs_a']:.0f}×): {verdict('vs_a')}",
-      f"- {TARGET_SETUP}: (d) prompts/s vs (b) = {_ratio(t['vs_b'])} "
-      f"(target ≥ {TARGETS['vs_b']:.0f}×): {verdict('vs_b')}",
-      f"- {TARGET_SETUP}: (d) answers identical to (a) = {_pct(t['identical_a'])} "
-      f"(target ≥ {100 * TARGETS['identical_a']:.0f}%): {verdict('identical_a')}",
-  ])
+
+  return "\n".join(
+      [
+          f"- {TARGET_SETUP}: (d) prompts/s vs (a) = {_ratio(t['vs_a'])} "
+          f"(target ≥ {TARGETS['vs_a']:.0f}×): {verdict('vs_a')}",
+          f"- {TARGET_SETUP}: (d) prompts/s vs (b) = {_ratio(t['vs_b'])} "
+          f"(target ≥ {TARGETS['vs_b']:.0f}×): {verdict('vs_b')}",
+          f"- {TARGET_SETUP}: (d) answers identical to (a) = {_pct(t['identical_a'])} "
+          f"(target ≥ {100 * TARGETS['identical_a']:.0f}%): {verdict('identical_a')}",
+      ]
+  )
 
 
 def machine_info() -> dict:
-  info = {"python": sys.version.split()[0], "platform": platform.platform(),
-          "cpu_count": os.cpu_count()}
+  info = {
+      "python": sys.version.split()[0],
+      "platform": platform.platform(),
+      "cpu_count": os.cpu_count(),
+  }
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
@@ -278,7 +368,7 @@ def machine_info() -> dict:
     with open("/proc/meminfo", encoding="utf-8") as f:
       for line in f:
         if line.startswith("MemTotal:"):
-          info["mem_gib"] = round(int(line.split()[1]) / 2 ** 20, 1)
+          info["mem_gib"] = round(int(line.split()[1]) / 2**20, 1)
   except OSError:
     pass
   for mod in ("jax", "jaxlib", "flax", "torch", "transformers"):
@@ -294,13 +384,17 @@ def machine_info() -> dict:
 
 
 def machine_line(info: dict) -> str:
-  parts = [f"CPU: {info.get('cpu', '?')}, {info.get('cpu_count')} cores visible, "
-           f"{info.get('mem_gib', '?')} GiB RAM",
-           f"jax {info.get('jax')}, flax {info.get('flax')}, torch {info.get('torch')}, "
-           f"transformers {info.get('transformers')}, Python {info.get('python')}"]
+  parts = [
+      f"CPU: {info.get('cpu', '?')}, {info.get('cpu_count')} cores visible, "
+      f"{info.get('mem_gib', '?')} GiB RAM",
+      f"jax {info.get('jax')}, flax {info.get('flax')}, torch {info.get('torch')}, "
+      f"transformers {info.get('transformers')}, Python {info.get('python')}",
+  ]
   if "loadavg_start" in info:
-    parts.append(f"load average at start {info['loadavg_start']}, at end "
-                 f"{info.get('loadavg_end', '?')} (a busy machine distorts every number)")
+    parts.append(
+        f"load average at start {info['loadavg_start']}, at end "
+        f"{info.get('loadavg_end', '?')} (a busy machine distorts every number)"
+    )
   return "\n".join(f"- {p}" for p in parts)
 
 
@@ -341,8 +435,10 @@ def render_cpu(raw: dict) -> str:
       f"types, languages {', '.join(langs)}, setups {', '.join(setups)}: "
       f"{sum(g['prompts'] for g in groups)} prompts, {run_flags['max_new_tokens']} new tokens max; "
       f"model `{os.path.basename(checkpoint)}` ({d.get('num_params', 0) / 1e6:.1f}M params)",
-      f"- command: `{raw['command']}`", "",
-      main_table(summary, results), "",
+      f"- command: `{raw['command']}`",
+      "",
+      main_table(summary, results),
+      "",
       "Columns: time = the timed run only (models loaded, warm); prompts/s, gen tok/s (tokens each "
       "system generated: HF runs to EOS or 15 tokens, bmike-jax stops at the answer's closing "
       "quote), prefill tok/s (prompt tokens / time), unique prefill tok/s (prompt tokens actually "
@@ -354,58 +450,83 @@ def render_cpu(raw: dict) -> str:
       "",
   ]
   mism = {k: v for k, v in summary["ids_mismatch"].items() if v}
-  lines.append("- prompt token ids identical across systems: "
-               + ("yes" if not mism else f"NO, differing prompts per system: {mism}"))
+  lines.append(
+      "- prompt token ids identical across systems: "
+      + ("yes" if not mism else f"NO, differing prompts per system: {mism}")
+  )
   for label in ("a", "b", "c", "d"):
     if label not in results:
       continue
     r, agg = results[label], summary["systems"][label]["all"]
     mem = r.get("memory_after_load_mib") or {}
-    line = (f"- {SYSTEM_NAMES[label]}: model load {r.get('load_seconds', 0):.1f} s, RSS "
-            f"after load {mem.get('rss', 0):.0f} MiB (high-water {mem.get('hwm', 0):.0f} MiB), "
-            f"peak {r.get('peak_rss_mib', 0):.0f} MiB")
+    line = (
+        f"- {SYSTEM_NAMES[label]}: model load {r.get('load_seconds', 0):.1f} s, RSS "
+        f"after load {mem.get('rss', 0):.0f} MiB (high-water {mem.get('hwm', 0):.0f} MiB), "
+        f"peak {r.get('peak_rss_mib', 0):.0f} MiB"
+    )
     if label in ("c", "d") and r.get("cold_pass", True):
-      line += (f"; {r['compile_count']} programs compiled (jax compile events "
-               f"{agg.get('jax_compile_seconds', 0):.1f} s; cold pass − warm pass "
-               f"{agg.get('compile_seconds', 0):.1f} s), {agg.get('warm_compiles')} in the timed "
-               "warm pass (should be 0)")
+      line += (
+          f"; {r['compile_count']} programs compiled (jax compile events "
+          f"{agg.get('jax_compile_seconds', 0):.1f} s; cold pass − warm pass "
+          f"{agg.get('compile_seconds', 0):.1f} s), {agg.get('warm_compiles')} in the timed "
+          "warm pass (should be 0)"
+      )
     elif label in ("c", "d"):
-      line += (f"; {r['compile_count']} programs compiled; no cold pass: timed once, its "
-               f"{agg.get('jax_compile_seconds', 0):.1f} s of jax compile events subtracted")
+      line += (
+          f"; {r['compile_count']} programs compiled; no cold pass: timed once, its "
+          f"{agg.get('jax_compile_seconds', 0):.1f} s of jax compile events subtracted"
+      )
     lines.append(line)
   lines.append("")
   if summary["floor"]:
-    lines += [f"Prefill against the FLOP floor at the measured {peak['flops'] / 1e9:.1f} GFLOP/s: "
-              f"2N floor = unique prompt tokens × 2 × {d.get('num_params', 0) / 1e6:.1f}M params; "
-              f"matmul floor = 2 × ({d.get('token_matmul_params', 0) / 1e6:.1f}M decoder params × "
-              f"unique tokens + {d.get('lm_head_params', 0) / 1e6:.1f}M lm_head params × prompts) "
-              "(the embedding is a lookup, logits are computed at the last position only); "
-              "prefill-only = the same workload with max_new_tokens=1, warm; floor / time is the "
-              "share of the peak achieved:", "",
-              floor_table(summary), ""]
+    lines += [
+        f"Prefill against the FLOP floor at the measured {peak['flops'] / 1e9:.1f} GFLOP/s: "
+        f"2N floor = unique prompt tokens × 2 × {d.get('num_params', 0) / 1e6:.1f}M params; "
+        f"matmul floor = 2 × ({d.get('token_matmul_params', 0) / 1e6:.1f}M decoder params × "
+        f"unique tokens + {d.get('lm_head_params', 0) / 1e6:.1f}M lm_head params × prompts) "
+        "(the embedding is a lookup, logits are computed at the last position only); "
+        "prefill-only = the same workload with max_new_tokens=1, warm; floor / time is the "
+        "share of the peak achieved:",
+        "",
+        floor_table(summary),
+        "",
+    ]
   if extra.get("hf_sweep"):
-    what = ("whole workload" if extra["hf_sweep"].get("full_workload") else
-            f"a sample of ~{run_flags['hf_sweep_prompts']} prompts")
-    lines += [f"HF batched, batch sizes tried on {what} (best used for (b)):", "",
-              sweep_table(extra["hf_sweep"], results.get("a")), ""]
+    what = (
+        "whole workload"
+        if extra["hf_sweep"].get("full_workload")
+        else f"a sample of ~{run_flags['hf_sweep_prompts']} prompts"
+    )
+    lines += [
+        f"HF batched, batch sizes tried on {what} (best used for (b)):",
+        "",
+        sweep_table(extra["hf_sweep"], results.get("a")),
+        "",
+    ]
   if extra.get("differing"):
-    lines += ["Answers that differ from (a), with HF's own smallest gap between its top two logits "
-              "along its greedy path (one teacher-forced pass): a gap near fp32 rounding means any "
-              "other summation order (batching, padding, another library) may pick the other "
-              "token.", "", differing_table(extra["differing"]), ""]
+    lines += [
+        "Answers that differ from (a), with HF's own smallest gap between its top two logits "
+        "along its greedy path (one teacher-forced pass): a gap near fp32 rounding means any "
+        "other summation order (batching, padding, another library) may pick the other "
+        "token.",
+        "",
+        differing_table(extra["differing"]),
+        "",
+    ]
   lines += ["Targets (CPU, 8-shot):", "", targets_lines(summary)]
   return "\n".join(lines) + "\n"
 
 
 def _gpu_setup_facts(res: dict) -> str:
-  """"; length buckets ...; decoder layers ..." for the facts the run recorded (runs saved before
+  """ "; length buckets ...; decoder layers ..." for the facts the run recorded (runs saved before
   a fact was recorded render without it, as they were printed then)."""
   out = ""
   if res.get("length_buckets"):
     out += f"; length buckets {','.join(map(str, res['length_buckets']))}"
   if "scan_layers" in res:
-    out += ("; decoder layers " + ("scanned (stacked params)" if res["scan_layers"]
-                                   else "unrolled (per-layer params)"))
+    out += "; decoder layers " + (
+        "scanned (stacked params)" if res["scan_layers"] else "unrolled (per-layer params)"
+    )
   return out
 
 
@@ -417,51 +538,113 @@ def render_gpu(res: dict) -> str:
   lines += [
       f"- parameters: {res['num_params'] / 1e9:.3f}B, {res['param_bytes'] / 1e9:.2f} GB; "
       f"engine batch size {res['batch_size']}" + _gpu_setup_facts(res),
-      (f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
-       f"({res['hbm_bandwidth_source']})" if res["hbm_bandwidth"] else
-       "- HBM bandwidth: unknown device (pass --hbm_bandwidth)") + "; dense bf16 peak used: "
+      (
+          f"- HBM bandwidth used: {fmt(res['hbm_bandwidth'] / 1e12)} TB/s "
+          f"({res['hbm_bandwidth_source']})"
+          if res["hbm_bandwidth"]
+          else "- HBM bandwidth: unknown device (pass --hbm_bandwidth)"
+      )
+      + "; dense bf16 peak used: "
       f"{fmt(res['peak_bf16_flops'] / 1e12)} TFLOP/s ({res['peak_source']}); measured bf16 "
       f"matmul ({mm['n']}²): {fmt(mm['flops'] / 1e12)} TFLOP/s",
       f"- device memory peak: {fmt((res['device_memory'].get('peak_bytes_in_use') or 0) / 2**30)} GiB",
       "",
       md_table(
-          ("setup", "prompts", "mean prompt tokens", "unique tokens", "time (s)", "prompts/s",
-           "compile (s)", "prefill-only (s)", "prefill MFU"),
-          [[s, r["full"]["prompts"], fmt(r["full"]["prompt_tokens"] / max(1, r["full"]["prompts"])),
-            r["prefill"]["prefill_tokens"], fmt(r["full"]["seconds"]), fmt(r["full"]["prompts_per_s"]),
-            fmt(r["full"]["compile_seconds"] + r["prefill"]["compile_seconds"]),
-            fmt(r["prefill"]["seconds"], 3), pct(r["prefill"]["mfu"])]
-           for s, r in res["setups"].items()]),
+          (
+              "setup",
+              "prompts",
+              "mean prompt tokens",
+              "unique tokens",
+              "time (s)",
+              "prompts/s",
+              "compile (s)",
+              "prefill-only (s)",
+              "prefill MFU",
+          ),
+          [
+              [
+                  s,
+                  r["full"]["prompts"],
+                  fmt(r["full"]["prompt_tokens"] / max(1, r["full"]["prompts"])),
+                  r["prefill"]["prefill_tokens"],
+                  fmt(r["full"]["seconds"]),
+                  fmt(r["full"]["prompts_per_s"]),
+                  fmt(r["full"]["compile_seconds"] + r["prefill"]["compile_seconds"]),
+                  fmt(r["prefill"]["seconds"], 3),
+                  pct(r["prefill"]["mfu"]),
+              ]
+              for s, r in res["setups"].items()
+          ],
+      ),
       "",
       md_table(
-          ("decode (prompt length)", "batch", "cache slots", "step (ms)", "HBM floor (ms)",
-           "step / floor", "floor incl. KV (ms)", "step / floor incl. KV"),
-          [[f"{s} ({d['prompt_length']})", d["batch"], d["cache_slots"],
-            fmt(d["step_seconds"] * 1e3, 3),
-            fmt(d["floor_seconds"] * 1e3 if d["floor_seconds"] else None, 3), ratio(d["ratio"]),
-            fmt(d["floor_kv_seconds"] * 1e3 if d["floor_kv_seconds"] else None, 3),
-            ratio(d["ratio_kv"])] for s, d in res["decode"].items()]),
+          (
+              "decode (prompt length)",
+              "batch",
+              "cache slots",
+              "step (ms)",
+              "HBM floor (ms)",
+              "step / floor",
+              "floor incl. KV (ms)",
+              "step / floor incl. KV",
+          ),
+          [
+              [
+                  f"{s} ({d['prompt_length']})",
+                  d["batch"],
+                  d["cache_slots"],
+                  fmt(d["step_seconds"] * 1e3, 3),
+                  fmt(d["floor_seconds"] * 1e3 if d["floor_seconds"] else None, 3),
+                  ratio(d["ratio"]),
+                  fmt(d["floor_kv_seconds"] * 1e3 if d["floor_kv_seconds"] else None, 3),
+                  ratio(d["ratio_kv"]),
+              ]
+              for s, d in res["decode"].items()
+          ],
+      ),
       "",
   ]
   proj = res["projection"]
-  rows = [[s, f"{p['prompts']:,}", p["measured_as"], fmt(p["prompts_per_s"]),
-           fmt(p["seconds"] / 3600, 2)] for s, p in proj.items()]
-  rows.append(["total", f"{sum(p['prompts'] for p in proj.values()):,}", "", "",
-               fmt(res["projected_seconds"] / 3600, 2)])
+  rows = [
+      [
+          s,
+          f"{p['prompts']:,}",
+          p["measured_as"],
+          fmt(p["prompts_per_s"]),
+          fmt(p["seconds"] / 3600, 2),
+      ]
+      for s, p in proj.items()
+  ]
+  rows.append(
+      [
+          "total",
+          f"{sum(p['prompts'] for p in proj.values()):,}",
+          "",
+          "",
+          fmt(res["projected_seconds"] / 3600, 2),
+      ]
+  )
   lines += [
       "Synthetic prompts copy the token lengths (and the shared demonstration prefix) of the real "
       "prompts under the SmolLM2 tokenizer; lengths from: "
-      + ", ".join(f"{k} {v}" for k, v in res.get("lengths_source", {}).items()) + ".", "",
+      + ", ".join(f"{k} {v}" for k, v in res.get("lengths_source", {}).items())
+      + ".",
+      "",
       "Projected full sweep (3 datasets × 53 languages × 4 query types per setup; greedy answers "
       "only, no likelihood scoring; 15 tokens per answer since random weights never close the "
-      "quote):", "",
-      md_table(("setup", "prompts", "rate measured as", "prompts/s", "hours"), rows)]
+      "quote):",
+      "",
+      md_table(("setup", "prompts", "rate measured as", "prompts/s", "hours"), rows),
+  ]
   if not res["projection_complete"]:
     lines.append("\n(not every setup was measured: the total covers the measured ones only)")
   worst = [d["ratio"] for d in res["decode"].values() if d["ratio"] is not None]
   if worst:
-    lines += ["", f"- target: decode step within 1.25× the HBM floor: worst {max(worst):.2f}× → "
-              f"{'PASS' if max(worst) <= 1.25 else 'FAIL'}"]
+    lines += [
+        "",
+        f"- target: decode step within 1.25× the HBM floor: worst {max(worst):.2f}× → "
+        f"{'PASS' if max(worst) <= 1.25 else 'FAIL'}",
+    ]
   lines += ["", f"- command: `{res['command']}`"]
   return "\n".join(lines) + "\n"
 
@@ -470,16 +653,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   import argparse
 
   parser = argparse.ArgumentParser(description="Render a benchmark's tables from its raw JSON.")
-  parser.add_argument("--from", dest="source", required=True,
-                      help="the .json a tools.bench_cpu / tools.bench_gpu run wrote (--output)")
+  parser.add_argument(
+      "--from",
+      dest="source",
+      required=True,
+      help="the .json a tools.bench_cpu / tools.bench_gpu run wrote (--output)",
+  )
   args = parser.parse_args(argv)
   try:
     with open(args.source, encoding="utf-8") as f:
       raw = json.load(f)
     md = render(raw)
   except (OSError, ValueError, KeyError, TypeError) as e:
-    print(f"error: --from={args.source}: not a benchmark's raw JSON ({type(e).__name__}: {e})",
-          file=sys.stderr)
+    print(
+        f"error: --from={args.source}: not a benchmark's raw JSON ({type(e).__name__}: {e})",
+        file=sys.stderr,
+    )
     return 1
   print(md, end="")
   return 0

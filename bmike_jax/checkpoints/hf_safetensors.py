@@ -23,13 +23,18 @@ from bmike_jax.model import ConfigError, LlamaConfig
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 # safetensors dtype name -> numpy dtype; anything else (ints, fp8, bool) is not a float weight.
-FLOAT_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-                "BF16": np.dtype(ml_dtypes.bfloat16), "F64": np.dtype(np.float64)}
+FLOAT_DTYPES = {
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype(np.float64),
+}
 
 
 def is_hf_dir(path: str) -> bool:
-  return os.path.isdir(path) and (os.path.isfile(os.path.join(path, SINGLE)) or
-                                  os.path.isfile(os.path.join(path, INDEX)))
+  return os.path.isdir(path) and (
+      os.path.isfile(os.path.join(path, SINGLE)) or os.path.isfile(os.path.join(path, INDEX))
+  )
 
 
 def _read_json(path: str) -> Any:
@@ -119,8 +124,9 @@ class SafetensorsSource:
     entry, path = self._entry(name), self.files[name]
     kind = entry["dtype"]
     if kind not in FLOAT_DTYPES:
-      raise CheckpointError(f"{path}: tensor {name!r} has dtype {kind}, expected one of "
-                            f"{', '.join(FLOAT_DTYPES)}")
+      raise CheckpointError(
+          f"{path}: tensor {name!r} has dtype {kind}, expected one of " f"{', '.join(FLOAT_DTYPES)}"
+      )
     if kind != "BF16":
       with safe_open(path, framework="numpy") as f:
         return f.get_tensor(name)

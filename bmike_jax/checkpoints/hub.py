@@ -23,10 +23,12 @@ def resolve(value: str | None, *, flag: str) -> str | None:
     return value
   from huggingface_hub import constants, snapshot_download
   from huggingface_hub.errors import LocalEntryNotFoundError
+
   try:
     return snapshot_download(repo_id=value, local_files_only=True)
   except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
     raise CheckpointError(
         f"--{flag}={value}: no such local path, and no Hugging Face model {value!r} in the local "
         f"cache ({constants.HF_HUB_CACHE}); download it first (`hf download {value}`): "
-        "bmike-jax never downloads") from None
+        "bmike-jax never downloads"
+    ) from None

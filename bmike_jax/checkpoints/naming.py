@@ -40,18 +40,68 @@ class Rule:
 T = ("transpose",)
 RULES: tuple[Rule, ...] = (
     # target                     HF source                                    GGUF source               HF steps GGUF steps
-    Rule("embed/embedding",        "model.embed_tokens.weight",                 "token_embd.weight",        (), ()),
-    Rule("layers/attn/q/kernel",   "model.layers.{i}.self_attn.q_proj.weight",  "blk.{i}.attn_q.weight",    T, ("unpermute_q", "transpose")),
-    Rule("layers/attn/k/kernel",   "model.layers.{i}.self_attn.k_proj.weight",  "blk.{i}.attn_k.weight",    T, ("unpermute_k", "transpose")),
-    Rule("layers/attn/v/kernel",   "model.layers.{i}.self_attn.v_proj.weight",  "blk.{i}.attn_v.weight",    T, T),
-    Rule("layers/attn/o/kernel",   "model.layers.{i}.self_attn.o_proj.weight",  "blk.{i}.attn_output.weight", T, T),
-    Rule("layers/mlp/gate/kernel", "model.layers.{i}.mlp.gate_proj.weight",     "blk.{i}.ffn_gate.weight",  T, T),
-    Rule("layers/mlp/up/kernel",   "model.layers.{i}.mlp.up_proj.weight",       "blk.{i}.ffn_up.weight",    T, T),
-    Rule("layers/mlp/down/kernel", "model.layers.{i}.mlp.down_proj.weight",     "blk.{i}.ffn_down.weight",  T, T),
-    Rule("layers/input_norm/scale",     "model.layers.{i}.input_layernorm.weight",          "blk.{i}.attn_norm.weight", (), ()),
-    Rule("layers/post_attn_norm/scale", "model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight",  (), ()),
-    Rule("final_norm/scale",       "model.norm.weight",                         "output_norm.weight",       (), ()),
-    Rule("lm_head/kernel",         "lm_head.weight",                            "output.weight",            T, T),
+    Rule("embed/embedding", "model.embed_tokens.weight", "token_embd.weight", (), ()),
+    Rule(
+        "layers/attn/q/kernel",
+        "model.layers.{i}.self_attn.q_proj.weight",
+        "blk.{i}.attn_q.weight",
+        T,
+        ("unpermute_q", "transpose"),
+    ),
+    Rule(
+        "layers/attn/k/kernel",
+        "model.layers.{i}.self_attn.k_proj.weight",
+        "blk.{i}.attn_k.weight",
+        T,
+        ("unpermute_k", "transpose"),
+    ),
+    Rule(
+        "layers/attn/v/kernel",
+        "model.layers.{i}.self_attn.v_proj.weight",
+        "blk.{i}.attn_v.weight",
+        T,
+        T,
+    ),
+    Rule(
+        "layers/attn/o/kernel",
+        "model.layers.{i}.self_attn.o_proj.weight",
+        "blk.{i}.attn_output.weight",
+        T,
+        T,
+    ),
+    Rule(
+        "layers/mlp/gate/kernel",
+        "model.layers.{i}.mlp.gate_proj.weight",
+        "blk.{i}.ffn_gate.weight",
+        T,
+        T,
+    ),
+    Rule(
+        "layers/mlp/up/kernel", "model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight", T, T
+    ),
+    Rule(
+        "layers/mlp/down/kernel",
+        "model.layers.{i}.mlp.down_proj.weight",
+        "blk.{i}.ffn_down.weight",
+        T,
+        T,
+    ),
+    Rule(
+        "layers/input_norm/scale",
+        "model.layers.{i}.input_layernorm.weight",
+        "blk.{i}.attn_norm.weight",
+        (),
+        (),
+    ),
+    Rule(
+        "layers/post_attn_norm/scale",
+        "model.layers.{i}.post_attention_layernorm.weight",
+        "blk.{i}.ffn_norm.weight",
+        (),
+        (),
+    ),
+    Rule("final_norm/scale", "model.norm.weight", "output_norm.weight", (), ()),
+    Rule("lm_head/kernel", "lm_head.weight", "output.weight", T, T),
 )
 
 # Source tensors that carry nothing the Flax model needs (recomputed or redundant).

@@ -85,33 +85,41 @@ def abstract_params(directory: str, dtype=None):
   """The stored tree as jax.ShapeDtypeStruct leaves (e.g. to compute shardings before restoring)."""
   cast = None if dtype is None else numpy_dtype(dtype)
   return jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), cast or m.dtype), param_metadata(directory))
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), cast or m.dtype), param_metadata(directory)
+  )
 
 
 def _sharding_tree(tree, fn: Callable[..., Sharding]):
   takes_shape = len(inspect.signature(fn).parameters) >= 2
   return jax.tree_util.tree_map_with_path(
-      lambda p, m: fn(_path_str(p), tuple(m.shape)) if takes_shape else fn(_path_str(p)), tree)
+      lambda p, m: fn(_path_str(p), tuple(m.shape)) if takes_shape else fn(_path_str(p)), tree
+  )
 
 
 def restore_params(directory: str, shardings: ShardingSpec | None = None, dtype=None):
   """Params from DIR/params: numpy arrays when `shardings` is None, else jax.Arrays laid out on
   the given shardings (a matching pytree of NamedSharding, or a function path -> sharding or
-  (path, shape) -> sharding). `dtype` (e.g. "bfloat16") casts on restore; None keeps the stored dtype."""
+  (path, shape) -> sharding). `dtype` (e.g. "bfloat16") casts on restore; None keeps the stored dtype.
+  """
   tree = param_metadata(directory)
   cast = None if dtype is None else numpy_dtype(dtype)
   if shardings is None:
     args = jax.tree_util.tree_map(
-        lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast), tree)
+        lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast), tree
+    )
   else:
     if callable(shardings) and not isinstance(shardings, Sharding):
       shardings = _sharding_tree(tree, shardings)
     try:
       args = jax.tree_util.tree_map(
           lambda m, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=tuple(m.shape), dtype=cast),
-          tree, shardings)
+          tree,
+          shardings,
+      )
     except ValueError as e:
-      raise CheckpointError(f"{directory}: shardings do not match the stored param tree ({e})") from e
+      raise CheckpointError(
+          f"{directory}: shardings do not match the stored param tree ({e})"
+      ) from e
   target = paths.join(_absolute(directory), PARAMS)
   return ocp.PyTreeCheckpointer().restore(target, restore_args=args)
 

@@ -21,8 +21,9 @@ def _argmax_logits(config: LlamaConfig):
   return jax.jit(lambda params, tokens: jnp.argmax(logits_only(config, params, tokens), axis=-1))
 
 
-def teacher_forced(config: LlamaConfig, params, tokenizer, prompts: Sequence[str],
-                   golds: Sequence[str]) -> list[list[int]]:
+def teacher_forced(
+    config: LlamaConfig, params, tokenizer, prompts: Sequence[str], golds: Sequence[str]
+) -> list[list[int]]:
   """Per prompt: the argmax ids over the gold span, as the reference's baselines read answers:
   one pass over tokenizer(prompt + " " + gold) (BOS as the tokenizer adds it), the argmax at
   positions [len(tokenizer(prompt)) - 1, len(full) - 1). (With an empty gold the full text is
@@ -32,7 +33,7 @@ def teacher_forced(config: LlamaConfig, params, tokenizer, prompts: Sequence[str
   if not full:
     return []
   argmax = np.asarray(_argmax_logits(config)(params, jnp.asarray(pad_rows(full))))
-  return [argmax[i, s:len(ids) - 1].tolist() for i, (ids, s) in enumerate(zip(full, starts))]
+  return [argmax[i, s : len(ids) - 1].tolist() for i, (ids, s) in enumerate(zip(full, starts))]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,14 +52,20 @@ def _greedy(config: LlamaConfig, steps: int, eos: tuple[int, ...]):
       done = done | is_eos | quote_mask[tok]
       return (tokens, done), emitted
 
-    (_, _), out = jax.lax.scan(step, (tokens, jnp.zeros(tokens.shape[0], bool)),
-                               jnp.arange(steps))
+    (_, _), out = jax.lax.scan(step, (tokens, jnp.zeros(tokens.shape[0], bool)), jnp.arange(steps))
     return out.T  # [B, steps], -1 after the end
+
   return jax.jit(run)
 
 
-def greedy(config: LlamaConfig, params, tokenizer, prompts: Sequence[str],
-           max_new_tokens: int = 15, stop_at_quote: bool = True) -> list[list[int]]:
+def greedy(
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 15,
+    stop_at_quote: bool = True,
+) -> list[list[int]]:
   """Greedy continuations of tokenizer(prompt) (BOS as the tokenizer adds it), stopped as the
   engine does: at an EOS id (not kept), after a token holding `"` (kept), or after
   max_new_tokens (`stop_at_quote=False`: EOS and length only). No KV cache: each step re-runs
@@ -69,9 +76,10 @@ def greedy(config: LlamaConfig, params, tokenizer, prompts: Sequence[str],
   longest = max(len(i) for i in ids)
   tokens = pad_rows(ids, -(-(longest + max_new_tokens) // 16) * 16)
   quote = np.zeros(config.vocab_size, bool)
-  mask = np.asarray(tokenizer.quote_token_mask())[:config.vocab_size]
-  quote[:len(mask)] = mask & stop_at_quote
+  mask = np.asarray(tokenizer.quote_token_mask())[: config.vocab_size]
+  quote[: len(mask)] = mask & stop_at_quote
   run = _greedy(config, max_new_tokens, tuple(int(e) for e in tokenizer.eos_ids))
-  out = np.asarray(run(params, jnp.asarray(tokens), jnp.asarray([len(i) for i in ids]),
-                       jnp.asarray(quote)))
+  out = np.asarray(
+      run(params, jnp.asarray(tokens), jnp.asarray([len(i) for i in ids]), jnp.asarray(quote))
+  )
   return [[int(t) for t in row if t >= 0] for row in out]

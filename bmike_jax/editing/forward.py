@@ -75,7 +75,7 @@ def _attention(config: LlamaConfig, p, x, cos, sin):
   k = rope.apply_rotary(_dot(x, p["k"]["kernel"]).reshape(b, t, kvh, dh), cos, sin)
   v = _dot(x, p["v"]["kernel"]).reshape(b, t, kvh, dh)
   q = q.reshape(b, t, kvh, h // kvh, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=HIGHEST) * dh ** -0.5
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=HIGHEST) * dh**-0.5
   causal = jnp.tril(jnp.ones((t, t), bool))
   scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1)
@@ -83,9 +83,15 @@ def _attention(config: LlamaConfig, p, x, cos, sin):
   return _dot(out, p["o"]["kernel"])
 
 
-def forward(config: LlamaConfig, params, tokens: jax.Array, *, patch: MlpPatch | None = None,
-            capture_layer: int | None = None,
-            gate_position: jax.Array | None = None) -> tuple[jax.Array, Trace]:
+def forward(
+    config: LlamaConfig,
+    params,
+    tokens: jax.Array,
+    *,
+    patch: MlpPatch | None = None,
+    capture_layer: int | None = None,
+    gate_position: jax.Array | None = None,
+) -> tuple[jax.Array, Trace]:
   """Logits [B, T, V] (float32) of tokens [B, T] (right-padded rows), and the `Trace` asked for:
   `capture_layer` (a static int) reads that layer's MLP, `gate_position` [B] every layer's gate
   output at that position of each row. `patch` changes one layer's MLP (see `MlpPatch`)."""
@@ -122,19 +128,24 @@ def forward(config: LlamaConfig, params, tokens: jax.Array, *, patch: MlpPatch |
     return (x, i + 1, down_in, down_out, layer_out), gate_at
 
   empty_in = jnp.zeros((b, t, f) if capture_layer is not None else (), jnp.float32)
-  empty_out = jnp.zeros((b, t, config.hidden_size) if capture_layer is not None else (),
-                        jnp.float32)
+  empty_out = jnp.zeros(
+      (b, t, config.hidden_size) if capture_layer is not None else (), jnp.float32
+  )
   carry = (x, jnp.zeros((), jnp.int32), empty_in, empty_out, empty_out)
   (x, _, down_in, down_out, layer_out), gate_at = jax.lax.scan(layer, carry, params["layers"])
   x = _rms_norm(x, params["final_norm"]["scale"], eps)
   if config.tie_word_embeddings:
-    logits = jnp.einsum("btd,vd->btv", x, params["embed"]["embedding"].astype(jnp.float32),
-                        precision=HIGHEST)
+    logits = jnp.einsum(
+        "btd,vd->btv", x, params["embed"]["embedding"].astype(jnp.float32), precision=HIGHEST
+    )
   else:
     logits = _dot(x, params["lm_head"]["kernel"])
-  trace = Trace(down_in=down_in if capture_layer is not None else None,
-                down_out=down_out if capture_layer is not None else None, gate_at=gate_at,
-                layer_out=layer_out if capture_layer is not None else None)
+  trace = Trace(
+      down_in=down_in if capture_layer is not None else None,
+      down_out=down_out if capture_layer is not None else None,
+      gate_at=gate_at,
+      layer_out=layer_out if capture_layer is not None else None,
+  )
   return logits, trace
 
 

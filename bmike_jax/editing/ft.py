@@ -42,12 +42,14 @@ class FTConfig:
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
-      raise ValueError(f"FT objective must be one of {', '.join(OBJECTIVES)}, "
-                       f"got {self.objective!r}")
+      raise ValueError(
+          f"FT objective must be one of {', '.join(OBJECTIVES)}, " f"got {self.objective!r}"
+      )
 
 
-def prepare(tokenizer, request: EditRequest, hp: FTConfig, *, length: int,
-            max_targets: int) -> dict:
+def prepare(
+    tokenizer, request: EditRequest, hp: FTConfig, *, length: int, max_targets: int
+) -> dict:
   """Fixed-shape arrays of one edit: tokens [length]; read positions, labels, mask
   [max_targets]."""
   prompt_ids = tokenizer.encode(request.prompt)
@@ -57,37 +59,50 @@ def prepare(tokenizer, request: EditRequest, hp: FTConfig, *, length: int,
     tokens, reads = prompt_ids, [len(prompt_ids) - 1] * len(targets)
   else:
     tokens = tokenizer.encode(request.prompt + target_text)
-    targets = tokens[len(prompt_ids):]
+    targets = tokens[len(prompt_ids) :]
     reads = list(range(len(prompt_ids) - 1, len(tokens) - 1))
   if len(targets) > max_targets:
-    raise ValueError(f"{request.name}: {len(targets)} target tokens exceed max_targets "
-                     f"{max_targets}")
+    raise ValueError(
+        f"{request.name}: {len(targets)} target tokens exceed max_targets " f"{max_targets}"
+    )
   pad = max_targets - len(targets)
-  return {"tokens": pad_rows([tokens], length)[0],
-          "reads": np.array(reads + [0] * pad, np.int32),
-          "labels": np.array(list(targets) + [0] * pad, np.int32),
-          "mask": np.array([1] * len(targets) + [0] * pad, np.int32)}
+  return {
+      "tokens": pad_rows([tokens], length)[0],
+      "reads": np.array(reads + [0] * pad, np.int32),
+      "labels": np.array(list(targets) + [0] * pad, np.int32),
+      "mask": np.array([1] * len(targets) + [0] * pad, np.int32),
+  }
 
 
-def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: FTConfig,
-                  length: int | None = None, max_targets: int | None = None) -> dict:
+def prepare_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hp: FTConfig,
+    length: int | None = None,
+    max_targets: int | None = None,
+) -> dict:
   longest = max(len(tokenizer.encode(r.prompt + " " + r.target)) for r in requests)
   length = round_up(longest) if length is None else length
   if max_targets is None:
-    max_targets = max(len(tokenizer.encode(" " + r.target, add_bos=hp.target_bos))
-                      if hp.objective == "prompt_last" else
-                      len(tokenizer.encode(r.prompt + " " + r.target))
-                      - len(tokenizer.encode(r.prompt)) for r in requests)
-  return stack_prepared([prepare(tokenizer, r, hp, length=length, max_targets=max_targets)
-                         for r in requests])
+    max_targets = max(
+        len(tokenizer.encode(" " + r.target, add_bos=hp.target_bos))
+        if hp.objective == "prompt_last"
+        else len(tokenizer.encode(r.prompt + " " + r.target)) - len(tokenizer.encode(r.prompt))
+        for r in requests
+    )
+  return stack_prepared(
+      [prepare(tokenizer, r, hp, length=length, max_targets=max_targets) for r in requests]
+  )
 
 
 def loss_of(config: LlamaConfig, params, hp: FTConfig, prepared: dict):
   """The loss of one edit as a function of the `down` kernel's delta [F, D]."""
+
   def loss(d):
     edited = delta_lib.apply_delta(params, {PATH: {hp.layer: d}})
     logits = logits_only(config, edited, prepared["tokens"][None])[0]
     return target_nll(logits, prepared["reads"], prepared["labels"], prepared["mask"])
+
   return loss
 
 
@@ -95,8 +110,9 @@ def edit_one(config: LlamaConfig, params, hp: FTConfig, prepared: dict):
   """(delta, losses [steps], final loss) of one prepared edit (pure; vmapped by `edit`)."""
   kernel = params["layers"]["mlp"]["down"]["kernel"]
   init = jnp.zeros(kernel.shape[1:], jnp.float32)
-  d, losses, final = adam_steps(loss_of(config, params, hp, prepared), init, lr=hp.lr,
-                                steps=hp.steps, stop_loss=hp.stop_loss)
+  d, losses, final = adam_steps(
+      loss_of(config, params, hp, prepared), init, lr=hp.lr, steps=hp.steps, stop_loss=hp.stop_loss
+  )
   return {PATH: {hp.layer: d}}, losses, final
 
 

@@ -51,19 +51,22 @@ class KNConfig:
 
   def __post_init__(self):
     if self.attribution not in ATTRIBUTIONS:
-      raise ValueError(f"KN attribution must be one of {', '.join(ATTRIBUTIONS)}, "
-                       f"got {self.attribution!r}")
+      raise ValueError(
+          f"KN attribution must be one of {', '.join(ATTRIBUTIONS)}, " f"got {self.attribution!r}"
+      )
 
 
-def prepare(tokenizer, request: EditRequest, hp: KNConfig, *, length: int,
-            max_answer: int) -> dict:
+def prepare(tokenizer, request: EditRequest, hp: KNConfig, *, length: int, max_answer: int) -> dict:
   """prompt [length] (its length `n_prompt`), the target ids and the attributed answer ids
   ([max_answer] each, with masks; answer ids of `attribution="prediction"` are filled in by
   `edit_one` from the model's greedy tokens)."""
   prompt = tokenizer.encode(request.prompt)
   target = tokenizer.encode(request.target, add_bos=hp.target_bos)
-  answer = (tokenizer.encode(request.ground_truth, add_bos=hp.target_bos)
-            if hp.attribution == "reference" else [0] * len(target))
+  answer = (
+      tokenizer.encode(request.ground_truth, add_bos=hp.target_bos)
+      if hp.attribution == "reference"
+      else [0] * len(target)
+  )
   for name, ids in (("target", target), ("attributed answer", answer)):
     if not ids or len(ids) > max_answer:
       raise ValueError(f"{request.name}: {len(ids)} {name} tokens (need 1..{max_answer})")
@@ -71,38 +74,57 @@ def prepare(tokenizer, request: EditRequest, hp: KNConfig, *, length: int,
     raise ValueError(f"{request.name}: prompt + answer exceed the padded length {length}")
 
   def padded(ids):
-    return (np.array(list(ids) + [0] * (max_answer - len(ids)), np.int32),
-            np.array([1] * len(ids) + [0] * (max_answer - len(ids)), np.int32))
+    return (
+        np.array(list(ids) + [0] * (max_answer - len(ids)), np.int32),
+        np.array([1] * len(ids) + [0] * (max_answer - len(ids)), np.int32),
+    )
 
   (target_ids, target_mask), (answer_ids, answer_mask) = padded(target), padded(answer)
-  return {"tokens": pad_rows([prompt], length)[0], "n_prompt": np.int32(len(prompt)),
-          "target": target_ids, "target_mask": target_mask,
-          "answer": answer_ids, "answer_mask": answer_mask}
+  return {
+      "tokens": pad_rows([prompt], length)[0],
+      "n_prompt": np.int32(len(prompt)),
+      "target": target_ids,
+      "target_mask": target_mask,
+      "answer": answer_ids,
+      "answer_mask": answer_mask,
+  }
 
 
-def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: KNConfig,
-                  length: int | None = None, max_answer: int | None = None) -> dict:
+def prepare_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hp: KNConfig,
+    length: int | None = None,
+    max_answer: int | None = None,
+) -> dict:
   if max_answer is None:  # every answer slot costs L forward + backward passes: keep it tight
-    max_answer = max(len(tokenizer.encode(t, add_bos=hp.target_bos)) for r in requests
-                     for t in (r.target, r.ground_truth))
+    max_answer = max(
+        len(tokenizer.encode(t, add_bos=hp.target_bos))
+        for r in requests
+        for t in (r.target, r.ground_truth)
+    )
   longest = max(len(tokenizer.encode(r.prompt)) for r in requests) + max_answer
   length = round_up(longest) if length is None else length
-  return stack_prepared([prepare(tokenizer, r, hp, length=length, max_answer=max_answer)
-                         for r in requests])
+  return stack_prepared(
+      [prepare(tokenizer, r, hp, length=length, max_answer=max_answer) for r in requests]
+  )
 
 
 def greedy_extend(config: LlamaConfig, params, tokens: jax.Array, n_prompt, steps: int):
   """The row `tokens` [T] with `steps` greedy tokens written after its first n_prompt tokens
   (one full forward per token), and those tokens [steps]."""
+
   def step(row, i):
     logits = logits_only(config, params, row[None])[0]
     tok = jnp.argmax(logits[n_prompt + i - 1]).astype(jnp.int32)
     return row.at[n_prompt + i].set(tok), tok
+
   return jax.lax.scan(step, tokens, jnp.arange(steps))
 
 
-def scores(config: LlamaConfig, params, hp: KNConfig, row: jax.Array, n_prompt, answer,
-           answer_mask) -> jax.Array:
+def scores(
+    config: LlamaConfig, params, hp: KNConfig, row: jax.Array, n_prompt, answer, answer_mask
+) -> jax.Array:
   """Attribution scores [L, F]: `row` holds the prompt then the greedy tokens; answer token i is
   asked at position n_prompt - 1 + i."""
   alphas = jnp.linspace(0.0, 1.0, hp.steps)
@@ -117,8 +139,10 @@ def scores(config: LlamaConfig, params, hp: KNConfig, row: jax.Array, n_prompt, 
         patch = MlpPatch(layer=layer, position=pos, gate=g[None])
         logits, _ = forward(config, params, row[None], patch=patch)
         return jax.nn.softmax(logits[0, pos[0]])[answer[i]]
+
       grads = jax.vmap(lambda a: jax.grad(prob)(a * base[layer]))(alphas)
       return jnp.sum(grads, axis=0) * base[layer] / hp.steps
+
     return jax.lax.map(for_layer, jnp.arange(config.num_layers))
 
   per_token = jax.lax.map(for_token, jnp.arange(answer.shape[0]))  # [A, L, F]
@@ -142,8 +166,14 @@ def edit_one(config: LlamaConfig, params, hp: KNConfig, prepared: dict):
   twice = jnp.where(jnp.sum(t_mask) == 1, 2.0, 1.0)
   vec = t_mask @ embed[prepared["target"]] - twice * (t_mask @ embed[greedy])  # [D]
   layers = config.num_layers
-  delta = {PATH: {delta_lib.ALL_LAYERS: (
-      chosen.astype(jnp.float32)[:, :, None], jnp.broadcast_to(vec, (layers, 1, vec.shape[0])))}}
+  delta = {
+      PATH: {
+          delta_lib.ALL_LAYERS: (
+              chosen.astype(jnp.float32)[:, :, None],
+              jnp.broadcast_to(vec, (layers, 1, vec.shape[0])),
+          )
+      }
+  }
   return delta, {"scores": s, "chosen": chosen, "greedy": greedy}
 
 

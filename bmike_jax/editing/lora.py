@@ -30,9 +30,15 @@ from bmike_jax.editing.optimise import adam_steps, target_nll
 from bmike_jax.editing.request import EditRequest, pad_rows, round_up, stack_prepared
 from bmike_jax.model.config import LlamaConfig
 
-TARGET_PATHS = {"q": "attn/q/kernel", "k": "attn/k/kernel", "v": "attn/v/kernel",
-                "o": "attn/o/kernel", "gate": "mlp/gate/kernel", "up": "mlp/up/kernel",
-                "down": "mlp/down/kernel"}
+TARGET_PATHS = {
+    "q": "attn/q/kernel",
+    "k": "attn/k/kernel",
+    "v": "attn/v/kernel",
+    "o": "attn/o/kernel",
+    "gate": "mlp/gate/kernel",
+    "up": "mlp/up/kernel",
+    "down": "mlp/down/kernel",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,30 +59,40 @@ class LoRAConfig:
       raise ValueError(f"LoRA targets {unknown} unknown; valid: {', '.join(TARGET_PATHS)}")
 
 
-def prepare(tokenizer, request: EditRequest, hp: LoRAConfig, *, length: int,
-            max_targets: int) -> dict:
+def prepare(
+    tokenizer, request: EditRequest, hp: LoRAConfig, *, length: int, max_targets: int
+) -> dict:
   prompt_ids = tokenizer.encode(request.prompt)
   tokens = tokenizer.encode(f"{request.prompt} {request.target}{hp.suffix}")
   n = len(tokens) - len(prompt_ids)
   if n > max_targets:
     raise ValueError(f"{request.name}: {n} target tokens exceed max_targets {max_targets}")
   pad = max_targets - n
-  return {"tokens": pad_rows([tokens], length)[0],
-          "reads": np.array(list(range(len(prompt_ids) - 1, len(tokens) - 1)) + [0] * pad,
-                            np.int32),
-          "labels": np.array(tokens[len(prompt_ids):] + [0] * pad, np.int32),
-          "mask": np.array([1] * n + [0] * pad, np.int32)}
+  return {
+      "tokens": pad_rows([tokens], length)[0],
+      "reads": np.array(list(range(len(prompt_ids) - 1, len(tokens) - 1)) + [0] * pad, np.int32),
+      "labels": np.array(tokens[len(prompt_ids) :] + [0] * pad, np.int32),
+      "mask": np.array([1] * n + [0] * pad, np.int32),
+  }
 
 
-def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: LoRAConfig,
-                  length: int | None = None, max_targets: int | None = None) -> dict:
+def prepare_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hp: LoRAConfig,
+    length: int | None = None,
+    max_targets: int | None = None,
+) -> dict:
   longest = max(len(tokenizer.encode(f"{r.prompt} {r.target}{hp.suffix}")) for r in requests)
   length = round_up(longest) if length is None else length
   if max_targets is None:
-    max_targets = max(len(tokenizer.encode(f"{r.prompt} {r.target}{hp.suffix}"))
-                      - len(tokenizer.encode(r.prompt)) for r in requests)
-  return stack_prepared([prepare(tokenizer, r, hp, length=length, max_targets=max_targets)
-                         for r in requests])
+    max_targets = max(
+        len(tokenizer.encode(f"{r.prompt} {r.target}{hp.suffix}")) - len(tokenizer.encode(r.prompt))
+        for r in requests
+    )
+  return stack_prepared(
+      [prepare(tokenizer, r, hp, length=length, max_targets=max_targets) for r in requests]
+  )
 
 
 def init_factors(config: LlamaConfig, params, hp: LoRAConfig) -> dict:
@@ -101,8 +117,10 @@ def to_delta(config: LlamaConfig, hp: LoRAConfig, factors: dict) -> dict:
   if hp.layers is not None:
     mask = np.zeros(config.num_layers, np.float32)
     mask[list(hp.layers)] = 1.0
-  return {TARGET_PATHS[name]: {delta_lib.ALL_LAYERS: (a * (scale * mask)[:, None, None], b)}
-          for name, (a, b) in factors.items()}
+  return {
+      TARGET_PATHS[name]: {delta_lib.ALL_LAYERS: (a * (scale * mask)[:, None, None], b)}
+      for name, (a, b) in factors.items()
+  }
 
 
 def edit_one(config: LlamaConfig, params, hp: LoRAConfig, prepared: dict):
@@ -111,8 +129,9 @@ def edit_one(config: LlamaConfig, params, hp: LoRAConfig, prepared: dict):
     logits = logits_only(config, edited, prepared["tokens"][None])[0]
     return target_nll(logits, prepared["reads"], prepared["labels"], prepared["mask"])
 
-  factors, losses, final = adam_steps(loss, init_factors(config, params, hp), lr=hp.lr,
-                                      steps=hp.steps, stop_loss=hp.stop_loss)
+  factors, losses, final = adam_steps(
+      loss, init_factors(config, params, hp), lr=hp.lr, steps=hp.steps, stop_loss=hp.stop_loss
+  )
   return to_delta(config, hp, factors), losses, final
 
 

@@ -50,8 +50,13 @@ class MEMITConfig:
     return (SUBJECT_SLOT,) + tuple(self.context_templates)
 
 
-def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: MEMITConfig,
-                  length: int | None = None, max_targets: int | None = None) -> dict:
+def prepare_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hp: MEMITConfig,
+    length: int | None = None,
+    max_targets: int | None = None,
+) -> dict:
   """The same rows as ROME's (rome.prepare)."""
   return rome.prepare_batch(tokenizer, requests, hp, length=length, max_targets=max_targets)
 
@@ -66,10 +71,11 @@ def edit_one(config: LlamaConfig, params, hp: MEMITConfig, prepared: dict, momen
   logits0, trace = forward(config, params, tokens[:n_opt], capture_layer=z_layer)
   z0 = trace.layer_out[0, lookup[0]]
   kl_init = jax.nn.log_softmax(logits0[n_ctx, lookup[n_ctx]])
-  d, losses, final = rome.value_search(config, params, hp, prepared, layer=z_layer, v0=z0,
-                                       kl_init=kl_init)
+  d, losses, final = rome.value_search(
+      config, params, hp, prepared, layer=z_layer, v0=z0, kl_init=kl_init
+  )
   z = z0 + d
-  key_rows, key_lookup = tokens[n_opt:n_opt + n_ctx], lookup[n_opt:n_opt + n_ctx]
+  key_rows, key_lookup = tokens[n_opt : n_opt + n_ctx], lookup[n_opt : n_opt + n_ctx]
   bare, bare_lookup = tokens[-1:], lookup[-1]
   current, delta, keys, resids = params, {}, [], []
   for idx, layer in enumerate(hp.layers):
@@ -83,28 +89,43 @@ def edit_one(config: LlamaConfig, params, hp: MEMITConfig, prepared: dict, momen
     current = delta_lib.apply_delta(current, {PATH: {layer: update}})
     keys.append(k)
     resids.append(r)
-  info = {"z": z, "keys": jnp.stack(keys), "residuals": jnp.stack(resids), "losses": losses,
-          "final_loss": final}
+  info = {
+      "z": z,
+      "keys": jnp.stack(keys),
+      "residuals": jnp.stack(resids),
+      "losses": losses,
+      "final_loss": final,
+  }
   return {PATH: delta}, info
 
 
-def edit(config: LlamaConfig, params, hp: MEMITConfig, prepared: dict,
-         second_moments: np.ndarray | None = None):
+def edit(
+    config: LlamaConfig,
+    params,
+    hp: MEMITConfig,
+    prepared: dict,
+    second_moments: np.ndarray | None = None,
+):
   """A batch of edits -> (batched delta, batched info). `second_moments` [len(hp.layers), F, F]
   (stats.load_or_compute) is required."""
   if second_moments is None:
-    raise ValueError("MEMIT needs the second moments of the down-projection inputs over a "
-                     "corpus: compute them with editing.stats.load_or_compute from a local "
-                     ".txt or .jsonl corpus")
+    raise ValueError(
+        "MEMIT needs the second moments of the down-projection inputs over a "
+        "corpus: compute them with editing.stats.load_or_compute from a local "
+        ".txt or .jsonl corpus"
+    )
   moments = jnp.asarray(second_moments, jnp.float32)
   want = (len(hp.layers), config.intermediate_size, config.intermediate_size)
   if moments.shape != want:
-    raise ValueError(f"MEMIT second moments have shape {moments.shape}, need {want} "
-                     f"(one [F, F] per layer of {hp.layers})")
+    raise ValueError(
+        f"MEMIT second moments have shape {moments.shape}, need {want} "
+        f"(one [F, F] per layer of {hp.layers})"
+    )
   return _batched(config, hp)(params, {k: jnp.asarray(v) for k, v in prepared.items()}, moments)
 
 
 @functools.lru_cache(maxsize=None)
 def _batched(config: LlamaConfig, hp: MEMITConfig):
-  return jax.jit(jax.vmap(lambda params, p, m: edit_one(config, params, hp, p, m),
-                          in_axes=(None, 0, None)))
+  return jax.jit(
+      jax.vmap(lambda params, p, m: edit_one(config, params, hp, p, m), in_axes=(None, 0, None))
+  )

@@ -45,16 +45,28 @@ def check_layers(config: LlamaConfig, hp) -> None:
   for name in ("layer",):
     value = getattr(hp, name, None)
     if value is not None and not 0 <= value < config.num_layers:
-      raise ValueError(f"{type(hp).__name__}.{name}={value} is not a layer of this "
-                       f"{config.num_layers}-layer model")
+      raise ValueError(
+          f"{type(hp).__name__}.{name}={value} is not a layer of this "
+          f"{config.num_layers}-layer model"
+      )
   for value in getattr(hp, "layers", None) or ():
     if not 0 <= value < config.num_layers:
-      raise ValueError(f"{type(hp).__name__}.layers holds {value}, not a layer of this "
-                       f"{config.num_layers}-layer model")
+      raise ValueError(
+          f"{type(hp).__name__}.layers holds {value}, not a layer of this "
+          f"{config.num_layers}-layer model"
+      )
 
 
-def edit(name: str, config: LlamaConfig, params, tokenizer, requests: Sequence[EditRequest],
-         hp=None, second_moments=None, **pad) -> tuple[dict, Any]:
+def edit(
+    name: str,
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hp=None,
+    second_moments=None,
+    **pad,
+) -> tuple[dict, Any]:
   """One optimisation per request, batched (vmapped): (delta with a leading [R] axis, info:
   FT-L / LoRA (losses [R, steps], final losses [R]), ROME / KN a dict of [R]-leading arrays).
   `pad` fixes the padded shapes (`length`, ...), so that two calls compile and compute alike.

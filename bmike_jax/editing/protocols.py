@@ -60,11 +60,16 @@ def edit_groups(files: Sequence[LoadedFile]) -> list[EditGroup]:
   for (dataset, index), records in groups.items():
     first = records[0]
     for other in records[1:]:
-      if (other.en.src, other.en.alt, other.en.subject) != (first.en.src, first.en.alt,
-                                                            first.en.subject):
-        raise ValueError(f"{dataset} record {index}: the English side differs between the "
-                         f"{first.lang} and {other.lang} files ({first.en.src!r} vs "
-                         f"{other.en.src!r}); one edit cannot serve both")
+      if (other.en.src, other.en.alt, other.en.subject) != (
+          first.en.src,
+          first.en.alt,
+          first.en.subject,
+      ):
+        raise ValueError(
+            f"{dataset} record {index}: the English side differs between the "
+            f"{first.lang} and {other.lang} files ({first.en.src!r} vs "
+            f"{other.en.src!r}); one edit cannot serve both"
+        )
     out.append(EditGroup(dataset, index, request_from_record(first), tuple(records)))
   return out
 
@@ -74,16 +79,33 @@ def comparable_prompt(record: Record, query_type: str) -> str:
 
 
 def _base_row(method: str, protocol: str, record: Record, query_type: str, prompt: str) -> dict:
-  return {"method": method, "protocol": protocol, "dataset": record.dataset, "lang": record.lang,
-          "setup": protocol, "query_type": query_type, "case_id": record.target.case_id,
-          "prompt": prompt, "gold": record.gold(query_type),
-          "gold_en": record.gold_en(query_type)}
+  return {
+      "method": method,
+      "protocol": protocol,
+      "dataset": record.dataset,
+      "lang": record.lang,
+      "setup": protocol,
+      "query_type": query_type,
+      "case_id": record.target.case_id,
+      "prompt": prompt,
+      "gold": record.gold(query_type),
+      "gold_en": record.gold_en(query_type),
+  }
 
 
-def reference_rows(*, method: str, config: LlamaConfig, params, base_params, tokenizer,
-                   records: Sequence[Record], query_types: Sequence[str] = QUERY_TYPES,
-                   score_tokenizer=None, score_tokenizer_name: str = MODEL_TOKENIZER,
-                   pre_cache: dict | None = None) -> list[dict]:
+def reference_rows(
+    *,
+    method: str,
+    config: LlamaConfig,
+    params,
+    base_params,
+    tokenizer,
+    records: Sequence[Record],
+    query_types: Sequence[str] = QUERY_TYPES,
+    score_tokenizer=None,
+    score_tokenizer_name: str = MODEL_TOKENIZER,
+    pre_cache: dict | None = None,
+) -> list[dict]:
   """Rows of the `reference` protocol for `records` asked on `params` (the edited model);
   `pre_prediction` from `base_params` (memoised in `pre_cache` by dataset, lang, index and query
   type, so several methods share them)."""
@@ -96,8 +118,9 @@ def reference_rows(*, method: str, config: LlamaConfig, params, base_params, tok
   keys = [(r.dataset, r.lang, r.index, qt) for r, qt in queries]
   missing = [i for i, k in enumerate(keys) if k not in cache]
   if missing:
-    pre = answers.teacher_forced(config, base_params, tokenizer, [prompts[i] for i in missing],
-                                 [golds[i] for i in missing])
+    pre = answers.teacher_forced(
+        config, base_params, tokenizer, [prompts[i] for i in missing], [golds[i] for i in missing]
+    )
     for i, ids in zip(missing, pre):
       cache[keys[i]] = tokenizer.decode(ids)
   rows = []
@@ -105,17 +128,27 @@ def reference_rows(*, method: str, config: LlamaConfig, params, base_params, tok
     prediction, pre_prediction = tokenizer.decode(ids), cache[key]
     against = pre_prediction if qt == "locality" else record.gold(qt)
     row = _base_row(method, "reference", record, qt, prompt)
-    row.update(prediction=prediction, pre_prediction=pre_prediction,
-               scored_against="pre_prediction" if qt == "locality" else "gold",
-               score_tokenizer=score_tokenizer_name,
-               **score_sample(scorer, prediction, against, record.lang))
+    row.update(
+        prediction=prediction,
+        pre_prediction=pre_prediction,
+        scored_against="pre_prediction" if qt == "locality" else "gold",
+        score_tokenizer=score_tokenizer_name,
+        **score_sample(scorer, prediction, against, record.lang),
+    )
     rows.append(row)
   return rows
 
 
-def comparable_rows(*, method: str, config: LlamaConfig, params, tokenizer,
-                    records: Sequence[Record], query_types: Sequence[str] = QUERY_TYPES,
-                    max_new_tokens: int = 15) -> list[dict]:
+def comparable_rows(
+    *,
+    method: str,
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    records: Sequence[Record],
+    query_types: Sequence[str] = QUERY_TYPES,
+    max_new_tokens: int = 15,
+) -> list[dict]:
   """Rows of the `comparable` protocol for `records` asked on `params`."""
   queries = [(r, qt) for r in records for qt in query_types]
   prompts = [comparable_prompt(r, qt) for r, qt in queries]
@@ -124,19 +157,30 @@ def comparable_rows(*, method: str, config: LlamaConfig, params, tokenizer,
   for (record, qt), prompt, ids in zip(queries, prompts, outs):
     prediction = cut_at_quote(tokenizer.decode(ids))
     row = _base_row(method, "comparable", record, qt, prompt)
-    row.update(prediction=prediction,
-               **score_sample(tokenizer, prediction, record.gold(qt), record.lang))
+    row.update(
+        prediction=prediction, **score_sample(tokenizer, prediction, record.gold(qt), record.lang)
+    )
     rows.append(row)
   return rows
 
 
-def run_method(*, method: str, config: LlamaConfig, params, tokenizer,
-               files: Sequence[LoadedFile], hp: Any = None,
-               protocols: Sequence[str] = PROTOCOLS, query_types: Sequence[str] = QUERY_TYPES,
-               score_tokenizer=None, score_tokenizer_name: str = MODEL_TOKENIZER,
-               batch_size: int = 8, pad: dict | None = None,
-               pre_cache: dict | None = None,
-               second_moments=None) -> tuple[list[dict], dict]:
+def run_method(
+    *,
+    method: str,
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    files: Sequence[LoadedFile],
+    hp: Any = None,
+    protocols: Sequence[str] = PROTOCOLS,
+    query_types: Sequence[str] = QUERY_TYPES,
+    score_tokenizer=None,
+    score_tokenizer_name: str = MODEL_TOKENIZER,
+    batch_size: int = 8,
+    pad: dict | None = None,
+    pre_cache: dict | None = None,
+    second_moments=None,
+) -> tuple[list[dict], dict]:
   """Edit once per record group (batches of `batch_size` requests, one vmapped optimisation
   each), ask every language of the group under each protocol. `method` UNEDITED asks the base
   model; MEMIT needs `second_moments` (stats.load_or_compute). Returns (rows, stats {"edits",
@@ -150,7 +194,7 @@ def run_method(*, method: str, config: LlamaConfig, params, tokenizer,
   stats = {"edits": 0, "groups": len(groups), "skipped": []}
   pre_cache = {} if pre_cache is None else pre_cache
   for start in range(0, len(groups), batch_size):
-    chunk = groups[start:start + batch_size]
+    chunk = groups[start : start + batch_size]
     if method == UNEDITED:
       edited = [(g, params) for g in chunk]
     else:
@@ -163,21 +207,43 @@ def run_method(*, method: str, config: LlamaConfig, params, tokenizer,
           stats["skipped"].append(str(err))
       if not usable:
         continue
-      delta, _ = methods.edit(method, config, params, tokenizer, [g.request for g in usable],
-                              hp, second_moments=second_moments, **(pad or {}))
+      delta, _ = methods.edit(
+          method,
+          config,
+          params,
+          tokenizer,
+          [g.request for g in usable],
+          hp,
+          second_moments=second_moments,
+          **(pad or {}),
+      )
       stats["edits"] += len(usable)
-      edited = [(g, delta_lib.apply_delta(params, delta_lib.row(delta, r)))
-                for r, g in enumerate(usable)]
+      edited = [
+          (g, delta_lib.apply_delta(params, delta_lib.row(delta, r))) for r, g in enumerate(usable)
+      ]
     for group, group_params in edited:
       if "reference" in protocols:
-        rows += reference_rows(method=method, config=config, params=group_params,
-                               base_params=params, tokenizer=tokenizer, records=group.records,
-                               query_types=query_types, score_tokenizer=score_tokenizer,
-                               score_tokenizer_name=score_tokenizer_name, pre_cache=pre_cache)
+        rows += reference_rows(
+            method=method,
+            config=config,
+            params=group_params,
+            base_params=params,
+            tokenizer=tokenizer,
+            records=group.records,
+            query_types=query_types,
+            score_tokenizer=score_tokenizer,
+            score_tokenizer_name=score_tokenizer_name,
+            pre_cache=pre_cache,
+        )
       if "comparable" in protocols:
-        rows += comparable_rows(method=method, config=config, params=group_params,
-                                tokenizer=tokenizer, records=group.records,
-                                query_types=query_types)
+        rows += comparable_rows(
+            method=method,
+            config=config,
+            params=group_params,
+            tokenizer=tokenizer,
+            records=group.records,
+            query_types=query_types,
+        )
   return rows, stats
 
 

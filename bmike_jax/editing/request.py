@@ -33,8 +33,13 @@ class EditRequest:
 def request_from_record(record: Record) -> EditRequest:
   """The reference's edit of a record: `en.src` -> `en.alt`, subject `en.subject`."""
   en = record.en
-  return EditRequest(prompt=en.src, target=en.alt, subject=en.subject, ground_truth=en.loc_ans,
-                     name=f"{record.dataset} record {record.index} (case_id {en.case_id})")
+  return EditRequest(
+      prompt=en.src,
+      target=en.alt,
+      subject=en.subject,
+      ground_truth=en.loc_ans,
+      name=f"{record.dataset} record {record.index} (case_id {en.case_id})",
+  )
 
 
 def subject_template(request: EditRequest) -> str:
@@ -42,8 +47,10 @@ def subject_template(request: EditRequest) -> str:
   subject does not occur exactly once (the reference asserts the same)."""
   count = request.prompt.count(request.subject) if request.subject else 0
   if count != 1:
-    raise EditError(f"{request.name}: subject {request.subject!r} occurs {count} times in the "
-                    f"prompt {request.prompt!r} (ROME needs exactly one)")
+    raise EditError(
+        f"{request.name}: subject {request.subject!r} occurs {count} times in the "
+        f"prompt {request.prompt!r} (ROME needs exactly one)"
+    )
   return request.prompt.replace(request.subject, SUBJECT_SLOT, 1)
 
 
@@ -56,8 +63,9 @@ def round_up(n: int, multiple: int = 16) -> int:
   return max(multiple, -(-n // multiple) * multiple)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], length: int | None = None,
-             value: int = 0) -> np.ndarray:
+def pad_rows(
+    rows: Sequence[Sequence[int]], length: int | None = None, value: int = 0
+) -> np.ndarray:
   """[N, length] int32, each row right-padded with `value` (length: the longest rounded up to a
   multiple of 16)."""
   longest = max((len(r) for r in rows), default=1)
@@ -66,7 +74,7 @@ def pad_rows(rows: Sequence[Sequence[int]], length: int | None = None,
     raise ValueError(f"a row of {longest} tokens does not fit the padded length {length}")
   out = np.full((len(rows), length), value, np.int32)
   for i, r in enumerate(rows):
-    out[i, :len(r)] = r
+    out[i, : len(r)] = r
   return out
 
 

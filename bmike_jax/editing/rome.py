@@ -37,8 +37,15 @@ import numpy as np
 
 from bmike_jax.editing.forward import MlpPatch, forward
 from bmike_jax.editing.optimise import adam_steps
-from bmike_jax.editing.request import (EditRequest, SUBJECT_SLOT, fill, pad_rows, round_up,
-                                       stack_prepared, subject_template)
+from bmike_jax.editing.request import (
+    EditRequest,
+    SUBJECT_SLOT,
+    fill,
+    pad_rows,
+    round_up,
+    stack_prepared,
+    subject_template,
+)
 from bmike_jax.model.config import LlamaConfig
 
 PATH = "mlp/down/kernel"
@@ -69,12 +76,13 @@ def _norm(x: jax.Array) -> jax.Array:
 
 
 def _subject_last(tokenizer, template: str, subject: str) -> int:
-  prefix = template[:template.index(SUBJECT_SLOT)]
+  prefix = template[: template.index(SUBJECT_SLOT)]
   return len(tokenizer.encode(prefix + subject)) - 1
 
 
-def prepare(tokenizer, request: EditRequest, hp: ROMEConfig, *, length: int,
-            max_targets: int) -> dict:
+def prepare(
+    tokenizer, request: EditRequest, hp: ROMEConfig, *, length: int, max_targets: int
+) -> dict:
   """Fixed-shape arrays of one edit. Rows: the rewriting prompts (one per context), then the KL
   prompt, then the key prompts (one per context, no target), then the bare prompt."""
   prompt = subject_template(request)
@@ -95,25 +103,43 @@ def prepare(tokenizer, request: EditRequest, hp: ROMEConfig, *, length: int,
   for i, ids in enumerate(rows[:n_ctx]):  # logits at n-k .. n-1 predict the k target tokens
     reads[i, :k] = np.arange(len(ids) - k, len(ids))
   pad = max_targets - k
-  return {"tokens": pad_rows(rows, length), "lookup": np.array(lookup, np.int32),
-          "reads": reads, "labels": np.array(target + [0] * pad, np.int32),
-          "mask": np.array([1] * k + [0] * pad, np.int32)}
+  return {
+      "tokens": pad_rows(rows, length),
+      "lookup": np.array(lookup, np.int32),
+      "reads": reads,
+      "labels": np.array(target + [0] * pad, np.int32),
+      "mask": np.array([1] * k + [0] * pad, np.int32),
+  }
 
 
-def prepare_batch(tokenizer, requests: Sequence[EditRequest], hp: ROMEConfig,
-                  length: int | None = None, max_targets: int | None = None) -> dict:
+def prepare_batch(
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hp: ROMEConfig,
+    length: int | None = None,
+    max_targets: int | None = None,
+) -> dict:
   texts = [fill(c, r.prompt) + " " + r.target for r in requests for c in hp.contexts]
   texts += [fill(hp.kl_prompt, r.subject) for r in requests]
   longest = max(len(tokenizer.encode(t)) for t in texts)
   length = round_up(longest) if length is None else length
   if max_targets is None:  # the logits read are [contexts, max_targets, V]: keep it tight
     max_targets = max(len(tokenizer.encode(" " + r.target, add_bos=False)) for r in requests)
-  return stack_prepared([prepare(tokenizer, r, hp, length=length, max_targets=max_targets)
-                         for r in requests])
+  return stack_prepared(
+      [prepare(tokenizer, r, hp, length=length, max_targets=max_targets) for r in requests]
+  )
 
 
-def value_search(config: LlamaConfig, params, hp, prepared: dict, *, layer: int, v0: jax.Array,
-                 kl_init: jax.Array):
+def value_search(
+    config: LlamaConfig,
+    params,
+    hp,
+    prepared: dict,
+    *,
+    layer: int,
+    v0: jax.Array,
+    kl_init: jax.Array,
+):
   """The δ of the value search (module docstring), added to layer `layer`'s `down` output (the
   same as adding it to that layer's output) at the subject's last token of the rewriting and KL
   rows. `hp` holds the search's fields (ROMEConfig's; MEMITConfig has the same). Returns
@@ -126,13 +152,16 @@ def value_search(config: LlamaConfig, params, hp, prepared: dict, *, layer: int,
   max_norm = hp.clamp_norm_factor * jnp.linalg.norm(v0)
 
   def loss(d):
-    patch = MlpPatch(layer=layer, position=opt_lookup,
-                     out_add=jnp.broadcast_to(d, (n_opt, d.shape[0])))
+    patch = MlpPatch(
+        layer=layer, position=opt_lookup, out_add=jnp.broadcast_to(d, (n_opt, d.shape[0]))
+    )
     logits, _ = forward(config, params, opt_tokens, patch=patch)
-    logp = jax.nn.log_softmax(jnp.take_along_axis(
-        logits[:n_ctx], reads[:, :, None], axis=1), axis=-1)           # [C, K, V]
-    picked = jnp.take_along_axis(logp, jnp.broadcast_to(labels, reads.shape)[:, :, None],
-                                 axis=-1)[..., 0]                       # [C, K]
+    logp = jax.nn.log_softmax(
+        jnp.take_along_axis(logits[:n_ctx], reads[:, :, None], axis=1), axis=-1
+    )  # [C, K, V]
+    picked = jnp.take_along_axis(logp, jnp.broadcast_to(labels, reads.shape)[:, :, None], axis=-1)[
+        ..., 0
+    ]  # [C, K]
     nll = jnp.mean(-jnp.sum(picked * mask, axis=1) / jnp.sum(mask))
     kl_cur = jax.nn.log_softmax(logits[n_ctx, opt_lookup[n_ctx]])
     kl = jnp.sum(jnp.exp(kl_cur) * (kl_cur - kl_init))
@@ -143,8 +172,14 @@ def value_search(config: LlamaConfig, params, hp, prepared: dict, *, layer: int,
     norm = jnp.linalg.norm(d)
     return jnp.where(norm > max_norm, d * max_norm / norm, d)
 
-  return adam_steps(loss, jnp.zeros_like(v0), lr=hp.lr, steps=max(hp.steps - 1, 0),
-                    stop_loss=hp.stop_loss, project=clamp)
+  return adam_steps(
+      loss,
+      jnp.zeros_like(v0),
+      lr=hp.lr,
+      steps=max(hp.steps - 1, 0),
+      stop_loss=hp.stop_loss,
+      project=clamp,
+  )
 
 
 def edit_one(config: LlamaConfig, params, hp: ROMEConfig, prepared: dict):
@@ -156,15 +191,16 @@ def edit_one(config: LlamaConfig, params, hp: ROMEConfig, prepared: dict):
   rows = jnp.arange(tokens.shape[0])
   # Unedited pass over every row: keys, v0, the KL prompt's initial distribution.
   logits0, trace = forward(config, params, tokens, capture_layer=hp.layer)
-  down_in = trace.down_in[rows, lookup]    # [N, F]
+  down_in = trace.down_in[rows, lookup]  # [N, F]
   down_out = trace.down_out[rows, lookup]  # [N, D]
   v0 = down_out[0]
   kl_init = jax.nn.log_softmax(logits0[n_ctx, lookup[n_ctx]])
-  u = jnp.mean(down_in[n_opt:n_opt + n_ctx], axis=0)
+  u = jnp.mean(down_in[n_opt : n_opt + n_ctx], axis=0)
   u = u / jnp.linalg.norm(u)
   k_star, w_k_star = down_in[-1], down_out[-1]
-  d, losses, final = value_search(config, params, hp, prepared, layer=hp.layer, v0=v0,
-                                  kl_init=kl_init)
+  d, losses, final = value_search(
+      config, params, hp, prepared, layer=hp.layer, v0=v0, kl_init=kl_init
+  )
   value = v0 + d
   right = (value - w_k_star) / jnp.dot(k_star, u)
   info = {"key": k_star, "value": value, "v0": v0, "losses": losses, "final_loss": final}

@@ -28,8 +28,9 @@ class CorpusError(ValueError):
 
 def read_corpus(path: str, limit: int | None = None) -> list[str]:
   if not os.path.isfile(path):
-    raise CorpusError(f"{path}: no such corpus file (MEMIT's second moments need a .txt or "
-                      ".jsonl corpus)")
+    raise CorpusError(
+        f"{path}: no such corpus file (MEMIT's second moments need a .txt or " ".jsonl corpus)"
+    )
   texts = []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
@@ -52,21 +53,29 @@ def read_corpus(path: str, limit: int | None = None) -> list[str]:
   return texts
 
 
-def second_moments(config: LlamaConfig, params, tokenizer, texts: Sequence[str],
-                   layers: Sequence[int], *, max_length: int = 128,
-                   batch_size: int = 8) -> np.ndarray:
+def second_moments(
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    max_length: int = 128,
+    batch_size: int = 8,
+) -> np.ndarray:
   """[len(layers), F, F] float32: the mean of k kᵀ over every real token's `down` input k."""
   f = config.intermediate_size
   sums = np.zeros((len(layers), f, f), np.float64)
   count = 0
-  keys = jax.jit(lambda p, t, layer: forward(config, p, t, capture_layer=layer)[1].down_in,
-                 static_argnums=2)
+  keys = jax.jit(
+      lambda p, t, layer: forward(config, p, t, capture_layer=layer)[1].down_in, static_argnums=2
+  )
   for start in range(0, len(texts), batch_size):
-    ids = [tokenizer.encode(t)[:max_length] for t in texts[start:start + batch_size]]
+    ids = [tokenizer.encode(t)[:max_length] for t in texts[start : start + batch_size]]
     tokens = jnp.asarray(pad_rows(ids, max_length))
     real = np.zeros((len(ids), max_length), bool)
     for i, row in enumerate(ids):
-      real[i, :len(row)] = True
+      real[i, : len(row)] = True
     count += int(real.sum())
     for j, layer in enumerate(layers):
       k = np.asarray(keys(params, tokens, int(layer)), np.float64)[real]  # [n, F]
@@ -82,14 +91,27 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def load_or_compute(cache_path: str, *, corpus_path: str, model_name: str, config: LlamaConfig,
-                    params, tokenizer, layers: Sequence[int], limit: int | None = None,
-                    max_length: int = 128) -> np.ndarray:
+def load_or_compute(
+    cache_path: str,
+    *,
+    corpus_path: str,
+    model_name: str,
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    layers: Sequence[int],
+    limit: int | None = None,
+    max_length: int = 128,
+) -> np.ndarray:
   """The second moments of `layers`, read from `cache_path` when it was computed from the same
   model name, layers, corpus file (sha256), limit and max_length; else computed and stored."""
-  meta = {"model": model_name, "layers": [int(x) for x in layers],
-          "corpus_sha256": _sha256(corpus_path) if os.path.isfile(corpus_path) else None,
-          "limit": limit, "max_length": max_length}
+  meta = {
+      "model": model_name,
+      "layers": [int(x) for x in layers],
+      "corpus_sha256": _sha256(corpus_path) if os.path.isfile(corpus_path) else None,
+      "limit": limit,
+      "max_length": max_length,
+  }
   if os.path.isfile(cache_path):
     with np.load(cache_path) as stored:
       if json.loads(str(stored["meta"])) == meta:

@@ -22,14 +22,22 @@ def template_of(text: str) -> str:
   return text.replace("{", " ").replace("}", " ") + ". {}"
 
 
-def generate(config: LlamaConfig, params, tokenizer, starters: Sequence[str] = STARTERS,
-             lengths: Sequence[int] = LENGTHS) -> tuple[str, ...]:
+def generate(
+    config: LlamaConfig,
+    params,
+    tokenizer,
+    starters: Sequence[str] = STARTERS,
+    lengths: Sequence[int] = LENGTHS,
+) -> tuple[str, ...]:
   """Greedy templates (without "{}", which ROMEConfig adds): for each length, each starter
   continued by that many tokens (fewer where EOS ends it)."""
   out = []
   for length in lengths:
-    for starter, ids in zip(starters, answers.greedy(config, params, tokenizer, starters,
-                                                      max_new_tokens=length,
-                                                      stop_at_quote=False)):
+    for starter, ids in zip(
+        starters,
+        answers.greedy(
+            config, params, tokenizer, starters, max_new_tokens=length, stop_at_quote=False
+        ),
+    ):
       out.append(template_of(starter + tokenizer.decode(ids)))
   return tuple(out)

@@ -25,7 +25,7 @@ class SharedPrefix:
   """The group's shared token prefix (its demonstrations), computed once per group."""
 
   kv: KVCache | None  # k, v: [L, 1, Pb, KVH, Dh] (slots >= length are padding); None: Pb = 0
-  length: jax.Array   # [] int32: P, the prefix's real tokens (0 without a prefix)
+  length: jax.Array  # [] int32: P, the prefix's real tokens (0 without a prefix)
 
   def mask(self):
     """[Pb] bool: the slots holding real tokens (None without a prefix)."""
@@ -38,24 +38,26 @@ class SharedPrefix:
 class SuffixBatch:
   """One batch of the group's prompts after the shared prefix (generation)."""
 
-  tokens: jax.Array   # [B, Sb] int32: right-padded suffixes
+  tokens: jax.Array  # [B, Sb] int32: right-padded suffixes
   lengths: jax.Array  # [B] int32: real tokens of each row (>= 1)
-  active: jax.Array   # [B] bool: real rows (False: padding rows of the batch bucket)
+  active: jax.Array  # [B] bool: real rows (False: padding rows of the batch bucket)
 
   @staticmethod
   def spec(*, batch: int, suffix_bucket: int) -> "SuffixBatch":
-    return SuffixBatch(tokens=jax.ShapeDtypeStruct((batch, suffix_bucket), jnp.int32),
-                       lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
-                       active=jax.ShapeDtypeStruct((batch,), jnp.bool_))
+    return SuffixBatch(
+        tokens=jax.ShapeDtypeStruct((batch, suffix_bucket), jnp.int32),
+        lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
+        active=jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    )
 
 
 @flax.struct.dataclass
 class ScoreBatch:
   """One batch of prompt suffixes with the continuations whose log-probs are scored."""
 
-  tokens: jax.Array                # [B, Sb] int32: right-padded prompt suffixes
-  lengths: jax.Array               # [B] int32: real suffix tokens (>= 1)
-  continuations: jax.Array         # [B, Cb] int32: right-padded continuations
+  tokens: jax.Array  # [B, Sb] int32: right-padded prompt suffixes
+  lengths: jax.Array  # [B] int32: real suffix tokens (>= 1)
+  continuations: jax.Array  # [B, Cb] int32: right-padded continuations
   continuation_lengths: jax.Array  # [B] int32: real continuation tokens (>= 0)
 
   @staticmethod
@@ -64,7 +66,8 @@ class ScoreBatch:
         tokens=jax.ShapeDtypeStruct((batch, suffix_bucket), jnp.int32),
         lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
         continuations=jax.ShapeDtypeStruct((batch, continuation_bucket), jnp.int32),
-        continuation_lengths=jax.ShapeDtypeStruct((batch,), jnp.int32))
+        continuation_lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
+    )
 
 
 def row_shardings(spec, mesh: Mesh):
@@ -74,15 +77,16 @@ def row_shardings(spec, mesh: Mesh):
 
 def check(rows, spec) -> None:
   """ValueError naming the field whose array differs from the spec in shape or dtype."""
-  names = [jax.tree_util.keystr(path) for path, _ in
-           jax.tree_util.tree_flatten_with_path(spec)[0]]
+  names = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(spec)[0]]
   got, want = jax.tree_util.tree_leaves(rows), jax.tree_util.tree_leaves(spec)
   if len(got) != len(want):
     raise ValueError(f"{type(rows).__name__}: {len(got)} arrays, the spec has {len(want)}")
   for name, x, s in zip(names, got, want):
     if tuple(x.shape) != tuple(s.shape) or np.dtype(x.dtype) != np.dtype(s.dtype):
-      raise ValueError(f"{type(rows).__name__}{name}: {x.dtype}{list(x.shape)}, expected "
-                       f"{np.dtype(s.dtype)}{list(s.shape)}")
+      raise ValueError(
+          f"{type(rows).__name__}{name}: {x.dtype}{list(x.shape)}, expected "
+          f"{np.dtype(s.dtype)}{list(s.shape)}"
+      )
 
 
 def place(rows, spec, mesh: Mesh):

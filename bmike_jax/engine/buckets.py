@@ -18,8 +18,10 @@ class PromptTooLongError(ValueError):
 
   def __init__(self, name: str, length: int, limit: int, reason: str):
     self.name, self.length, self.limit = name, length, limit
-    super().__init__(f"prompt {name!r} has {length} tokens, more than the {limit} allowed "
-                     f"({reason}); pass overlong='truncate_left' to cut it from the left instead")
+    super().__init__(
+        f"prompt {name!r} has {length} tokens, more than the {limit} allowed "
+        f"({reason}); pass overlong='truncate_left' to cut it from the left instead"
+    )
 
 
 def default_length_buckets(max_length: int, smallest: int = 32) -> tuple[int, ...]:
@@ -57,8 +59,15 @@ def pick_bucket(n: int, buckets: Sequence[int]) -> int:
   raise ValueError(f"{n} exceeds the largest bucket {max(buckets)}")
 
 
-def fit_prompt(ids: Sequence[int], name: str, *, max_bucket: int, context: int,
-               overlong: str = "error", keep_first: int = 0) -> list[int]:
+def fit_prompt(
+    ids: Sequence[int],
+    name: str,
+    *,
+    max_bucket: int,
+    context: int,
+    overlong: str = "error",
+    keep_first: int = 0,
+) -> list[int]:
   """`ids` if it fits both limits; otherwise raise PromptTooLongError or (overlong='truncate_left')
   drop tokens from the left, keeping the first `keep_first` (a BOS), and log it."""
   if overlong not in OVERLONG_POLICIES:
@@ -66,18 +75,27 @@ def fit_prompt(ids: Sequence[int], name: str, *, max_bucket: int, context: int,
   limit = min(max_bucket, context)
   if len(ids) <= limit:
     return list(ids)
-  reason = (f"largest length bucket {max_bucket}" if max_bucket <= context else
-            f"model context minus new tokens {context}")
+  reason = (
+      f"largest length bucket {max_bucket}"
+      if max_bucket <= context
+      else f"model context minus new tokens {context}"
+  )
   if overlong == "error":
     raise PromptTooLongError(name, len(ids), limit, reason)
-  kept = list(ids[:keep_first]) + list(ids[len(ids) - (limit - keep_first):])
-  logging.warning("overlong='truncate_left': prompt %r cut from %d to %d tokens (%s)",
-                  name, len(ids), len(kept), reason)
+  kept = list(ids[:keep_first]) + list(ids[len(ids) - (limit - keep_first) :])
+  logging.warning(
+      "overlong='truncate_left': prompt %r cut from %d to %d tokens (%s)",
+      name,
+      len(ids),
+      len(kept),
+      reason,
+  )
   return kept
 
 
-def decode_phases(batch: int, batch_buckets: Sequence[int], halvings: int,
-                  min_batch: int = 16) -> tuple[int, ...]:
+def decode_phases(
+    batch: int, batch_buckets: Sequence[int], halvings: int, min_batch: int = 16
+) -> tuple[int, ...]:
   """The batch sizes a decode loop of `batch` rows shrinks through as rows finish: `batch`, then
   the smaller batch buckets down to batch / 2**halvings (decreasing; just (batch,) for 0).
 
@@ -85,6 +103,6 @@ def decode_phases(batch: int, batch_buckets: Sequence[int], halvings: int,
   which a smaller batch does not save, while every phase is one more loop body to compile."""
   if batch < min_batch:
     return (batch,)
-  floor = batch / 2 ** halvings
+  floor = batch / 2**halvings
   smaller = sorted((b for b in batch_buckets if floor <= b < batch), reverse=True)
   return (batch, *smaller[:halvings])

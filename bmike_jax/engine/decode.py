@@ -24,34 +24,60 @@ from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
 
 
-def decode_step(model: Llama, params, *, prefix: KVCache | None, prefix_mask,
-                state: DecodeState, stop: StopRule) -> DecodeState:
+def decode_step(
+    model: Llama, params, *, prefix: KVCache | None, prefix_mask, state: DecodeState, stop: StopRule
+) -> DecodeState:
   """Feed `last_token` [B] at slot `write_index`, pick and record the next token.
 
   prefix: the shared KV [L, 1, Pb, KVH, Dh] or None; prefix_mask: its real slots [Pb]."""
   b = state.last_token.shape[0]
   logits, cache, key_valid = append_tokens(
-      model, params, cache=state.cache, key_valid=state.key_valid,
-      tokens=state.last_token[:, None], start_position=state.next_position,
-      num_valid=jnp.ones((b,), jnp.int32), write_index=state.write_index,
-      logits_index=jnp.zeros((b,), jnp.int32), prefix=prefix, prefix_mask=prefix_mask)
-  state = state.replace(cache=cache, key_valid=key_valid, next_position=state.next_position + 1,
-                        write_index=state.write_index + 1)
+      model,
+      params,
+      cache=state.cache,
+      key_valid=state.key_valid,
+      tokens=state.last_token[:, None],
+      start_position=state.next_position,
+      num_valid=jnp.ones((b,), jnp.int32),
+      write_index=state.write_index,
+      logits_index=jnp.zeros((b,), jnp.int32),
+      prefix=prefix,
+      prefix_mask=prefix_mask,
+  )
+  state = state.replace(
+      cache=cache,
+      key_valid=key_valid,
+      next_position=state.next_position + 1,
+      write_index=state.write_index + 1,
+  )
   return record_token(state, jnp.argmax(logits, axis=-1).astype(jnp.int32), stop)  # logits [B, V]
 
 
 def take_rows(state: DecodeState, rows) -> DecodeState:
   """The state of `rows` [R] int32 only (cache rows are axis 1 of [L, B, S, KVH, Dh])."""
   return state.replace(
-      cache=KVCache(k=jnp.take(state.cache.k, rows, axis=1), v=jnp.take(state.cache.v, rows, axis=1)),
-      key_valid=state.key_valid[rows], next_position=state.next_position[rows],
-      last_token=state.last_token[rows], out=state.out[rows], num_out=state.num_out[rows],
-      done=state.done[rows])
+      cache=KVCache(
+          k=jnp.take(state.cache.k, rows, axis=1), v=jnp.take(state.cache.v, rows, axis=1)
+      ),
+      key_valid=state.key_valid[rows],
+      next_position=state.next_position[rows],
+      last_token=state.last_token[rows],
+      out=state.out[rows],
+      num_out=state.num_out[rows],
+      done=state.done[rows],
+  )
 
 
-def greedy_decode(model: Llama, params, *, prefix: SharedPrefix, state: DecodeState,
-                  stop: StopRule, phases: Sequence[int] = (),
-                  constrain: Callable[[DecodeState], DecodeState] | None = None):
+def greedy_decode(
+    model: Llama,
+    params,
+    *,
+    prefix: SharedPrefix,
+    state: DecodeState,
+    stop: StopRule,
+    phases: Sequence[int] = (),
+    constrain: Callable[[DecodeState], DecodeState] | None = None,
+):
   """Decode until every row is done. Returns (out [B, N] int32, num_out [B] int32): each row's
   answer ids are out[i, :num_out[i]], in the batch's row order.
 
@@ -63,10 +89,11 @@ def greedy_decode(model: Llama, params, *, prefix: SharedPrefix, state: DecodeSt
   phases = tuple(phases) or (b,)
   if phases[0] != b or any(n <= m for n, m in zip(phases, phases[1:])):
     raise ValueError(f"phases must start at the batch size {b} and decrease, got {phases}")
-  out, num_out = state.out, state.num_out         # [B, N], [B]: answers in the batch's order
-  origin = jnp.arange(b, dtype=jnp.int32)         # [R]: batch row of each row of the state
-  step = lambda s: decode_step(model, params, prefix=prefix.kv, prefix_mask=mask, state=s,
-                               stop=stop)
+  out, num_out = state.out, state.num_out  # [B, N], [B]: answers in the batch's order
+  origin = jnp.arange(b, dtype=jnp.int32)  # [R]: batch row of each row of the state
+  step = lambda s: decode_step(
+      model, params, prefix=prefix.kv, prefix_mask=mask, state=s, stop=stop
+  )
   for next_size in phases[1:] + (0,):
     running = lambda s, n=next_size: jnp.sum(~s.done) > n
     state = jax.lax.while_loop(running, step, state)

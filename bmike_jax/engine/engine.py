@@ -31,26 +31,26 @@ from bmike_jax.model import Llama, LlamaConfig
 from bmike_jax.model import layer_layout
 
 MAX_DEFAULT_BUCKET = 8192  # default largest length bucket (capped by the model's context)
-MAX_IN_FLIGHT = 2          # batches dispatched ahead of the host reading results
+MAX_IN_FLIGHT = 2  # batches dispatched ahead of the host reading results
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationResult:
   ids: tuple[int, ...]  # generated ids, up to and excluding EOS (a final quote token is kept)
-  text: str             # decoded (special tokens skipped) and cut at the first `"`
+  text: str  # decoded (special tokens skipped) and cut at the first `"`
   truncated_tokens: int = 0  # prompt tokens cut from the left (overlong="truncate_left")
 
 
 @dataclasses.dataclass
 class ThroughputStats:
   prompts: int = 0
-  prompt_tokens: int = 0      # tokens of the prompts as given
-  prefill_tokens: int = 0     # prompt tokens run: suffixes of generate, each computed prefix once
-  generated_tokens: int = 0   # kept answer tokens
+  prompt_tokens: int = 0  # tokens of the prompts as given
+  prefill_tokens: int = 0  # prompt tokens run: suffixes of generate, each computed prefix once
+  generated_tokens: int = 0  # kept answer tokens
   scored_sequences: int = 0
-  scored_tokens: int = 0      # prompt + continuation tokens of scored sequences
-  seconds: float = 0.0        # wall time in generate / continuation_logprobs (compiles included)
-  compile_count: int = 0      # programs the engine compiled so far (all calls, not reset)
+  scored_tokens: int = 0  # prompt + continuation tokens of scored sequences
+  seconds: float = 0.0  # wall time in generate / continuation_logprobs (compiles included)
+  compile_count: int = 0  # programs the engine compiled so far (all calls, not reset)
 
   def as_dict(self) -> dict:
     """JSON-ready (results.json)."""
@@ -58,9 +58,11 @@ class ThroughputStats:
 
   def summary(self) -> str:
     rate = self.prompts / self.seconds if self.seconds else 0.0
-    return (f"{self.prompts} prompts ({self.prompt_tokens} prompt tokens, {self.prefill_tokens} "
-            f"run), {self.generated_tokens} generated tokens, {self.scored_sequences} scored, "
-            f"{self.seconds:.2f}s, {rate:.2f} prompts/s")
+    return (
+        f"{self.prompts} prompts ({self.prompt_tokens} prompt tokens, {self.prefill_tokens} "
+        f"run), {self.generated_tokens} generated tokens, {self.scored_sequences} scored, "
+        f"{self.seconds:.2f}s, {rate:.2f} prompts/s"
+    )
 
 
 class Engine:
@@ -85,11 +87,23 @@ class Engine:
   runner does).
   """
 
-  def __init__(self, config, params, tokenizer, mesh=None, batch_size: int = 8,
-               length_buckets: Sequence[int] | None = None, max_new_tokens: int = 15,
-               prefix_reuse: bool = True, overlong: str = "error", dtype=jnp.float32,
-               min_prefix: int = 16, eos_ids: Sequence[int] | None = None,
-               decode_halvings: int = 2, scan_layers: bool | None = None):
+  def __init__(
+      self,
+      config,
+      params,
+      tokenizer,
+      mesh=None,
+      batch_size: int = 8,
+      length_buckets: Sequence[int] | None = None,
+      max_new_tokens: int = 15,
+      prefix_reuse: bool = True,
+      overlong: str = "error",
+      dtype=jnp.float32,
+      min_prefix: int = 16,
+      eos_ids: Sequence[int] | None = None,
+      decode_halvings: int = 2,
+      scan_layers: bool | None = None,
+  ):
     if isinstance(config, Llama):
       config = config.config
     if not isinstance(config, LlamaConfig):
@@ -106,8 +120,12 @@ class Engine:
     self.overlong = overlong
     self.min_prefix = min_prefix
     self.context = config.max_position_embeddings
-    self.length_buckets = tuple(sorted(length_buckets or buckets_lib.default_length_buckets(
-        min(self.context, MAX_DEFAULT_BUCKET))))
+    self.length_buckets = tuple(
+        sorted(
+            length_buckets
+            or buckets_lib.default_length_buckets(min(self.context, MAX_DEFAULT_BUCKET))
+        )
+    )
     self.continuation_buckets = buckets_lib.default_length_buckets(self.length_buckets[-1], 8)
     data = self.mesh.shape[sh.DATA]
     self.batch_size = -(-batch_size // data) * data
@@ -118,35 +136,49 @@ class Engine:
     self.scan_layers = bool(scan_layers)
     if self.scan_layers != layer_layout.is_stacked(params):
       params = (layer_layout.stack_layers if self.scan_layers else layer_layout.unstack_layers)(
-          params, config.num_layers)
+          params, config.num_layers
+      )
     self.model = Llama(config, dtype=dtype, param_dtype=dtype, scan_layers=self.scan_layers)
     params = jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype
-        else x, params)
+        lambda x: x.astype(dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype
+        else x,
+        params,
+    )
     self.params, params_shardings = sh.shard_params(params, self.mesh, config)
     if decode_halvings < 0:
       raise ValueError(f"decode_halvings must be >= 0, got {decode_halvings}")
     self.programs = Programs(
-        self.model, self.mesh, params_shardings, max_new_tokens,
-        lambda b: buckets_lib.decode_phases(b, self.batch_buckets, decode_halvings))
+        self.model,
+        self.mesh,
+        params_shardings,
+        max_new_tokens,
+        lambda b: buckets_lib.decode_phases(b, self.batch_buckets, decode_halvings),
+    )
     self.stop = self._stop_rule(eos_ids)
     self.stats = ThroughputStats()
-    self._last_prefix = None  # (prefix ids, KV): a group scored right after it is generated reuses it
+    self._last_prefix = (
+        None  # (prefix ids, KV): a group scored right after it is generated reuses it
+    )
 
   # Setup ---------------------------------------------------------------------------------------
 
   def _stop_rule(self, eos_ids) -> StopRule:
     # Default: what HF generate stops on (the model's generation config), else the tokenizer's.
-    eos = list(eos_ids if eos_ids is not None else (self.config.eos_token_ids or
-                                                    getattr(self.tokenizer, "eos_ids", None) or ()))
+    eos = list(
+        eos_ids
+        if eos_ids is not None
+        else (self.config.eos_token_ids or getattr(self.tokenizer, "eos_ids", None) or ())
+    )
     if not eos:
       raise ValueError("no EOS ids: the tokenizer and the config name none; pass eos_ids")
     mask = np.zeros((self.config.vocab_size,), bool)
     quote = np.asarray(self.tokenizer.quote_token_mask(), bool)
-    mask[:min(len(quote), len(mask))] = quote[:len(mask)]
+    mask[: min(len(quote), len(mask))] = quote[: len(mask)]
     repl = sh.replicated(self.mesh)
-    return StopRule(eos_ids=sh.to_global(np.asarray(eos, np.int32), repl),
-                    quote_mask=sh.to_global(mask, repl))
+    return StopRule(
+        eos_ids=sh.to_global(np.asarray(eos, np.int32), repl), quote_mask=sh.to_global(mask, repl)
+    )
 
   @property
   def compile_count(self) -> int:
@@ -169,9 +201,16 @@ class Engine:
       if len(ids) == 0:
         raise ValueError(f"prompt {name!r} is empty")
       keep_first = 1 if bos is not None and ids[0] == bos else 0
-      out.append(buckets_lib.fit_prompt(ids, name, max_bucket=self.length_buckets[-1],
-                                        context=self.context - extra, overlong=self.overlong,
-                                        keep_first=keep_first))
+      out.append(
+          buckets_lib.fit_prompt(
+              ids,
+              name,
+              max_bucket=self.length_buckets[-1],
+              context=self.context - extra,
+              overlong=self.overlong,
+              keep_first=keep_first,
+          )
+      )
     return out
 
   def _prefix(self, prompts, group_prefix: bool | None):
@@ -180,27 +219,33 @@ class Engine:
     The last prefix's KV is kept: the likelihood scoring of a group right after its generation
     (same demonstrations) does not recompute it; the KV is the same array, so are the results."""
     reuse = self.prefix_reuse if group_prefix is None else group_prefix
-    group = layout_lib.plan_group(prompts, reuse=reuse, length_buckets=self.length_buckets,
-                                  min_prefix=self.min_prefix)
+    group = layout_lib.plan_group(
+        prompts, reuse=reuse, length_buckets=self.length_buckets, min_prefix=self.min_prefix
+    )
     pb = group.prefix_bucket
     repl = sh.replicated(self.mesh)
     p = sh.to_global(np.asarray(group.prefix_length, np.int32), repl)
-    suffixes = [ids[group.prefix_length:] for ids in prompts]
+    suffixes = [ids[group.prefix_length :] for ids in prompts]
     if pb == 0:
       return group, SharedPrefix(kv=None, length=p), suffixes
     if self._last_prefix is not None and self._last_prefix[0] == group.prefix:
       return group, SharedPrefix(kv=self._last_prefix[1], length=p), suffixes
     tokens, _, _ = layout_lib.pad_rows([group.prefix], 1, pb)
-    kv = self.programs.prefix(pb)(params=self.params, tokens=sh.to_global(tokens, repl),
-                                  prefix_length=p)
+    kv = self.programs.prefix(pb)(
+        params=self.params, tokens=sh.to_global(tokens, repl), prefix_length=p
+    )
     self._last_prefix = (group.prefix, kv)
     self.stats.prefill_tokens += group.prefix_length
     return group, SharedPrefix(kv=kv, length=p), suffixes
 
   # Generation ----------------------------------------------------------------------------------
 
-  def generate(self, prompts_ids: Sequence[Sequence[int]], prompt_names: Sequence[str] | None = None,
-               group_prefix: bool | None = None) -> list[GenerationResult]:
+  def generate(
+      self,
+      prompts_ids: Sequence[Sequence[int]],
+      prompt_names: Sequence[str] | None = None,
+      group_prefix: bool | None = None,
+  ) -> list[GenerationResult]:
     """Greedy answers (at most max_new_tokens, stopped at EOS or a quote token) for one group."""
     if not prompts_ids:
       return []
@@ -209,38 +254,55 @@ class Engine:
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
-    plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
-                                    batch_buckets=self.batch_buckets,
-                                    length_buckets=self.length_buckets)
+    plans = layout_lib.plan_batches(
+        [len(s) for s in suffixes],
+        batch_size=self.batch_size,
+        batch_buckets=self.batch_buckets,
+        length_buckets=self.length_buckets,
+    )
     results: list[GenerationResult | None] = [None] * len(prompts)
     pending = []
     for plan in plans:
-      tokens, lengths, active = layout_lib.pad_rows([suffixes[i] for i in plan.rows], plan.batch,
-                                                    plan.suffix_bucket)
+      tokens, lengths, active = layout_lib.pad_rows(
+          [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
+      )
       slots = layout_lib.cache_length(plan.suffix_bucket, self.max_new_tokens)
-      rows = batch_lib.place(SuffixBatch(tokens=tokens, lengths=lengths, active=active),
-                             SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
-                             self.mesh)
+      rows = batch_lib.place(
+          SuffixBatch(tokens=tokens, lengths=lengths, active=active),
+          SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
+          self.mesh,
+      )
       out, num_out = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
-          params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+          params=self.params, prefix=prefix, rows=rows, stop=self.stop
+      )
       pending.append((plan, out, num_out))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
       self._collect(item, results)
-    results = [r if len(ids) == len(kept) else
-               dataclasses.replace(r, truncated_tokens=len(ids) - len(kept))
-               for r, ids, kept in zip(results, prompts_ids, prompts)]
+    results = [
+        r
+        if len(ids) == len(kept)
+        else dataclasses.replace(r, truncated_tokens=len(ids) - len(kept))
+        for r, ids, kept in zip(results, prompts_ids, prompts)
+    ]
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
     self.stats.prefill_tokens += sum(len(s) for s in suffixes)
     self.stats.generated_tokens += sum(len(r.ids) for r in results)
     self.stats.seconds += time.perf_counter() - t0
     self.stats.compile_count = self.compile_count
-    logging.info("engine.generate: %d prompts, prefix %d tokens (bucket %d), %d batches, "
-                 "%d new compiles (%d total), %.2fs", len(prompts), plen, pb, len(plans),
-                 self.compile_count - compiled_before, self.compile_count,
-                 time.perf_counter() - t0)
+    logging.info(
+        "engine.generate: %d prompts, prefix %d tokens (bucket %d), %d batches, "
+        "%d new compiles (%d total), %.2fs",
+        len(prompts),
+        plen,
+        pb,
+        len(plans),
+        self.compile_count - compiled_before,
+        self.compile_count,
+        time.perf_counter() - t0,
+    )
     logging.info("engine throughput: %s", self.stats.summary())
     return results
 
@@ -248,19 +310,23 @@ class Engine:
     plan, out, num = item
     out, num = np.asarray(out), np.asarray(num)
     for r, i in enumerate(plan.rows):
-      ids = tuple(int(x) for x in out[r, :num[r]])
+      ids = tuple(int(x) for x in out[r, : num[r]])
       results[i] = GenerationResult(ids=ids, text=answer_text(self.tokenizer, ids))
 
   # Scoring -------------------------------------------------------------------------------------
 
-  def continuation_logprobs(self, prompt_ids_list: Sequence[Sequence[int]],
-                            continuation_ids_list: Sequence[Sequence[int]],
-                            prompt_names: Sequence[str] | None = None,
-                            group_prefix: bool | None = None) -> list[np.ndarray]:
+  def continuation_logprobs(
+      self,
+      prompt_ids_list: Sequence[Sequence[int]],
+      continuation_ids_list: Sequence[Sequence[int]],
+      prompt_names: Sequence[str] | None = None,
+      group_prefix: bool | None = None,
+  ) -> list[np.ndarray]:
     """log p(continuation token | prompt, earlier continuation tokens), float32 [len(cont)] each."""
     if len(prompt_ids_list) != len(continuation_ids_list):
-      raise ValueError(f"{len(prompt_ids_list)} prompts but {len(continuation_ids_list)} "
-                       "continuations")
+      raise ValueError(
+          f"{len(prompt_ids_list)} prompts but {len(continuation_ids_list)} " "continuations"
+      )
     if not prompt_ids_list:
       return []
     t0 = time.perf_counter()
@@ -269,36 +335,51 @@ class Engine:
     for i, c in enumerate(conts):
       if len(c) > max_cont:
         raise buckets_lib.PromptTooLongError(
-            f"continuation of {prompt_names[i] if prompt_names else i}", len(c), max_cont,
-            "largest length bucket")
+            f"continuation of {prompt_names[i] if prompt_names else i}",
+            len(c),
+            max_cont,
+            "largest length bucket",
+        )
     prompts = self._fit(prompt_ids_list, prompt_names, [len(c) for c in conts])
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     pb = group.prefix_bucket
-    plans = layout_lib.plan_batches([len(s) for s in suffixes], batch_size=self.batch_size,
-                                    batch_buckets=self.batch_buckets,
-                                    length_buckets=self.length_buckets,
-                                    extra_lengths=[len(c) for c in conts],
-                                    extra_buckets=self.continuation_buckets)
+    plans = layout_lib.plan_batches(
+        [len(s) for s in suffixes],
+        batch_size=self.batch_size,
+        batch_buckets=self.batch_buckets,
+        length_buckets=self.length_buckets,
+        extra_lengths=[len(c) for c in conts],
+        extra_buckets=self.continuation_buckets,
+    )
     pending = []
     for plan in plans:
-      tokens, lengths, _ = layout_lib.pad_rows([suffixes[i] for i in plan.rows], plan.batch,
-                                               plan.suffix_bucket)
-      cont, cont_lengths, _ = layout_lib.pad_rows([conts[i] for i in plan.rows], plan.batch,
-                                                  plan.extra_bucket, min_length=0)
+      tokens, lengths, _ = layout_lib.pad_rows(
+          [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
+      )
+      cont, cont_lengths, _ = layout_lib.pad_rows(
+          [conts[i] for i in plan.rows], plan.batch, plan.extra_bucket, min_length=0
+      )
       slots = layout_lib.cache_length(plan.suffix_bucket, plan.extra_bucket)
       rows = batch_lib.place(
-          ScoreBatch(tokens=tokens, lengths=lengths, continuations=cont,
-                     continuation_lengths=cont_lengths),
-          ScoreBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket,
-                          continuation_bucket=plan.extra_bucket), self.mesh)
+          ScoreBatch(
+              tokens=tokens, lengths=lengths, continuations=cont, continuation_lengths=cont_lengths
+          ),
+          ScoreBatch.spec(
+              batch=plan.batch,
+              suffix_bucket=plan.suffix_bucket,
+              continuation_bucket=plan.extra_bucket,
+          ),
+          self.mesh,
+      )
       logp = self.programs.score(plan.batch, pb, plan.suffix_bucket, plan.extra_bucket, slots)(
-          params=self.params, prefix=prefix, rows=rows)
+          params=self.params, prefix=prefix, rows=rows
+      )
       pending.append((plan, logp))
     out: list[np.ndarray | None] = [None] * len(prompts)
     for plan, logp in pending:
       logp = np.asarray(logp)
       for r, i in enumerate(plan.rows):
-        out[i] = logp[r, :len(conts[i])].astype(np.float32)
+        out[i] = logp[r, : len(conts[i])].astype(np.float32)
     self.stats.scored_sequences += len(prompts)
     self.stats.scored_tokens += sum(len(x) for x in prompts) + sum(len(c) for c in conts)
     self.stats.seconds += time.perf_counter() - t0

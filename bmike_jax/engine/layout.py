@@ -38,46 +38,64 @@ class GroupLayout:
   """The prefix shared by a group's prompts."""
 
   prefix: tuple[int, ...]  # [P] token ids computed once
-  prefix_bucket: int       # Pb >= P (0 without reuse)
+  prefix_bucket: int  # Pb >= P (0 without reuse)
 
   @property
   def prefix_length(self) -> int:
     return len(self.prefix)
 
 
-def plan_group(prompts: Sequence[Sequence[int]], *, reuse: bool, length_buckets: Sequence[int],
-               min_prefix: int = 16) -> GroupLayout:
+def plan_group(
+    prompts: Sequence[Sequence[int]],
+    *,
+    reuse: bool,
+    length_buckets: Sequence[int],
+    min_prefix: int = 16,
+) -> GroupLayout:
   """Reuse the common prefix when asked and when it is at least `min_prefix` tokens long."""
   p = common_prefix_length(prompts) if reuse and len(prompts) > 1 else 0
   if p < max(min_prefix, 1):
     return GroupLayout(prefix=(), prefix_bucket=0)
-  return GroupLayout(prefix=tuple(prompts[0][:p]),
-                     prefix_bucket=buckets_lib.pick_bucket(p, length_buckets))
+  return GroupLayout(
+      prefix=tuple(prompts[0][:p]), prefix_bucket=buckets_lib.pick_bucket(p, length_buckets)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-  rows: tuple[int, ...]   # indices of the real rows (into the caller's list), <= batch
-  batch: int              # B: a batch bucket (rows beyond len(rows) are inactive dummies)
-  suffix_bucket: int      # Sb: a length bucket >= every row's suffix length
-  extra_bucket: int = 0   # Cb: continuation bucket (scoring only)
+  rows: tuple[int, ...]  # indices of the real rows (into the caller's list), <= batch
+  batch: int  # B: a batch bucket (rows beyond len(rows) are inactive dummies)
+  suffix_bucket: int  # Sb: a length bucket >= every row's suffix length
+  extra_bucket: int = 0  # Cb: continuation bucket (scoring only)
 
 
-def plan_batches(suffix_lengths: Sequence[int], *, batch_size: int, batch_buckets: Sequence[int],
-                 length_buckets: Sequence[int], extra_lengths: Sequence[int] | None = None,
-                 extra_buckets: Sequence[int] = ()) -> list[BatchPlan]:
+def plan_batches(
+    suffix_lengths: Sequence[int],
+    *,
+    batch_size: int,
+    batch_buckets: Sequence[int],
+    length_buckets: Sequence[int],
+    extra_lengths: Sequence[int] | None = None,
+    extra_buckets: Sequence[int] = (),
+) -> list[BatchPlan]:
   """Rows sorted by length (longest first) and cut into batches of `batch_size`; each batch gets
   the smallest batch and length buckets that hold it."""
   order = sorted(range(len(suffix_lengths)), key=lambda i: -suffix_lengths[i])
   plans = []
   for start in range(0, len(order), batch_size):
-    rows = tuple(order[start:start + batch_size])
+    rows = tuple(order[start : start + batch_size])
     sb = buckets_lib.pick_bucket(max(suffix_lengths[i] for i in rows), length_buckets)
     cb = 0
     if extra_lengths is not None:
       cb = buckets_lib.pick_bucket(max(max(extra_lengths[i] for i in rows), 1), extra_buckets)
-    plans.append(BatchPlan(rows=rows, batch=buckets_lib.pick_bucket(len(rows), batch_buckets),
-                           suffix_bucket=sb, extra_bucket=cb))
+    plans.append(
+        BatchPlan(
+            rows=rows,
+            batch=buckets_lib.pick_bucket(len(rows), batch_buckets),
+            suffix_bucket=sb,
+            extra_bucket=cb,
+        )
+    )
   return plans
 
 
@@ -95,7 +113,7 @@ def pad_rows(seqs: Sequence[Sequence[int]], batch: int, length: int, min_length:
   lengths = np.full((batch,), min_length, np.int32)
   active = np.zeros((batch,), bool)
   for i, s in enumerate(seqs):
-    tokens[i, :len(s)] = s
+    tokens[i, : len(s)] = s
     lengths[i] = len(s)
     active[i] = True
   return tokens, lengths, active

@@ -18,9 +18,20 @@ from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
 
 
-def append_tokens(model: Llama, params, *, cache: KVCache, key_valid, tokens, start_position,
-                  num_valid, write_index, logits_index=None, prefix: KVCache | None = None,
-                  prefix_mask=None):
+def append_tokens(
+    model: Llama,
+    params,
+    *,
+    cache: KVCache,
+    key_valid,
+    tokens,
+    start_position,
+    num_valid,
+    write_index,
+    logits_index=None,
+    prefix: KVCache | None = None,
+    prefix_mask=None,
+):
   """Write `tokens` [B, T] at slots [write_index, write_index + T) of `cache` and run the model.
 
   start_position: [B] int32, true position of tokens[:, 0] (token t is at start_position + t).
@@ -32,15 +43,24 @@ def append_tokens(model: Llama, params, *, cache: KVCache, key_valid, tokens, st
   """
   _, t = tokens.shape
   s = cache.length
-  offsets = jnp.arange(t, dtype=jnp.int32)                          # [T]
-  positions = start_position[:, None] + offsets[None, :]            # [B, T]
-  slots = jnp.arange(s, dtype=jnp.int32)                            # [S]
+  offsets = jnp.arange(t, dtype=jnp.int32)  # [T]
+  positions = start_position[:, None] + offsets[None, :]  # [B, T]
+  slots = jnp.arange(s, dtype=jnp.int32)  # [S]
   written = (slots[None, :] >= write_index) & (slots[None, :] < write_index + num_valid[:, None])
-  key_valid = key_valid | written                                   # [B, S]
-  causal = slots[None, :] <= write_index + offsets[:, None]         # [T, S]
-  mask = key_valid[:, None, :] & causal[None, :, :]                 # [B, T, S]
-  logits, cache = model.apply({"params": params}, tokens, positions, cache, write_index, mask,
-                              logits_index=logits_index, prefix=prefix, prefix_mask=prefix_mask)
+  key_valid = key_valid | written  # [B, S]
+  causal = slots[None, :] <= write_index + offsets[:, None]  # [T, S]
+  mask = key_valid[:, None, :] & causal[None, :, :]  # [B, T, S]
+  logits, cache = model.apply(
+      {"params": params},
+      tokens,
+      positions,
+      cache,
+      write_index,
+      mask,
+      logits_index=logits_index,
+      prefix=prefix,
+      prefix_mask=prefix_mask,
+  )
   return logits, cache, key_valid
 
 
@@ -52,10 +72,17 @@ def prefix_cache(model: Llama, params, *, tokens, prefix_length) -> KVCache:
   _, pb = tokens.shape
   cache = KVCache.zeros(model.config, 1, pb, model.dtype)
   # Only the KV is needed: ask for the logits of a single position (the cheapest output).
-  _, cache, _ = append_tokens(model, params, cache=cache, key_valid=jnp.zeros((1, pb), bool),
-                              tokens=tokens, start_position=jnp.zeros((1,), jnp.int32),
-                              num_valid=jnp.reshape(prefix_length, (1,)), write_index=0,
-                              logits_index=jnp.zeros((1,), jnp.int32))
+  _, cache, _ = append_tokens(
+      model,
+      params,
+      cache=cache,
+      key_valid=jnp.zeros((1, pb), bool),
+      tokens=tokens,
+      start_position=jnp.zeros((1,), jnp.int32),
+      num_valid=jnp.reshape(prefix_length, (1,)),
+      write_index=0,
+      logits_index=jnp.zeros((1,), jnp.int32),
+  )
   return cache
 
 
@@ -65,8 +92,16 @@ def start_cache(model: Llama, batch: int, slots: int):
   return KVCache.zeros(model.config, batch, slots, model.dtype), jnp.zeros((batch, slots), bool)
 
 
-def prefill(model: Llama, params, *, prefix: SharedPrefix, batch: SuffixBatch, stop: StopRule,
-            slots: int, max_new_tokens: int) -> DecodeState:
+def prefill(
+    model: Llama,
+    params,
+    *,
+    prefix: SharedPrefix,
+    batch: SuffixBatch,
+    stop: StopRule,
+    slots: int,
+    max_new_tokens: int,
+) -> DecodeState:
   """Run each row's suffix on top of the shared prefix and pick the first new token.
 
   Returns the DecodeState after one generated token (step 1), cache [L, B, S, KVH, Dh].
@@ -75,16 +110,27 @@ def prefill(model: Llama, params, *, prefix: SharedPrefix, batch: SuffixBatch, s
   cache, key_valid = start_cache(model, b, slots)
   start = jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32)
   logits, cache, key_valid = append_tokens(
-      model, params, cache=cache, key_valid=key_valid, tokens=batch.tokens, start_position=start,
-      num_valid=batch.lengths, write_index=0, logits_index=batch.lengths - 1, prefix=prefix.kv,
-      prefix_mask=prefix.mask())
+      model,
+      params,
+      cache=cache,
+      key_valid=key_valid,
+      tokens=batch.tokens,
+      start_position=start,
+      num_valid=batch.lengths,
+      write_index=0,
+      logits_index=batch.lengths - 1,
+      prefix=prefix.kv,
+      prefix_mask=prefix.mask(),
+  )
   state = DecodeState(
-      cache=cache, key_valid=key_valid,
+      cache=cache,
+      key_valid=key_valid,
       next_position=start + batch.lengths,
       write_index=jnp.asarray(sb, jnp.int32),
       last_token=jnp.zeros((b,), jnp.int32),
       out=jnp.zeros((b, max_new_tokens), jnp.int32),
       num_out=jnp.zeros((b,), jnp.int32),
       done=~batch.active,
-      step=jnp.asarray(0, jnp.int32))
+      step=jnp.asarray(0, jnp.int32),
+  )
   return record_token(state, jnp.argmax(logits, axis=-1).astype(jnp.int32), stop)

@@ -39,8 +39,14 @@ from bmike_jax.model import KVCache, Llama
 class Programs:
   """Builds (once per key) and caches the jitted programs for one model, params sharding and mesh."""
 
-  def __init__(self, model: Llama, mesh: Mesh, params_shardings, max_new_tokens: int,
-               decode_phases=lambda batch: (batch,)):
+  def __init__(
+      self,
+      model: Llama,
+      mesh: Mesh,
+      params_shardings,
+      max_new_tokens: int,
+      decode_phases=lambda batch: (batch,),
+  ):
     self.model = model
     self.decode_phases = decode_phases  # batch -> the decode loop's shrinking batch sizes
     self.mesh = mesh
@@ -82,9 +88,17 @@ class Programs:
     r1 = sh.batch_sharding(self.mesh, 1, batch)
     r2, repl = sh.batch_sharding(self.mesh, 2, batch), self._repl()
     # out / num_out (tiny) are replicated so that every host can read the answers.
-    return DecodeState(cache=KVCache(k=cache, v=cache), key_valid=r2, next_position=r1,
-                       write_index=repl, last_token=r1, out=repl, num_out=repl, done=r1,
-                       step=repl)
+    return DecodeState(
+        cache=KVCache(k=cache, v=cache),
+        key_valid=r2,
+        next_position=r1,
+        write_index=repl,
+        last_token=r1,
+        out=repl,
+        num_out=repl,
+        done=r1,
+        step=repl,
+    )
 
   # Programs: each returns a keyword-only call ---------------------------------------------------
 
@@ -97,8 +111,11 @@ class Programs:
         self._traced(key)
         return prefix_cache(self.model, params, tokens=tokens, prefix_length=prefix_length)
 
-      jitted = jax.jit(fn, in_shardings=(self.params_shardings, self._repl(), self._repl()),
-                       out_shardings=self.prefix_shardings(pb).kv)
+      jitted = jax.jit(
+          fn,
+          in_shardings=(self.params_shardings, self._repl(), self._repl()),
+          out_shardings=self.prefix_shardings(pb).kv,
+      )
 
       def call(*, params, tokens, prefix_length):
         return jitted(params, tokens, prefix_length)
@@ -117,20 +134,43 @@ class Programs:
 
       def place(state):  # a state of any phase's batch size, rows over the data axis
         return jax.lax.with_sharding_constraint(
-            state, self.state_shardings(state.last_token.shape[0]))
+            state, self.state_shardings(state.last_token.shape[0])
+        )
 
       def fn(params, prefix, rows, stop):
         self._traced(key)
-        state = place(prefill(self.model, params, prefix=prefix, batch=rows, stop=stop,
-                              slots=slots, max_new_tokens=self.max_new_tokens))
-        return greedy_decode(self.model, params, prefix=prefix, state=state, stop=stop,
-                             phases=phases, constrain=place)
+        state = place(
+            prefill(
+                self.model,
+                params,
+                prefix=prefix,
+                batch=rows,
+                stop=stop,
+                slots=slots,
+                max_new_tokens=self.max_new_tokens,
+            )
+        )
+        return greedy_decode(
+            self.model,
+            params,
+            prefix=prefix,
+            state=state,
+            stop=stop,
+            phases=phases,
+            constrain=place,
+        )
 
       spec = SuffixBatch.spec(batch=batch, suffix_bucket=sb)
-      jitted = jax.jit(fn, in_shardings=(self.params_shardings, self.prefix_shardings(pb),
-                                         batch_lib.row_shardings(spec, self.mesh),
-                                         self.stop_shardings()),
-                       out_shardings=(self._repl(), self._repl()))
+      jitted = jax.jit(
+          fn,
+          in_shardings=(
+              self.params_shardings,
+              self.prefix_shardings(pb),
+              batch_lib.row_shardings(spec, self.mesh),
+              self.stop_shardings(),
+          ),
+          out_shardings=(self._repl(), self._repl()),
+      )
 
       def call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop: StopRule):
         return jitted(params, prefix, rows, stop)
@@ -150,9 +190,15 @@ class Programs:
         return score_continuations(self.model, params, prefix=prefix, batch=rows, slots=slots)
 
       spec = ScoreBatch.spec(batch=batch, suffix_bucket=sb, continuation_bucket=cb)
-      jitted = jax.jit(fn, in_shardings=(self.params_shardings, self.prefix_shardings(pb),
-                                         batch_lib.row_shardings(spec, self.mesh)),
-                       out_shardings=self._repl())
+      jitted = jax.jit(
+          fn,
+          in_shardings=(
+              self.params_shardings,
+              self.prefix_shardings(pb),
+              batch_lib.row_shardings(spec, self.mesh),
+          ),
+          out_shardings=self._repl(),
+      )
 
       def call(*, params, prefix: SharedPrefix, rows: ScoreBatch):
         return jitted(params, prefix, rows)

@@ -24,8 +24,9 @@ def _token_logprobs(logits, targets):
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def score_continuations(model: Llama, params, *, prefix: SharedPrefix, batch: ScoreBatch,
-                        slots: int):
+def score_continuations(
+    model: Llama, params, *, prefix: SharedPrefix, batch: ScoreBatch, slots: int
+):
   """Per-token log-probs of each row's continuation after its prompt.
 
   Returns [B, Cb] float32: entry c is log p(cont_c | prompt, cont_<c), 0 for c >= m_i (m_i: the
@@ -37,19 +38,33 @@ def score_continuations(model: Llama, params, *, prefix: SharedPrefix, batch: Sc
   cache, key_valid = start_cache(model, b, slots)
   start = jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32)
   logits, cache, key_valid = append_tokens(
-      model, params, cache=cache, key_valid=key_valid, tokens=batch.tokens,
-      start_position=start, num_valid=batch.lengths, write_index=0,
-      logits_index=batch.lengths - 1, **shared)                                     # [B, V]
-  parts = [_token_logprobs(logits, batch.continuations[:, 0])[:, None]]            # [B, 1]
+      model,
+      params,
+      cache=cache,
+      key_valid=key_valid,
+      tokens=batch.tokens,
+      start_position=start,
+      num_valid=batch.lengths,
+      write_index=0,
+      logits_index=batch.lengths - 1,
+      **shared,
+  )  # [B, V]
+  parts = [_token_logprobs(logits, batch.continuations[:, 0])[:, None]]  # [B, 1]
   # The rest of the continuation in chunks, so that at most [B, CHUNK, V] logits exist at once.
   for c0 in range(0, cb - 1, CHUNK):
     c1 = min(c0 + CHUNK, cb - 1)
     chunk_logits, cache, key_valid = append_tokens(
-        model, params, cache=cache, key_valid=key_valid, tokens=batch.continuations[:, c0:c1],
+        model,
+        params,
+        cache=cache,
+        key_valid=key_valid,
+        tokens=batch.continuations[:, c0:c1],
         start_position=start + batch.lengths + c0,
-        num_valid=jnp.clip(batch.continuation_lengths - c0, 0, c1 - c0), write_index=sb + c0,
-        **shared)                                                                   # [B, c, V]
-    parts.append(_token_logprobs(chunk_logits, batch.continuations[:, c0 + 1:c1 + 1]))
-  logprobs = jnp.concatenate(parts, axis=1)                                         # [B, Cb]
+        num_valid=jnp.clip(batch.continuation_lengths - c0, 0, c1 - c0),
+        write_index=sb + c0,
+        **shared,
+    )  # [B, c, V]
+    parts.append(_token_logprobs(chunk_logits, batch.continuations[:, c0 + 1 : c1 + 1]))
+  logprobs = jnp.concatenate(parts, axis=1)  # [B, Cb]
   keep = jnp.arange(cb)[None, :] < batch.continuation_lengths[:, None]
   return jnp.where(keep, logprobs, 0.0)

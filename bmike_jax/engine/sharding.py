@@ -50,11 +50,12 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | No
   if data * model == n:
     try:
       from jax.experimental import mesh_utils
+
       grid = mesh_utils.create_device_mesh((data, model), devices=devices)
     except Exception:  # pylint: disable=broad-except  (topology helpers are best effort)
       grid = np.asarray(devices).reshape(data, model)
   else:
-    grid = np.asarray(devices[:data * model]).reshape(data, model)
+    grid = np.asarray(devices[: data * model]).reshape(data, model)
   return Mesh(grid, (DATA, MODEL))
 
 
@@ -72,14 +73,14 @@ class ShardRule:
 # Specs of one layer's params; in the stacked layout (params["layers"], model/layer_layout.py)
 # every leaf has a leading [L] axis, which stays unsharded (see `param_shardings`).
 PARAM_RULES: tuple[ShardRule, ...] = (
-    ShardRule(r"attn/q/kernel$", P(None, MODEL), "num_heads"),                    # [D, H*Dh]
-    ShardRule(r"attn/(k|v)/kernel$", P(None, MODEL), "num_kv_heads"),             # [D, KVH*Dh]
-    ShardRule(r"attn/o/kernel$", P(MODEL, None), "num_heads"),                    # [H*Dh, D]
-    ShardRule(r"mlp/(gate|up)/kernel$", P(None, MODEL)),                          # [D, F]
-    ShardRule(r"mlp/down/kernel$", P(MODEL, None)),                               # [F, D]
-    ShardRule(r"^embed/embedding$", P(MODEL, None)),                              # [V, D]
-    ShardRule(r"^lm_head/kernel$", P(None, MODEL)),                               # [D, V]
-    ShardRule(r".*", P()),                                                        # norms
+    ShardRule(r"attn/q/kernel$", P(None, MODEL), "num_heads"),  # [D, H*Dh]
+    ShardRule(r"attn/(k|v)/kernel$", P(None, MODEL), "num_kv_heads"),  # [D, KVH*Dh]
+    ShardRule(r"attn/o/kernel$", P(MODEL, None), "num_heads"),  # [H*Dh, D]
+    ShardRule(r"mlp/(gate|up)/kernel$", P(None, MODEL)),  # [D, F]
+    ShardRule(r"mlp/down/kernel$", P(MODEL, None)),  # [F, D]
+    ShardRule(r"^embed/embedding$", P(MODEL, None)),  # [V, D]
+    ShardRule(r"^lm_head/kernel$", P(None, MODEL)),  # [D, V]
+    ShardRule(r".*", P()),  # norms
 )
 
 
@@ -88,8 +89,9 @@ def _axis_size(mesh: Mesh, axis) -> int:
   return int(np.prod([mesh.shape[a] for a in names]))
 
 
-def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh, what: str,
-             units: Sequence[int | None] | None = None) -> P:
+def fit_spec(
+    spec: P, shape: Sequence[int], mesh: Mesh, what: str, units: Sequence[int | None] | None = None
+) -> P:
   """`spec` with every axis that does not divide its dimension (or its unit) replaced by None."""
   entries = list(spec) + [None] * (len(shape) - len(spec))
   for i, axis in enumerate(entries):
@@ -98,8 +100,15 @@ def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh, what: str,
     size = _axis_size(mesh, axis)
     unit = (units[i] if units and units[i] else None) or shape[i]
     if shape[i] % size or unit % size:
-      logging.info("sharding: %s dim %d (size %d, unit %d) not divisible by %r=%d; replicated",
-                   what, i, shape[i], unit, axis, size)
+      logging.info(
+          "sharding: %s dim %d (size %d, unit %d) not divisible by %r=%d; replicated",
+          what,
+          i,
+          shape[i],
+          unit,
+          axis,
+          size,
+      )
       entries[i] = None
   return P(*entries)
 
@@ -108,8 +117,9 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def param_shardings(params, mesh: Mesh, config: LlamaConfig,
-                    rules: Sequence[ShardRule] = PARAM_RULES):
+def param_shardings(
+    params, mesh: Mesh, config: LlamaConfig, rules: Sequence[ShardRule] = PARAM_RULES
+):
   """A pytree of NamedSharding matching `params`, from the first matching rule per path."""
 
   def one(path, leaf):
@@ -163,10 +173,14 @@ def to_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   index_map = sharding.addressable_devices_indices_map(array.shape)
   if array.ndim == 0:
     return jax.make_array_from_process_local_data(sharding, array, array.shape)
-  rows = {(idx[0].start or 0, array.shape[0] if idx[0].stop is None else idx[0].stop)
-          for idx in index_map.values()}                    # this process's row ranges
+  rows = {
+      (idx[0].start or 0, array.shape[0] if idx[0].stop is None else idx[0].stop)
+      for idx in index_map.values()
+  }  # this process's row ranges
   lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
   if sum(b - a for a, b in rows) != hi - lo and len(rows) > 1:
-    raise ValueError(f"this process's rows {sorted(rows)} are not contiguous; build the mesh "
-                     "with make_mesh (devices grouped by process)")
+    raise ValueError(
+        f"this process's rows {sorted(rows)} are not contiguous; build the mesh "
+        "with make_mesh (devices grouped by process)"
+    )
   return jax.make_array_from_process_local_data(sharding, array[lo:hi], array.shape)

@@ -16,22 +16,22 @@ class DecodeState:
   B: batch bucket, S: cache slots, N: max new tokens.
   """
 
-  cache: KVCache            # k, v: [L, B, S, KVH, Dh]
-  key_valid: jax.Array      # [B, S] bool: slot holds a real token of this row
+  cache: KVCache  # k, v: [L, B, S, KVH, Dh]
+  key_valid: jax.Array  # [B, S] bool: slot holds a real token of this row
   next_position: jax.Array  # [B] int32: true position of `last_token`
-  write_index: jax.Array    # [] int32: slot `last_token` is written to (same for every row)
-  last_token: jax.Array     # [B] int32: newest generated token (input of the next step)
-  out: jax.Array            # [B, N] int32: generated tokens, 0 past num_out
-  num_out: jax.Array        # [B] int32: tokens kept (an EOS is not kept)
-  done: jax.Array           # [B] bool: EOS or a quote token seen, N reached, or a dummy row
-  step: jax.Array           # [] int32: tokens generated so far (same for every row)
+  write_index: jax.Array  # [] int32: slot `last_token` is written to (same for every row)
+  last_token: jax.Array  # [B] int32: newest generated token (input of the next step)
+  out: jax.Array  # [B, N] int32: generated tokens, 0 past num_out
+  num_out: jax.Array  # [B] int32: tokens kept (an EOS is not kept)
+  done: jax.Array  # [B] bool: EOS or a quote token seen, N reached, or a dummy row
+  step: jax.Array  # [] int32: tokens generated so far (same for every row)
 
 
 @flax.struct.dataclass
 class StopRule:
   """Per SPEC: a row stops at any EOS id (not kept) or after a token containing `"` (kept)."""
 
-  eos_ids: jax.Array     # [E] int32
+  eos_ids: jax.Array  # [E] int32
   quote_mask: jax.Array  # [V] bool
 
 
@@ -40,9 +40,14 @@ def record_token(state: DecodeState, token: jax.Array, stop: StopRule) -> Decode
   active = ~state.done
   is_eos = jnp.any(token[:, None] == stop.eos_ids[None, :], axis=-1)  # [B]
   keep = active & ~is_eos
-  column = jnp.where(keep, token, 0).astype(jnp.int32)[:, None]        # [B, 1]
+  column = jnp.where(keep, token, 0).astype(jnp.int32)[:, None]  # [B, 1]
   out = jax.lax.dynamic_update_slice(state.out, column, (0, state.step))
   step = state.step + 1
   done = state.done | is_eos | stop.quote_mask[token] | (step >= state.out.shape[1])
-  return state.replace(out=out, num_out=state.num_out + keep.astype(jnp.int32), done=done,
-                       last_token=token.astype(jnp.int32), step=step)
+  return state.replace(
+      out=out,
+      num_out=state.num_out + keep.astype(jnp.int32),
+      done=done,
+      last_token=token.astype(jnp.int32),
+      step=step,
+  )

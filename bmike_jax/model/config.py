@@ -49,8 +49,13 @@ class LlamaConfig:
   @classmethod
   def from_hf_dict(cls, cfg: Mapping[str, Any]) -> "LlamaConfig":
     """From the dict of a HF `config.json` (LlamaForCausalLM)."""
-    required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads")
+    required = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+    )
     missing = [k for k in required if k not in cfg]
     if missing:
       raise ConfigError(f"config.json lacks required field(s): {', '.join(missing)}")
@@ -65,19 +70,24 @@ class LlamaConfig:
             factor=float(scaling["factor"]),
             low_freq_factor=float(scaling["low_freq_factor"]),
             high_freq_factor=float(scaling["high_freq_factor"]),
-            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+        )
       elif kind not in (None, "default"):
-        raise ConfigError(f"config.json rope_scaling type {kind!r} is not supported "
-                          "(supported: llama3, default)")
+        raise ConfigError(
+            f"config.json rope_scaling type {kind!r} is not supported "
+            "(supported: llama3, default)"
+        )
     rope_theta = cfg.get("rope_theta")
     if rope_theta is None:  # transformers 5 nests it under rope_parameters
       rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
       params = cfg.get("rope_parameters") or {}
       if rope_scaling is None and params.get("rope_type") == "llama3":
         rope_scaling = RopeScaling(
-            factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
             high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+        )
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
     return cls(
@@ -105,8 +115,13 @@ class LlamaConfig:
     arch = meta.get("general.architecture")
     if arch != "llama":
       raise ConfigError(f"GGUF architecture {arch!r} is not supported (supported: llama)")
-    required = ("llama.embedding_length", "llama.feed_forward_length", "llama.block_count",
-                "llama.attention.head_count", "tokenizer.ggml.tokens")
+    required = (
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.block_count",
+        "llama.attention.head_count",
+        "tokenizer.ggml.tokens",
+    )
     missing = [k for k in required if k not in meta]
     if missing:
       raise ConfigError(f"GGUF metadata lacks required key(s): {', '.join(missing)}")
@@ -117,8 +132,10 @@ class LlamaConfig:
     head_dim = int(meta.get("llama.attention.key_length") or hidden // num_heads)
     rope_dim = int(meta.get("llama.rope.dimension_count") or head_dim)
     if rope_dim != head_dim:
-      raise ConfigError(f"GGUF rope.dimension_count {rope_dim} != head dim {head_dim} "
-                        "(partial rotary embeddings are not supported)")
+      raise ConfigError(
+          f"GGUF rope.dimension_count {rope_dim} != head dim {head_dim} "
+          "(partial rotary embeddings are not supported)"
+      )
     tokens = meta["tokenizer.ggml.tokens"]
     eos = meta.get("tokenizer.ggml.eos_token_id")
     bos = meta.get("tokenizer.ggml.bos_token_id")
@@ -141,17 +158,26 @@ class LlamaConfig:
   def to_hf_dict(self) -> dict[str, Any]:
     """The inverse of `from_hf_dict` (used to build HF reference models in tests)."""
     out = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-        "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-        "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-        "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps,
-        "rope_theta": self.rope_theta, "max_position_embeddings": self.max_position_embeddings,
-        "tie_word_embeddings": self.tie_word_embeddings, "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.head_dim,
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_theta": self.rope_theta,
+        "max_position_embeddings": self.max_position_embeddings,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
         "bos_token_id": self.bos_token_id,
-        "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1
-                        else self.eos_token_ids[0],
+        "eos_token_id": list(self.eos_token_ids)
+        if len(self.eos_token_ids) != 1
+        else self.eos_token_ids[0],
     }
     if self.rope_scaling is not None:
       out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}

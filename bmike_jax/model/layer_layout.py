@@ -52,8 +52,9 @@ def unstack_layers(params: Mapping[str, Any], num_layers: int, consume: bool = F
   stacked = jax.tree_util.tree_map(split, params[STACKED])
   out = {k: v for k, v in params.items() if k != STACKED}
   for i in range(num_layers):
-    out[layer_name(i)] = jax.tree_util.tree_map(lambda parts, i=i: parts[i], stacked,
-                                                is_leaf=lambda x: isinstance(x, list))
+    out[layer_name(i)] = jax.tree_util.tree_map(
+        lambda parts, i=i: parts[i], stacked, is_leaf=lambda x: isinstance(x, list)
+    )
   return out
 
 
@@ -68,7 +69,8 @@ def stack_layers(params: Mapping[str, Any], num_layers: int) -> dict:
   if missing:
     raise ValueError(f"params lack layer(s) {', '.join(missing)}: not in the per-layer layout")
   out = {k: v for k, v in params.items() if k not in names}
-  stack = lambda *xs: (np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs)
-                       else jnp.stack(xs))
+  stack = lambda *xs: (
+      np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
+  )
   out[STACKED] = jax.tree_util.tree_map(stack, *[params[n] for n in names])
   return out

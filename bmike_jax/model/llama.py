@@ -69,13 +69,18 @@ class RMSNorm(nn.Module):
 
 def matmul_precision(dtype) -> jax.lax.Precision:
   """HIGHEST for float32 (true float32 dots on every platform), DEFAULT for the fast bf16 mode."""
-  return (jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32
-          else jax.lax.Precision.DEFAULT)
+  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
 def _dense(features: int, name: str, dtype, param_dtype) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                  precision=matmul_precision(dtype), name=name)
+  return nn.Dense(
+      features,
+      use_bias=False,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=matmul_precision(dtype),
+      name=name,
+  )
 
 
 def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
@@ -89,23 +94,24 @@ def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
   Returns [B, T, KVH, G, Dh]."""
   scale, neg = q.shape[-1] ** -0.5, jnp.finfo(jnp.float32).min
   dot = dict(precision=matmul_precision(dtype), preferred_element_type=jnp.float32)
-  own = jnp.einsum("btkgd,bskd->bktgs", q, k_cache, **dot) * scale                 # [B,KVH,T,G,S]
+  own = jnp.einsum("btkgd,bskd->bktgs", q, k_cache, **dot) * scale  # [B,KVH,T,G,S]
   own = jnp.where(attn_mask[:, None, :, None, :], own, neg)
-  peak = jnp.max(own, axis=-1)                                                     # [B,KVH,T,G]
+  peak = jnp.max(own, axis=-1)  # [B,KVH,T,G]
   if prefix is not None:
-    pk, pv = (a[0].astype(dtype) for a in prefix)                                  # [P, KVH, Dh]
-    pre = jnp.einsum("btkgd,pkd->kbtgp", q, pk, **dot) * scale                     # [KVH,B,T,G,P]
+    pk, pv = (a[0].astype(dtype) for a in prefix)  # [P, KVH, Dh]
+    pre = jnp.einsum("btkgd,pkd->kbtgp", q, pk, **dot) * scale  # [KVH,B,T,G,P]
     pre = jnp.where(prefix_mask, pre, neg)
     peak = jnp.maximum(peak, jnp.max(pre, axis=-1).transpose(1, 0, 2, 3))
   own = jnp.exp(own - peak[..., None])
-  total = jnp.sum(own, axis=-1)                                                    # [B,KVH,T,G]
+  total = jnp.sum(own, axis=-1)  # [B,KVH,T,G]
   out = jnp.einsum("bktgs,bskd->bktgd", own.astype(dtype), v_cache, **dot)
   if prefix is not None:
     pre = jnp.exp(pre - peak.transpose(1, 0, 2, 3)[..., None])
     total = total + jnp.sum(pre, axis=-1).transpose(1, 0, 2, 3)
     out = out + jnp.einsum("kbtgp,pkd->kbtgd", pre.astype(dtype), pv, **dot).transpose(
-        1, 0, 2, 3, 4)
-  out = out / total[..., None]                                                     # [B,KVH,T,G,Dh]
+        1, 0, 2, 3, 4
+    )
+  out = out / total[..., None]  # [B,KVH,T,G,Dh]
   return out.transpose(0, 2, 1, 3, 4).astype(dtype)
 
 
@@ -166,7 +172,8 @@ class DecoderLayer(nn.Module):
     x, caches, layer = carry
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x)
     attn_out, caches = Attention(cfg, self.dtype, self.param_dtype, name="attn")(
-        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask)
+        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask
+    )
     x = x + attn_out
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
     x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed)
@@ -180,11 +187,25 @@ class Llama(nn.Module):
   scan_layers: bool = True  # False: layers unrolled, params per layer (see layer_layout.py)
 
   @nn.compact
-  def __call__(self, tokens, positions, cache: KVCache, write_index, attn_mask,
-               logits_index=None, prefix: KVCache | None = None, prefix_mask=None):
+  def __call__(
+      self,
+      tokens,
+      positions,
+      cache: KVCache,
+      write_index,
+      attn_mask,
+      logits_index=None,
+      prefix: KVCache | None = None,
+      prefix_mask=None,
+  ):
     cfg = self.config
-    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="embed")
+    embed = nn.Embed(
+        cfg.vocab_size,
+        cfg.hidden_size,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="embed",
+    )
     x = embed(tokens)  # [B, T, D]
     cos, sin = rope.rotary_tables(positions, rope.inverse_frequencies(cfg))
     shared = None if prefix is None else (prefix.k, prefix.v)
@@ -211,8 +232,12 @@ class Llama(nn.Module):
       x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
     x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
     if cfg.tie_word_embeddings:  # embed.attend, at the model's matmul precision
-      logits = jnp.einsum("...d,vd->...v", x, embed.embedding.astype(self.dtype),
-                          precision=matmul_precision(self.dtype))
+      logits = jnp.einsum(
+          "...d,vd->...v",
+          x,
+          embed.embedding.astype(self.dtype),
+          precision=matmul_precision(self.dtype),
+      )
     else:
       logits = _dense(cfg.vocab_size, "lm_head", self.dtype, self.param_dtype)(x)
     return logits.astype(jnp.float32), KVCache(k=k, v=v)

@@ -24,7 +24,8 @@ def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
   wavelen = 2 * math.pi / inv_freq
   scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
   smooth = (old_len / wavelen - scaling.low_freq_factor) / (
-      scaling.high_freq_factor - scaling.low_freq_factor)
+      scaling.high_freq_factor - scaling.low_freq_factor
+  )
   smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
   is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
   return np.where(is_medium, smoothed, scaled).astype(np.float32)

@@ -18,7 +18,11 @@ from bmike_jax.runner.store import OutputError, OutputStore
 from bmike_jax.runner.units import Unit
 
 # Environment variables that announce a multi-process job.
-_MULTI_PROCESS_MARKERS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+_MULTI_PROCESS_MARKERS = (
+    "JAX_COORDINATOR_ADDRESS",
+    "COORDINATOR_ADDRESS",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 def _looks_multi_process() -> bool:
@@ -28,20 +32,28 @@ def _looks_multi_process() -> bool:
   return len([h for h in hosts.split(",") if h]) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def maybe_initialize(mode: str, coordinator_address: str = "", num_processes: int = 0,
-                     process_id: int = -1) -> None:
+def maybe_initialize(
+    mode: str, coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
   """mode: 'true' always initialises, 'false' never, 'auto' when the environment (or an explicit
   coordinator address) says so. Without an address jax detects the cluster (TPU pod, SLURM, ...)."""
   explicit = bool(coordinator_address)
   if mode == "true" or (mode == "auto" and (explicit or _looks_multi_process())):
     if explicit:
-      jax.distributed.initialize(coordinator_address=coordinator_address,
-                                 num_processes=num_processes, process_id=process_id)
+      jax.distributed.initialize(
+          coordinator_address=coordinator_address,
+          num_processes=num_processes,
+          process_id=process_id,
+      )
     else:
       jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def is_writer() -> bool:
@@ -56,9 +68,13 @@ def broadcast_json(obj):
     return obj
   import numpy as np
   from jax.experimental import multihost_utils
+
   data = np.frombuffer(json.dumps(obj).encode("utf-8"), dtype=np.uint8) if is_writer() else None
-  size = int(multihost_utils.broadcast_one_to_all(
-      np.array([0 if data is None else data.size], dtype=np.int64))[0])
+  size = int(
+      multihost_utils.broadcast_one_to_all(
+          np.array([0 if data is None else data.size], dtype=np.int64)
+      )[0]
+  )
   buffer = data if data is not None else np.zeros(size, dtype=np.uint8)
   received = np.asarray(multihost_utils.broadcast_one_to_all(buffer), dtype=np.uint8)
   return json.loads(received.tobytes().decode("utf-8"))
@@ -73,11 +89,17 @@ def finished_units(store: OutputStore, units: list[Unit], identity: dict) -> dic
   if is_writer():
     try:
       store.prepare(identity)
-      answer = {"finished": [[i, store.load_metrics(u)] for i, u in enumerate(units)
-                             if store.is_finished(u)]}
+      answer = {
+          "finished": [
+              [i, store.load_metrics(u)] for i, u in enumerate(units) if store.is_finished(u)
+          ]
+      }
     except (OutputError, paths.PathError, OSError, ValueError) as e:  # ValueError: bad JSON
-      answer = {"error": str(e) if isinstance(e, (OutputError, paths.PathError)) else
-                f"--output_dir {store.root!r}: cannot read the finished units ({e})"}
+      answer = {
+          "error": str(e)
+          if isinstance(e, (OutputError, paths.PathError))
+          else f"--output_dir {store.root!r}: cannot read the finished units ({e})"
+      }
   answer = broadcast_json(answer)
   if "error" in answer:
     raise OutputError(answer["error"])

@@ -22,16 +22,22 @@ LIKELIHOOD_ALTERNATIVES = ("loc_ans", "old")
 
 
 class GenerationEngine(Protocol):
-  def generate(self, prompt_ids: Sequence[Sequence[int]],
-               prompt_names: Sequence[str] | None = None) -> list: ...
 
-  def continuation_logprobs(self, prompt_ids: Sequence[Sequence[int]],
-                            continuation_ids: Sequence[Sequence[int]]) -> list[np.ndarray]: ...
+  def generate(
+      self, prompt_ids: Sequence[Sequence[int]], prompt_names: Sequence[str] | None = None
+  ) -> list:
+    ...
+
+  def continuation_logprobs(
+      self, prompt_ids: Sequence[Sequence[int]], continuation_ids: Sequence[Sequence[int]]
+  ) -> list[np.ndarray]:
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
 class _Query:
   """A query of the unit with its token ids (what the likelihood jobs need)."""
+
   record: Record
   query_type: str
   prompt: str
@@ -53,21 +59,28 @@ def likelihood_split(tokenizer, prompt: str, continuation: str) -> tuple[list[in
 
 def score_sample(tokenizer, prediction: str, gold: str, lang: str) -> dict:
   """The four answer scores of one sample (metrics.answer_scores with the model's tokenizer)."""
-  return metrics.answer_scores(prediction, gold, lang,
-                               encode=lambda text: tokenizer.encode(text, add_bos=False))
+  return metrics.answer_scores(
+      prediction, gold, lang, encode=lambda text: tokenizer.encode(text, add_bos=False)
+  )
 
 
-def evaluate_unit(engine: GenerationEngine, tokenizer, loaded: LoadedFile,
-                  pool: Sequence[Demonstration], setup: str, query_types: Sequence[str],
-                  likelihood: bool) -> list[dict]:
+def evaluate_unit(
+    engine: GenerationEngine,
+    tokenizer,
+    loaded: LoadedFile,
+    pool: Sequence[Demonstration],
+    setup: str,
+    query_types: Sequence[str],
+    likelihood: bool,
+) -> list[dict]:
   """Sample rows (DESIGN.md's samples.jsonl schema) of one dataset x setup x language; one engine
   call per prompt group of bmike_jax/workload.py."""
   lang = loaded.lang
   rows = []
-  for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup,
-                                    query_types=query_types):
-    queries = [_Query(q.record, q.query_type, q.prompt, tokenizer.encode(q.prompt))
-               for q in group.queries]
+  for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup, query_types=query_types):
+    queries = [
+        _Query(q.record, q.query_type, q.prompt, tokenizer.encode(q.prompt)) for q in group.queries
+    ]
     results = engine.generate([q.prompt_ids for q in queries], prompt_names=group.names)
     likelihoods = {}
     if likelihood and loaded.dataset in LIKELIHOOD_DATASETS:
@@ -75,9 +88,15 @@ def evaluate_unit(engine: GenerationEngine, tokenizer, loaded: LoadedFile,
     for i, (q, result) in enumerate(zip(queries, results)):
       gold = q.record.gold(q.query_type)
       row = {
-          "dataset": loaded.dataset, "lang": lang, "setup": setup, "query_type": q.query_type,
-          "case_id": q.record.target.case_id, "prompt": q.prompt, "prediction": result.text,
-          "gold": gold, "gold_en": q.record.gold_en(q.query_type),
+          "dataset": loaded.dataset,
+          "lang": lang,
+          "setup": setup,
+          "query_type": q.query_type,
+          "case_id": q.record.target.case_id,
+          "prompt": q.prompt,
+          "prediction": result.text,
+          "gold": gold,
+          "gold_en": q.record.gold_en(q.query_type),
           # prompt tokens cut from the left by --overlong=truncate_left (0: the whole prompt)
           "truncated_tokens": getattr(result, "truncated_tokens", 0),
           **score_sample(tokenizer, result.text, gold, lang),
@@ -104,7 +123,8 @@ def _likelihoods(engine: GenerationEngine, tokenizer, queries: list[_Query]) -> 
       jobs.append((i, field, *likelihood_split(tokenizer, q.prompt, text)))
   out: dict[int, dict] = {
       i: {f"inv_ppl_{f}": None for f in ("alt",) + LIKELIHOOD_ALTERNATIVES}
-      for i in {j[0] for j in jobs}}
+      for i in {j[0] for j in jobs}
+  }
   # Empty continuations score (almost) the whole prompt: batched apart, so that the shared
   # demonstration prefix of the others stays reusable.
   regular = [j for j in jobs if len(j[2]) > 1]

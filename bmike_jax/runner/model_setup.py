@@ -15,7 +15,6 @@ from bmike_jax.engine import sharding
 from bmike_jax.model import layer_layout
 from bmike_jax.runner.run_config import FlagError, RunConfig
 
-
 # Share of one device's memory the weights may take when --mesh_model=auto chooses the model axis;
 # the rest holds the KV caches, activations and XLA's workspace.
 WEIGHT_MEMORY_SHARE = 0.5
@@ -38,14 +37,23 @@ def choose_model_axis(config, dtype: str, devices) -> int:
   if memory is None:
     return 1
   weight_bytes = config.num_params * (4 if dtype == "float32" else 2)
-  candidates = [m for m in range(1, len(devices) + 1)
-                if len(devices) % m == 0 and config.num_kv_heads % m == 0]
+  candidates = [
+      m
+      for m in range(1, len(devices) + 1)
+      if len(devices) % m == 0 and config.num_kv_heads % m == 0
+  ]
   for m in candidates:
     if weight_bytes / m <= WEIGHT_MEMORY_SHARE * memory:
       return m
-  logging.warning("weights (%.1f GB) do not fit in %.0f%% of %d device(s) of %.1f GB even when "
-                  "split %d ways", weight_bytes / 1e9, 100 * WEIGHT_MEMORY_SHARE, len(devices),
-                  memory / 1e9, candidates[-1])
+  logging.warning(
+      "weights (%.1f GB) do not fit in %.0f%% of %d device(s) of %.1f GB even when "
+      "split %d ways",
+      weight_bytes / 1e9,
+      100 * WEIGHT_MEMORY_SHARE,
+      len(devices),
+      memory / 1e9,
+      candidates[-1],
+  )
   return candidates[-1]
 
 
@@ -83,9 +91,11 @@ def build_engine(cfg: RunConfig):
   try:
     mesh = sharding.make_mesh(data=cfg.mesh_data, model=mesh_model)
   except ValueError as e:
-    raise FlagError(f"--mesh_data={cfg.mesh_data} --mesh_model={cfg.mesh_model or 'auto'} "
-                    f"({mesh_model}): {e} (this process sees {jax.device_count()} "
-                    "device(s))") from e
+    raise FlagError(
+        f"--mesh_data={cfg.mesh_data} --mesh_model={cfg.mesh_model or 'auto'} "
+        f"({mesh_model}): {e} (this process sees {jax.device_count()} "
+        "device(s))"
+    ) from e
   logging.info("mesh %s over %d device(s)", dict(mesh.shape), mesh.devices.size)
   scan_layers = cfg.scan_layers
   if scan_layers is None:
@@ -93,15 +103,25 @@ def build_engine(cfg: RunConfig):
   config, params = load_params(source, cfg.dtype, mesh, scan_layers)
   tokenizer = tokenizer_lib.load_tokenizer(
       paths.local_copy(tokenizer_source, tokenizer_lib.CONFIG_FILES),
-      decode_cleanup=cfg.decode_cleanup)
+      decode_cleanup=cfg.decode_cleanup,
+  )
   checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
-  engine = Engine(config, params, tokenizer, mesh=mesh, batch_size=cfg.batch_size,
-                  length_buckets=cfg.length_buckets, max_new_tokens=cfg.max_new_tokens,
-                  prefix_reuse=cfg.prefix_reuse, decode_halvings=cfg.decode_halvings,
-                  scan_layers=scan_layers,
-                  overlong=cfg.overlong, dtype=cfg.dtype,
-                  # What HF generate stops on (generation_config.json wins), as the reference.
-                  eos_ids=config.eos_token_ids or None)
+  engine = Engine(
+      config,
+      params,
+      tokenizer,
+      mesh=mesh,
+      batch_size=cfg.batch_size,
+      length_buckets=cfg.length_buckets,
+      max_new_tokens=cfg.max_new_tokens,
+      prefix_reuse=cfg.prefix_reuse,
+      decode_halvings=cfg.decode_halvings,
+      scan_layers=scan_layers,
+      overlong=cfg.overlong,
+      dtype=cfg.dtype,
+      # What HF generate stops on (generation_config.json wins), as the reference.
+      eos_ids=config.eos_token_ids or None,
+  )
   model_info = {
       "checkpoint": source,
       "tokenizer": tokenizer_source,

@@ -27,13 +27,17 @@ from bmike_jax import prompts
 from bmike_jax.runner import store as store_lib
 from bmike_jax.runner.units import Unit
 
-SETUP_FILE_TAGS = {"zero_shot": "icl0", "one_shot": "icl1", "few_shot_mixed": "icl8",
-                   "few_shot_specific": "icl8a"}
+SETUP_FILE_TAGS = {
+    "zero_shot": "icl0",
+    "one_shot": "icl1",
+    "few_shot_mixed": "icl8",
+    "few_shot_specific": "icl8a",
+}
 
 
 def model_name(checkpoint: str) -> str:
   name = os.path.basename(os.path.normpath(checkpoint))
-  return name[:-len(".gguf")] if name.endswith(".gguf") else name
+  return name[: -len(".gguf")] if name.endswith(".gguf") else name
 
 
 def file_stem(unit: Unit) -> str:
@@ -47,12 +51,15 @@ def reference_rows(samples: Sequence[dict]) -> list[dict]:
   records: dict = {}
   for s in samples:
     records.setdefault(s["case_id"], []).append(s)
-  return [s for rows in records.values() for s in sorted(rows, key=lambda r: order[r["query_type"]])]
+  return [
+      s for rows in records.values() for s in sorted(rows, key=lambda r: order[r["query_type"]])
+  ]
 
 
 def csv_text(samples: Sequence[dict]) -> str:
-  rows = [{**s, "prompt": prompts.strip_demonstrations(s["prompt"])}
-          for s in reference_rows(samples)]
+  rows = [
+      {**s, "prompt": prompts.strip_demonstrations(s["prompt"])} for s in reference_rows(samples)
+  ]
   return store_lib.reference_csv(rows)
 
 
@@ -69,9 +76,11 @@ def summary_text(samples: Sequence[dict], unit: Unit) -> str:
     for other in metrics.LIKELIHOOD_OTHERS:
       if cell.get(f"n_lik_{other}"):
         label = "" if other == "loc_ans" else f" (against {other}, corrected; not the reference)"
-        lik_lines.append(f"{qt}{label}\tsuccess: {cell[f'lik_success_{other}']:.6f}\t"
-                         f"magnitude: {cell[f'lik_magnitude_{other}']:.6f}\t"
-                         f"n: {cell[f'n_lik_{other}']}")
+        lik_lines.append(
+            f"{qt}{label}\tsuccess: {cell[f'lik_success_{other}']:.6f}\t"
+            f"magnitude: {cell[f'lik_magnitude_{other}']:.6f}\t"
+            f"n: {cell[f'n_lik_{other}']}"
+        )
   if lik_lines:
     lines += ["PPLS score"] + lik_lines
   return "\n".join(lines) + "\n"

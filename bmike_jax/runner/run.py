@@ -34,10 +34,19 @@ def code_version() -> str:
   """Git hash of the code that ran ("+dirty" with local changes), or "unknown"."""
   here = os.path.dirname(os.path.abspath(bmike_jax.__file__))
   try:
-    head = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                          text=True, timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", here, "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
     return head + ("+dirty" if dirty else "")
   except (OSError, subprocess.SubprocessError):
     return "unknown"
@@ -51,8 +60,11 @@ def check_inputs(cfg: RunConfig) -> None:
     for lang in cfg.langs:
       path = data_lib.dataset_path(cfg.data_dir, dataset, lang)
       if not paths.isfile(str(path)):
-        raise data_lib.DataError(path, f"missing data file for dataset {dataset!r}, language "
-                                 f"{lang!r} (--data_dir={cfg.data_dir})")
+        raise data_lib.DataError(
+            path,
+            f"missing data file for dataset {dataset!r}, language "
+            f"{lang!r} (--data_dir={cfg.data_dir})",
+        )
 
 
 @dataclasses.dataclass
@@ -66,8 +78,9 @@ class RunState:
     out: dict = {}
     for unit in self.units:
       if unit in self.metrics:
-        out.setdefault(unit.dataset, {}).setdefault(unit.setup, {})[unit.lang] = (
-            self.metrics[unit]["query_types"])
+        out.setdefault(unit.dataset, {}).setdefault(unit.setup, {})[unit.lang] = self.metrics[unit][
+            "query_types"
+        ]
     return out
 
   def data_files(self) -> dict:
@@ -94,17 +107,25 @@ def _by_query_type(rows: list[dict], query_types) -> dict:
 
 def library_versions() -> dict:
   import tokenizers  # pylint: disable=import-outside-toplevel
-  versions = {"bmike_jax": bmike_jax.__version__, "jax": jax.__version__,
-              "jaxlib": getattr(jax.lib, "__version__", None) or _dist_version("jaxlib"),
-              "flax": flax.__version__, "numpy": np.__version__,
-              "tokenizers": tokenizers.__version__, "orbax-checkpoint": _dist_version(
-                  "orbax-checkpoint"), "transformers": _dist_version("transformers"),
-              "python": platform.python_version(), "code": code_version()}
+
+  versions = {
+      "bmike_jax": bmike_jax.__version__,
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or _dist_version("jaxlib"),
+      "flax": flax.__version__,
+      "numpy": np.__version__,
+      "tokenizers": tokenizers.__version__,
+      "orbax-checkpoint": _dist_version("orbax-checkpoint"),
+      "transformers": _dist_version("transformers"),
+      "python": platform.python_version(),
+      "code": code_version(),
+  }
   return versions
 
 
 def _dist_version(name: str) -> str | None:
   from importlib import metadata  # pylint: disable=import-outside-toplevel
+
   try:
     return metadata.version(name)
   except metadata.PackageNotFoundError:
@@ -128,8 +149,12 @@ def variants_document(cfg: RunConfig, model_info: dict) -> dict:
           "meaning": PRECISIONS[cfg.dtype],
           "reference": cfg.dtype == "float32",
       },
-      "limit_mode": {"ran": cfg.limit_mode, "meaning": data_lib.LIMIT_MODES[cfg.limit_mode],
-                     "reference": cfg.limit_mode == "reference_lcount", "limit": cfg.limit},
+      "limit_mode": {
+          "ran": cfg.limit_mode,
+          "meaning": data_lib.LIMIT_MODES[cfg.limit_mode],
+          "reference": cfg.limit_mode == "reference_lcount",
+          "limit": cfg.limit,
+      },
       "likelihood": {
           "lik_*_loc_ans": "1/PPL(alt) against 1/PPL(loc_ans): the reference's comparison",
           "lik_*_old": "1/PPL(alt) against 1/PPL(old): the corrected comparison",
@@ -146,21 +171,29 @@ def variants_document(cfg: RunConfig, model_info: dict) -> dict:
 
 def run_document() -> dict:
   devices = jax.devices()
-  return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "platform": devices[0].platform, "device_kind": devices[0].device_kind,
-          "device_count": len(devices), "process_count": jax.process_count()}
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+      "device_count": len(devices),
+      "process_count": jax.process_count(),
+  }
 
 
-def results_document(cfg: RunConfig, state: RunState, model_info: dict, engine_stats: dict,
-                     flag_values: dict) -> dict:
+def results_document(
+    cfg: RunConfig, state: RunState, model_info: dict, engine_stats: dict, flag_values: dict
+) -> dict:
   return {
       "flags": flag_values,
       "versions": library_versions(),
       "run": run_document(),
       "model": model_info,
       "variants": variants_document(cfg, model_info),
-      "data": {"data_dir": cfg.data_dir, "counts": state.data_counts(),
-               "files_sha256": state.data_files()},
+      "data": {
+          "data_dir": cfg.data_dir,
+          "counts": state.data_counts(),
+          "files_sha256": state.data_files(),
+      },
       "units": {"planned": len(state.units), "finished": len(state.metrics)},
       "engine": engine_stats,
       "results": state.results(),
@@ -176,14 +209,17 @@ def check_finished_data(cfg: RunConfig, state: RunState) -> None:
   """A finished unit was computed from the data file as it is now (its sha256), or the rerun
   stops with an error naming the file."""
   for unit, doc in state.metrics.items():
-    for key, path in (("sha256", data_lib.dataset_path(cfg.data_dir, unit.dataset, unit.lang)),
-                      ("pool_sha256", data_lib.pool_path(cfg.data_dir, unit.dataset))):
+    for key, path in (
+        ("sha256", data_lib.dataset_path(cfg.data_dir, unit.dataset, unit.lang)),
+        ("pool_sha256", data_lib.pool_path(cfg.data_dir, unit.dataset)),
+    ):
       recorded = doc["data"].get(key)
       if recorded is not None and recorded != _data_file_sha256(str(path)):
         raise OutputError(
             f"{path}: changed since unit {unit.name} was finished in {cfg.output_dir} (sha256 "
             f"was {recorded[:12]}..., now {_data_file_sha256(str(path))[:12]}...). Use another "
-            "--output_dir, or restore the data file.")
+            "--output_dir, or restore the data file."
+        )
 
 
 def model_identity(cfg: RunConfig) -> dict:
@@ -198,8 +234,9 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
 
   `build_engine(cfg) -> (engine, tokenizer, model_info)` is called only when work remains.
   """
-  distributed.maybe_initialize(cfg.distributed, cfg.coordinator_address, cfg.num_processes,
-                               cfg.process_id)
+  distributed.maybe_initialize(
+      cfg.distributed, cfg.coordinator_address, cfg.num_processes, cfg.process_id
+  )
   writer = distributed.is_writer()
   check_inputs(cfg)
   store = OutputStore(cfg.output_dir)
@@ -208,8 +245,12 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   state = RunState(units, distributed.finished_units(store, units, identity))
   check_finished_data(cfg, state)
   todo = [u for u in units if u not in state.metrics]
-  logging.info("%d units planned, %d already finished, %d to run", len(units),
-               len(units) - len(todo), len(todo))
+  logging.info(
+      "%d units planned, %d already finished, %d to run",
+      len(units),
+      len(units) - len(todo),
+      len(todo),
+  )
   if not todo:
     logging.info("nothing to run: every unit is finished in %s", cfg.output_dir)
     return distributed.broadcast_json(store.load_results() if writer else None)
@@ -222,20 +263,26 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   start = time.perf_counter()
   for unit in todo:
     if loaded_key != (unit.dataset, unit.lang):
-      loaded = data_lib.load_file(cfg.data_dir, unit.dataset, unit.lang, limit=cfg.limit,
-                                  limit_mode=cfg.limit_mode)
+      loaded = data_lib.load_file(
+          cfg.data_dir, unit.dataset, unit.lang, limit=cfg.limit, limit_mode=cfg.limit_mode
+      )
       pool = data_lib.load_pool(cfg.data_dir, unit.dataset)
       pool_path = data_lib.pool_path(cfg.data_dir, unit.dataset)
       loaded_key = (unit.dataset, unit.lang)
-    rows = evaluate_unit(engine, tokenizer, loaded, pool, unit.setup, cfg.query_types,
-                         cfg.likelihood)
+    rows = evaluate_unit(
+        engine, tokenizer, loaded, pool, unit.setup, cfg.query_types, cfg.likelihood
+    )
     unit_doc = {
         "unit": dataclasses.asdict(unit),
-        "data": {"file": os.path.relpath(loaded.path, cfg.data_dir), "n_total": loaded.n_total,
-                 "n_skipped": loaded.n_skipped, "n_used": len(loaded.records),
-                 "sha256": _data_file_sha256(str(loaded.path)),
-                 "pool_file": os.path.relpath(pool_path, cfg.data_dir),
-                 "pool_sha256": _data_file_sha256(str(pool_path))},
+        "data": {
+            "file": os.path.relpath(loaded.path, cfg.data_dir),
+            "n_total": loaded.n_total,
+            "n_skipped": loaded.n_skipped,
+            "n_used": len(loaded.records),
+            "sha256": _data_file_sha256(str(loaded.path)),
+            "pool_file": os.path.relpath(pool_path, cfg.data_dir),
+            "pool_sha256": _data_file_sha256(str(pool_path)),
+        },
         "query_types": _by_query_type(rows, cfg.query_types),
     }
     state.metrics[unit] = unit_doc
@@ -243,7 +290,9 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
       store.write_unit(unit, rows, unit_doc)
       if cfg.reference_layout:
         reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
-      store.write_results(results_document(cfg, state, model_info, engine.stats.as_dict(), flag_values))
+      store.write_results(
+          results_document(cfg, state, model_info, engine.stats.as_dict(), flag_values)
+      )
     if bar is not None:
       bar.update(1)
       bar.set_postfix_str(unit.name)

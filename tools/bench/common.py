@@ -19,8 +19,11 @@ def command_line(module: str) -> str:
 
 def output_paths(output: str) -> tuple[str, str]:
   """(markdown path, json path) of --output (with or without a .md / .json suffix)."""
-  stem = output[:-5] if output.endswith(".json") else (output[:-3] if output.endswith(".md")
-                                                       else output)
+  stem = (
+      output[:-5]
+      if output.endswith(".json")
+      else (output[:-3] if output.endswith(".md") else output)
+  )
   return stem + ".md", stem + ".json"
 
 

@@ -19,8 +19,8 @@ import time
 @dataclasses.dataclass(frozen=True)
 class DeviceSpec:
   name: str
-  hbm_bytes_per_s: float      # HBM bandwidth, bytes/s
-  bf16_flops: float           # dense bf16 tensor-core peak, FLOP/s (no sparsity)
+  hbm_bytes_per_s: float  # HBM bandwidth, bytes/s
+  bf16_flops: float  # dense bf16 tensor-core peak, FLOP/s (no sparsity)
 
 
 # Matched in order against `device.device_kind` (lower case, substring). Vendor datasheet numbers.
@@ -82,6 +82,13 @@ def matmul_peak(n: int = 2048, dtype: str = "float32", reps: int = 5, warmup: in
     dot(a, b).block_until_ready()
     times.append(time.perf_counter() - t0)
   best = min(times)
-  return {"n": n, "dtype": str(dtype), "reps": reps, "best_seconds": best,
-          "median_seconds": sorted(times)[len(times) // 2], "flops": 2.0 * n ** 3 / best,
-          "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
+  return {
+      "n": n,
+      "dtype": str(dtype),
+      "reps": reps,
+      "best_seconds": best,
+      "median_seconds": sorted(times)[len(times) // 2],
+      "flops": 2.0 * n**3 / best,
+      "device": str(jax.devices()[0].device_kind),
+      "platform": jax.devices()[0].platform,
+  }

@@ -32,8 +32,12 @@ SWEEP_LANGUAGES = 53
 SWEEP_RECORDS = {"zsre": 743, "counterfact": 1031, "wikifactdiff": 784}
 SWEEP_QUERY_TYPES = 4
 # Setup of the full sweep -> the measured setup whose prompt lengths and grouping stand for it.
-SWEEP_SETUPS = {"zero_shot": "zero_shot", "one_shot": "one_shot",
-                "few_shot_mixed": "few_shot_mixed", "few_shot_specific": "few_shot_mixed"}
+SWEEP_SETUPS = {
+    "zero_shot": "zero_shot",
+    "one_shot": "one_shot",
+    "few_shot_mixed": "few_shot_mixed",
+    "few_shot_specific": "few_shot_mixed",
+}
 # Length buckets of configs/8b.flags: the section's default, so it compiles what an 8B run compiles.
 EIGHT_B_FLAGFILE_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
 # Token lengths used when the embedded tokenizer cannot be loaded: (shared prefix, mean suffix).
@@ -44,12 +48,26 @@ def llama31_8b_config():
   from bmike_jax.model import LlamaConfig, RopeScaling
 
   return LlamaConfig(
-      vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
-      num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=500000.0,
-      max_position_embeddings=131072, tie_word_embeddings=False,
-      rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                               original_max_position_embeddings=8192),
-      bos_token_id=128000, eos_token_ids=(128001,))
+      vocab_size=128256,
+      hidden_size=4096,
+      intermediate_size=14336,
+      num_layers=32,
+      num_heads=32,
+      num_kv_heads=8,
+      head_dim=128,
+      rms_norm_eps=1e-5,
+      rope_theta=500000.0,
+      max_position_embeddings=131072,
+      tie_word_embeddings=False,
+      rope_scaling=RopeScaling(
+          factor=8.0,
+          low_freq_factor=1.0,
+          high_freq_factor=4.0,
+          original_max_position_embeddings=8192,
+      ),
+      bos_token_id=128000,
+      eos_token_ids=(128001,),
+  )
 
 
 def tiny_config():
@@ -58,9 +76,19 @@ def tiny_config():
 
   big = llama31_8b_config()
   return dataclasses.replace(
-      big, vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-      num_kv_heads=2, head_dim=16, max_position_embeddings=4096, bos_token_id=1, eos_token_ids=(2,),
-      rope_scaling=dataclasses.replace(big.rope_scaling, original_max_position_embeddings=1024))
+      big,
+      vocab_size=512,
+      hidden_size=64,
+      intermediate_size=128,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=16,
+      max_position_embeddings=4096,
+      bos_token_id=1,
+      eos_token_ids=(2,),
+      rope_scaling=dataclasses.replace(big.rope_scaling, original_max_position_embeddings=1024),
+  )
 
 
 class SyntheticTokenizer:
@@ -86,8 +114,9 @@ def is_accelerator() -> bool:
   return jax.devices()[0].platform in ("gpu", "cuda", "rocm", "tpu")
 
 
-def real_lengths(data_dir: str, dataset: str, langs: Sequence[str], records: int,
-                 setups: Sequence[str]) -> tuple[dict, dict]:
+def real_lengths(
+    data_dir: str, dataset: str, langs: Sequence[str], records: int, setups: Sequence[str]
+) -> tuple[dict, dict]:
   """(setup -> [(shared prefix length, [suffix lengths])] per language group, source): lengths of
   the real prompts tokenized with the embedded (SmolLM2) tokenizer; FALLBACK_LENGTHS without it.
   `source` says which."""
@@ -106,8 +135,10 @@ def real_lengths(data_dir: str, dataset: str, langs: Sequence[str], records: int
   except Exception as e:  # pylint: disable=broad-except  (lengths only; fall back)
     print(f"bench: real prompt lengths unavailable ({e}); using fixed lengths", flush=True)
     n = records * SWEEP_QUERY_TYPES
-    return ({s: [(FALLBACK_LENGTHS[s][0], [FALLBACK_LENGTHS[s][1]] * n)] * len(langs)
-             for s in setups}, {**source, "tokenizer": f"none: fixed FALLBACK_LENGTHS ({e})"})
+    return (
+        {s: [(FALLBACK_LENGTHS[s][0], [FALLBACK_LENGTHS[s][1]] * n)] * len(langs) for s in setups},
+        {**source, "tokenizer": f"none: fixed FALLBACK_LENGTHS ({e})"},
+    )
 
 
 def write_lengths(path: str, lengths: dict, source: dict) -> None:
@@ -118,8 +149,13 @@ def write_lengths(path: str, lengths: dict, source: dict) -> None:
 
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
-    json.dump({"source": source, "lengths": {s: [[p, list(suf)] for p, suf in groups]
-                                             for s, groups in lengths.items()}}, f)
+    json.dump(
+        {
+            "source": source,
+            "lengths": {s: [[p, list(suf)] for p, suf in groups] for s, groups in lengths.items()},
+        },
+        f,
+    )
 
 
 def read_lengths(path: str, setups: Sequence[str]) -> tuple[dict, dict]:
@@ -130,28 +166,45 @@ def read_lengths(path: str, setups: Sequence[str]) -> tuple[dict, dict]:
   try:
     with open(path, encoding="utf-8") as f:
       raw = json.load(f)
-    lengths = {s: [(int(p), [int(x) for x in suf]) for p, suf in groups]
-               for s, groups in raw["lengths"].items()}
+    lengths = {
+        s: [(int(p), [int(x) for x in suf]) for p, suf in groups]
+        for s, groups in raw["lengths"].items()
+    }
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ValueError(f"--lengths={path}: not a prompt-lengths file written by "
-                     f"--write_lengths ({e})") from None
-  bad = [s for s, groups in lengths.items()
-         if not groups or any(p < 0 or not suf or min(suf) < 1 for p, suf in groups)]
+    raise ValueError(
+        f"--lengths={path}: not a prompt-lengths file written by " f"--write_lengths ({e})"
+    ) from None
+  bad = [
+      s
+      for s, groups in lengths.items()
+      if not groups or any(p < 0 or not suf or min(suf) < 1 for p, suf in groups)
+  ]
   if bad:
-    raise ValueError(f"--lengths={path}: setup(s) {', '.join(bad)} have no groups, an empty "
-                     "group or a length below 1")
+    raise ValueError(
+        f"--lengths={path}: setup(s) {', '.join(bad)} have no groups, an empty "
+        "group or a length below 1"
+    )
   missing = [s for s in setups if s not in lengths]
   if missing:
-    raise ValueError(f"--lengths={path}: has no lengths for setup(s) {', '.join(missing)} "
-                     f"(it has {', '.join(sorted(lengths))})")
+    raise ValueError(
+        f"--lengths={path}: has no lengths for setup(s) {', '.join(missing)} "
+        f"(it has {', '.join(sorted(lengths))})"
+    )
   return lengths, raw.get("source", {})
 
 
-def synthetic_group(rng: np.random.Generator, vocab: int, bos: int | None, prefix_len: int,
-                    suffix_lens: Sequence[int]) -> list[list[int]]:
+def synthetic_group(
+    rng: np.random.Generator,
+    vocab: int,
+    bos: int | None,
+    prefix_len: int,
+    suffix_lens: Sequence[int],
+) -> list[list[int]]:
   """Random ids: one shared prefix (BOS + prefix_len - 1 tokens), then per prompt its suffix."""
   lo = 3  # keep clear of the usual special ids 0..2
-  prefix = ([bos] if bos is not None else []) + rng.integers(lo, vocab, max(0, prefix_len - 1)).tolist()
+  prefix = ([bos] if bos is not None else []) + rng.integers(
+      lo, vocab, max(0, prefix_len - 1)
+  ).tolist()
   if prefix_len == 0 and bos is not None:
     prefix = [bos]
   return [prefix + rng.integers(lo, vocab, max(1, n)).tolist() for n in suffix_lens]
@@ -181,15 +234,16 @@ def _device_memory() -> dict:
 @dataclasses.dataclass(frozen=True)
 class GpuBenchConfig:
   """What one GPU benchmark run measures (tools/bench_gpu.py's flags)."""
-  model: str                        # "llama3_8b" or "tiny" (toy sizes: smoke tests on a CPU)
+
+  model: str  # "llama3_8b" or "tiny" (toy sizes: smoke tests on a CPU)
   batch_size: int
-  setups: tuple[str, ...]           # measured setups; few_shot_specific is projected
-  length_buckets: tuple[int, ...]   # () = configs/8b.flags' (EIGHT_B_FLAGFILE_BUCKETS)
+  setups: tuple[str, ...]  # measured setups; few_shot_specific is projected
+  length_buckets: tuple[int, ...]  # () = configs/8b.flags' (EIGHT_B_FLAGFILE_BUCKETS)
   max_new_tokens: int
-  decode_repeats: int               # timed repeats of each decode measurement (best kept)
-  matmul_size: int                  # n of the bf16 matmul peak measurement
-  hbm_bandwidth: float = 0.0        # bytes/s; 0: from flops.DEVICE_TABLE
-  peak_flops: float = 0.0           # dense bf16 FLOP/s; 0: from the table, else measured
+  decode_repeats: int  # timed repeats of each decode measurement (best kept)
+  matmul_size: int  # n of the bf16 matmul peak measurement
+  hbm_bandwidth: float = 0.0  # bytes/s; 0: from flops.DEVICE_TABLE
+  peak_flops: float = 0.0  # dense bf16 FLOP/s; 0: from the table, else measured
 
   @property
   def buckets(self) -> tuple[int, ...]:
@@ -204,11 +258,14 @@ def measure_device(config: GpuBenchConfig) -> dict:
   spec = flops.lookup_device(device.device_kind)
   bandwidth = config.hbm_bandwidth or (spec.hbm_bytes_per_s if spec else None)
   peak = config.peak_flops or (spec.bf16_flops if spec else None)
-  out = {"device": device.device_kind, "platform": device.platform,
-         "hbm_bandwidth": bandwidth,
-         "hbm_bandwidth_source": "flag" if config.hbm_bandwidth else ("table" if spec else None),
-         "peak_bf16_flops": peak,
-         "peak_source": "flag" if config.peak_flops else ("table" if spec else None)}
+  out = {
+      "device": device.device_kind,
+      "platform": device.platform,
+      "hbm_bandwidth": bandwidth,
+      "hbm_bandwidth_source": "flag" if config.hbm_bandwidth else ("table" if spec else None),
+      "peak_bf16_flops": peak,
+      "peak_source": "flag" if config.peak_flops else ("table" if spec else None),
+  }
   print(f"bench[gpu]: {device.device_kind}: measuring the bf16 matmul peak", flush=True)
   out["measured_matmul"] = flops.matmul_peak(n=config.matmul_size, dtype="bfloat16", reps=10)
   if peak is None:
@@ -225,18 +282,25 @@ def _init_model(config: GpuBenchConfig, platform: str):
   from bmike_jax.model import layer_layout
 
   model = llama31_8b_config() if config.model == "llama3_8b" else tiny_config()
-  print(f"bench[gpu]: initialising {config.model} ({model.num_params / 1e9:.2f}B params, bf16)",
-        flush=True)
+  print(
+      f"bench[gpu]: initialising {config.model} ({model.num_params / 1e9:.2f}B params, bf16)",
+      flush=True,
+  )
   t0 = time.perf_counter()
   # The layout the engine runs on this device (per layer on accelerators), so it converts nothing.
   scan_layers = layer_layout.default_scan_layers(platform)
-  params = jax.jit(lambda: init_params(model, seed=0, dtype=jnp.bfloat16,
-                                       scan_layers=scan_layers))()
+  params = jax.jit(
+      lambda: init_params(model, seed=0, dtype=jnp.bfloat16, scan_layers=scan_layers)
+  )()
   jax.block_until_ready(params)
-  facts = {"model": config.model, "num_params": model.num_params,
-           "batch_size": config.batch_size, "scan_layers": scan_layers,
-           "init_seconds": time.perf_counter() - t0,
-           "param_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(params))}
+  facts = {
+      "model": config.model,
+      "num_params": model.num_params,
+      "batch_size": config.batch_size,
+      "scan_layers": scan_layers,
+      "init_seconds": time.perf_counter() - t0,
+      "param_bytes": sum(x.nbytes for x in jax.tree_util.tree_leaves(params)),
+  }
   return model, params, facts
 
 
@@ -252,8 +316,7 @@ def _bucket_shape(engine, ids: Sequence[Sequence[int]], max_new_tokens: int):
   return engine.batch_size, pb, layout_lib.cache_length(sb, max_new_tokens)
 
 
-def measure_engine(config: GpuBenchConfig, model, params, groups: dict,
-                   decode_sets: dict) -> dict:
+def measure_engine(config: GpuBenchConfig, model, params, groups: dict, decode_sets: dict) -> dict:
   """Times the engine: per setup a cold and a warm pass over its groups with full answers and with
   max_new_tokens=1 (prefill only); the decode-step groups (best of decode_repeats) on the same
   two engines. Returns {"setups", "decode_times", "shapes", "compile_counts"}."""
@@ -264,18 +327,30 @@ def measure_engine(config: GpuBenchConfig, model, params, groups: dict,
   tokenizer = SyntheticTokenizer(model)
   per_setup, decode_times, shapes, compile_counts = {}, {}, {}, {}
   for max_new, label in ((config.max_new_tokens, "full"), (1, "prefill")):
-    engine = Engine(model, params, tokenizer, batch_size=config.batch_size,
-                    length_buckets=config.buckets, max_new_tokens=max_new, prefix_reuse=True,
-                    dtype=jnp.bfloat16, decode_halvings=0)  # as configs/8b.flags
+    engine = Engine(
+        model,
+        params,
+        tokenizer,
+        batch_size=config.batch_size,
+        length_buckets=config.buckets,
+        max_new_tokens=max_new,
+        prefix_reuse=True,
+        dtype=jnp.bfloat16,
+        decode_halvings=0,
+    )  # as configs/8b.flags
     for s in config.setups:
       print(f"bench[gpu]: {label} {s}: cold pass", flush=True)
       cold = _timed_pass(engine, groups[s])
       print(f"bench[gpu]: {label} {s}: warm pass", flush=True)
       warm = _timed_pass(engine, groups[s])
       per_setup.setdefault(s, {})[label] = {
-          "seconds": warm[0], "cold_seconds": cold[0], "prompts": warm[1],
-          "prompt_tokens": warm[2], "prefill_tokens": warm[3],
-          "compile_seconds": max(0.0, cold[0] - warm[0])}
+          "seconds": warm[0],
+          "cold_seconds": cold[0],
+          "prompts": warm[1],
+          "prompt_tokens": warm[2],
+          "prefill_tokens": warm[3],
+          "compile_seconds": max(0.0, cold[0] - warm[0]),
+      }
     for s, ids in decode_sets.items():
       print(f"bench[gpu]: {label} decode-step group {s}", flush=True)
       engine.generate(ids)  # compiles only if these shapes are new
@@ -290,8 +365,12 @@ def measure_engine(config: GpuBenchConfig, model, params, groups: dict,
     compile_counts[label] = engine.compile_count
     del engine
     gc.collect()
-  return {"setups": per_setup, "decode_times": decode_times, "shapes": shapes,
-          "compile_counts": compile_counts}
+  return {
+      "setups": per_setup,
+      "decode_times": decode_times,
+      "shapes": shapes,
+      "compile_counts": compile_counts,
+  }
 
 
 def project_setups(per_setup: dict, *, num_params: int, peak_flops: float) -> dict:
@@ -304,8 +383,15 @@ def project_setups(per_setup: dict, *, num_params: int, peak_flops: float) -> di
   return per_setup
 
 
-def project_decode(measured: dict, decode_sets: dict, *, model, param_bytes: int,
-                   bandwidth: float | None, max_new_tokens: int) -> dict:
+def project_decode(
+    measured: dict,
+    decode_sets: dict,
+    *,
+    model,
+    param_bytes: int,
+    bandwidth: float | None,
+    max_new_tokens: int,
+) -> dict:
   """Per decode group: step time = (t(max_new_tokens) - t(1)) / (max_new_tokens - 1), against the
   HBM floor of the parameter bytes (and of the parameters plus the KV bytes a step reads)."""
   decode = {}
@@ -314,16 +400,23 @@ def project_decode(measured: dict, decode_sets: dict, *, model, param_bytes: int
     batch, pb, slots = measured["shapes"][s]
     step = (t["full"] - t["prefill"]) / steps if steps > 0 else None
     # k and v, bf16, every slot read by the masked attention: the shared prefix once, own caches
-    kv_bytes = (model.num_layers * (pb + batch * slots) * model.num_kv_heads * model.head_dim
-                * 2 * 2)
+    kv_bytes = model.num_layers * (pb + batch * slots) * model.num_kv_heads * model.head_dim * 2 * 2
     floor = flops.hbm_floor_seconds(param_bytes, bandwidth) if bandwidth else None
     floor_kv = flops.hbm_floor_seconds(param_bytes + kv_bytes, bandwidth) if bandwidth else None
-    decode[s] = {"prompt_length": len(decode_sets[s][0]), "batch": batch, "cache_slots": slots,
-                 "step_seconds": step, "t_prefill_only": t["prefill"], "t_full": t["full"],
-                 "steps": steps, "kv_bytes": kv_bytes, "floor_seconds": floor,
-                 "floor_kv_seconds": floor_kv,
-                 "ratio": step / floor if floor and step else None,
-                 "ratio_kv": step / floor_kv if floor_kv and step else None}
+    decode[s] = {
+        "prompt_length": len(decode_sets[s][0]),
+        "batch": batch,
+        "cache_slots": slots,
+        "step_seconds": step,
+        "t_prefill_only": t["prefill"],
+        "t_full": t["full"],
+        "steps": steps,
+        "kv_bytes": kv_bytes,
+        "floor_seconds": floor,
+        "floor_kv_seconds": floor_kv,
+        "ratio": step / floor if floor and step else None,
+        "ratio_kv": step / floor_kv if floor_kv and step else None,
+    }
   return decode
 
 
@@ -334,10 +427,17 @@ def project_sweep(per_setup: dict) -> dict:
   for sweep_setup, measured in SWEEP_SETUPS.items():
     if measured in per_setup:
       rate = per_setup[measured]["full"]["prompts_per_s"]
-      projection[sweep_setup] = {"prompts": per_setup_prompts, "measured_as": measured,
-                                 "prompts_per_s": rate, "seconds": per_setup_prompts / rate}
-  return {"projection": projection, "projection_complete": len(projection) == len(SWEEP_SETUPS),
-          "projected_seconds": sum(p["seconds"] for p in projection.values())}
+      projection[sweep_setup] = {
+          "prompts": per_setup_prompts,
+          "measured_as": measured,
+          "prompts_per_s": rate,
+          "seconds": per_setup_prompts / rate,
+      }
+  return {
+      "projection": projection,
+      "projection_complete": len(projection) == len(SWEEP_SETUPS),
+      "projected_seconds": sum(p["seconds"] for p in projection.values()),
+  }
 
 
 def run(config: GpuBenchConfig, lengths: dict, lengths_source: dict) -> dict:
@@ -349,22 +449,38 @@ def run(config: GpuBenchConfig, lengths: dict, lengths_source: dict) -> dict:
   out["lengths_source"] = lengths_source
   out["length_buckets"] = list(config.buckets)
   rng = np.random.default_rng(0)
-  groups = {s: [synthetic_group(rng, model.vocab_size, model.bos_token_id, p, suf)
-                for p, suf in lengths[s]] for s in config.setups}
+  groups = {
+      s: [
+          synthetic_group(rng, model.vocab_size, model.bos_token_id, p, suf)
+          for p, suf in lengths[s]
+      ]
+      for s in config.setups
+  }
   # Decode-step groups: one full batch of equal-length prompts per length class, at the median
   # suffix length of the setup (shapes the passes have compiled already).
   decode_sets = {}
   for s in [x for x in ("zero_shot", "few_shot_mixed") if x in config.setups]:
     p_len, suf = lengths[s][0]
-    decode_sets[s] = synthetic_group(rng, model.vocab_size, model.bos_token_id, p_len,
-                                     [int(statistics.median(suf))] * config.batch_size)
+    decode_sets[s] = synthetic_group(
+        rng,
+        model.vocab_size,
+        model.bos_token_id,
+        p_len,
+        [int(statistics.median(suf))] * config.batch_size,
+    )
   measured = measure_engine(config, model, params, groups, decode_sets)
   out["compile_counts"] = measured["compile_counts"]
-  out["setups"] = project_setups(measured["setups"], num_params=model.num_params,
-                                 peak_flops=out["peak_bf16_flops"])
-  out["decode"] = project_decode(measured, decode_sets, model=model,
-                                 param_bytes=out["param_bytes"], bandwidth=out["hbm_bandwidth"],
-                                 max_new_tokens=config.max_new_tokens)
+  out["setups"] = project_setups(
+      measured["setups"], num_params=model.num_params, peak_flops=out["peak_bf16_flops"]
+  )
+  out["decode"] = project_decode(
+      measured,
+      decode_sets,
+      model=model,
+      param_bytes=out["param_bytes"],
+      bandwidth=out["hbm_bandwidth"],
+      max_new_tokens=config.max_new_tokens,
+  )
   out["device_memory"] = _device_memory()
   out.update(project_sweep(out["setups"]))
   return out

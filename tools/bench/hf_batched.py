@@ -46,16 +46,26 @@ def generate_batch(model, prompt_ids: Sequence[Sequence[int]], max_new_tokens: i
   ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
   mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
   for r, p in enumerate(prompt_ids):
-    ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-    mask[r, width - len(p):] = 1
+    ids[r, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+    mask[r, width - len(p) :] = 1
   with torch.no_grad():
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=pad_id)
+    out = model.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+    )
   return [row[width:].tolist() for row in out]
 
 
-def batched_answers(model, hf_tokenizer, prompt_ids: Sequence[Sequence[int]], batch_size: int,
-                    max_new_tokens: int = 15):
+def batched_answers(
+    model,
+    hf_tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    max_new_tokens: int = 15,
+):
   """(answers, generated token counts) for one group, in the group's order."""
   pad = pad_id_of(model, hf_tokenizer)
   eos = eos_ids_of(model)
@@ -63,7 +73,7 @@ def batched_answers(model, hf_tokenizer, prompt_ids: Sequence[Sequence[int]], ba
   answers: list[str | None] = [None] * len(prompt_ids)
   counts = [0] * len(prompt_ids)
   for start in range(0, len(order), batch_size):
-    rows = order[start:start + batch_size]
+    rows = order[start : start + batch_size]
     new = generate_batch(model, [prompt_ids[i] for i in rows], max_new_tokens, pad)
     for i, ids in zip(rows, new):
       n = generated_count(ids, eos)

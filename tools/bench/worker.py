@@ -38,15 +38,24 @@ def ids_digest(ids) -> str:
 
 
 def _group_record(group: dict, answers, seconds, prompt_ids, generated, **extra) -> dict:
-  return {"key": group["key"], "lang": group["lang"], "setup": group["setup"],
-          "query_types": sorted(set(group["query_types"])), "prompts": len(prompt_ids),
-          "seconds": seconds,
-          "prompt_tokens": sum(len(p) for p in prompt_ids), "generated_tokens": int(sum(generated)),
-          "answers": list(answers), "names": list(group["names"]),
-          "ids_digests": [ids_digest(p) for p in prompt_ids], **extra}
+  return {
+      "key": group["key"],
+      "lang": group["lang"],
+      "setup": group["setup"],
+      "query_types": sorted(set(group["query_types"])),
+      "prompts": len(prompt_ids),
+      "seconds": seconds,
+      "prompt_tokens": sum(len(p) for p in prompt_ids),
+      "generated_tokens": int(sum(generated)),
+      "answers": list(answers),
+      "names": list(group["names"]),
+      "ids_digests": [ids_digest(p) for p in prompt_ids],
+      **extra,
+  }
 
 
 # HF transformers ---------------------------------------------------------------------------------
+
 
 def _load_hf(spec):
   import torch
@@ -85,8 +94,12 @@ def run_hf_reference(spec) -> dict:
       generated.append(len(new))
     seconds = time.perf_counter() - t0
     groups.append(_group_record(g, answers, seconds, ids, generated))
-  return {"groups": groups, "load_seconds": load_seconds, "warmup_seconds": warmup,
-          "torch_threads": torch.get_num_threads()}
+  return {
+      "groups": groups,
+      "load_seconds": load_seconds,
+      "warmup_seconds": warmup,
+      "torch_threads": torch.get_num_threads(),
+  }
 
 
 def run_hf_margins(spec) -> dict:
@@ -105,12 +118,12 @@ def run_hf_margins(spec) -> dict:
     ids = list(tokenizer(text)["input_ids"])
     new = reference_hf.reference_generate_ids(model, ids, spec["max_new_tokens"])
     with torch.no_grad():
-      logits = model(torch.tensor([ids + new[:-1]])).logits[0, len(ids) - 1:].float().numpy()
+      logits = model(torch.tensor([ids + new[:-1]])).logits[0, len(ids) - 1 :].float().numpy()
     gaps = []
     for step in range(len(new)):
       top2 = np.sort(logits[step])[-2:]
       gaps.append(float(top2[1] - top2[0]))
-      if '"' in tokenizer.decode(new[:step + 1], skip_special_tokens=True):
+      if '"' in tokenizer.decode(new[: step + 1], skip_special_tokens=True):
         break
     low = int(np.argmin(gaps))
     out.append({"ids": new, "gaps": gaps, "min_gap": gaps[low], "min_gap_step": low})
@@ -123,10 +136,12 @@ def _hf_batched_pass(model, tokenizer, spec, all_ids, batch_size):
   groups = []
   for g, ids in zip(spec["groups"], all_ids):
     t0 = time.perf_counter()
-    answers, generated = hf_batched.batched_answers(model, tokenizer, ids, batch_size,
-                                                    spec["max_new_tokens"])
-    groups.append(_group_record(g, answers, time.perf_counter() - t0, ids, generated,
-                                batch_size=batch_size))
+    answers, generated = hf_batched.batched_answers(
+        model, tokenizer, ids, batch_size, spec["max_new_tokens"]
+    )
+    groups.append(
+        _group_record(g, answers, time.perf_counter() - t0, ids, generated, batch_size=batch_size)
+    )
   return groups
 
 
@@ -134,8 +149,9 @@ def _hf_batched_warmup(model, tokenizer, spec, all_ids, batch_size) -> float:
   from tools.bench import hf_batched
 
   t0 = time.perf_counter()
-  hf_batched.batched_answers(model, tokenizer, all_ids[0][:batch_size], batch_size,
-                             spec["max_new_tokens"])
+  hf_batched.batched_answers(
+      model, tokenizer, all_ids[0][:batch_size], batch_size, spec["max_new_tokens"]
+  )
   return time.perf_counter() - t0
 
 
@@ -147,8 +163,13 @@ def run_hf_batched(spec) -> dict:
   bs = int(spec["batch_size"])
   warmup = _hf_batched_warmup(model, tokenizer, spec, all_ids, bs)
   groups = _hf_batched_pass(model, tokenizer, spec, all_ids, bs)
-  return {"groups": groups, "load_seconds": load_seconds, "warmup_seconds": warmup,
-          "batch_size": bs, "torch_threads": torch.get_num_threads()}
+  return {
+      "groups": groups,
+      "load_seconds": load_seconds,
+      "warmup_seconds": warmup,
+      "batch_size": bs,
+      "torch_threads": torch.get_num_threads(),
+  }
 
 
 def run_hf_sweep(spec) -> dict:
@@ -166,12 +187,15 @@ def run_hf_sweep(spec) -> dict:
 
 # bmike-jax ---------------------------------------------------------------------------------------
 
+
 class _CompileClock:
   """Sums jax's compile-phase durations (tracing, lowering, XLA backend compile) while active."""
 
-  EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-            "/jax/core/compile/jaxpr_to_mlir_module_duration",
-            "/jax/core/compile/backend_compile_duration")
+  EVENTS = (
+      "/jax/core/compile/jaxpr_trace_duration",
+      "/jax/core/compile/jaxpr_to_mlir_module_duration",
+      "/jax/core/compile/backend_compile_duration",
+  )
 
   def __init__(self):
     import jax
@@ -203,11 +227,20 @@ def _engine_pass(engine, spec, all_ids, clock, label, subtract_compile=False):
     wall = time.perf_counter() - t0
     compile_seconds = clock.total() - clock0
     st = engine.stats
-    groups.append(_group_record(
-        g, [r.text for r in results], wall - compile_seconds if subtract_compile else wall, ids,
-        [len(r.ids) for r in results], prefill_tokens=int(st.prefill_tokens),
-        compiles=engine.compile_count - compiles0, compile_seconds=compile_seconds,
-        wall_seconds=wall, pass_name=label))
+    groups.append(
+        _group_record(
+            g,
+            [r.text for r in results],
+            wall - compile_seconds if subtract_compile else wall,
+            ids,
+            [len(r.ids) for r in results],
+            prefill_tokens=int(st.prefill_tokens),
+            compiles=engine.compile_count - compiles0,
+            compile_seconds=compile_seconds,
+            wall_seconds=wall,
+            pass_name=label,
+        )
+    )
   return groups
 
 
@@ -233,22 +266,35 @@ def run_engine(spec) -> dict:
   buckets = spec.get("length_buckets") or None
 
   def make(max_new_tokens):
-    return Engine(config, params, tokenizer, batch_size=spec["batch_size"],
-                  length_buckets=buckets, max_new_tokens=max_new_tokens,
-                  prefix_reuse=spec["prefix_reuse"], dtype=dtype)
+    return Engine(
+        config,
+        params,
+        tokenizer,
+        batch_size=spec["batch_size"],
+        length_buckets=buckets,
+        max_new_tokens=max_new_tokens,
+        prefix_reuse=spec["prefix_reuse"],
+        dtype=dtype,
+    )
 
   engine = make(spec["max_new_tokens"])
   params = engine.params  # the prefill-only engine shares the placed params; host copy freed
   embed = config.vocab_size * config.hidden_size
-  out = {"load_seconds": load_seconds, "num_params": int(config.num_params),
-         # parameters a token's forward pass multiplies by (the embedding is a lookup; the
-         # lm_head, vocab x hidden, runs at one position per prompt)
-         "token_matmul_params": int(config.num_params - embed * (1 if config.tie_word_embeddings
-                                                                  else 2)),
-         "lm_head_params": int(embed),
-         "batch_size": engine.batch_size, "length_buckets": list(engine.length_buckets),
-         "prefix_reuse": bool(spec["prefix_reuse"]), "devices": [str(d) for d in jax.devices()],
-         "memory_after_engine_mib": _rss_mib()}
+  out = {
+      "load_seconds": load_seconds,
+      "num_params": int(config.num_params),
+      # parameters a token's forward pass multiplies by (the embedding is a lookup; the
+      # lm_head, vocab x hidden, runs at one position per prompt)
+      "token_matmul_params": int(
+          config.num_params - embed * (1 if config.tie_word_embeddings else 2)
+      ),
+      "lm_head_params": int(embed),
+      "batch_size": engine.batch_size,
+      "length_buckets": list(engine.length_buckets),
+      "prefix_reuse": bool(spec["prefix_reuse"]),
+      "devices": [str(d) for d in jax.devices()],
+      "memory_after_engine_mib": _rss_mib(),
+  }
   out["cold_pass"] = bool(spec.get("cold_pass", True))
   if out["cold_pass"]:
     out["cold_groups"] = _engine_pass(engine, spec, all_ids, clock, "cold")
@@ -268,13 +314,19 @@ def run_engine(spec) -> dict:
 def run_peak(spec) -> dict:
   from tools.bench import flops
 
-  return flops.matmul_peak(n=spec.get("n", 2048), dtype=spec.get("dtype", "float32"),
-                           reps=spec.get("reps", 5))
+  return flops.matmul_peak(
+      n=spec.get("n", 2048), dtype=spec.get("dtype", "float32"), reps=spec.get("reps", 5)
+  )
 
 
-SYSTEMS = {"hf_reference": run_hf_reference, "hf_batched": run_hf_batched,
-           "hf_sweep": run_hf_sweep, "engine": run_engine, "peak": run_peak,
-           "hf_margins": run_hf_margins}
+SYSTEMS = {
+    "hf_reference": run_hf_reference,
+    "hf_batched": run_hf_batched,
+    "hf_sweep": run_hf_sweep,
+    "engine": run_engine,
+    "peak": run_peak,
+    "hf_margins": run_hf_margins,
+}
 
 
 def main(argv) -> int:

@@ -14,35 +14,53 @@ from bmike_jax import workload
 @dataclasses.dataclass
 class Group:
   """One engine call of the workload (a workload.PromptGroup) as the workers get it."""
+
   dataset: str
   lang: str
   setup: str
-  key: str                  # workload.PromptGroup.key: unique within the workload
+  key: str  # workload.PromptGroup.key: unique within the workload
   texts: list[str]
-  names: list[str]          # "dataset/lang/setup record N (query_type)"
+  names: list[str]  # "dataset/lang/setup record N (query_type)"
   query_types: list[str]
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
   def sample(self, indices: Sequence[int]) -> "Group":
-    return dataclasses.replace(self, texts=[self.texts[i] for i in indices],
-                               names=[self.names[i] for i in indices],
-                               query_types=[self.query_types[i] for i in indices])
+    return dataclasses.replace(
+        self,
+        texts=[self.texts[i] for i in indices],
+        names=[self.names[i] for i in indices],
+        query_types=[self.query_types[i] for i in indices],
+    )
 
 
-def build_groups(data_dir: str, dataset: str, langs: Sequence[str], setups: Sequence[str],
-                 records: int, query_types: Sequence[str] = data_lib.QUERY_TYPES) -> list[Group]:
+def build_groups(
+    data_dir: str,
+    dataset: str,
+    langs: Sequence[str],
+    setups: Sequence[str],
+    records: int,
+    query_types: Sequence[str] = data_lib.QUERY_TYPES,
+) -> list[Group]:
   """The engine calls the runner makes for these units (first `records` records per language)."""
   pool = data_lib.load_pool(data_dir, dataset)
   groups = []
   for lang in langs:
     loaded = data_lib.load_file(data_dir, dataset, lang, limit=records or None)
     for setup in setups:
-      for g in workload.unit_groups(loaded=loaded, pool=pool, setup=setup,
-                                    query_types=query_types):
-        groups.append(Group(g.dataset, g.lang, g.setup, g.key, g.prompts, g.names,
-                            [q.query_type for q in g.queries]))
+      for g in workload.unit_groups(loaded=loaded, pool=pool, setup=setup, query_types=query_types):
+        groups.append(
+            Group(
+                g.dataset,
+                g.lang,
+                g.setup,
+                g.key,
+                g.prompts,
+                g.names,
+                [q.query_type for q in g.queries],
+            )
+        )
   return groups
 
 
