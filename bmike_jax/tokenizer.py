@@ -196,6 +196,40 @@ def _template(bos: str | None, bos_id, eos: str | None, eos_id, add_bos: bool, a
   return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
+def _from_config(
+    backend: tokenizers.Tokenizer,
+    config: dict,
+    *,
+    bos: str | None,
+    eos: str | None,
+    source: str,
+    decode_cleanup: str,
+    add_bos_default: bool | None,
+) -> Tokenizer:
+  """A Tokenizer over `backend` as tokenizer_config.json describes it: its add_bos_token /
+  add_eos_token rebuild the post-processor as transformers does (`add_bos_default` when the config
+  is silent; None: keep the backend's own post-processor then, if it has one), and its
+  clean_up_tokenization_spaces is kept."""
+  configured = "add_bos_token" in config or "add_eos_token" in config
+  if configured or add_bos_default is not None or backend.post_processor is None:
+    backend.post_processor = _template(
+        bos,
+        None if bos is None else backend.token_to_id(bos),
+        eos,
+        None if eos is None else backend.token_to_id(eos),
+        bool(config.get("add_bos_token", bool(add_bos_default))),
+        bool(config.get("add_eos_token", False)),
+    )
+  return Tokenizer(
+      backend,
+      bos,
+      eos,
+      source=source,
+      config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
+      decode_cleanup=decode_cleanup,
+  )
+
+
 def from_tokenizer_json(directory: str, decode_cleanup: str = "reference") -> Tokenizer:
   path = os.path.join(directory, "tokenizer.json")
   try:
@@ -207,22 +241,14 @@ def from_tokenizer_json(directory: str, decode_cleanup: str = "reference") -> To
       **_read_json(os.path.join(directory, "tokenizer_config.json")),
   }
   bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
-  if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
-    backend.post_processor = _template(
-        bos,
-        None if bos is None else backend.token_to_id(bos),
-        eos,
-        None if eos is None else backend.token_to_id(eos),
-        bool(config.get("add_bos_token", False)),
-        bool(config.get("add_eos_token", False)),
-    )
-  return Tokenizer(
+  return _from_config(
       backend,
-      bos,
-      eos,
+      config,
+      bos=bos,
+      eos=eos,
       source=directory,
-      config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
       decode_cleanup=decode_cleanup,
+      add_bos_default=None,
   )
 
 
@@ -385,21 +411,14 @@ def from_tiktoken(directory: str, decode_cleanup: str = "reference") -> Tokenize
   config = _read_json(os.path.join(directory, "tokenizer_config.json"))
   bos = _token_text(config.get("bos_token")) or LLAMA3_SPECIAL_TOKENS[0]
   eos = _token_text(config.get("eos_token")) or LLAMA3_SPECIAL_TOKENS[1]
-  backend.post_processor = _template(
-      bos,
-      backend.token_to_id(bos),
-      eos,
-      backend.token_to_id(eos),
-      bool(config.get("add_bos_token", True)),
-      bool(config.get("add_eos_token", False)),
-  )
-  return Tokenizer(
+  return _from_config(
       backend,
-      bos,
-      eos,
+      config,
+      bos=bos,
+      eos=eos,
       source=directory,
-      config_clean_up=bool(config.get("clean_up_tokenization_spaces", False)),
       decode_cleanup=decode_cleanup,
+      add_bos_default=True,  # Llama 3.1's post-processor
   )
 
 

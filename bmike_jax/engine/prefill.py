@@ -92,6 +92,29 @@ def start_cache(model: Llama, batch: int, slots: int):
   return KVCache.zeros(model.config, batch, slots, model.dtype), jnp.zeros((batch, slots), bool)
 
 
+def suffixes_on_prefix(model: Llama, params, *, prefix: SharedPrefix, tokens, lengths, slots: int):
+  """Each row's suffix tokens [B, Sb] (`lengths` [B] real) on top of the shared prefix, written
+  into a fresh per-row cache of `slots`: the first pass of generation and of scoring alike.
+
+  Returns (logits [B, V] at each row's last suffix token, cache [L, B, S, KVH, Dh], key_valid
+  [B, S])."""
+  b = tokens.shape[0]
+  cache, key_valid = start_cache(model, b, slots)
+  return append_tokens(
+      model,
+      params,
+      cache=cache,
+      key_valid=key_valid,
+      tokens=tokens,
+      start_position=jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32),
+      num_valid=lengths,
+      write_index=0,
+      logits_index=lengths - 1,
+      prefix=prefix.kv,
+      prefix_mask=prefix.mask(),
+  )
+
+
 def prefill(
     model: Llama,
     params,
@@ -107,25 +130,13 @@ def prefill(
   Returns the DecodeState after one generated token (step 1), cache [L, B, S, KVH, Dh].
   """
   b, sb = batch.tokens.shape
-  cache, key_valid = start_cache(model, b, slots)
-  start = jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32)
-  logits, cache, key_valid = append_tokens(
-      model,
-      params,
-      cache=cache,
-      key_valid=key_valid,
-      tokens=batch.tokens,
-      start_position=start,
-      num_valid=batch.lengths,
-      write_index=0,
-      logits_index=batch.lengths - 1,
-      prefix=prefix.kv,
-      prefix_mask=prefix.mask(),
+  logits, cache, key_valid = suffixes_on_prefix(
+      model, params, prefix=prefix, tokens=batch.tokens, lengths=batch.lengths, slots=slots
   )
   state = DecodeState(
       cache=cache,
       key_valid=key_valid,
-      next_position=start + batch.lengths,
+      next_position=prefix.length + batch.lengths,
       write_index=jnp.asarray(sb, jnp.int32),
       last_token=jnp.zeros((b,), jnp.int32),
       out=jnp.zeros((b, max_new_tokens), jnp.int32),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bmike_jax.engine.batch import ScoreBatch, SharedPrefix
-from bmike_jax.engine.prefill import append_tokens, start_cache
+from bmike_jax.engine.prefill import append_tokens, suffixes_on_prefix
 from bmike_jax.model import Llama
 
 CHUNK = 64  # continuation positions per full-vocab logits block
@@ -32,22 +32,10 @@ def score_continuations(
   Returns [B, Cb] float32: entry c is log p(cont_c | prompt, cont_<c), 0 for c >= m_i (m_i: the
   row's continuation length).
   """
-  b, sb = batch.tokens.shape
+  sb = batch.tokens.shape[1]
   cb = batch.continuations.shape[1]
-  shared = dict(prefix=prefix.kv, prefix_mask=prefix.mask())
-  cache, key_valid = start_cache(model, b, slots)
-  start = jnp.broadcast_to(prefix.length, (b,)).astype(jnp.int32)
-  logits, cache, key_valid = append_tokens(
-      model,
-      params,
-      cache=cache,
-      key_valid=key_valid,
-      tokens=batch.tokens,
-      start_position=start,
-      num_valid=batch.lengths,
-      write_index=0,
-      logits_index=batch.lengths - 1,
-      **shared,
+  logits, cache, key_valid = suffixes_on_prefix(
+      model, params, prefix=prefix, tokens=batch.tokens, lengths=batch.lengths, slots=slots
   )  # [B, V]
   parts = [_token_logprobs(logits, batch.continuations[:, 0])[:, None]]  # [B, 1]
   # The rest of the continuation in chunks, so that at most [B, CHUNK, V] logits exist at once.
@@ -59,10 +47,11 @@ def score_continuations(
         cache=cache,
         key_valid=key_valid,
         tokens=batch.continuations[:, c0:c1],
-        start_position=start + batch.lengths + c0,
+        start_position=prefix.length + batch.lengths + c0,
         num_valid=jnp.clip(batch.continuation_lengths - c0, 0, c1 - c0),
         write_index=sb + c0,
-        **shared,
+        prefix=prefix.kv,
+        prefix_mask=prefix.mask(),
     )  # [B, c, V]
     parts.append(_token_logprobs(chunk_logits, batch.continuations[:, c0 + 1 : c1 + 1]))
   logprobs = jnp.concatenate(parts, axis=1)  # [B, Cb]
