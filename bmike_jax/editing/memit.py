@@ -26,28 +26,18 @@ import numpy as np
 from bmike_jax.editing import delta as delta_lib
 from bmike_jax.editing import rome
 from bmike_jax.editing.forward import forward
-from bmike_jax.editing.request import EditRequest, SUBJECT_SLOT
+from bmike_jax.editing.request import EditRequest
 from bmike_jax.model.config import LlamaConfig
 
 PATH = "mlp/down/kernel"
 
 
 @dataclasses.dataclass(frozen=True)
-class MEMITConfig:
-  layers: tuple[int, ...] = (4, 5, 6, 7, 8)
-  steps: int = 25
-  lr: float = 0.5
-  weight_decay: float = 1e-3
-  clamp_norm_factor: float = 4.0
-  kl_factor: float = 0.0625
-  kl_prompt: str = "{} is a"
-  stop_loss: float = 5e-2
-  update_weight: float = 15000.0
-  context_templates: tuple[str, ...] = ()
+class MEMITConfig(rome.ValueSearchConfig):
+  """ROME's value search at the last of `layers`, its residual spread over all of them."""
 
-  @property
-  def contexts(self) -> tuple[str, ...]:
-    return (SUBJECT_SLOT,) + tuple(self.context_templates)
+  layers: tuple[int, ...] = (4, 5, 6, 7, 8)
+  update_weight: float = 15000.0
 
 
 def prepare_batch(

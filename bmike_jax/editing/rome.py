@@ -52,8 +52,9 @@ PATH = "mlp/down/kernel"
 
 
 @dataclasses.dataclass(frozen=True)
-class ROMEConfig:
-  layer: int = 5
+class ValueSearchConfig:
+  """The value search's hyper-parameters (ROME's, which MEMIT reuses for its last layer)."""
+
   steps: int = 25
   lr: float = 0.5
   weight_decay: float = 1e-3
@@ -66,6 +67,11 @@ class ROMEConfig:
   @property
   def contexts(self) -> tuple[str, ...]:
     return (SUBJECT_SLOT,) + tuple(self.context_templates)
+
+
+@dataclasses.dataclass(frozen=True)
+class ROMEConfig(ValueSearchConfig):
+  layer: int = 5
 
 
 def _norm(x: jax.Array) -> jax.Array:
