@@ -154,7 +154,7 @@ def test_cli_builds_report_with_tokenizer_of_results_json(tmp_path):
         ("missing_dir", r"nowhere: results directory not found"),
         ("no_samples", r"samples\.jsonl: file not found"),
         ("bad_line", r"samples\.jsonl, line 2: malformed JSON"),
-        ("bad_tokenizer", r"results\.json: cannot load the tokenizer '/nonexistent/tok'"),
+        ("bad_tokenizer", r"results\.json: cannot load the run's tokenizer '/nonexistent/tok'"),
     ],
 )
 def test_cli_errors_are_one_clear_line(tmp_path, setup, expected):
