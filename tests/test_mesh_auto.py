@@ -7,26 +7,12 @@ import dataclasses
 import jax
 import pytest
 
-from bmike_jax.model import LlamaConfig
 from bmike_jax.runner import model_setup
 from bmike_jax.runner.run_config import FlagError, _auto_or_positive
+from tools.bench import gpu as gpu_bench
 
 GIB = 1 << 30
-LLAMA_31_8B = LlamaConfig(
-    vocab_size=128256,
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_layers=32,
-    num_heads=32,
-    num_kv_heads=8,
-    head_dim=128,
-    rms_norm_eps=1e-5,
-    rope_theta=500000.0,
-    max_position_embeddings=131072,
-    tie_word_embeddings=False,
-    bos_token_id=128000,
-    eos_token_ids=(128001,),
-)
+LLAMA_31_8B = gpu_bench.llama31_8b_config()  # the one 8B shape the GPU benchmark uses too
 
 
 @dataclasses.dataclass
