@@ -143,7 +143,9 @@ def atomic_writer(path: str) -> Iterator[IO[str]]:
     return
   folder = os.path.dirname(path) or "."
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  # ".{name}.XXXX.tmp": a temporary left by kill -9 never ends like the file it stands for, so
+  # nothing that lists "*.metrics.json" counts it.
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
       yield f

@@ -154,7 +154,7 @@ def test_run_on_gcs_killed_and_resumed_equals_a_local_run(
   assert_same_samples(samples, load_samples(ref_out))
   names = gcs.names("bmike-test", "runs/killed/")
   assert "runs/killed/tokenizer/tokenizer.json" in names
-  assert not any("/.tmp-" in n for n in names)
+  assert not any(n.rsplit("/", 1)[-1].startswith(".") for n in names)  # no temporaries uploaded
 
 
 def test_report_reads_and_writes_a_gcs_folder(gcs, bucket, full_run):  # noqa: F811

@@ -64,7 +64,7 @@ def _metrics_files(out):
       os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
       for d, _, fs in os.walk(os.path.join(out, "units"))
       for f in fs
-      if f.endswith(".metrics.json")
+      if f.endswith(".metrics.json") and not f.startswith(".")  # not a temporary left by kill
   }
 
 
