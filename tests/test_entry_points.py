@@ -81,29 +81,26 @@ def _fake_hf_cache(root, repo_id: str, files_from: str) -> str:
   return os.path.join(repo, "snapshots", commit)
 
 
-def _hf_env(cache: str) -> dict[str, str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_CACHE=cache, HF_HUB_OFFLINE="1")
+def _run_with_hub_cache(tmp_path, *flags) -> subprocess.CompletedProcess:
+  """The runner with the small flags plus `flags`, offline, its HF cache at tmp_path/hub."""
+  env = dict(
+      os.environ, JAX_PLATFORMS="cpu", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1"
+  )
   env.pop("BMIKE53_DIR", None)
-  return env
+  return subprocess.run(
+      [sys.executable, "-m", "bmike_jax.main", "--compilation_cache_dir=", *_small_flags(*flags)],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=str(tmp_path),
+      timeout=600,
+  )
 
 
 def test_checkpoint_as_a_hub_id_from_the_local_cache(tiny_ckpt, tmp_path):  # noqa: F811
   snapshot = _fake_hf_cache(str(tmp_path / "hub"), "tiny-org/tiny-llama", tiny_ckpt)
   out = tmp_path / "o"
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "bmike_jax.main",
-          "--compilation_cache_dir=",
-          *_small_flags("--checkpoint=tiny-org/tiny-llama", f"--output_dir={out}"),
-      ],
-      capture_output=True,
-      text=True,
-      env=_hf_env(str(tmp_path / "hub")),
-      cwd=str(tmp_path),
-      timeout=600,
-  )
+  proc = _run_with_hub_cache(tmp_path, "--checkpoint=tiny-org/tiny-llama", f"--output_dir={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / "results.json", encoding="utf-8") as f:
     assert os.path.samefile(json.load(f)["model"]["checkpoint"], snapshot)
@@ -111,20 +108,7 @@ def test_checkpoint_as_a_hub_id_from_the_local_cache(tiny_ckpt, tmp_path):  # no
 
 def test_hub_id_not_in_the_cache_is_one_clear_error(tmp_path):
   os.makedirs(tmp_path / "hub")
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "bmike_jax.main",
-          "--compilation_cache_dir=",
-          *_small_flags("--checkpoint=tiny-org/absent", f"--output_dir={tmp_path}/o"),
-      ],
-      capture_output=True,
-      text=True,
-      env=_hf_env(str(tmp_path / "hub")),
-      cwd=str(tmp_path),
-      timeout=600,
-  )
+  proc = _run_with_hub_cache(tmp_path, "--checkpoint=tiny-org/absent", f"--output_dir={tmp_path}/o")
   _expect_user_error(proc, "--checkpoint=tiny-org/absent", "local cache", "never downloads")
 
 

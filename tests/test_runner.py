@@ -15,6 +15,7 @@ import time
 import pytest
 
 from bmike_jax import data as data_lib
+from tests import two_processes
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 pytest.importorskip("torch")
@@ -342,37 +343,8 @@ def test_two_processes_split_the_batches_and_one_writes(full_run, tiny_ckpt, tmp
   """A pod in miniature: two CPU processes joined by jax.distributed (one device each, a global
   data axis of 2) run the same command; every global batch is fed half by each. Process 0 alone
   writes, and the results equal the single-process run's."""
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
   out = str(tmp_path / "pod")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("BMIKE53_DIR", None)
-  env.pop("XLA_FLAGS", None)
-  procs = [
-      subprocess.Popen(
-          [
-              sys.executable,
-              "-m",
-              "bmike_jax.main",
-              "--compilation_cache_dir=",
-              *BASE_FLAGS,
-              f"--checkpoint={tiny_ckpt}",
-              f"--output_dir={out}",
-              "--distributed=true",
-              f"--coordinator_address=localhost:{port}",
-              "--num_processes=2",
-              f"--process_id={i}",
-          ],
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
-      )
-      for i in (0, 1)
-  ]
+  procs = two_processes.start_pair([*BASE_FLAGS, f"--checkpoint={tiny_ckpt}"], [out, out])
   logs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]
