@@ -91,7 +91,7 @@ def _remote_report(results_dir, **kwargs):
     if paths.isdir(saved):
       for name in paths.listdir(saved):
         paths.copy_file(paths.join(saved, name), os.path.join(local, TOKENIZER_DIR, name))
-    report = build_report(local, **kwargs)
+    report = build_report(local, title=results_dir, **kwargs)
     for folder, _, files in os.walk(local):
       for name in files:
         relative = os.path.relpath(os.path.join(folder, name), local)

@@ -180,6 +180,25 @@ def test_report_reads_and_writes_a_gcs_folder(gcs, bucket, full_run):  # noqa: F
   assert any(n.startswith("fetched/figures/") and n.endswith(".png") for n in names)
   report = gcs.read("bmike-test", "fetched/report.md").decode("utf-8")
   assert "](figures/" in report
+  assert report.startswith("# BMIKE-53 report: `gs://bmike-test/fetched`")  # not the temp folder
+
+  # --tokenizer on gs:// too (read through the same path layer as the run's saved one)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "bmike_jax.report",
+          "--results_dir=gs://bmike-test/fetched",
+          "--tokenizer=gs://bmike-test/fetched/tokenizer",
+      ],
+      capture_output=True,
+      text=True,
+      env=_env(dict(gcs.env, MPLBACKEND="Agg")),
+      timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = gcs.read("bmike-test", "fetched/report.md").decode("utf-8")
+  assert "- tokenizer for re-scoring: `gs://bmike-test/fetched/tokenizer`" in report
 
 
 @pytest.mark.parametrize(

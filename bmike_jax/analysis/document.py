@@ -43,8 +43,11 @@ def mean(values):
 class Report:
   """Collects markdown sections and figure files of one report."""
 
-  def __init__(self, results_dir, figure_metric):
+  def __init__(self, results_dir, figure_metric, title=None):
     self.results_dir = results_dir
+    # what the header names: the run folder's name, or (a gs:// run read into a temporary
+    # folder) the run's own address
+    self.title = title or os.path.basename(os.path.abspath(results_dir))
     self.figure_dir = os.path.join(results_dir, "figures")
     self.figure_metric = figure_metric
     self.parts = []
@@ -79,7 +82,7 @@ class Report:
 
 def header_section(report, results_json, rows, notes, tokenizer_name):
   langs = sorted({r["lang"] for r in rows})
-  report.add(f"# BMIKE-53 report: `{os.path.basename(os.path.abspath(report.results_dir))}`\n")
+  report.add(f"# BMIKE-53 report: `{report.title}`\n")
   lines = [
       f"- samples: {len(rows)} (from samples.jsonl)",
       f"- datasets: {', '.join(ordered({r['dataset'] for r in rows}, DATASETS))}",
@@ -583,8 +586,10 @@ def build_report(
     tokenizer_name=None,
     figure_metric="f1_ref",
     min_confidence=DEFAULT_MIN_CONFIDENCE,
+    title=None,
 ):
-  """Writes results_dir/report.md and results_dir/figures/*.png; returns the report path."""
+  """Writes results_dir/report.md and results_dir/figures/*.png; returns the report path. `title`:
+  what the header calls the run (default: the folder's name)."""
   if not os.path.isdir(results_dir):
     raise ReportError(f"{results_dir}: results directory not found")
   results_path = os.path.join(results_dir, "results.json")
@@ -595,7 +600,7 @@ def build_report(
   if tokenizer is None:
     tokenizer, tokenizer_name = load_run_tokenizer(results_json, results_path)
   rescored = rescore.rescore(rows, tokenizer)
-  report = Report(results_dir, figure_metric)
+  report = Report(results_dir, figure_metric, title=title)
   header_section(report, results_json, rows, notes, tokenizer_name or type(tokenizer).__name__)
   rescore_section(report, rescored, rescore.stored_scores(results_json), results_json is not None)
   score_sections(report, rescored)
