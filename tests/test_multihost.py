@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
+from tests import two_processes
 from tests.test_runner import (
     BASE_FLAGS,
     assert_same_results,
@@ -29,34 +27,7 @@ pytest.importorskip("torch")
 
 
 def _start_pair(tiny_ckpt, outs):  # noqa: F811
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("BMIKE53_DIR", None)
-  env.pop("XLA_FLAGS", None)
-  return [
-      subprocess.Popen(
-          [
-              sys.executable,
-              "-m",
-              "bmike_jax.main",
-              "--compilation_cache_dir=",
-              *BASE_FLAGS,
-              f"--checkpoint={tiny_ckpt}",
-              f"--output_dir={outs[i]}",
-              "--distributed=true",
-              f"--coordinator_address=localhost:{port}",
-              "--num_processes=2",
-              f"--process_id={i}",
-          ],
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
-      )
-      for i in (0, 1)
-  ]
+  return two_processes.start_pair([*BASE_FLAGS, f"--checkpoint={tiny_ckpt}"], outs)
 
 
 def _metrics_files(out):
@@ -108,3 +79,4 @@ def test_two_hosts_on_separate_disks_killed_and_restarted(  # noqa: F811
   assert_same_results(load_results(outs[0])["results"], load_results(ref_out)["results"])
   assert_same_samples(load_samples(outs[0]), load_samples(ref_out))
   assert not os.path.exists(os.path.join(outs[1], "results.json"))
+
