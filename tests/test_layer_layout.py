@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bmike_jax.model import Llama, causal_forward, init_params
+from bmike_jax.model import KVCache, Llama, causal_forward, init_params
 from bmike_jax.model import layer_layout
 from tests import engine_tiny
 
@@ -70,3 +70,34 @@ def test_unrolled_model_computes_the_scanned_models_logits():
   # init in the per-layer layout has the same tree as the converted one
   fresh = init_params(CONFIG, seed=6, scan_layers=False)
   assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(per_layer)
+
+
+def test_kv_cache_layouts_agree_and_a_mismatch_is_named():
+  """The per-layer cache holds what the stacked one holds, layer by layer, and the methods the
+  engine changes caches through (rows, slots, padding) do the same on both."""
+  rng = np.random.default_rng(1)
+  stacked_zero = KVCache.zeros(CONFIG, 3, 5)
+  shape = stacked_zero.k.shape  # [L, B, KVH, S, Dh]
+  assert shape == (CONFIG.num_layers, 3, CONFIG.num_kv_heads, 5, CONFIG.head_dim)
+  k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
+  stacked = KVCache(k=k, v=v)
+  per_layer = KVCache(k=tuple(k), v=tuple(v))
+  assert per_layer.per_layer and not stacked.per_layer
+  assert per_layer.length == stacked.length == 5
+  rows = jnp.asarray([2, 0], jnp.int32)
+  for change in (
+      lambda c: c.take_rows(rows),
+      lambda c: c.slots(1, 3),
+      lambda c: c.pad_slots(4),
+  ):
+    a, b = change(stacked), change(per_layer)
+    for i in range(CONFIG.num_layers):
+      for x, y in zip(a.layer(i), b.layer(i)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert stacked.pad_slots(4).length == 9 and per_layer.slots(1, 3).length == 3
+
+  model = Llama(CONFIG, scan_layers=False)
+  params = init_params(CONFIG, seed=2, scan_layers=False)
+  tokens = jnp.zeros((3, 1), jnp.int32)
+  with pytest.raises(ValueError, match="a stacked KVCache for a model with unrolled layers"):
+    model.apply({"params": params}, tokens, tokens, stacked, 0, jnp.ones((3, 1, 5), bool))

@@ -24,8 +24,8 @@ def _dots(dtype, tied: bool, scan_layers: bool) -> list[str]:
   model = Llama(config, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
   b, t, s, p = 2, 3, 8, 4
   tokens = jnp.zeros((b, t), jnp.int32)
-  cache = KVCache.zeros(config, b, s, dtype)
-  prefix = KVCache.zeros(config, 1, p, dtype)
+  cache = KVCache.zeros(config, b, s, dtype, per_layer=not scan_layers)
+  prefix = KVCache.zeros(config, 1, p, dtype, per_layer=not scan_layers)
   mask = jnp.ones((b, t, s), bool)
 
   def forward(params, tokens, cache, prefix):

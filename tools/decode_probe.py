@@ -141,13 +141,15 @@ def main(argv):
     tok = jnp.ones((b, 1), jnp.int32)
     name = f"model_{layout}"
     t0 = time.perf_counter()
-    compiled = fn.lower(variant_params, KVCache.zeros(cfg, b, s, dtype), tok).compile()
+    compiled = fn.lower(
+        variant_params, KVCache.zeros(cfg, b, s, dtype, per_layer=not scanned), tok
+    ).compile()
     res.setdefault("compile_seconds", {})[name] = time.perf_counter() - t0
     if FLAGS.hlo_dir:
       os.makedirs(FLAGS.hlo_dir, exist_ok=True)
       with open(os.path.join(FLAGS.hlo_dir, f"{name}.hlo.txt"), "w") as f:
         f.write(compiled.as_text())
-    cache = KVCache.zeros(cfg, b, s, dtype)
+    cache = KVCache.zeros(cfg, b, s, dtype, per_layer=not scanned)
     cache, _ = compiled(variant_params, cache, tok)
     runs = []
     for _ in range(FLAGS.repeats):

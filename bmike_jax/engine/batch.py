@@ -24,7 +24,7 @@ from bmike_jax.model import KVCache
 class SharedPrefix:
   """The group's shared token prefix (its demonstrations), computed once per group."""
 
-  kv: KVCache | None  # k, v: [L, 1, Pb, KVH, Dh] (slots >= length are padding); None: Pb = 0
+  kv: KVCache | None  # 1 row, Pb slots (slots >= length are padding); None: Pb = 0
   length: jax.Array  # [] int32: P, the prefix's real tokens (0 without a prefix)
 
   def mask(self):

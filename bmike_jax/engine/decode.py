@@ -54,11 +54,9 @@ def decode_step(
 
 
 def take_rows(state: DecodeState, rows) -> DecodeState:
-  """The state of `rows` [R] int32 only (cache rows are axis 1 of [L, B, S, KVH, Dh])."""
+  """The state of `rows` [R] int32 only."""
   return state.replace(
-      cache=KVCache(
-          k=jnp.take(state.cache.k, rows, axis=1), v=jnp.take(state.cache.v, rows, axis=1)
-      ),
+      cache=state.cache.take_rows(rows),
       key_valid=state.key_valid[rows],
       next_position=state.next_position[rows],
       last_token=state.last_token[rows],

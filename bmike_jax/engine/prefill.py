@@ -37,7 +37,7 @@ def append_tokens(
   start_position: [B] int32, true position of tokens[:, 0] (token t is at start_position + t).
   num_valid: [B] int32, tokens[:, :num_valid] are real, the rest padding (masked as keys).
   key_valid: [B, S] bool, slots already holding real tokens of the row.
-  prefix: shared KV [L, 1, Pb, KVH, Dh] every query attends first (slots where prefix_mask [Pb]).
+  prefix: shared KV (1 row, Pb slots) every query attends first (slots where prefix_mask [Pb]).
   Query t attends the valid slots up to its own slot (causal within the chunk).
   Returns (logits [B, V] if logits_index [B] is given else [B, T, V], cache, key_valid [B, S]).
   """
@@ -67,10 +67,10 @@ def append_tokens(
 def prefix_cache(model: Llama, params, *, tokens, prefix_length) -> KVCache:
   """KV of the shared prefix: tokens [1, Pb] (right-padded), prefix_length [] int32 (P).
 
-  Returns KVCache k, v: [L, 1, Pb, KVH, Dh] (slots >= P hold padding, masked by
-  `SharedPrefix.mask`)."""
+  Returns a KVCache of 1 row and Pb slots, in the model's layout (slots >= P hold padding, masked
+  by `SharedPrefix.mask`)."""
   _, pb = tokens.shape
-  cache = KVCache.zeros(model.config, 1, pb, model.dtype)
+  cache = KVCache.zeros(model.config, 1, pb, model.dtype, per_layer=not model.scan_layers)
   # Only the KV is needed: ask for the logits of a single position (the cheapest output).
   _, cache, _ = append_tokens(
       model,
@@ -87,16 +87,17 @@ def prefix_cache(model: Llama, params, *, tokens, prefix_length) -> KVCache:
 
 
 def start_cache(model: Llama, batch: int, slots: int):
-  """An empty per-row cache [L, B, S, KVH, Dh] (the shared prefix lives apart, see layout.py) and
-  key_valid [B, S] all False."""
-  return KVCache.zeros(model.config, batch, slots, model.dtype), jnp.zeros((batch, slots), bool)
+  """An empty per-row cache of B rows and S slots in the model's layout (the shared prefix lives
+  apart, see layout.py) and key_valid [B, S] all False."""
+  cache = KVCache.zeros(model.config, batch, slots, model.dtype, per_layer=not model.scan_layers)
+  return cache, jnp.zeros((batch, slots), bool)
 
 
 def suffixes_on_prefix(model: Llama, params, *, prefix: SharedPrefix, tokens, lengths, slots: int):
   """Each row's suffix tokens [B, Sb] (`lengths` [B] real) on top of the shared prefix, written
   into a fresh per-row cache of `slots`: the first pass of generation and of scoring alike.
 
-  Returns (logits [B, V] at each row's last suffix token, cache [L, B, S, KVH, Dh], key_valid
+  Returns (logits [B, V] at each row's last suffix token, cache (B rows, S slots), key_valid
   [B, S])."""
   b = tokens.shape[0]
   cache, key_valid = start_cache(model, b, slots)
@@ -127,7 +128,7 @@ def prefill(
 ) -> DecodeState:
   """Run each row's suffix on top of the shared prefix and pick the first new token.
 
-  Returns the DecodeState after one generated token (step 1), cache [L, B, S, KVH, Dh].
+  Returns the DecodeState after one generated token (step 1), cache of B rows and S slots.
   """
   b, sb = batch.tokens.shape
   logits, cache, key_valid = suffixes_on_prefix(

@@ -33,7 +33,7 @@ from bmike_jax.engine.decode import greedy_decode
 from bmike_jax.engine.prefill import prefill, prefix_cache
 from bmike_jax.engine.scoring import score_continuations
 from bmike_jax.engine.state import DecodeState, StopRule
-from bmike_jax.model import KVCache, Llama
+from bmike_jax.model import Llama
 
 
 class Programs:
@@ -76,20 +76,19 @@ class Programs:
   def prefix_shardings(self, pb: int) -> SharedPrefix:
     kv = None
     if pb:
-      s = sh.prefix_sharding(self.mesh, self.model.config)
-      kv = KVCache(k=s, v=s)
+      kv = sh.prefix_shardings(self.mesh, self.model.config, not self.model.scan_layers)
     return SharedPrefix(kv=kv, length=self._repl())
 
   def stop_shardings(self):
     return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
 
   def state_shardings(self, batch: int) -> DecodeState:
-    cache = sh.cache_sharding(self.mesh, self.model.config, batch)
+    cache = sh.cache_shardings(self.mesh, self.model.config, batch, not self.model.scan_layers)
     r1 = sh.batch_sharding(self.mesh, 1, batch)
     r2, repl = sh.batch_sharding(self.mesh, 2, batch), self._repl()
     # out / num_out (tiny) are replicated so that every host can read the answers.
     return DecodeState(
-        cache=KVCache(k=cache, v=cache),
+        cache=cache,
         key_valid=r2,
         next_position=r1,
         write_index=repl,
@@ -103,7 +102,7 @@ class Programs:
   # Programs: each returns a keyword-only call ---------------------------------------------------
 
   def prefix(self, pb: int):
-    """call(*, params, tokens [1, Pb], prefix_length []) -> KVCache [L, 1, Pb, KVH, Dh]."""
+    """call(*, params, tokens [1, Pb], prefix_length []) -> KVCache (1 row, Pb slots)."""
     key = ("prefix", pb)
 
     def build():

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from bmike_jax.model import LlamaConfig
+from bmike_jax.model import KVCache, LlamaConfig
 from bmike_jax.model import layer_layout
 
 DATA, MODEL = "data", "model"
@@ -142,16 +142,26 @@ def shard_params(params, mesh: Mesh, config: LlamaConfig):
   return jax.device_put(params, shardings), shardings
 
 
-def cache_sharding(mesh: Mesh, config: LlamaConfig, batch: int) -> NamedSharding:
-  """KV cache [L, B, S, KVH, Dh]: batch on "data", KV heads on "model"."""
-  shape = (config.num_layers, batch, 1, config.num_kv_heads, config.head_dim)
-  return NamedSharding(mesh, fit_spec(P(None, DATA, None, MODEL, None), shape, mesh, "kv cache"))
+def cache_shardings(mesh: Mesh, config: LlamaConfig, batch: int, per_layer: bool) -> KVCache:
+  """A KV cache's shardings, in its layout (model/llama.KVCache: [L, B, KVH, S, Dh] stacked, or L
+  x [B, KVH, S, Dh]): rows on "data", KV heads on "model"."""
+  return _kv_shardings(mesh, config, batch, DATA, per_layer, "kv cache")
 
 
-def prefix_sharding(mesh: Mesh, config: LlamaConfig) -> NamedSharding:
-  """Prefix KV [L, 1, Pb, KVH, Dh]: KV heads on "model", replicated over "data"."""
-  shape = (config.num_layers, 1, 1, config.num_kv_heads, config.head_dim)
-  return NamedSharding(mesh, fit_spec(P(None, None, None, MODEL, None), shape, mesh, "prefix kv"))
+def prefix_shardings(mesh: Mesh, config: LlamaConfig, per_layer: bool) -> KVCache:
+  """The shared prefix's KV (one row): KV heads on "model", replicated over "data"."""
+  return _kv_shardings(mesh, config, 1, None, per_layer, "prefix kv")
+
+
+def _kv_shardings(mesh, config, batch, row_axis, per_layer, what) -> KVCache:
+  shape = (batch, config.num_kv_heads, 1, config.head_dim)
+  spec = fit_spec(P(row_axis, MODEL, None, None), shape, mesh, what)
+  if per_layer:
+    one = NamedSharding(mesh, spec)
+    layers = tuple(one for _ in range(config.num_layers))
+    return KVCache(k=layers, v=layers)
+  stacked = NamedSharding(mesh, P(None, *spec))
+  return KVCache(k=stacked, v=stacked)
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch: int) -> NamedSharding:

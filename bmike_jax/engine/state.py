@@ -16,7 +16,7 @@ class DecodeState:
   B: batch bucket, S: cache slots, N: max new tokens.
   """
 
-  cache: KVCache  # k, v: [L, B, S, KVH, Dh]
+  cache: KVCache  # B rows, S slots, in the model's layout (model/llama.KVCache)
   key_valid: jax.Array  # [B, S] bool: slot holds a real token of this row
   next_position: jax.Array  # [B] int32: true position of `last_token`
   write_index: jax.Array  # [] int32: slot `last_token` is written to (same for every row)

@@ -3,11 +3,13 @@ KV cache, per-row positions.
 
 Call convention (the engine relies on it; see DESIGN.md):
   tokens, positions: [B, T] int32
-  cache: KVCache with k, v: [L, B, S, KVH, Dh]; the T new entries are written at slots
+  cache: KVCache, k and v each [L, B, KVH, S, Dh] in one buffer (scanned layers) or a tuple
+         of L buffers [B, KVH, S, Dh] (unrolled layers); the T new entries are written at slots
          [write_index, write_index + T) for every row
   attn_mask: [B, T, S] bool, True where query t may attend cache slot s (after the write)
   logits_index: None -> logits [B, T, V]; [B] int32 -> logits of those positions only [B, V]
-  prefix: optional KVCache [L, 1, P, KVH, Dh] shared by every row (the group's demonstrations),
+  prefix: optional KVCache (k, v [L, 1, KVH, P, Dh] or L x [1, KVH, P, Dh]) shared by every row
+          (the group's demonstrations),
           attended by every query before its own cache; prefix_mask: [P] bool, its real slots
 Returns (logits float32, new cache).
 
@@ -21,9 +23,9 @@ compute dtype first.
 Shared-prefix ("cascade") attention: a query's scores over the shared prefix and over its row's
 own cache go through one softmax (a shared running max and normalizer, no concatenation, see
 `_attend`), so the result equals attention over one cache holding [prefix, own tokens], but the prefix's K/V are stored and read once per batch instead of
-once per row. The per-layer caches ride through the layers (the scan's carry, or the unrolled
-chain) and only the T new entries are written (in place), so a decode step does not rewrite the
-whole cache.
+once per row. The caches ride through the layers (the stacked buffers in the scan's carry, or each
+layer's own buffers along the unrolled chain) and only the T new entries are written (in place),
+so a decode step does not rewrite the whole cache.
 """
 
 from __future__ import annotations
@@ -42,17 +44,63 @@ from bmike_jax.model import rope
 
 @flax.struct.dataclass
 class KVCache:
-  k: jax.Array  # [L, B, S, KVH, Dh]
-  v: jax.Array  # [L, B, S, KVH, Dh]
+  """Keys and values of every layer, KV head before slot (so neither attention einsum transposes
+  its cache operand). Two layouts, the same as the weights' (model/layer_layout.py):
+  - stacked: k, v each one buffer [L, B, KVH, S, Dh] (scanned layers);
+  - per layer: k, v each a tuple of L buffers [B, KVH, S, Dh] (unrolled layers, the accelerator
+    default): a decode step then reads each layer's buffer in place, where a layer's slice of a
+    stacked buffer is copied out first (6x slower attention on an H200 at 256 rows x 640 slots,
+    BENCHMARKS.md "KV-cache layout").
+  Engine code changes caches through the methods below, never by axis numbers."""
+
+  k: Any
+  v: Any
 
   @classmethod
-  def zeros(cls, config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> "KVCache":
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
-    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+  def zeros(
+      cls, config: LlamaConfig, batch: int, length: int, dtype=jnp.float32, per_layer=False
+  ) -> "KVCache":
+    shape = (batch, config.num_kv_heads, length, config.head_dim)
+    if per_layer:
+      return cls(
+          k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+          v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+      )
+    stacked = (config.num_layers, *shape)
+    return cls(k=jnp.zeros(stacked, dtype), v=jnp.zeros(stacked, dtype))
+
+  @property
+  def per_layer(self) -> bool:
+    return isinstance(self.k, (tuple, list))
+
+  @property
+  def _row_axis(self) -> int:  # the B axis of every leaf (slots are 2 further, KV heads 1)
+    return 0 if self.per_layer else 1
 
   @property
   def length(self) -> int:
-    return self.k.shape[2]
+    return (self.k[0] if self.per_layer else self.k).shape[self._row_axis + 2]
+
+  def layer(self, i: int) -> tuple:
+    """(k, v) of layer i, each [B, KVH, S, Dh]."""
+    return (self.k[i], self.v[i])
+
+  def _map(self, fn) -> "KVCache":
+    return jax.tree_util.tree_map(fn, self)
+
+  def take_rows(self, rows) -> "KVCache":
+    """The rows `rows` [B'] int32 of every layer."""
+    return self._map(lambda a: jnp.take(a, rows, axis=self._row_axis))
+
+  def slots(self, start: int, size: int) -> "KVCache":
+    """Slots [start, start + size) of every row and layer (static bounds)."""
+    axis = self._row_axis + 2
+    return self._map(lambda a: jax.lax.slice_in_dim(a, start, start + size, axis=axis))
+
+  def pad_slots(self, extra: int) -> "KVCache":
+    """`extra` empty slots appended to every row."""
+    axis = self._row_axis + 2
+    return self._map(lambda a: jnp.pad(a, [(0, extra if d == axis else 0) for d in range(a.ndim)]))
 
 
 class RMSNorm(nn.Module):
@@ -84,8 +132,8 @@ def _dense(features: int, name: str, dtype, param_dtype) -> nn.Dense:
 
 
 def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
-  """Softmax attention of q [B, T, KVH, G, Dh] over the row's own cache k/v [B, S, KVH, Dh]
-  (where attn_mask [B, T, S]) and, when given, the shared prefix (k, v) [1, P, KVH, Dh] (where
+  """Softmax attention of q [B, T, KVH, G, Dh] over the row's own cache k/v [B, KVH, S, Dh]
+  (where attn_mask [B, T, S]) and, when given, the shared prefix (k, v) [1, KVH, P, Dh] (where
   prefix_mask [P]), as one softmax over both: the two score blocks share the running max and the
   normalizer, so no [.., P + S] concatenation is built. Each einsum is written in the layout its
   dot produces (batch dims first), so the large score blocks are never transposed; for the prefix
@@ -94,21 +142,21 @@ def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
   Returns [B, T, KVH, G, Dh]."""
   scale, neg = q.shape[-1] ** -0.5, jnp.finfo(jnp.float32).min
   dot = dict(precision=matmul_precision(dtype), preferred_element_type=jnp.float32)
-  own = jnp.einsum("btkgd,bskd->bktgs", q, k_cache, **dot) * scale  # [B,KVH,T,G,S]
+  own = jnp.einsum("btkgd,bksd->bktgs", q, k_cache, **dot) * scale  # [B,KVH,T,G,S]
   own = jnp.where(attn_mask[:, None, :, None, :], own, neg)
   peak = jnp.max(own, axis=-1)  # [B,KVH,T,G]
   if prefix is not None:
-    pk, pv = (a[0].astype(dtype) for a in prefix)  # [P, KVH, Dh]
-    pre = jnp.einsum("btkgd,pkd->kbtgp", q, pk, **dot) * scale  # [KVH,B,T,G,P]
+    pk, pv = (a[0].astype(dtype) for a in prefix)  # [KVH, P, Dh]
+    pre = jnp.einsum("btkgd,kpd->kbtgp", q, pk, **dot) * scale  # [KVH,B,T,G,P]
     pre = jnp.where(prefix_mask, pre, neg)
     peak = jnp.maximum(peak, jnp.max(pre, axis=-1).transpose(1, 0, 2, 3))
   own = jnp.exp(own - peak[..., None])
   total = jnp.sum(own, axis=-1)  # [B,KVH,T,G]
-  out = jnp.einsum("bktgs,bskd->bktgd", own.astype(dtype), v_cache, **dot)
+  out = jnp.einsum("bktgs,bksd->bktgd", own.astype(dtype), v_cache, **dot)
   if prefix is not None:
     pre = jnp.exp(pre - peak.transpose(1, 0, 2, 3)[..., None])
     total = total + jnp.sum(pre, axis=-1).transpose(1, 0, 2, 3)
-    out = out + jnp.einsum("kbtgp,pkd->kbtgd", pre.astype(dtype), pv, **dot).transpose(
+    out = out + jnp.einsum("kbtgp,kpd->kbtgd", pre.astype(dtype), pv, **dot).transpose(
         1, 0, 2, 3, 4
     )
   out = out / total[..., None]  # [B,KVH,T,G,Dh]
@@ -122,8 +170,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask):
-    """x [B, T, D]; caches: all layers' (k, v) [L, B, S, KVH, Dh], this is layer `layer`;
-    prefix: this layer's shared (k, v) [1, P, KVH, Dh] or None. Returns (out, caches)."""
+    """x [B, T, D]; caches: (k, v), all layers' stacked [L, B, KVH, S, Dh] with this one at index
+    `layer` (scanned), or this layer's own [B, KVH, S, Dh] when `layer` is None (unrolled);
+    prefix: this layer's shared (k, v) [1, KVH, P, Dh] or None. Returns (out, caches)."""
     cfg = self.config
     b, t, _ = x.shape
     h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -132,12 +181,19 @@ class Attention(nn.Module):
     v = _dense(kvh * dh, "v", self.dtype, self.param_dtype)(x).reshape(b, t, kvh, dh)
     q = rope.apply_rotary(q, cos, sin)
     k = rope.apply_rotary(k, cos, sin)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, Dh]: the cache's order
     k_all, v_all = caches
-    at = (layer, 0, write_index, 0, 0)
-    k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
-    v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
-    k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(self.dtype)
-    v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(self.dtype)
+    if layer is None:  # this layer's own buffers, written in place
+      at = (0, 0, write_index, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), at)
+      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), at)
+      k_cache, v_cache = k_all.astype(self.dtype), v_all.astype(self.dtype)
+    else:
+      at = (layer, 0, 0, write_index, 0)
+      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+      k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(self.dtype)
+      v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(self.dtype)
     q = q.reshape(b, t, kvh, h // kvh, dh)
     out = _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, self.dtype)  # [B,T,KVH,G,Dh]
     out = _dense(cfg.hidden_size, "o", self.dtype, self.param_dtype)(out.reshape(b, t, h * dh))
@@ -177,7 +233,7 @@ class DecoderLayer(nn.Module):
     x = x + attn_out
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
     x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed)
-    return (x, caches, layer + 1), None
+    return (x, caches, None if layer is None else layer + 1), None
 
 
 class Llama(nn.Module):
@@ -211,6 +267,13 @@ class Llama(nn.Module):
     shared = None if prefix is None else (prefix.k, prefix.v)
     if shared is not None and prefix_mask is None:
       prefix_mask = jnp.ones((prefix.length,), bool)
+    for name, kv in (("cache", cache), ("prefix", prefix)):
+      if kv is not None and kv.per_layer == self.scan_layers:
+        raise ValueError(
+            f"{name}: a {'per-layer' if kv.per_layer else 'stacked'} KVCache for a model with "
+            f"{'scanned' if self.scan_layers else 'unrolled'} layers (KVCache.zeros(per_layer="
+            f"{not self.scan_layers}))"
+        )
     if self.scan_layers:
       layers = nn.scan(
           DecoderLayer,
@@ -222,12 +285,14 @@ class Llama(nn.Module):
       carry = (x, (cache.k, cache.v), jnp.zeros((), jnp.int32))
       (x, (k, v), _), _ = layers(carry, shared, cos, sin, write_index, attn_mask, prefix_mask)
     else:
-      carry = (x, (cache.k, cache.v), 0)  # a static layer index: static cache slices
+      ks, vs = list(cache.k), list(cache.v)  # one buffer per layer, each written in place
       for i in range(cfg.num_layers):
         layer = DecoderLayer(cfg, self.dtype, self.param_dtype, name=layer_layout.layer_name(i))
-        own = None if shared is None else (shared[0][i], shared[1][i])
-        carry, _ = layer(carry, own, cos, sin, write_index, attn_mask, prefix_mask)
-      x, (k, v), _ = carry
+        own = None if prefix is None else prefix.layer(i)
+        (x, (ks[i], vs[i]), _), _ = layer(
+            (x, (ks[i], vs[i]), None), own, cos, sin, write_index, attn_mask, prefix_mask
+        )
+      k, v = tuple(ks), tuple(vs)
     if logits_index is not None:
       x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
     x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
@@ -247,7 +312,7 @@ def causal_forward(model: Llama, params, tokens: jax.Array) -> jax.Array:
   """Logits [B, T, V] of a plain causal pass over `tokens` [B, T] (no padding); for tests."""
   b, t = tokens.shape
   positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  cache = KVCache.zeros(model.config, b, t, model.dtype)
+  cache = KVCache.zeros(model.config, b, t, model.dtype, per_layer=not model.scan_layers)
   mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
   logits, _ = model.apply({"params": params}, tokens, positions, cache, 0, mask)
   return logits
@@ -258,6 +323,6 @@ def init_params(config: LlamaConfig, seed: int = 0, dtype=jnp.float32, scan_laye
   stacked layout, or per layer with scan_layers=False."""
   model = Llama(config, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
   tokens = jnp.zeros((1, 1), jnp.int32)
-  cache = KVCache.zeros(config, 1, 1, dtype)
+  cache = KVCache.zeros(config, 1, 1, dtype, per_layer=not scan_layers)
   mask = jnp.ones((1, 1, 1), bool)
   return model.init(jax.random.PRNGKey(seed), tokens, tokens, cache, 0, mask)["params"]
