@@ -283,6 +283,8 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   editor = None
 
   def finish(unit, rows, loaded, pool_path=None):
+    if cfg.edit_methods:  # a run with weight edits keys every row by method, in-context ones too
+      rows = [r if "method" in r else {"method": unit.method, **r} for r in rows]
     data_doc = {
         "file": os.path.relpath(loaded.path, cfg.data_dir),
         "n_total": loaded.n_total,
