@@ -175,3 +175,39 @@ def test_bad_method_flags_fail_with_one_message(tiny_ckpt, tmp_path, extra, name
   assert "Traceback" not in proc.stderr
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and named in errors[0], proc.stderr[-2000:]
+
+
+def test_report_puts_methods_side_by_side(methods_run):
+  """The report re-scores the weight-editing rows as the runner scored them (all identical to
+  results.json), tabulates every method beside the in-context setups and draws method x language."""
+  out, _ = methods_run
+  import subprocess
+  import sys
+
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.report", f"--results_dir={out}"],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+    report = f.read()
+  assert "## Editing methods side by side" in report
+  assert "re-scored and compared with results.json" in report and "all identical" in report
+  assert os.path.isfile(os.path.join(out, "figures", "methods_zsre.png"))
+  section = report.split("### zsre: method x language")[1].split("![")[0]
+  lines = {l.split("|")[1].strip(): l for l in section.splitlines() if l.startswith("| ")}
+  assert {"ike: zero_shot", "ft: reference", "ft: comparable", "kn: reference"} <= set(lines)
+  by_method = load_results(out)["results_by_method"]
+  for label, cells in (
+      ("ft: reference", by_method["ft"]["zsre"]["reference"]),
+      ("ike: zero_shot", by_method["ike"]["zsre"]["zero_shot"]),
+  ):
+    shown = [float(c) for c in lines[label].split("|")[2:4]]
+    want = [
+        round(sum(c["f1_ref"] for c in cells[lang].values()) / len(cells[lang]), 2)
+        for lang in LANGS
+    ]
+    assert shown == pytest.approx(want, abs=0.006)
