@@ -21,6 +21,7 @@ flags.adopt_module_key_flags(run_config)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
   from bmike_jax import checkpoints, data, languages, paths  # noqa: F401
+  from bmike_jax.editing import stats
   from bmike_jax.engine import buckets
   from bmike_jax.model import config
   from bmike_jax.runner import store
@@ -33,6 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
       config.ConfigError,
       buckets.PromptTooLongError,
       paths.PathError,
+      stats.CorpusError,
   )
 
 

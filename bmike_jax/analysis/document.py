@@ -2,7 +2,7 @@
 
 import os
 
-from bmike_jax.analysis import confusion, figures, rescore, scripts, typology
+from bmike_jax.analysis import confusion, figures, methods, rescore, scripts, typology
 from bmike_jax.analysis.rescore import ReportError
 from bmike_jax.data import DATASETS, QUERY_TYPES
 from bmike_jax.languages import LANGUAGES
@@ -599,9 +599,15 @@ def build_report(
     raise ReportError(f"{os.path.join(results_dir, 'samples.jsonl')}: no samples")
   if tokenizer is None:
     tokenizer, tokenizer_name = load_run_tokenizer(results_json, results_path)
-  rescored = rescore.rescore(rows, tokenizer)
+  all_rows, rows = rows, [r for r in rows if methods.method_of(r) == methods.IKE]
+  rescored = rescore.rescore(rows, tokenizer) if rows else {}
   report = Report(results_dir, figure_metric, title=title)
-  header_section(report, results_json, rows, notes, tokenizer_name or type(tokenizer).__name__)
+  header_section(
+      report, results_json, rows or all_rows, notes, tokenizer_name or type(tokenizer).__name__
+  )
+  methods.methods_section(report, all_rows, tokenizer, rescored, results_json)
+  if not rows:  # weight edits only: the in-context sections have nothing to show
+    return report.write()
   rescore_section(report, rescored, rescore.stored_scores(results_json), results_json is not None)
   score_sections(report, rescored)
   script_section(report, rescored)

@@ -21,7 +21,9 @@ REQUIRED_FIELDS = (
     "gold_en",
 )
 LIKELIHOOD_FIELDS = ("inv_ppl_alt", "inv_ppl_loc_ans", "inv_ppl_old")
-KEPT_FIELDS = REQUIRED_FIELDS + LIKELIHOOD_FIELDS  # the prompt and stored scores are dropped
+# Weight-editing rows (runs with --methods) also carry these (analysis/methods.py).
+METHOD_FIELDS = ("method", "protocol", "pre_prediction", "scored_against")
+KEPT_FIELDS = REQUIRED_FIELDS + LIKELIHOOD_FIELDS + METHOD_FIELDS  # prompt and scores dropped
 TEXT_FIELDS = ("dataset", "lang", "setup", "query_type", "prediction", "gold", "gold_en")
 
 
@@ -53,7 +55,14 @@ def _check_row(row, path, lineno):
 
 
 def sample_key(row):
-  return (row["dataset"], row["setup"], row["lang"], row["query_type"], str(row["case_id"]))
+  return (
+      row.get("method") or "ike",
+      row["dataset"],
+      row["setup"],
+      row["lang"],
+      row["query_type"],
+      str(row["case_id"]),
+  )
 
 
 def load_samples(path):

@@ -23,7 +23,8 @@ from bmike_jax import data as data_lib
 from bmike_jax import metrics, paths
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.model import llama
-from bmike_jax.runner import distributed, fingerprint, reference_layout, summary
+from bmike_jax.runner import distributed, fingerprint, fork_layout, reference_layout, summary
+from bmike_jax.runner import weight_edits
 from bmike_jax.runner.evaluate import evaluate_unit
 from bmike_jax.runner.run_config import PRECISIONS, RunConfig
 from bmike_jax.runner.store import OutputError, OutputStore
@@ -74,14 +75,20 @@ class RunState:
   units: list[Unit]
   metrics: dict[Unit, dict]
 
-  def results(self) -> dict:
+  def results(self, method: str = "ike") -> dict:
+    """results[dataset][setup][lang][query_type] of one method (the weight-editing methods'
+    setups are the protocols)."""
     out: dict = {}
     for unit in self.units:
-      if unit in self.metrics:
+      if unit in self.metrics and unit.method == method:
         out.setdefault(unit.dataset, {}).setdefault(unit.setup, {})[unit.lang] = self.metrics[unit][
             "query_types"
         ]
     return out
+
+  def results_by_method(self) -> dict:
+    methods = list(dict.fromkeys(u.method for u in self.units))
+    return {m: self.results(m) for m in methods}
 
   def data_files(self) -> dict:
     """Data and pool file (relative to the data folder) -> sha256, of the finished units."""
@@ -181,9 +188,14 @@ def run_document() -> dict:
 
 
 def results_document(
-    cfg: RunConfig, state: RunState, model_info: dict, engine_stats: dict, flag_values: dict
+    cfg: RunConfig,
+    state: RunState,
+    model_info: dict,
+    engine_stats: dict,
+    flag_values: dict,
+    edits: dict | None = None,
 ) -> dict:
-  return {
+  document = {
       "flags": flag_values,
       "versions": library_versions(),
       "run": run_document(),
@@ -198,6 +210,10 @@ def results_document(
       "engine": engine_stats,
       "results": state.results(),
   }
+  if cfg.edit_methods:  # `results` stays the in-context one; every method keyed by name here
+    document["results_by_method"] = state.results_by_method()
+    document["weight_edits"] = edits or {}
+  return document
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,7 +257,10 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   check_inputs(cfg)
   store = OutputStore(cfg.output_dir)
   identity = {**cfg.result_identity(), **model_identity(cfg)}
-  units = list(enumerate_units(cfg.datasets, cfg.langs, cfg.setups))
+  weight_edits.check_layers(cfg)
+  if "memit" in cfg.edit_methods:
+    identity["memit_corpus_sha256"] = _data_file_sha256(cfg.memit_corpus)
+  units = list(enumerate_units(cfg.datasets, cfg.langs, cfg.setups, cfg.methods, cfg.protocols))
   state = RunState(units, distributed.finished_units(store, units, identity))
   check_finished_data(cfg, state)
   todo = [u for u in units if u not in state.metrics]
@@ -261,7 +280,51 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   bar = progress(total=len(units), initial=len(units) - len(todo)) if progress else None
   loaded_key, loaded = None, None
   start = time.perf_counter()
-  for unit in todo:
+  editor = None
+
+  def finish(unit, rows, loaded, pool_path=None):
+    if cfg.edit_methods:  # a run with weight edits keys every row by method, in-context ones too
+      rows = [r if "method" in r else {"method": unit.method, **r} for r in rows]
+    data_doc = {
+        "file": os.path.relpath(loaded.path, cfg.data_dir),
+        "n_total": loaded.n_total,
+        "n_skipped": loaded.n_skipped,
+        "n_used": len(loaded.records),
+        "sha256": _data_file_sha256(str(loaded.path)),
+    }
+    if pool_path is not None:
+      data_doc.update(
+          pool_file=os.path.relpath(pool_path, cfg.data_dir),
+          pool_sha256=_data_file_sha256(str(pool_path)),
+      )
+    unit_doc = {
+        "unit": dataclasses.asdict(unit),
+        "data": data_doc,
+        "query_types": _by_query_type(rows, cfg.query_types),
+    }
+    state.metrics[unit] = unit_doc
+    if writer:
+      store.write_unit(unit, rows, unit_doc)
+      if cfg.reference_layout and unit.method == "ike":
+        reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
+      if cfg.reference_layout and unit.setup == "reference" and unit.method != "ike":
+        fork_layout.write_unit(cfg.output_dir, unit, rows, cfg.limit)
+        fork_layout.write_analysis(cfg.output_dir, unit.dataset, state.metrics)
+      store.write_results(
+          results_document(
+              cfg,
+              state,
+              model_info,
+              engine.stats.as_dict(),
+              flag_values,
+              editor.document() if editor else None,
+          )
+      )
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix_str(unit.name)
+
+  for unit in (u for u in todo if u.method == "ike"):
     if loaded_key != (unit.dataset, unit.lang):
       loaded = data_lib.load_file(
           cfg.data_dir, unit.dataset, unit.lang, limit=cfg.limit, limit_mode=cfg.limit_mode
@@ -272,38 +335,29 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
     rows = evaluate_unit(
         engine, tokenizer, loaded, pool, unit.setup, cfg.query_types, cfg.likelihood
     )
-    unit_doc = {
-        "unit": dataclasses.asdict(unit),
-        "data": {
-            "file": os.path.relpath(loaded.path, cfg.data_dir),
-            "n_total": loaded.n_total,
-            "n_skipped": loaded.n_skipped,
-            "n_used": len(loaded.records),
-            "sha256": _data_file_sha256(str(loaded.path)),
-            "pool_file": os.path.relpath(pool_path, cfg.data_dir),
-            "pool_sha256": _data_file_sha256(str(pool_path)),
-        },
-        "query_types": _by_query_type(rows, cfg.query_types),
-    }
-    state.metrics[unit] = unit_doc
-    if writer:
-      store.write_unit(unit, rows, unit_doc)
-      if cfg.reference_layout:
-        reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
-      store.write_results(
-          results_document(cfg, state, model_info, engine.stats.as_dict(), flag_values)
-      )
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix_str(unit.name)
+    finish(unit, rows, loaded, pool_path)
+  groups: dict = {}
+  for unit in (u for u in todo if u.method != "ike"):
+    groups.setdefault((unit.method, unit.dataset), []).append(unit)
+  for (method, dataset), group in groups.items():
+    if editor is None:
+      editor = weight_edits.Editor(cfg, engine, tokenizer, identity["model_fingerprint"])
+    samples, files = editor.run(method, dataset, group)
+    for unit in group:
+      finish(unit, samples[unit], files[unit.lang])
   if bar is not None:
     bar.close()
   elapsed = time.perf_counter() - start
   stats = dict(engine.stats.as_dict(), run_seconds=round(elapsed, 3))
-  document = results_document(cfg, state, model_info, stats, flag_values)
+  document = results_document(
+      cfg, state, model_info, stats, flag_values, editor.document() if editor else None
+  )
   if writer:
     store.write_samples([u for u in units if u in state.metrics])
     store.write_results(document)
   logging.info("compilations: %d; %s", stats.get("compile_count", -1), stats)
   print(summary.summary_tables(document["results"]), flush=True)
+  for method in cfg.edit_methods:
+    print(f"=== method {method}", flush=True)
+    print(summary.summary_tables(document["results_by_method"].get(method, {})), flush=True)
   return document

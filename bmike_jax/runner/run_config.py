@@ -20,6 +20,7 @@ from bmike_jax import data as data_lib
 from bmike_jax import languages
 from bmike_jax import prompts
 from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.editing import methods as edit_methods
 from bmike_jax.engine.buckets import OVERLONG_POLICIES
 
 DTYPES = ("float32", "bfloat16")
@@ -30,6 +31,19 @@ PRECISIONS = {
 }
 
 FLAGS = flags.FLAGS
+
+# --methods: "ike" is the in-context setups (--setups); the others edit the weights
+# (bmike_jax/editing/), once per record, and are read under --protocols.
+IKE = "ike"
+EDIT_METHODS = tuple(edit_methods.METHODS)
+METHODS = (IKE,) + EDIT_METHODS
+# The weight edits' evaluation protocols (editing/protocols.PROTOCOLS; a test checks they agree).
+PROTOCOLS = ("reference", "comparable")
+CONTEXT_TEMPLATES = {
+    "generated": "ROME's and MEMIT's context templates: '{}' and 10 more, generated greedily "
+    "with the model (5 starters x 5 and 10 tokens; the fork samples 20)",
+    "none": "'{}' alone (the edit prompt without a context prefix)",
+}
 
 
 class FlagError(ValueError):
@@ -127,6 +141,67 @@ def _required(what: str) -> Callable[[str, str], str]:
   return parse
 
 
+def _hparam_value(flag: str, key: str, kind: str, raw: str):
+  """One `key=value` of a --{method}_hparams flag, converted by the field's annotation."""
+  raw = raw.strip()
+  if "None" in kind and raw.lower() == "none":
+    return None
+  try:
+    if kind.startswith("tuple[int"):
+      return tuple(int(v) for v in raw.split(":") if v.strip())
+    if kind.startswith("tuple[str"):
+      return tuple(v for v in raw.split(":") if v)
+    if kind.startswith("bool"):
+      if raw.lower() not in ("true", "false"):
+        raise ValueError(raw)
+      return raw.lower() == "true"
+    if kind.startswith("int"):
+      return int(raw)
+    if kind.startswith("float"):
+      return float(raw)
+  except ValueError:
+    raise FlagError(f"--{flag}: {key}={raw!r} is not a valid {kind}") from None
+  return raw
+
+
+def _hparams(method: str) -> Callable[[str, str], Any]:
+  """'key=value,key=value' -> the method's hyper-parameter dataclass (editing/{method}.py; its
+  defaults are the fork's Llama-3.2-3B values). Tuples: values joined by ':' (layers=4:5:6)."""
+  config_type = edit_methods.method(method).config_type
+
+  def parse(flag: str, value: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    kwargs = {}
+    for item in (v.strip() for v in (value or "").split(",")):
+      if not item:
+        continue
+      key, sep, raw = item.partition("=")
+      key = key.strip()
+      if not sep or key not in fields:
+        raise FlagError(
+            f"--{flag}: {item!r} is not key=value with a key of {config_type.__name__} "
+            f"({', '.join(fields)})"
+        )
+      kwargs[key] = _hparam_value(flag, key, str(fields[key].type), raw)
+    try:
+      return config_type(**kwargs)
+    except (TypeError, ValueError) as e:
+      raise FlagError(f"--{flag}: {e}") from None
+
+  return parse
+
+
+def _hparams_flag(method: str, what: str):
+  return _flag(
+      "string",
+      "",
+      f"{what}: comma list of key=value overriding editing/{method}.py's defaults (the fork's "
+      "Llama-3.2-3B values; tuples joined by ':', e.g. layers=4:5:6). Used with --methods="
+      f"{method}.",
+      parse=_hparams(method),
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """One field per runner flag, in --help order."""
@@ -157,6 +232,49 @@ class RunConfig:
       "Comma list of prompt setups or 'all' (zero_shot, one_shot, "
       "few_shot_mixed, few_shot_specific).",
       parse=_choices(prompts.SETUPS),
+  )
+  methods: tuple[str, ...] = _flag(
+      "string",
+      IKE,
+      "Comma list of editing methods or 'all': ike (in-context editing, the --setups), ft (FT-L), "
+      "lora, rome, kn, memit (weight edits: one edit per record, en.src -> en.alt, read in every "
+      "language of --langs under --protocols).",
+      parse=_choices(METHODS),
+  )
+  protocols: tuple[str, ...] = _flag(
+      "string",
+      ",".join(PROTOCOLS),
+      "How weight-edited models are read (DESIGN.md): reference (the fork's baselines: the "
+      "question alone, teacher-forced argmax over the gold span, locality against the pre-edit "
+      "answer), comparable (the in-context runs' zero-shot query and scoring). Both share the "
+      "edits.",
+      parse=_choices(PROTOCOLS),
+  )
+  ft_hparams: Any = _hparams_flag("ft", "FT-L")
+  lora_hparams: Any = _hparams_flag("lora", "LoRA")
+  rome_hparams: Any = _hparams_flag("rome", "ROME")
+  kn_hparams: Any = _hparams_flag("kn", "KN (knowledge neurons)")
+  memit_hparams: Any = _hparams_flag("memit", "MEMIT")
+  memit_corpus: str = _flag(
+      "string",
+      "",
+      "MEMIT's corpus for the second moments of the edited layers' keys: a local .txt (one text "
+      "per line) or .jsonl ('text' field). Required with --methods=memit (the fork uses "
+      "Wikipedia).",
+  )
+  edit_context_templates: str = _flag(
+      "enum",
+      "generated",
+      "ROME / MEMIT context templates when their hparams give none. "
+      + "; ".join(f"{k}: {v}" for k, v in CONTEXT_TEMPLATES.items()),
+      choices=tuple(CONTEXT_TEMPLATES),
+  )
+  edit_batch_size: int = _flag(
+      "integer",
+      8,
+      "Weight edits optimised together (one jax.vmap over the requests; each edit is its own "
+      "optimisation, applied alone).",
+      parse=_positive,
   )
   query_types: tuple[str, ...] = _flag(
       "string",
@@ -323,7 +441,30 @@ class RunConfig:
     }
     if self.overlong == "truncate_left":  # the largest bucket decides where prompts are cut
       identity["max_prompt_tokens"] = self.length_buckets[-1]
+    if self.edit_methods:  # absent for in-context runs: their run.json stays as it was
+      identity["weight_edits"] = {
+          "protocols": list(self.protocols),
+          "hparams": {m: _jsonable(dataclasses.asdict(self.hparams(m))) for m in self.edit_methods},
+          "context_templates": self.edit_context_templates,
+          "memit_corpus": self.memit_corpus if "memit" in self.edit_methods else None,
+      }
     return identity
+
+  @property
+  def edit_methods(self) -> tuple[str, ...]:
+    """The weight-editing methods asked for, in --methods order."""
+    return tuple(m for m in self.methods if m != IKE)
+
+  def hparams(self, method: str):
+    return getattr(self, f"{method}_hparams")
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  return value
 
 
 FIELDS = tuple(f for f in dataclasses.fields(RunConfig))
@@ -362,4 +503,11 @@ def from_flags(flag_values=FLAGS) -> RunConfig:
         f"[0, num_processes), got {f.num_processes} and {f.process_id}"
     )
   values = {field.name: _spec(field).parse(field.name, f[field.name].value) for field in FIELDS}
+  if "memit" in values["methods"] and not values["memit_corpus"]:
+    raise FlagError(
+        "--methods=memit needs --memit_corpus=FILE (a .txt or .jsonl corpus for the second "
+        "moments of MEMIT's layers)"
+    )
+  if "memit" in values["methods"] and not os.path.isfile(values["memit_corpus"]):
+    raise FlagError(f"--memit_corpus={values['memit_corpus']}: no such local file")
   return RunConfig(**values)

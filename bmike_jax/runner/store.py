@@ -5,6 +5,7 @@ Layout of OUTPUT_DIR:
   units/{dataset}/{setup}/{lang}.samples.jsonl
   units/{dataset}/{setup}/{lang}.metrics.json   written last: its presence marks the unit finished
   csv/{dataset}/{setup}/{lang}.csv        the reference's columns: case_id, metric, input, prediction, true
+  units/{method}/..., csv/{method}/...    the same for a weight-editing method (setup: the protocol)
   samples.jsonl                           every finished unit's samples, in unit order
   results.json                            flags, versions, model, data counts, compilations, results
   tokenizer/                              the run's tokenizer (what `report` re-scores with)
@@ -49,10 +50,12 @@ class OutputStore:
     return paths.join(self.root, *parts)
 
   def unit_path(self, unit: Unit, suffix: str) -> str:
-    return self._path("units", unit.dataset, unit.setup, f"{unit.lang}.{suffix}")
+    return self._path(
+        "units", *_method_part(unit), unit.dataset, unit.setup, f"{unit.lang}.{suffix}"
+    )
 
   def csv_path(self, unit: Unit) -> str:
-    return self._path("csv", unit.dataset, unit.setup, f"{unit.lang}.csv")
+    return self._path("csv", *_method_part(unit), unit.dataset, unit.setup, f"{unit.lang}.csv")
 
   # -- start of a run ---------------------------------------------------------------------------
 
@@ -127,6 +130,11 @@ class OutputStore:
       tokenizer.save(folder)
       for name in sorted(os.listdir(folder)):
         paths.copy_file(os.path.join(folder, name), self._path(TOKENIZER_DIR, name))
+
+
+def _method_part(unit: Unit) -> tuple[str, ...]:
+  """In-context units keep the layout they always had; a weight-editing method gets a folder."""
+  return () if unit.method == "ike" else (unit.method,)
 
 
 def _jsonl(rows: list[dict]) -> str:

@@ -1,6 +1,8 @@
-"""Units of work: one dataset x setup x target language (all its query types).
+"""Units of work: one dataset x setup x target language (all its query types), for a method.
 
-A unit is what the runner finishes, writes atomically and skips on resume.
+A unit is what the runner finishes, writes atomically and skips on resume. In-context units
+(method "ike") have the prompt setups; weight-editing units have the protocols as their setup
+(their edits are shared by every language and protocol of a dataset, runner/run.py).
 """
 
 from __future__ import annotations
@@ -14,17 +16,32 @@ class Unit:
   dataset: str
   lang: str
   setup: str
+  method: str = "ike"
 
   @property
   def name(self) -> str:
-    return f"{self.dataset}/{self.setup}/{self.lang}"
+    name = f"{self.dataset}/{self.setup}/{self.lang}"
+    return name if self.method == "ike" else f"{self.method}/{name}"
 
 
 def enumerate_units(
-    datasets: Sequence[str], langs: Sequence[str], setups: Sequence[str]
+    datasets: Sequence[str],
+    langs: Sequence[str],
+    setups: Sequence[str],
+    methods: Sequence[str] = ("ike",),
+    protocols: Sequence[str] = (),
 ) -> Iterator[Unit]:
-  """Dataset, then language, then setup: consecutive units share one loaded data file."""
-  for dataset in datasets:
-    for lang in langs:
-      for setup in setups:
-        yield Unit(dataset, lang, setup)
+  """In-context units first (dataset, then language, then setup: consecutive units share one
+  loaded data file), then per weight-editing method: dataset, language, protocol."""
+  if "ike" in methods:
+    for dataset in datasets:
+      for lang in langs:
+        for setup in setups:
+          yield Unit(dataset, lang, setup)
+  for method in methods:
+    if method == "ike":
+      continue
+    for dataset in datasets:
+      for lang in langs:
+        for protocol in protocols:
+          yield Unit(dataset, lang, protocol, method)

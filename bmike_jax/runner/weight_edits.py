@@ -1,0 +1,137 @@
+"""The weight-editing methods in the runner (--methods=ft,lora,rome,kn,memit).
+
+Each record's edit (en.src -> en.alt, subject en.subject) is made once and read in every requested
+language under every requested protocol (editing/protocols.run_method); the runner's units are
+(method, dataset, language, protocol), and the pending units of one method and dataset are computed
+together, so that they share their edits. The edited models are never kept: each edit is a delta
+applied to the base params (editing/delta.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from bmike_jax import checkpoints
+from bmike_jax import data as data_lib
+from bmike_jax.checkpoints import hub
+from bmike_jax.editing import forward, methods, protocols, stats, templates
+from bmike_jax.runner.run_config import FlagError, RunConfig
+from bmike_jax.runner.units import Unit
+
+MEMIT_CACHE = os.path.join("~", ".cache", "bmike_jax", "memit")
+
+
+def check_layers(cfg: RunConfig) -> None:
+  """Every method's layers exist in the model: checked from the checkpoint's config, before the
+  weights load (an error names the flag)."""
+  if not cfg.edit_methods:
+    return
+  source = hub.resolve(cfg.checkpoint, flag="checkpoint") or checkpoints.default_gguf_path()
+  config = checkpoints.load_config(source)
+  for m in cfg.edit_methods:
+    try:
+      methods.check_layers(config, cfg.hparams(m))
+    except ValueError as e:
+      raise FlagError(f"--{m}_hparams: {e}") from None
+
+
+class Editor:
+  """What the weight edits of one run share: float32 stacked params, the tokenizer, ROME's
+  context templates, MEMIT's second moments and the unedited answers (`pre_cache`)."""
+
+  def __init__(self, cfg: RunConfig, engine, tokenizer, model_fingerprint: str):
+    self.cfg = cfg
+    self.config = engine.config
+    params = forward.stacked(engine.params, engine.config)
+    self.params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    self.tokenizer = tokenizer
+    self.fingerprint = model_fingerprint
+    self.pre_cache: dict = {}
+    self.templates: tuple[str, ...] | None = None
+    self.info: dict = {}  # method -> {"edits", "skipped", "edit_seconds"}
+
+  def hparams(self, method: str):
+    hp = self.cfg.hparams(method)
+    if (
+        method in ("rome", "memit")
+        and not hp.context_templates
+        and self.cfg.edit_context_templates == "generated"
+    ):
+      if self.templates is None:
+        self.templates = templates.generate(self.config, self.params, self.tokenizer)
+      hp = dataclasses.replace(hp, context_templates=self.templates)
+    return hp
+
+  def second_moments(self, hp):
+    cache = os.path.join(
+        os.path.expanduser(MEMIT_CACHE),
+        f"{self.fingerprint[:16]}-{'_'.join(str(x) for x in hp.layers)}.npz",
+    )
+    return stats.load_or_compute(
+        cache,
+        corpus_path=self.cfg.memit_corpus,
+        model_name=self.fingerprint,
+        config=self.config,
+        params=self.params,
+        tokenizer=self.tokenizer,
+        layers=hp.layers,
+    )
+
+  def run(self, method: str, dataset: str, units: Sequence[Unit]):
+    """(samples of each of `units` (one method and dataset), loaded data file by language): each
+    record edited once, every language and protocol of the units read with that edit."""
+    cfg = self.cfg
+    langs = list(dict.fromkeys(u.lang for u in units))
+    wanted = {u.setup for u in units}
+    files = [
+        data_lib.load_file(cfg.data_dir, dataset, lang, limit=cfg.limit, limit_mode=cfg.limit_mode)
+        for lang in langs
+    ]
+    hp = self.hparams(method)
+    moments = self.second_moments(hp) if method == "memit" else None
+    start = time.perf_counter()
+    rows, info = protocols.run_method(
+        method=method,
+        config=self.config,
+        params=self.params,
+        tokenizer=self.tokenizer,
+        files=files,
+        hp=hp,
+        protocols=[p for p in cfg.protocols if p in wanted],
+        query_types=cfg.query_types,
+        batch_size=cfg.edit_batch_size,
+        pre_cache=self.pre_cache,
+        second_moments=moments,
+    )
+    seconds = time.perf_counter() - start
+    for message in info["skipped"]:
+      logging.warning("%s: not edited: %s", method, message)
+    entry = self.info.setdefault(method, {"edits": 0, "skipped": [], "seconds": 0.0})
+    entry["edits"] += info["edits"]
+    entry["skipped"] += info["skipped"]
+    entry["seconds"] = round(entry["seconds"] + seconds, 3)
+    logging.info(
+        "%s on %s: %d edits, %d languages, %.1f s",
+        method,
+        dataset,
+        info["edits"],
+        len(langs),
+        seconds,
+    )
+    samples = {
+        u: [r for r in rows if r["lang"] == u.lang and r["protocol"] == u.setup] for u in units
+    }
+    return samples, dict(zip(langs, files))
+
+  def document(self) -> dict:
+    out = {"methods": self.info}
+    if self.templates is not None:
+      out["context_templates"] = list(self.templates)
+    return out

@@ -1,0 +1,181 @@
+"""python -m tools.bench_edits: weight edits per second, one at a time against batched (jax.vmap),
+side by side in one process, and the projected cost of the full weight-editing grid.
+
+For each method: the English edits of the first --records records of zsRE (en.src -> en.alt), on
+SmolLM2-135M (the embedded GGUF, float32) with the method's hyper-parameters from --flagfile_hparams
+(default configs/smollm2.flags). Each mode runs twice; the first run compiles (its time is printed
+as `first`), the second is timed: one-at-a-time = one `methods.edit` call per request, batched =
+one call for all of them (one optimisation per request, vmapped).
+
+Projection: edits of every method over the 3 datasets' records (--dataset_records: the counts of
+BMIKE-53's files) at the better measured rate, once per record (this runner: one edit serves all 52
+target languages) against once per record and target language (the fork's loop, `--lang2`
+one language a run). Only the edits are projected, not the reading of the answers.
+
+Quick check: python -m tools.bench_edits --methods=ft --records=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+
+import jax
+from absl import app, flags
+
+from bmike_jax import checkpoints
+from bmike_jax import data as data_lib
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.editing import methods as edit_methods
+from bmike_jax.editing import stats, templates
+from bmike_jax.editing.protocols import edit_groups
+from bmike_jax.runner import run_config
+from tools import paths
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("methods", "ft,lora,rome,kn", "Comma list of methods to time.")
+flags.DEFINE_integer("records", 8, "Edits per mode (the first usable zsRE records).")
+flags.DEFINE_string(
+    "flagfile_hparams",
+    str(paths.REPO_ROOT / "configs" / "smollm2.flags"),
+    "Flagfile whose --{method}_hparams lines give the hyper-parameters.",
+)
+flags.DEFINE_string("memit_corpus", "", "Corpus for MEMIT's second moments (with --methods=memit).")
+flags.DEFINE_string(
+    "dataset_records",
+    "743,1031,784",
+    "Records of zsRE, CounterFact, WikiFactDiff (BMIKE-53's files) for the projection.",
+)
+flags.DEFINE_integer("target_langs", 52, "Target languages of the projection.")
+flags.DEFINE_string("output", "", "Also write the raw numbers here (.json).")
+
+
+def _hparams(method: str, flagfile: str):
+  value = ""
+  prefix = f"--{method}_hparams="
+  if flagfile and os.path.isfile(flagfile):
+    with open(flagfile, encoding="utf-8") as f:
+      for line in f:
+        if line.startswith(prefix):
+          value = line.strip()[len(prefix) :]
+  return run_config._hparams(method)(f"{method}_hparams", value)  # pylint: disable=protected-access
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def main(argv):
+  del argv
+  source = checkpoints.default_gguf_path()
+  config, params = checkpoints.load_model(source, dtype="float32")
+  tokenizer = tokenizer_lib.load_tokenizer(source)
+  loaded = data_lib.load_file(data_lib.SAMPLE_DATA_DIR, "zsre", "de", limit=FLAGS.records)
+  requests = [g.request for g in edit_groups([loaded])][: FLAGS.records]
+  names = [m.strip() for m in FLAGS.methods.split(",") if m.strip()]
+  generated = None
+  raw = {
+      "model": os.path.basename(source),
+      "records": len(requests),
+      "cpu": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "devices": str(jax.devices()),
+      "methods": {},
+  }
+  for name in names:
+    hp = _hparams(name, FLAGS.flagfile_hparams)
+    if name in ("rome", "memit") and not hp.context_templates:
+      generated = generated or templates.generate(config, params, tokenizer)
+      hp = dataclasses.replace(hp, context_templates=generated)
+    moments = None
+    if name == "memit":
+      moments = stats.second_moments(
+          config, params, tokenizer, stats.read_corpus(FLAGS.memit_corpus), hp.layers
+      )
+    usable = []
+    for r in requests:
+      try:
+        edit_methods.check_request(name, r)
+        usable.append(r)
+      except ValueError:
+        pass
+
+    def one_at_a_time():
+      return [
+          edit_methods.edit(name, config, params, tokenizer, [r], hp, second_moments=moments)[0]
+          for r in usable
+      ]
+
+    def batched():
+      return edit_methods.edit(name, config, params, tokenizer, usable, hp, second_moments=moments)[
+          0
+      ]
+
+    entry = {"edits": len(usable), "hparams": str(hp)}
+    for mode, fn in (("one_at_a_time", one_at_a_time), ("batched", batched)):
+      first = _timed(fn)
+      second = _timed(fn)
+      entry[mode] = {
+          "first_s": round(first, 2),
+          "seconds": round(second, 2),
+          "edits_per_s": round(len(usable) / second, 4),
+      }
+      print(f"{name} {mode}: first {first:.1f} s, then {second:.1f} s", flush=True)
+    entry["speedup"] = round(entry["one_at_a_time"]["seconds"] / entry["batched"]["seconds"], 2)
+    raw["methods"][name] = entry
+  records = sum(int(x) for x in FLAGS.dataset_records.split(","))
+  projection = {}
+  for name, entry in raw["methods"].items():
+    rate = max(entry["batched"]["edits_per_s"], entry["one_at_a_time"]["edits_per_s"])
+    ours, fork = records, records * FLAGS.target_langs
+    projection[name] = {
+        "edits_once_per_record": ours,
+        "hours_once_per_record": round(ours / rate / 3600, 2),
+        "edits_per_language": fork,
+        "hours_per_language": round(fork / rate / 3600, 1),
+        "hours_per_language_one_at_a_time": round(
+            fork / entry["one_at_a_time"]["edits_per_s"] / 3600, 1
+        ),
+    }
+  raw["projection"] = {
+      "records": records,
+      "target_langs": FLAGS.target_langs,
+      "methods": projection,
+  }
+  lines = [
+      "| method | edits | one at a time: s (edits/s) | batched: s (edits/s) | speed-up |",
+      "|---|---|---|---|---|",
+  ]
+  for name, e in raw["methods"].items():
+    a, b = e["one_at_a_time"], e["batched"]
+    lines.append(
+        f"| {name} | {e['edits']} | {a['seconds']} ({a['edits_per_s']}) | "
+        f"{b['seconds']} ({b['edits_per_s']}) | {e['speedup']}x |"
+    )
+  lines += [
+      "",
+      f"Projection ({records} records x {FLAGS.target_langs} target languages, edits only):",
+      "",
+      "| method | once per record (here): edits, h | once per record and language (fork): "
+      "edits, h batched / h one at a time |",
+      "|---|---|---|",
+  ]
+  for name, p in projection.items():
+    lines.append(
+        f"| {name} | {p['edits_once_per_record']}, {p['hours_once_per_record']} | "
+        f"{p['edits_per_language']}, {p['hours_per_language']} / "
+        f"{p['hours_per_language_one_at_a_time']} |"
+    )
+  print("\n".join(lines))
+  if FLAGS.output:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
+      json.dump(raw, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
