@@ -8,8 +8,12 @@ buckets; a row's own cache has S = Sb + N slots, derived):
     generate(B, Pb, Sb)    SharedPrefix + SuffixBatch -> answers [B, N] and their lengths [B]:
                            prefill, then the greedy `while_loop`s in the same program (the cache
                            [L, B, S, KVH, Dh] lives and is updated in place inside them; the
-                           batch shrinks to B/2, B/4 rows as rows finish, see decode.py)
+                           batch shrinks to B/2, B/4 rows as rows finish, see decode.py); and
+                           the prompts' KV [L, B, Sb, KVH, Dh] as prefill left it (kept for
+                           scoring: a copy of the suffix slots, made before decode writes on)
     score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
+    score_kept(B, Pb, Sb, Rb)  SharedPrefix + a generate batch's kept KV [L, B, Sb, ...] +
+                           KeptScoreBatch -> log-probs [B, Rb]
 
 Each program is called with keywords only; its inputs are the named structures of batch.py, whose
 shardings are built from the same structures (a swapped argument fails on structure or shape).
@@ -28,10 +32,10 @@ from jax.sharding import Mesh
 
 from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import sharding as sh
-from bmike_jax.engine.batch import ScoreBatch, SharedPrefix, SuffixBatch
+from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix, SuffixBatch
 from bmike_jax.engine.decode import greedy_decode
 from bmike_jax.engine.prefill import prefill, prefix_cache
-from bmike_jax.engine.scoring import score_continuations
+from bmike_jax.engine.scoring import score_continuations, score_on_kept
 from bmike_jax.engine.state import DecodeState, StopRule
 from bmike_jax.model import KVCache, Llama
 
@@ -80,6 +84,10 @@ class Programs:
       kv = KVCache(k=s, v=s)
     return SharedPrefix(kv=kv, length=self._repl())
 
+  def cache_shardings(self, batch: int) -> KVCache:
+    s = sh.cache_sharding(self.mesh, self.model.config, batch)
+    return KVCache(k=s, v=s)
+
   def stop_shardings(self):
     return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
 
@@ -126,7 +134,8 @@ class Programs:
 
   def generate(self, batch: int, pb: int, sb: int, slots: int):
     """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop) -> (answers [B, N] int32,
-    their lengths [B] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
+    their lengths [B] int32, the prompts' KV [L, B, Sb, KVH, Dh]); rows as
+    `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
     key = ("generate", batch, pb, sb)
 
     def build():
@@ -150,7 +159,8 @@ class Programs:
                 max_new_tokens=self.max_new_tokens,
             )
         )
-        return greedy_decode(
+        kept = KVCache(k=state.cache.k[:, :, :sb], v=state.cache.v[:, :, :sb])  # [L,B,Sb,..]
+        out, num_out = greedy_decode(
             self.model,
             params,
             prefix=prefix,
@@ -159,6 +169,7 @@ class Programs:
             phases=phases,
             constrain=place,
         )
+        return out, num_out, kept
 
       spec = SuffixBatch.spec(batch=batch, suffix_bucket=sb)
       jitted = jax.jit(
@@ -169,7 +180,7 @@ class Programs:
               batch_lib.row_shardings(spec, self.mesh),
               self.stop_shardings(),
           ),
-          out_shardings=(self._repl(), self._repl()),
+          out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch)),
       )
 
       def call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop: StopRule):
@@ -202,6 +213,36 @@ class Programs:
 
       def call(*, params, prefix: SharedPrefix, rows: ScoreBatch):
         return jitted(params, prefix, rows)
+
+      return call
+
+    return self._get(key, build)
+
+  def score_kept(self, batch: int, pb: int, sb: int, rb: int, slots: int):
+    """call(*, params, prefix: SharedPrefix, kept: KVCache [L, B, Sb, KVH, Dh], rows:
+    KeptScoreBatch) -> log-probs [B, Rb] float32; `kept` is a generate(B, Pb, Sb) batch's KV,
+    rows as `KeptScoreBatch.spec(batch=batch, rest_bucket=rb)`."""
+    key = ("score_kept", batch, pb, sb, rb)
+
+    def build():
+      def fn(params, prefix, kept, rows):
+        self._traced(key)
+        return score_on_kept(self.model, params, prefix=prefix, kept=kept, batch=rows, slots=slots)
+
+      spec = KeptScoreBatch.spec(batch=batch, rest_bucket=rb)
+      jitted = jax.jit(
+          fn,
+          in_shardings=(
+              self.params_shardings,
+              self.prefix_shardings(pb),
+              self.cache_shardings(batch),
+              batch_lib.row_shardings(spec, self.mesh),
+          ),
+          out_shardings=self._repl(),
+      )
+
+      def call(*, params, prefix: SharedPrefix, kept: KVCache, rows: KeptScoreBatch):
+        return jitted(params, prefix, kept, rows)
 
       return call
 
