@@ -48,14 +48,29 @@ class GenerationResult:
 
 @dataclasses.dataclass
 class ThroughputStats:
+  """The engine's token account (results.json's `engine`), summed over its calls.
+
+  Sharing levels: a group's shared prefix (its demonstrations) is computed once per group
+  (`prefix_tokens`), each prompt's own tokens once per prompt (`suffix_tokens`), each scored
+  sequence only its tokens past the prompt it continues (`scored_run_tokens`). `*_padded_tokens`
+  count what the programs ran, padding and dummy rows included."""
+
   prompts: int = 0
   prompt_tokens: int = 0  # tokens of the prompts as given
-  prefill_tokens: int = 0  # prompt tokens run: suffixes of generate, each computed prefix once
+  prefill_tokens: int = 0  # prompt tokens run: prefix_tokens + suffix_tokens
+  prefix_tokens: int = 0  # shared prefixes computed (once per group; reused ones not again)
+  suffix_tokens: int = 0  # prompt tokens after the shared prefix
+  prefill_padded_tokens: int = (
+      0  # the prefill programs' token slots: Pb per prefix, B x Sb per batch
+  )
+  decode_steps: int = 0  # decode loop iterations (the first answer token comes from prefill)
+  decode_row_steps: int = 0  # rows x steps the decode loops ran (finished and dummy rows too)
   generated_tokens: int = 0  # kept answer tokens
   scored_sequences: int = 0
   scored_tokens: int = 0  # prompt + continuation tokens of scored sequences
   scored_on_kept: int = 0  # scored sequences that reused a generated prompt's kept KV
   scored_run_tokens: int = 0  # tokens scoring computed (real ones; kept / prefix KV not rerun)
+  scoring_padded_tokens: int = 0  # the scoring programs' token slots (B x buckets per call)
   seconds: float = 0.0  # wall time in generate / continuation_logprobs (compiles included)
   compile_count: int = 0  # programs the engine compiled so far (all calls, not reset)
 
@@ -260,6 +275,8 @@ class Engine:
     )
     self._last_prefix = (group.prefix, kv)
     self.stats.prefill_tokens += group.prefix_length
+    self.stats.prefix_tokens += group.prefix_length
+    self.stats.prefill_padded_tokens += pb
     return group, SharedPrefix(kv=kv, length=p), suffixes
 
   # Generation ----------------------------------------------------------------------------------
@@ -297,13 +314,14 @@ class Engine:
           SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
           self.mesh,
       )
-      out, num_out, kv = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
+      out, num_out, kv, steps = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
           params=self.params, prefix=prefix, rows=rows, stop=self.stop
       )
+      self.stats.prefill_padded_tokens += plan.batch * plan.suffix_bucket
       if self.keep_prompt_kv:
         kept.append((plan.batch, plan.suffix_bucket, kv))
       del kv
-      pending.append((plan, out, num_out))
+      pending.append((plan, out, num_out, steps))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
@@ -329,6 +347,7 @@ class Engine:
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
     self.stats.prefill_tokens += sum(len(s) for s in suffixes)
+    self.stats.suffix_tokens += sum(len(s) for s in suffixes)
     self.stats.generated_tokens += sum(len(r.ids) for r in results)
     self.stats.seconds += time.perf_counter() - t0
     self.stats.compile_count = self.compile_count
@@ -347,8 +366,11 @@ class Engine:
     return results
 
   def _collect(self, item, results) -> None:
-    plan, out, num = item
-    out, num = np.asarray(out), np.asarray(num)
+    plan, out, num, steps = item
+    out, num, steps = np.asarray(out), np.asarray(num), np.asarray(steps)
+    self.stats.decode_steps += int(steps.sum())
+    phases = self.programs.decode_phases(plan.batch)
+    self.stats.decode_row_steps += sum(int(b) * int(n) for b, n in zip(phases, steps))
     for r, i in enumerate(plan.rows):
       ids = tuple(int(x) for x in out[r, : num[r]])
       results[i] = GenerationResult(ids=ids, text=answer_text(self.tokenizer, ids))
@@ -431,6 +453,7 @@ class Engine:
           params=self.params, prefix=prefix, rows=rows
       )
       pending.append((plan, logp))
+      self.stats.scoring_padded_tokens += plan.batch * (plan.suffix_bucket + plan.extra_bucket - 1)
     out: list[np.ndarray | None] = [None] * len(prompts)
     for plan, logp in pending:
       logp = np.asarray(logp)
@@ -477,6 +500,7 @@ class Engine:
           b, kept.prefix_bucket, sb, rb, layout_lib.cache_length(sb, rb)
       )(params=self.params, prefix=kept.prefix, kept=kv, rows=rows)
       pending.append((plan, logp))
+      self.stats.scoring_padded_tokens += b * rb
     for plan, logp in pending:
       logp = np.asarray(logp)
       for r, (i, tokens) in enumerate(zip(plan.indices, plan.tokens)):

@@ -27,10 +27,11 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
   token, whose logits predict the first new token). Token level: strings are never split."""
   if not seqs:
     return 0
-  first, limit = seqs[0], min(len(s) for s in seqs) - 1
-  n = 0
-  while n < limit and all(s[n] == first[n] for s in seqs):
-    n += 1
+  first, n = seqs[0], min(len(s) for s in seqs) - 1
+  for s in seqs[1:]:
+    if n <= 0:
+      break
+    n = min(n, longest_common_prefix(first[:n], s[:n]))
   return max(n, 0)
 
 

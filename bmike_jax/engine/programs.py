@@ -134,7 +134,8 @@ class Programs:
 
   def generate(self, batch: int, pb: int, sb: int, slots: int):
     """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop) -> (answers [B, N] int32,
-    their lengths [B] int32, the prompts' KV [L, B, Sb, KVH, Dh]); rows as
+    their lengths [B] int32, the prompts' KV [L, B, Sb, KVH, Dh], decode steps per phase
+    [phases] int32); rows as
     `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
     key = ("generate", batch, pb, sb)
 
@@ -160,7 +161,7 @@ class Programs:
             )
         )
         kept = KVCache(k=state.cache.k[:, :, :sb], v=state.cache.v[:, :, :sb])  # [L,B,Sb,..]
-        out, num_out = greedy_decode(
+        out, num_out, steps = greedy_decode(
             self.model,
             params,
             prefix=prefix,
@@ -169,7 +170,7 @@ class Programs:
             phases=phases,
             constrain=place,
         )
-        return out, num_out, kept
+        return out, num_out, kept, steps
 
       spec = SuffixBatch.spec(batch=batch, suffix_bucket=sb)
       jitted = jax.jit(
@@ -180,7 +181,7 @@ class Programs:
               batch_lib.row_shardings(spec, self.mesh),
               self.stop_shardings(),
           ),
-          out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch)),
+          out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch), self._repl()),
       )
 
       def call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop: StopRule):
