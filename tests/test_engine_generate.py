@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmike_jax.engine import Engine, PromptTooLongError
+from bmike_jax.engine import Engine, PromptTooLongError, layout
 from bmike_jax.model import layer_layout
 from tests import engine_tiny
 
@@ -26,8 +26,15 @@ def prompts():
 
 
 @pytest.fixture(scope="module")
-def baseline(prompts):
-  return [r.ids for r in _engine(batch_size=1, prefix_reuse=False).generate(prompts)]
+def baseline_engine(prompts):
+  """One prompt at a time, no prefix reuse; (engine, answers)."""
+  engine = _engine(batch_size=1, prefix_reuse=False)
+  return engine, [r.ids for r in engine.generate(prompts)]
+
+
+@pytest.fixture(scope="module")
+def baseline(baseline_engine):
+  return baseline_engine[1]
 
 
 def test_decode_equals_naive_rerun_loop(prompts, baseline):
@@ -163,3 +170,27 @@ def test_empty_input_and_bad_arguments():
     engine.generate([[]])
   with pytest.raises(ValueError):
     _engine(overlong="drop")
+
+
+def test_token_account_follows_from_the_prompts_and_answers(prompts, baseline_engine):
+  """One prompt per batch, no prefix reuse: every figure of the account is a function of the
+  prompts, the buckets and the answers (an answer's decode steps: the tokens it produced, the EOS
+  that ended it included, less the first, which prefill picks)."""
+  engine, answers = baseline_engine
+  s = engine.stats
+  quote = TOK.quote_token_mask()
+  produced = [len(a) + (len(a) < 15 and not (a and quote[a[-1]])) for a in answers]
+  assert s.decode_steps == s.decode_row_steps == sum(n - 1 for n in produced)
+  assert s.generated_tokens == sum(len(a) for a in answers)
+  assert s.prefix_tokens == 0 and s.suffix_tokens == s.prefill_tokens == s.prompt_tokens
+  assert s.prefill_padded_tokens == sum(
+      min(b for b in engine.length_buckets if b >= len(p)) for p in prompts
+  )
+  shared = _engine(batch_size=8)
+  shared.generate(prompts)
+  t = shared.stats
+  assert t.prefix_tokens == layout.common_prefix_length(prompts) > 0
+  assert t.prefix_tokens + t.suffix_tokens == t.prefill_tokens < t.prompt_tokens
+  assert t.prefill_padded_tokens >= t.prefill_tokens
+  assert t.decode_row_steps >= t.decode_steps >= max(produced) - 1
+  assert set(t.as_dict()) >= {"prefix_tokens", "decode_steps", "scoring_padded_tokens"}

@@ -126,3 +126,39 @@ def test_answer_cut_at_first_quote_kept_as_is():
   assert cut_at_quote('"') == ""
   assert answer_text(_Tok(), [3, 4, 5, 6]) == "Berlin"
   assert answer_text(_Tok(), [3, 6]) == "Berx"
+
+
+def test_kept_prompts_match_is_the_longest_common_prefix():
+  """The bisection finds a prompt sharing as many leading tokens as any (brute force)."""
+  rng = np.random.default_rng(5)
+  prompts = [[1] + rng.integers(3, 6, int(rng.integers(1, 12))).tolist() for _ in range(40)]
+  places = [(i // 8, i % 8) for i in range(len(prompts))]
+  kept = layout.KeptPrompts.build(prompts, places)
+  for _ in range(200):
+    seq = [1] + rng.integers(3, 6, int(rng.integers(1, 14))).tolist()
+    j, row, shared = kept.match(seq)
+    best = max(layout.longest_common_prefix(p, seq) for p in prompts)
+    assert shared == best
+    assert layout.longest_common_prefix(prompts[places.index((j, row))], seq) == shared
+
+
+def test_plan_kept_scoring_routes_and_cuts():
+  prefix = [1, 9, 9, 9]
+  prompts = [prefix + [5, 6, 7], prefix + [5, 8], prefix + [4]]
+  kept = layout.KeptPrompts.build(prompts, [(0, 0), (0, 1), (1, 0)])
+  contexts = [
+      prompts[0],  # the prompt whole: reuses all but its last token
+      prefix + [5, 6, 3],  # its last token merged with the target's first
+      prefix[:2] + [7],  # leaves the prompts inside their shared prefix: fresh
+      prompts[2],  # with 20 continuation tokens
+      prompts[1],  # an empty continuation: fresh
+  ]
+  conts = [[11, 12], [13], [14], [15] * 20, []]
+  plans, fresh = layout.plan_kept_scoring(
+      contexts, conts, kept=kept, prefix_length=4, batches=[2, 1], rest_buckets=(8, 16)
+  )
+  assert fresh == [2, 3, 4]  # 3: its 20 tokens after start are more than the largest bucket
+  assert [p.indices for p in plans] == [(0, 1)]
+  plan = plans[0]
+  assert plan.source_rows == (0, 0) and plan.reused == (2, 2) and plan.rest_bucket == 8
+  assert plan.tokens == ((7, 11), (3,)) and plan.targets == ((11, 12), (13,))

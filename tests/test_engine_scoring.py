@@ -67,20 +67,60 @@ def test_greedy_ids_match_hf_generate(models):
     assert list(r.ids) == ref
 
 
-def test_scoring_after_generation_reuses_the_prefix(models, cases):
-  """The group's prefix KV computed by `generate` serves the scoring that follows: the prefix runs
-  once, and the log-probs are bit-identical to a fresh engine that computes it itself."""
-  _, config, params = models
-  prompts, conts = cases
+# Scored off the generated prompts' kept KV, a sequence's shared tokens come from the generate
+# batch's [B, Sb] pass, in the fresh path from the score batch's: the same float32 arithmetic in
+# another summation order (XLA's dot blocking follows the shapes), so log-probs agree to float32
+# rounding, not bit for bit: ~5e-7 seen on |log p| ~ 5, the bound leaves 20x of room.
+KEPT_TOL = 1e-5
+
+
+def _joint_cases(prompts, seed):
+  """(context, continuation) pairs as the reference's joint tokenization gives them for a prompt
+  and a target: the prompt whole then the target's tokens, or the prompt's last one or two tokens
+  merged with the target's start (replaced by other tokens), so that the sequence shares fewer
+  tokens with its prompt than the prompt has."""
+  rng = np.random.default_rng(seed)
+  contexts, conts = [], []
+  for k, p in enumerate(prompts):
+    cut = k % 3
+    contexts.append(list(p[: len(p) - cut]) + rng.integers(3, engine_tiny.VOCAB, cut).tolist())
+    conts.append(rng.integers(3, engine_tiny.VOCAB, 1 + k % 5).tolist())
+  return contexts, conts
+
+
+def test_scoring_after_generation_reuses_the_prompt_kv(models, cases):
+  """After `generate`, each scored sequence reuses its prompt's kept KV (the group prefix is not
+  computed again, fewer tokens run) and its log-probs equal the fresh path's to float32 rounding
+  (KEPT_TOL) and HF's within TOL; without keep_prompt_kv they equal the fresh path bit for bit."""
+  hf, config, params = models
+  prompts, _ = cases
+  contexts, conts = _joint_cases(prompts, seed=3)
+  contexts.append(prompts[0][:20] + [7, 8, 9])  # leaves the prompts inside their shared prefix
+  conts.append([10, 11])
   fresh = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8)
-  want = fresh.continuation_logprobs(prompts, conts)
+  want = fresh.continuation_logprobs(contexts, conts)
+  assert fresh.stats.scored_on_kept == 0
   engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8)
   engine.generate(prompts)
   prefill_after_generate = engine.stats.prefill_tokens
-  got = engine.continuation_logprobs(prompts, conts)
+  got = engine.continuation_logprobs(contexts, conts)
   assert engine.stats.prefill_tokens == prefill_after_generate  # no prefix computed again
-  for g, w in zip(got, want):
-    np.testing.assert_array_equal(g, w)
+  # The sequence that leaves the prompts inside their shared prefix is scored afresh; all others
+  # off the kept KV, running fewer tokens.
+  assert engine.stats.scored_on_kept == len(contexts) - 1
+  assert engine.stats.scored_run_tokens < fresh.stats.scored_run_tokens
+  worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
+  worst_hf = max(
+      float(np.max(np.abs(g - reference_hf.reference_logprobs(hf, c, k))))
+      for g, c, k in zip(got, contexts, conts)
+  )
+  print(f"kept vs fresh: max |diff| = {worst:.2e}; kept vs HF: {worst_hf:.2e}")
+  assert worst <= KEPT_TOL and worst_hf < TOL
+  off = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8, keep_prompt_kv=False)
+  off.generate(prompts)
+  for g, w in zip(off.continuation_logprobs(contexts, conts), want):
+    np.testing.assert_array_equal(g, w)  # the group prefix's KV is the same array
+  assert off.stats.scored_on_kept == 0
   other = engine_tiny.group_prompts(seed=11, n=4, prefix_len=40)  # another prefix: computed
   engine.continuation_logprobs(other, [[5, 6]] * 4)
   assert engine.stats.prefill_tokens == prefill_after_generate + 40

@@ -5,7 +5,8 @@ the same fields, and `place` checks every array against the spec before it goes 
 a call cannot pass two arrays in each other's place: the fields are named, and a swap of two
 fields fails on their shape or dtype on any number of devices.
 
-B: batch bucket, Sb: suffix length bucket, Cb: continuation length bucket, Pb: prefix bucket.
+B: batch bucket, Sb: suffix length bucket, Cb: continuation length bucket, Pb: prefix bucket,
+Rb: length bucket of the tokens a scored sequence computes past a generated prompt's kept KV.
 """
 
 from __future__ import annotations
@@ -67,6 +68,28 @@ class ScoreBatch:
         lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
         continuations=jax.ShapeDtypeStruct((batch, continuation_bucket), jnp.int32),
         continuation_lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class KeptScoreBatch:
+  """Scored sequences that continue rows of one generated batch: a sequence reuses its row's kept
+  prompt KV (the suffix slots [0, reused)) and computes only its own tokens after them."""
+
+  source_rows: jax.Array  # [B] int32: the row of the generated batch whose kept KV is reused
+  reused: jax.Array  # [B] int32: kept suffix slots reused: the sequence's tokens [P, P + reused)
+  tokens: jax.Array  # [B, Rb] int32: the sequence's tokens from P + reused on, but its last one
+  targets: jax.Array  # [B, Rb] int32: the token after each of `tokens` (right-padded alike)
+  lengths: jax.Array  # [B] int32: real tokens of each row (>= 1)
+
+  @staticmethod
+  def spec(*, batch: int, rest_bucket: int) -> "KeptScoreBatch":
+    return KeptScoreBatch(
+        source_rows=jax.ShapeDtypeStruct((batch,), jnp.int32),
+        reused=jax.ShapeDtypeStruct((batch,), jnp.int32),
+        tokens=jax.ShapeDtypeStruct((batch, rest_bucket), jnp.int32),
+        targets=jax.ShapeDtypeStruct((batch, rest_bucket), jnp.int32),
+        lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
     )
 
 

@@ -76,8 +76,9 @@ def greedy_decode(
     phases: Sequence[int] = (),
     constrain: Callable[[DecodeState], DecodeState] | None = None,
 ):
-  """Decode until every row is done. Returns (out [B, N] int32, num_out [B] int32): each row's
-  answer ids are out[i, :num_out[i]], in the batch's row order.
+  """Decode until every row is done. Returns (out [B, N] int32, num_out [B] int32, steps
+  [len(phases)] int32): each row's answer ids are out[i, :num_out[i]], in the batch's row order;
+  steps[k]: decode steps run at phases[k] rows (the token account's decode steps).
 
   phases: decreasing batch sizes, the first = B (default: B only); the loop moves to the next size
   once no more rows than it are running. constrain(state): places a state of any phase's size on
@@ -92,9 +93,11 @@ def greedy_decode(
   step = lambda s: decode_step(
       model, params, prefix=prefix.kv, prefix_mask=mask, state=s, stop=stop
   )
+  steps = []  # [len(phases)] the state's step count after each phase's loop
   for next_size in phases[1:] + (0,):
     running = lambda s, n=next_size: jnp.sum(~s.done) > n
     state = jax.lax.while_loop(running, step, state)
+    steps.append(state.step)
     out = out.at[origin].set(state.out)
     num_out = num_out.at[origin].set(state.num_out)
     if next_size:
@@ -103,4 +106,5 @@ def greedy_decode(
       state, origin = take_rows(state, keep), origin[keep]
       if constrain is not None:
         state = constrain(state)
-  return out, num_out
+  ends = jnp.stack(steps)  # the prefill's token is step 1
+  return out, num_out, jnp.diff(ends, prepend=jnp.ones((1,), ends.dtype))

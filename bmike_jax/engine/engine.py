@@ -6,6 +6,11 @@ start with the same demonstrations. The engine finds their common token prefix, 
 once, sorts the rest of the prompts by length into batches (shape buckets, dummy rows to fill the
 last batch), runs a jitted prefill and an on-device greedy loop per batch, and restores the order.
 Answers do not depend on batch size, buckets, device count or prefix reuse (tested).
+
+`continuation_logprobs` right after `generate` scores off the generated prompts' own KV: each
+generated batch hands back its prompts' KV (`keep_prompt_kv`), and a scored sequence reuses the
+KV of the prompt it shares the most leading tokens with, computing only the tokens after them.
+Sequences that share too little (or when nothing is kept) are scored afresh on the group prefix.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from bmike_jax.engine import buckets as buckets_lib
 from bmike_jax.engine import layout as layout_lib
 from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.answer import answer_text
-from bmike_jax.engine.batch import ScoreBatch, SharedPrefix, SuffixBatch
+from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix, SuffixBatch
 from bmike_jax.engine.programs import Programs
 from bmike_jax.engine.state import StopRule
-from bmike_jax.model import Llama, LlamaConfig
+from bmike_jax.model import KVCache, Llama, LlamaConfig
 from bmike_jax.model import layer_layout
 
 MAX_DEFAULT_BUCKET = 8192  # default largest length bucket (capped by the model's context)
@@ -43,12 +48,29 @@ class GenerationResult:
 
 @dataclasses.dataclass
 class ThroughputStats:
+  """The engine's token account (results.json's `engine`), summed over its calls.
+
+  Sharing levels: a group's shared prefix (its demonstrations) is computed once per group
+  (`prefix_tokens`), each prompt's own tokens once per prompt (`suffix_tokens`), each scored
+  sequence only its tokens past the prompt it continues (`scored_run_tokens`). `*_padded_tokens`
+  count what the programs ran, padding and dummy rows included."""
+
   prompts: int = 0
   prompt_tokens: int = 0  # tokens of the prompts as given
-  prefill_tokens: int = 0  # prompt tokens run: suffixes of generate, each computed prefix once
+  prefill_tokens: int = 0  # prompt tokens run: prefix_tokens + suffix_tokens
+  prefix_tokens: int = 0  # shared prefixes computed (once per group; reused ones not again)
+  suffix_tokens: int = 0  # prompt tokens after the shared prefix
+  prefill_padded_tokens: int = (
+      0  # the prefill programs' token slots: Pb per prefix, B x Sb per batch
+  )
+  decode_steps: int = 0  # decode loop iterations (the first answer token comes from prefill)
+  decode_row_steps: int = 0  # rows x steps the decode loops ran (finished and dummy rows too)
   generated_tokens: int = 0  # kept answer tokens
   scored_sequences: int = 0
   scored_tokens: int = 0  # prompt + continuation tokens of scored sequences
+  scored_on_kept: int = 0  # scored sequences that reused a generated prompt's kept KV
+  scored_run_tokens: int = 0  # tokens scoring computed (real ones; kept / prefix KV not rerun)
+  scoring_padded_tokens: int = 0  # the scoring programs' token slots (B x buckets per call)
   seconds: float = 0.0  # wall time in generate / continuation_logprobs (compiles included)
   compile_count: int = 0  # programs the engine compiled so far (all calls, not reset)
 
@@ -63,6 +85,17 @@ class ThroughputStats:
         f"run), {self.generated_tokens} generated tokens, {self.scored_sequences} scored, "
         f"{self.seconds:.2f}s, {rate:.2f} prompts/s"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _KeptGroup:
+  """The last generated group's prompt KV, kept for the scoring that follows it."""
+
+  prefix: SharedPrefix  # the shared prefix the rows were computed on
+  prefix_bucket: int  # Pb (0: none)
+  prefix_length: int  # P
+  batches: tuple[tuple[int, int, KVCache], ...]  # (B, Sb, KV of B rows and Sb slots) per batch
+  prompts: layout_lib.KeptPrompts  # prompt ids -> (batch, row)
 
 
 class Engine:
@@ -84,7 +117,10 @@ class Engine:
   (model/layer_layout.py). Params may come in either layout; they are converted once (numpy params:
   views; params already on the devices in the other layout: both layouts are held there until the
   caller drops its own, so pass host or per-layer params for a model that fills the devices, as the
-  runner does).
+  runner does). keep_prompt_kv: keep the last generated group's prompt KV (its suffix slots,
+  (B rows, Sb slots) per batch, until the next `generate`) so that `continuation_logprobs` after
+  it computes only the tokens a scored sequence does not share with its prompt; False: every
+  scored sequence's context is computed afresh (less device memory between the two calls).
   """
 
   def __init__(
@@ -103,6 +139,7 @@ class Engine:
       eos_ids: Sequence[int] | None = None,
       decode_halvings: int = 2,
       scan_layers: bool | None = None,
+      keep_prompt_kv: bool = True,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -117,6 +154,7 @@ class Engine:
     self.mesh = mesh if mesh is not None else sh.make_mesh()
     self.max_new_tokens = max_new_tokens
     self.prefix_reuse = prefix_reuse
+    self.keep_prompt_kv = keep_prompt_kv
     self.overlong = overlong
     self.min_prefix = min_prefix
     self.context = config.max_position_embeddings
@@ -160,6 +198,7 @@ class Engine:
     self._last_prefix = (
         None  # (prefix ids, KV): a group scored right after it is generated reuses it
     )
+    self._kept: _KeptGroup | None = None  # the last generated group's prompt KV
 
   # Setup ---------------------------------------------------------------------------------------
 
@@ -236,6 +275,8 @@ class Engine:
     )
     self._last_prefix = (group.prefix, kv)
     self.stats.prefill_tokens += group.prefix_length
+    self.stats.prefix_tokens += group.prefix_length
+    self.stats.prefill_padded_tokens += pb
     return group, SharedPrefix(kv=kv, length=p), suffixes
 
   # Generation ----------------------------------------------------------------------------------
@@ -251,6 +292,7 @@ class Engine:
       return []
     t0 = time.perf_counter()
     compiled_before = self.compile_count
+    self._kept = None  # the previous group's KV is not scored any more: free it first
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
@@ -261,7 +303,7 @@ class Engine:
         length_buckets=self.length_buckets,
     )
     results: list[GenerationResult | None] = [None] * len(prompts)
-    pending = []
+    pending, kept = [], []
     for plan in plans:
       tokens, lengths, active = layout_lib.pad_rows(
           [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
@@ -272,14 +314,30 @@ class Engine:
           SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
           self.mesh,
       )
-      out, num_out = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
+      out, num_out, kv, steps = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
           params=self.params, prefix=prefix, rows=rows, stop=self.stop
       )
-      pending.append((plan, out, num_out))
+      self.stats.prefill_padded_tokens += plan.batch * plan.suffix_bucket
+      if self.keep_prompt_kv:
+        kept.append((plan.batch, plan.suffix_bucket, kv))
+      del kv
+      pending.append((plan, out, num_out, steps))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
       self._collect(item, results)
+    if self.keep_prompt_kv:
+      places = [None] * len(prompts)
+      for j, plan in enumerate(plans):
+        for r, i in enumerate(plan.rows):
+          places[i] = (j, r)
+      self._kept = _KeptGroup(
+          prefix=prefix,
+          prefix_bucket=pb,
+          prefix_length=plen,
+          batches=tuple(kept),
+          prompts=layout_lib.KeptPrompts.build(prompts, places),
+      )
     results = [
         r
         if len(ids) == len(kept)
@@ -289,6 +347,7 @@ class Engine:
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
     self.stats.prefill_tokens += sum(len(s) for s in suffixes)
+    self.stats.suffix_tokens += sum(len(s) for s in suffixes)
     self.stats.generated_tokens += sum(len(r.ids) for r in results)
     self.stats.seconds += time.perf_counter() - t0
     self.stats.compile_count = self.compile_count
@@ -307,8 +366,11 @@ class Engine:
     return results
 
   def _collect(self, item, results) -> None:
-    plan, out, num = item
-    out, num = np.asarray(out), np.asarray(num)
+    plan, out, num, steps = item
+    out, num, steps = np.asarray(out), np.asarray(num), np.asarray(steps)
+    self.stats.decode_steps += int(steps.sum())
+    phases = self.programs.decode_phases(plan.batch)
+    self.stats.decode_row_steps += sum(int(b) * int(n) for b, n in zip(phases, steps))
     for r, i in enumerate(plan.rows):
       ids = tuple(int(x) for x in out[r, : num[r]])
       results[i] = GenerationResult(ids=ids, text=answer_text(self.tokenizer, ids))
@@ -341,6 +403,22 @@ class Engine:
             "largest length bucket",
         )
     prompts = self._fit(prompt_ids_list, prompt_names, [len(c) for c in conts])
+    out: list[np.ndarray | None] = [None] * len(prompts)
+    fresh = list(range(len(prompts)))
+    if self._kept is not None:
+      fresh = self._score_on_kept(prompts, conts, out)
+    if fresh:
+      got = self._score_fresh([prompts[i] for i in fresh], [conts[i] for i in fresh], group_prefix)
+      for i, lp in zip(fresh, got):
+        out[i] = lp
+    self.stats.scored_sequences += len(prompts)
+    self.stats.scored_tokens += sum(len(x) for x in prompts) + sum(len(c) for c in conts)
+    self.stats.seconds += time.perf_counter() - t0
+    self.stats.compile_count = self.compile_count
+    return out
+
+  def _score_fresh(self, prompts, conts, group_prefix) -> list[np.ndarray]:
+    """Each context computed on the group's shared prefix, then its continuation."""
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     pb = group.prefix_bucket
     plans = layout_lib.plan_batches(
@@ -375,13 +453,59 @@ class Engine:
           params=self.params, prefix=prefix, rows=rows
       )
       pending.append((plan, logp))
+      self.stats.scoring_padded_tokens += plan.batch * (plan.suffix_bucket + plan.extra_bucket - 1)
     out: list[np.ndarray | None] = [None] * len(prompts)
     for plan, logp in pending:
       logp = np.asarray(logp)
       for r, i in enumerate(plan.rows):
         out[i] = logp[r, : len(conts[i])].astype(np.float32)
-    self.stats.scored_sequences += len(prompts)
-    self.stats.scored_tokens += sum(len(x) for x in prompts) + sum(len(c) for c in conts)
-    self.stats.seconds += time.perf_counter() - t0
-    self.stats.compile_count = self.compile_count
+    # The suffix, then the continuation but its last token (whose logits nothing reads).
+    self.stats.scored_run_tokens += sum(len(x) for x in suffixes)
+    self.stats.scored_run_tokens += sum(max(len(c) - 1, 0) for c in conts)
     return out
+
+  def _score_on_kept(self, prompts, conts, out) -> list[int]:
+    """Score the sequences that continue a kept prompt (into `out`; layout.plan_kept_scoring
+    says which and how); return the indices of the others."""
+    kept = self._kept
+    plans, fresh = layout_lib.plan_kept_scoring(
+        prompts,
+        conts,
+        kept=kept.prompts,
+        prefix_length=kept.prefix_length,
+        batches=[b for b, _, _ in kept.batches],
+        rest_buckets=self.continuation_buckets,
+    )
+    pending = []
+    for plan in plans:
+      b, sb, kv = kept.batches[plan.source_batch]
+      rb = plan.rest_bucket
+      tokens, lengths, _ = layout_lib.pad_rows(plan.tokens, b, rb)
+      targets, _, _ = layout_lib.pad_rows(plan.targets, b, rb)
+      source_rows, reused = np.zeros((b,), np.int32), np.zeros((b,), np.int32)
+      source_rows[: len(plan.indices)] = plan.source_rows
+      reused[: len(plan.indices)] = plan.reused
+      rows = batch_lib.place(
+          KeptScoreBatch(
+              source_rows=source_rows,
+              reused=reused,
+              tokens=tokens,
+              targets=targets,
+              lengths=lengths,
+          ),
+          KeptScoreBatch.spec(batch=b, rest_bucket=rb),
+          self.mesh,
+      )
+      logp = self.programs.score_kept(
+          b, kept.prefix_bucket, sb, rb, layout_lib.cache_length(sb, rb)
+      )(params=self.params, prefix=kept.prefix, kept=kv, rows=rows)
+      pending.append((plan, logp))
+      self.stats.scoring_padded_tokens += b * rb
+    for plan, logp in pending:
+      logp = np.asarray(logp)
+      for r, (i, tokens) in enumerate(zip(plan.indices, plan.tokens)):
+        m, n = len(tokens), len(conts[i])
+        out[i] = logp[r, m - n : m].astype(np.float32)
+        self.stats.scored_on_kept += 1
+        self.stats.scored_run_tokens += m
+    return fresh

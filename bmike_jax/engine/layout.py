@@ -13,6 +13,7 @@ P + n_i + t. Without prefix reuse P = Pb = 0 and the whole prompt is the suffix 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Sequence
 
@@ -26,10 +27,11 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
   token, whose logits predict the first new token). Token level: strings are never split."""
   if not seqs:
     return 0
-  first, limit = seqs[0], min(len(s) for s in seqs) - 1
-  n = 0
-  while n < limit and all(s[n] == first[n] for s in seqs):
-    n += 1
+  first, n = seqs[0], min(len(s) for s in seqs) - 1
+  for s in seqs[1:]:
+    if n <= 0:
+      break
+    n = min(n, longest_common_prefix(first[:n], s[:n]))
   return max(n, 0)
 
 
@@ -117,3 +119,106 @@ def pad_rows(seqs: Sequence[Sequence[int]], batch: int, length: int, min_length:
     lengths[i] = len(s)
     active[i] = True
   return tokens, lengths, active
+
+
+def longest_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+  """Tokens two sequences share from the start."""
+  n = min(len(a), len(b))
+  differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+  return int(differ[0]) if len(differ) else n
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptPrompts:
+  """Where the prompts of the last generated group sit: (batch, row) of each, for a scored
+  sequence to find the kept prompt KV it shares the most tokens with.
+
+  Any prompt with the longest common token prefix serves: a causal model's KV up to a token
+  depends only on the tokens before it. In a sorted list that prompt is a neighbour of the
+  sequence's insertion point, so a lookup is a bisection and two prefix comparisons."""
+
+  keys: tuple[tuple[int, ...], ...]  # the prompts (as run, after any truncation), sorted
+  places: tuple[tuple[int, int], ...]  # (batch index, row in that batch) of each key
+
+  @staticmethod
+  def build(prompts: Sequence[Sequence[int]], places: Sequence[tuple[int, int]]) -> "KeptPrompts":
+    order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
+    return KeptPrompts(
+        keys=tuple(tuple(prompts[i]) for i in order), places=tuple(places[i] for i in order)
+    )
+
+  def match(self, seq: Sequence[int]) -> tuple[int, int, int]:
+    """(batch, row, shared tokens) of a kept prompt sharing the longest token prefix with seq."""
+    k = bisect.bisect_left(self.keys, tuple(seq))
+    best = None
+    for j in (k - 1, k):
+      if 0 <= j < len(self.keys):
+        n = longest_common_prefix(self.keys[j], seq)
+        if best is None or n > best[2]:
+          best = (*self.places[j], n)
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptScorePlan:
+  """Scored sequences that continue rows of one generated batch, scored in one call."""
+
+  source_batch: int  # the generated batch whose kept prompt KV they reuse
+  indices: tuple[int, ...]  # the sequences (into the caller's list)
+  source_rows: tuple[int, ...]  # the row of that batch each reuses
+  reused: tuple[int, ...]  # kept suffix slots each reuses
+  tokens: tuple[tuple[int, ...], ...]  # each one's tokens after them, but its last one
+  targets: tuple[tuple[int, ...], ...]  # the token after each of `tokens`
+  batch: int  # B: the generated batch's bucket
+  rest_bucket: int  # Rb >= every len(tokens)
+
+
+def plan_kept_scoring(
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    kept: KeptPrompts,
+    prefix_length: int,
+    batches: Sequence[int],
+    rest_buckets: Sequence[int],
+) -> tuple[list[KeptScorePlan], list[int]]:
+  """(calls scoring off the kept prompt KV, indices of the sequences left to the fresh path).
+
+  Sequence = context + continuation (the reference's joint tokenization, as given). Its first
+  scored token is predicted at the context's last token, so it runs its tokens from
+  start = min(shared, len(context) - 1) on, where `shared` is its longest common token prefix
+  with a kept prompt, and reuses that prompt's KV before `start` (the group prefix, P tokens, and
+  the row's first start - P suffix slots). Left to the fresh path: start < P (the sequence leaves
+  the prompts inside their shared prefix), an empty continuation, more tokens after start than
+  the largest rest bucket. batches: the batch bucket of each generated batch; each call takes
+  that many sequences of one batch, longest first."""
+  per_batch: dict[int, list] = {}
+  fresh = []
+  for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
+    seq = list(ctx) + list(cont)
+    j, row, shared = kept.match(seq)
+    start = min(shared, len(ctx) - 1)
+    if not cont or start < prefix_length or len(seq) - 1 - start > rest_buckets[-1]:
+      fresh.append(i)
+      continue
+    per_batch.setdefault(j, []).append(
+        (i, row, start - prefix_length, tuple(seq[start:-1]), tuple(seq[start + 1 :]))
+    )
+  plans = []
+  for j, items in sorted(per_batch.items()):
+    items.sort(key=lambda x: -len(x[3]))
+    for c in range(0, len(items), batches[j]):
+      chunk = items[c : c + batches[j]]
+      plans.append(
+          KeptScorePlan(
+              source_batch=j,
+              indices=tuple(x[0] for x in chunk),
+              source_rows=tuple(x[1] for x in chunk),
+              reused=tuple(x[2] for x in chunk),
+              tokens=tuple(x[3] for x in chunk),
+              targets=tuple(x[4] for x in chunk),
+              batch=batches[j],
+              rest_bucket=buckets_lib.pick_bucket(max(len(x[3]) for x in chunk), rest_buckets),
+          )
+      )
+  return plans, fresh

@@ -7,9 +7,13 @@ buckets; a row's own cache has S = Sb + N slots, derived):
     prefix(Pb)             tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
     generate(B, Pb, Sb)    SharedPrefix + SuffixBatch -> answers [B, N] and their lengths [B]:
                            prefill, then the greedy `while_loop`s in the same program (the cache
-                           [L, B, S, KVH, Dh] lives and is updated in place inside them; the
-                           batch shrinks to B/2, B/4 rows as rows finish, see decode.py)
+                           (B rows, S slots) lives and is updated in place inside them; the
+                           batch shrinks to B/2, B/4 rows as rows finish, see decode.py); and
+                           the prompts' KV (B rows, Sb slots) as prefill left it (kept for
+                           scoring: a copy of the suffix slots, made before decode writes on)
     score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
+    score_kept(B, Pb, Sb, Rb)  SharedPrefix + a generate batch's kept KV (B rows, Sb slots) +
+                           KeptScoreBatch -> log-probs [B, Rb]
 
 Each program is called with keywords only; its inputs are the named structures of batch.py, whose
 shardings are built from the same structures (a swapped argument fails on structure or shape).
@@ -28,12 +32,12 @@ from jax.sharding import Mesh
 
 from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import sharding as sh
-from bmike_jax.engine.batch import ScoreBatch, SharedPrefix, SuffixBatch
+from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix, SuffixBatch
 from bmike_jax.engine.decode import greedy_decode
 from bmike_jax.engine.prefill import prefill, prefix_cache
-from bmike_jax.engine.scoring import score_continuations
+from bmike_jax.engine.scoring import score_continuations, score_on_kept
 from bmike_jax.engine.state import DecodeState, StopRule
-from bmike_jax.model import Llama
+from bmike_jax.model import KVCache, Llama
 
 
 class Programs:
@@ -79,11 +83,14 @@ class Programs:
       kv = sh.prefix_shardings(self.mesh, self.model.config, not self.model.scan_layers)
     return SharedPrefix(kv=kv, length=self._repl())
 
+  def cache_shardings(self, batch: int) -> KVCache:
+    return sh.cache_shardings(self.mesh, self.model.config, batch, not self.model.scan_layers)
+
   def stop_shardings(self):
     return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
 
   def state_shardings(self, batch: int) -> DecodeState:
-    cache = sh.cache_shardings(self.mesh, self.model.config, batch, not self.model.scan_layers)
+    cache = self.cache_shardings(batch)
     r1 = sh.batch_sharding(self.mesh, 1, batch)
     r2, repl = sh.batch_sharding(self.mesh, 2, batch), self._repl()
     # out / num_out (tiny) are replicated so that every host can read the answers.
@@ -125,7 +132,9 @@ class Programs:
 
   def generate(self, batch: int, pb: int, sb: int, slots: int):
     """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop) -> (answers [B, N] int32,
-    their lengths [B] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
+    their lengths [B] int32, the prompts' KV (B rows, Sb slots), decode steps per phase
+    [phases] int32); rows as
+    `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
     key = ("generate", batch, pb, sb)
 
     def build():
@@ -149,7 +158,8 @@ class Programs:
                 max_new_tokens=self.max_new_tokens,
             )
         )
-        return greedy_decode(
+        kept = state.cache.slots(0, sb)  # the prompt suffixes' slots [0, Sb)
+        out, num_out, steps = greedy_decode(
             self.model,
             params,
             prefix=prefix,
@@ -158,6 +168,7 @@ class Programs:
             phases=phases,
             constrain=place,
         )
+        return out, num_out, kept, steps
 
       spec = SuffixBatch.spec(batch=batch, suffix_bucket=sb)
       jitted = jax.jit(
@@ -168,7 +179,7 @@ class Programs:
               batch_lib.row_shardings(spec, self.mesh),
               self.stop_shardings(),
           ),
-          out_shardings=(self._repl(), self._repl()),
+          out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch), self._repl()),
       )
 
       def call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop: StopRule):
@@ -201,6 +212,36 @@ class Programs:
 
       def call(*, params, prefix: SharedPrefix, rows: ScoreBatch):
         return jitted(params, prefix, rows)
+
+      return call
+
+    return self._get(key, build)
+
+  def score_kept(self, batch: int, pb: int, sb: int, rb: int, slots: int):
+    """call(*, params, prefix: SharedPrefix, kept: KVCache (B rows, Sb slots), rows:
+    KeptScoreBatch) -> log-probs [B, Rb] float32; `kept` is a generate(B, Pb, Sb) batch's KV,
+    rows as `KeptScoreBatch.spec(batch=batch, rest_bucket=rb)`."""
+    key = ("score_kept", batch, pb, sb, rb)
+
+    def build():
+      def fn(params, prefix, kept, rows):
+        self._traced(key)
+        return score_on_kept(self.model, params, prefix=prefix, kept=kept, batch=rows, slots=slots)
+
+      spec = KeptScoreBatch.spec(batch=batch, rest_bucket=rb)
+      jitted = jax.jit(
+          fn,
+          in_shardings=(
+              self.params_shardings,
+              self.prefix_shardings(pb),
+              self.cache_shardings(batch),
+              batch_lib.row_shardings(spec, self.mesh),
+          ),
+          out_shardings=self._repl(),
+      )
+
+      def call(*, params, prefix: SharedPrefix, kept: KVCache, rows: KeptScoreBatch):
+        return jitted(params, prefix, kept, rows)
 
       return call
 

@@ -1,5 +1,13 @@
 """Teacher-forced log-probabilities of given continuations (the likelihood comparison of SPEC).
 
+Two ways in, the same arithmetic per token:
+
+- `score_continuations`: a scored sequence's context is computed afresh (on the group's shared
+  prefix), then its continuation.
+- `score_on_kept`: the sequence continues a prompt that `generate` has just run: its row's prompt
+  KV was kept (programs.py), so the sequence reuses it up to their longest common token prefix
+  and computes only its own tokens after it (layout.KeptPrompts finds the row).
+
 Same layout as generation (shared prefix, right-padded suffixes, per-row true positions). Full-vocab
 logits are computed only where they are needed: the prompt pass asks for the last prompt position
 only, and passes over the continuation (chunks of at most CHUNK tokens, [B, CHUNK, V] logits
@@ -11,9 +19,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bmike_jax.engine.batch import ScoreBatch, SharedPrefix
+from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix
 from bmike_jax.engine.prefill import append_tokens, suffixes_on_prefix
-from bmike_jax.model import Llama
+from bmike_jax.model import KVCache, Llama
 
 CHUNK = 64  # continuation positions per full-vocab logits block
 
@@ -56,4 +64,40 @@ def score_continuations(
     parts.append(_token_logprobs(chunk_logits, batch.continuations[:, c0 + 1 : c1 + 1]))
   logprobs = jnp.concatenate(parts, axis=1)  # [B, Cb]
   keep = jnp.arange(cb)[None, :] < batch.continuation_lengths[:, None]
+  return jnp.where(keep, logprobs, 0.0)
+
+
+def score_on_kept(
+    model: Llama, params, *, prefix: SharedPrefix, kept: KVCache, batch: KeptScoreBatch, slots: int
+):
+  """Per-token log-probs of sequences that continue the prompts of one generated batch.
+
+  kept: that batch's prompt-suffix KV (Bk rows, Sb slots; on `prefix`, the KV it was computed
+  on). Row i gathers row `source_rows[i]` of it, keeps its first `reused[i]` slots and writes its
+  own `tokens` [B, Rb] at slots [Sb, Sb + Rb) of a cache of `slots` (>= Sb + Rb) at their true
+  positions P + reused + t. Returns [B, Rb] float32: entry t is log p(targets_t | the sequence
+  up to tokens_t), 0 for t >= lengths.
+
+  Recompiles per (B, Bk, Pb, Sb, Rb) (the engine uses B = Bk)."""
+  sb, rb = kept.length, batch.tokens.shape[1]
+  cache = kept.take_rows(batch.source_rows).pad_slots(slots - sb)  # B rows, S slots
+  key_valid = jnp.arange(slots, dtype=jnp.int32)[None, :] < batch.reused[:, None]  # [B, S]
+  parts = []
+  for c0 in range(0, rb, CHUNK):
+    c1 = min(c0 + CHUNK, rb)
+    logits, cache, key_valid = append_tokens(
+        model,
+        params,
+        cache=cache,
+        key_valid=key_valid,
+        tokens=batch.tokens[:, c0:c1],
+        start_position=prefix.length + batch.reused + c0,
+        num_valid=jnp.clip(batch.lengths - c0, 0, c1 - c0),
+        write_index=sb + c0,
+        prefix=prefix.kv,
+        prefix_mask=prefix.mask(),
+    )  # [B, c, V]
+    parts.append(_token_logprobs(logits, batch.targets[:, c0:c1]))
+  logprobs = jnp.concatenate(parts, axis=1)  # [B, Rb]
+  keep = jnp.arange(rb)[None, :] < batch.lengths[:, None]
   return jnp.where(keep, logprobs, 0.0)

@@ -1,0 +1,65 @@
+"""tools/sweep_plan replays the engine's layout from the data alone: on the shipped sample its
+programs and token account equal what the engine compiled and counted running the same units
+through the runner's own calls (a tiny random model with SmolLM2's real tokenizer)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bmike_jax import checkpoints, data
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.engine import Engine
+from bmike_jax.runner import evaluate
+from tests import engine_tiny
+from tools import sweep_plan
+
+DATASETS, LANGS, SETUPS = ("counterfact",), ("de", "zh"), ("zero_shot", "few_shot_specific")
+SAME = (
+    "prompts",
+    "prompt_tokens",
+    "prefix_tokens",
+    "suffix_tokens",
+    "prefill_padded_tokens",
+    "scored_sequences",
+    "scored_tokens",
+    "scored_on_kept",
+    "scored_run_tokens",
+    "scoring_padded_tokens",
+)
+
+
+def test_plan_equals_the_engines_own_account():
+  try:
+    tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
+  except checkpoints.CheckpointError as e:
+    pytest.skip(str(e))
+  config = engine_tiny.tiny_config(
+      vocab_size=tok.vocab_size,
+      max_position_embeddings=2048,
+      bos_token_id=tok.bos_id,
+      eos_token_ids=tuple(tok.eos_ids),
+  )
+  engine = Engine(config, engine_tiny.tiny_params(config), tok, batch_size=4)
+  data_dir = data.default_data_dir()
+  for dataset in DATASETS:
+    pool = data.load_pool(data_dir, dataset)
+    for lang in LANGS:
+      loaded = data.load_file(data_dir, dataset, lang, limit=2)
+      for setup in SETUPS:
+        evaluate.evaluate_unit(engine, tok, loaded, pool, setup, data.QUERY_TYPES, likelihood=True)
+  plan = sweep_plan.plan_run(
+      tok,
+      data_dir=data_dir,
+      datasets=DATASETS,
+      langs=LANGS,
+      setups=SETUPS,
+      limit=2,
+      batch_size=4,
+      length_buckets=engine.length_buckets,
+      max_new_tokens=engine.max_new_tokens,
+  )
+  stats = engine.stats.as_dict()
+  print(plan["account"], stats)
+  assert {k: plan["account"].get(k, 0) for k in SAME} == {k: stats[k] for k in SAME}
+  assert plan["program_count"] == engine.compile_count
+  assert engine.stats.decode_steps <= plan["account"]["decode_steps_at_most"]

@@ -1,0 +1,272 @@
+"""python -m tools.sweep_plan: the engine's programs and token account for a whole run, from the
+data and a tokenizer alone (no model).
+
+It builds every prompt group of the run as the runner does (bmike_jax/workload.py), tokenizes
+it, and replays the engine's host-side layout on it (engine/layout.py: the shared prefix,
+batches, buckets, the scoring off the kept prompt KV), so the programs listed are the ones the
+engine would compile and the token counts the ones it would run. Decode steps depend on the
+model's answers: given as the bound (max_new_tokens per batch).
+
+Tokenizing is additive here as in tools/prompt_lengths.py: the demonstrations end in "\\n\\n",
+which Llama-3-style and SmolLM2's pre-tokenizers split off, so prompt ids = BOS + demonstration
+ids + query ids, and a likelihood sequence = BOS + demonstration ids + ids(query + target); the
+tool checks this on the first record of every unit against the whole prompt.
+
+    python -m tools.sweep_plan --data_dir=../shared/bmike53 --tokenizer=DIR \\
+        --length_buckets=128,256,512,1024,2048,4096 --batch_size=32
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+
+from absl import app, flags
+
+from bmike_jax import data, languages, prompts, workload
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.engine import buckets as buckets_lib
+from bmike_jax.engine import layout
+from bmike_jax.runner import evaluate
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("data_dir", None, "BMIKE-53 data (default: tools/paths.py's).")
+  flags.DEFINE_string("tokenizer", None, "Tokenizer (directory or .gguf; default: SmolLM2's).")
+  flags.DEFINE_list("datasets", list(data.DATASETS), "Datasets.")
+  flags.DEFINE_string("langs", "all", "Comma list or 'all'.")
+  flags.DEFINE_list("setups", list(prompts.SETUPS), "Setups.")
+  flags.DEFINE_integer("limit", None, "Records per file (default: all).")
+  flags.DEFINE_integer("batch_size", 32, "Engine batch size.")
+  flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
+  flags.DEFINE_integer("context", 8192, "Model context (caps the default buckets).")
+  flags.DEFINE_integer("max_new_tokens", 15, "Answer tokens at most.")
+  flags.DEFINE_string("out", "", "Write the account as JSON here too.")
+
+
+def plan_run(
+    tok,
+    *,
+    data_dir,
+    datasets,
+    langs,
+    setups,
+    limit,
+    batch_size,
+    length_buckets,
+    max_new_tokens,
+    likelihood=True,
+) -> dict:
+  """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
+  length_buckets = tuple(sorted(length_buckets))
+  continuation_buckets = buckets_lib.default_length_buckets(length_buckets[-1], 8)
+  batch_buckets = buckets_lib.batch_buckets(batch_size)
+  programs = collections.Counter()
+  acc = collections.Counter()
+  last_prefix = {}  # "ids": the prefix whose KV the engine holds
+  for dataset in datasets:
+    pool = data.load_pool(data_dir, dataset)
+    for lang in langs:
+      loaded = data.load_file(data_dir, dataset, lang, limit=limit)
+      qts = data.QUERY_TYPES
+      pairs = [(r, qt) for r in loaded.records for qt in qts]
+      query_ids = dict(
+          zip(
+              [(r.index, qt) for r, qt in pairs],
+              tok.encode_batch([prompts.query_text(r, qt) for r, qt in pairs], add_bos=False),
+          )
+      )
+      jobs = {}  # (record index, qt) -> [(context tail, scored)] without BOS + demonstrations
+      if likelihood and dataset in evaluate.LIKELIHOOD_DATASETS:
+        texts, keys = [], []
+        for r, qt in pairs:
+          if qt not in evaluate.LIKELIHOOD_QUERY_TYPES:
+            continue
+          for field in ("alt",) + evaluate.LIKELIHOOD_ALTERNATIVES:
+            target = getattr(r.target, field)
+            if target is not None:
+              texts += [prompts.query_text(r, qt) + target, target]
+              keys.append((r.index, qt, target))
+        enc = tok.encode_batch(texts, add_bos=False)
+        for (index, qt, text), joint, target in zip(keys, enc[::2], enc[1::2]):
+          jobs.setdefault((index, qt), []).append((joint, len(target), text))
+      for setup in setups:
+        demo = {
+            qt: tok.encode(
+                prompts.render_demonstrations(pool, prompts.demonstration_indices(setup, qt), lang),
+                add_bos=True,
+            )
+            for qt in qts
+        }
+        first = loaded.records[0]
+        additive = all(  # else this unit's prompts are tokenized whole (slower)
+            tok.encode(prompts.build_prompt(pool, setup, lang, first, qt))
+            == demo[qt] + query_ids[(first.index, qt)]
+            for qt in qts
+        )
+        acc["units_tokenized_whole"] += not additive
+        for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup, query_types=qts):
+          if additive:
+            ids = [
+                demo[q.query_type] + query_ids[(q.record.index, q.query_type)]
+                for q in group.queries
+            ]
+            group_jobs = [
+                [
+                    (demo[q.query_type] + joint, n)
+                    for joint, n, _ in jobs.get((q.record.index, q.query_type), ())
+                ]
+                for q in group.queries
+            ]
+          else:
+            ids = tok.encode_batch(group.prompts, add_bos=True)
+            group_jobs = [
+                [
+                    (tok.encode(q.prompt + target), n)
+                    for _, n, target in jobs.get((q.record.index, q.query_type), ())
+                ]
+                for q in group.queries
+            ]
+          _plan_group(
+              ids,
+              group_jobs,
+              programs=programs,
+              acc=acc,
+              last_prefix=last_prefix,
+              batch_size=batch_size,
+              batch_buckets=batch_buckets,
+              length_buckets=length_buckets,
+              continuation_buckets=continuation_buckets,
+              max_new_tokens=max_new_tokens,
+          )
+  return {
+      "programs": {" ".join(map(str, k)): v for k, v in sorted(programs.items())},
+      "program_count": len(programs),
+      "account": dict(acc),
+  }
+
+
+def _plan_group(
+    ids,
+    jobs,
+    *,
+    programs,
+    acc,
+    last_prefix,
+    batch_size,
+    batch_buckets,
+    length_buckets,
+    continuation_buckets,
+    max_new_tokens,
+):
+  """The engine's generate + continuation_logprobs of one group, replayed on the host."""
+  group = layout.plan_group(ids, reuse=True, length_buckets=length_buckets)
+  p, pb = group.prefix_length, group.prefix_bucket
+  if pb and last_prefix.get("ids") != group.prefix:  # the engine reuses the last prefix's KV
+    programs[("prefix", pb)] += 1
+    acc["prefix_tokens"] += p
+    acc["prefill_padded_tokens"] += pb
+    last_prefix["ids"] = group.prefix
+  suffixes = [x[p:] for x in ids]
+  plans = layout.plan_batches(
+      [len(s) for s in suffixes],
+      batch_size=batch_size,
+      batch_buckets=batch_buckets,
+      length_buckets=length_buckets,
+  )
+  places = [None] * len(ids)
+  for j, plan in enumerate(plans):
+    programs[("generate", plan.batch, pb, plan.suffix_bucket)] += 1
+    acc["prefill_padded_tokens"] += plan.batch * plan.suffix_bucket
+    acc["decode_steps_at_most"] += max_new_tokens - 1
+    for r, i in enumerate(plan.rows):
+      places[i] = (j, r)
+  acc["prompts"] += len(ids)
+  acc["prompt_tokens"] += sum(len(x) for x in ids)
+  acc["suffix_tokens"] += sum(len(s) for s in suffixes)
+  contexts, conts = [], []
+  for seqs in jobs:
+    for joint, n in seqs:
+      n = n or len(joint) - 1
+      contexts.append(joint[:-n])
+      conts.append(joint[-n:])
+  if not contexts:
+    return
+  kept = layout.KeptPrompts.build(ids, places)
+  kplans, fresh = layout.plan_kept_scoring(
+      contexts,
+      conts,
+      kept=kept,
+      prefix_length=p,
+      batches=[plan.batch for plan in plans],
+      rest_buckets=continuation_buckets,
+  )
+  acc["scored_sequences"] += len(contexts)
+  acc["scored_tokens"] += sum(len(x) + len(c) for x, c in zip(contexts, conts))
+  for kp in kplans:
+    sb = plans[kp.source_batch].suffix_bucket
+    programs[("score_kept", kp.batch, pb, sb, kp.rest_bucket)] += 1
+    acc["scored_on_kept"] += len(kp.indices)
+    acc["scored_run_tokens"] += sum(len(t) for t in kp.tokens)
+    acc["scoring_padded_tokens"] += kp.batch * kp.rest_bucket
+  if fresh:  # the runner scores these (the empty targets) in a call of their own
+    fc = [contexts[i] for i in fresh]
+    fgroup = layout.plan_group(fc, reuse=True, length_buckets=length_buckets)
+    fp, fpb = fgroup.prefix_length, fgroup.prefix_bucket
+    if fpb and last_prefix.get("ids") != fgroup.prefix:
+      programs[("prefix", fpb)] += 1
+      acc["prefix_tokens"] += fp
+      acc["prefill_padded_tokens"] += fpb
+      last_prefix["ids"] = fgroup.prefix
+    for plan in layout.plan_batches(
+        [len(c) - fp for c in fc],
+        batch_size=batch_size,
+        batch_buckets=batch_buckets,
+        length_buckets=length_buckets,
+        extra_lengths=[len(conts[i]) for i in fresh],
+        extra_buckets=continuation_buckets,
+    ):
+      programs[("score", plan.batch, fpb, plan.suffix_bucket, plan.extra_bucket)] += 1
+      acc["scoring_padded_tokens"] += plan.batch * (plan.suffix_bucket + plan.extra_bucket - 1)
+    acc["scored_run_tokens"] += sum(len(c) - fp for c in fc)
+    acc["scored_run_tokens"] += sum(len(conts[i]) - 1 for i in fresh)
+
+
+def main(argv):
+  del argv
+  from bmike_jax import checkpoints
+  from tools import paths
+
+  source = FLAGS.tokenizer or checkpoints.default_gguf_path()
+  tok = tokenizer_lib.load_tokenizer(source)
+  langs = tuple(languages.LANGUAGES) if FLAGS.langs == "all" else tuple(FLAGS.langs.split(","))
+  buckets = (
+      [int(x) for x in FLAGS.length_buckets]
+      if FLAGS.length_buckets
+      else buckets_lib.default_length_buckets(FLAGS.context)
+  )
+  out = plan_run(
+      tok,
+      data_dir=FLAGS.data_dir or paths.default_data_dir(),
+      datasets=FLAGS.datasets,
+      langs=langs,
+      setups=FLAGS.setups,
+      limit=FLAGS.limit,
+      batch_size=FLAGS.batch_size,
+      length_buckets=buckets,
+      max_new_tokens=FLAGS.max_new_tokens,
+  )
+  text = json.dumps(out, indent=1)
+  if FLAGS.out:
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+      f.write(text)
+  print(text)
+  print(f"{out['program_count']} programs", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
