@@ -80,3 +80,23 @@ def test_two_hosts_on_separate_disks_killed_and_restarted(  # noqa: F811
   assert_same_samples(load_samples(outs[0]), load_samples(ref_out))
   assert not os.path.exists(os.path.join(outs[1], "results.json"))
 
+
+def test_a_write_error_on_process_0_stops_both_with_one_message(tiny_ckpt, tmp_path):  # noqa: F811
+  """Process 0 cannot write its first unit (its `units` folder is a file): both processes stop
+  with the same clear error and exit 2; process 1 does not wait for a partner that has gone."""
+  outs = [str(tmp_path / "host0"), str(tmp_path / "host1")]
+  os.makedirs(outs[0])
+  with open(os.path.join(outs[0], "units"), "w") as f:
+    f.write("not a folder")
+  procs = _start_pair(tiny_ckpt, outs)
+  try:
+    logs = [p.communicate(timeout=400) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    message = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert message and "cannot write unit" in message[-1] and outs[0] in message[-1], err[-3000:]

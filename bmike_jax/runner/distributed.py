@@ -104,3 +104,19 @@ def finished_units(store: OutputStore, units: list[Unit], identity: dict) -> dic
   if "error" in answer:
     raise OutputError(answer["error"])
   return {units[i]: metrics for i, metrics in answer["finished"]}
+
+
+def writer_does(action, what: str) -> None:
+  """Process 0 runs `action` (it writes the outputs); every process learns whether that worked, so
+  a write error stops all of them at once, with the same message, instead of leaving the others
+  waiting in the next collective for a process that has gone. `what` names what was written.
+  Every process must call it (it is a collective); one process: `action()` with its error."""
+  error = None
+  if is_writer():
+    try:
+      action()
+    except (OutputError, paths.PathError, OSError) as e:
+      error = f"{what}: {e}"
+  answer = broadcast_json({"error": error})
+  if answer["error"]:
+    raise OutputError(answer["error"])

@@ -303,7 +303,8 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
         "query_types": _by_query_type(rows, cfg.query_types),
     }
     state.metrics[unit] = unit_doc
-    if writer:
+
+    def write():  # process 0 only; all processes hear whether it worked (writer_does)
       store.write_unit(unit, rows, unit_doc)
       if cfg.reference_layout and unit.method == "ike":
         reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
@@ -320,6 +321,10 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
               editor.document() if editor else None,
           )
       )
+
+    distributed.writer_does(
+        write, f"--output_dir {cfg.output_dir!r}: cannot write unit {unit.name}"
+    )
     if bar is not None:
       bar.update(1)
       bar.set_postfix_str(unit.name)
@@ -352,9 +357,12 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   document = results_document(
       cfg, state, model_info, stats, flag_values, editor.document() if editor else None
   )
-  if writer:
+
+  def write_run():
     store.write_samples([u for u in units if u in state.metrics])
     store.write_results(document)
+
+  distributed.writer_does(write_run, f"--output_dir {cfg.output_dir!r}: cannot write the results")
   logging.info("compilations: %d; %s", stats.get("compile_count", -1), stats)
   print(summary.summary_tables(document["results"]), flush=True)
   for method in cfg.edit_methods:
