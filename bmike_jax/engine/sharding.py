@@ -10,7 +10,7 @@ With model axis >= 2 (`make_mesh(data=-1, model=2)`, params loaded with dtype=bf
 engine's dtype bfloat16) every matrix is split in two (q/k/v/gate/up by output features, o/down by
 input features, embedding and lm_head by vocab: Llama-3 8B has 32 heads, 8 KV heads, 14336 MLP
 and 128256 vocab, all divisible by 2, 4 and 8), ~8 GB per chip, and the KV cache
-[L, B, S, KVH, Dh] is split by batch over "data" and by KV heads over "model". model=4 leaves
+(model/llama.KVCache) is split by batch over "data" and by KV heads over "model". model=4 leaves
 more room for larger batches.
 
 Several hosts: every process runs the same program on the same prompt list; `to_global` builds
