@@ -56,6 +56,8 @@ def run(config, meshes) -> dict:
     )
     run_ = out[f"{data}x{model}"]
     run_["unrolled_ids"] = [list(r.ids) for r in engine.generate(prompts)]
+    # scored off the kept prompt KV, in the per-layer cache layout, sharded
+    run_["unrolled_logprobs"] = [lp.tolist() for lp in engine.continuation_logprobs(prompts, conts)]
     run_["unrolled_q"] = _spec(engine, "layers_1", "attn", "q", "kernel")
     run_["unrolled_down"] = _spec(engine, "layers_0", "mlp", "down", "kernel")
   # A batch of 16 whose decode loop shrinks to 8 and 4 rows (rows gathered across data devices).

@@ -56,12 +56,25 @@ def test_runner_likelihoods_unchanged_by_scoring_off_the_kept_kv(model):
   fresh = Engine(
       config, params, tokenizer, batch_size=8, length_buckets=buckets, keep_prompt_kv=False
   )
+  # A memory budget of one batch of 4 rows x 96 slots: each group (8 prompts, two batches of 4)
+  # keeps its first batch only; the second batch's sequences are scored afresh (or off a kept
+  # prompt sharing their tokens). Answers do not depend on the batch size (fp32).
+  capped = Engine(config, params, tokenizer, batch_size=4, length_buckets=buckets)
+  capped.kept_kv_bytes = 4 * 96 * capped._kv_slot_bytes  # pylint: disable=protected-access
   got, want = _rows(kept, tokenizer), _rows(fresh, tokenizer)
   print(f"kept: {kept.stats.as_dict()}\nfresh: {fresh.stats.as_dict()}")
+  _assert_close_rows(_rows(capped, tokenizer), want)
+  # what the bound costs: sequences of the batches not kept reuse less (another prompt's shared
+  # tokens, or nothing), so more scoring tokens are computed
+  assert capped.stats.scored_run_tokens > kept.stats.scored_run_tokens
   assert fresh.stats.scored_on_kept == 0
   # Every sequence but the empty-target ones (whose context is BOS alone) reuses a prompt's KV.
   assert kept.stats.scored_on_kept >= 0.9 * kept.stats.scored_sequences > 0
   assert kept.stats.scored_run_tokens < fresh.stats.scored_run_tokens
+  _assert_close_rows(got, want)
+
+
+def _assert_close_rows(got, want):
   assert len(got) == len(want)
   worst = 0.0
   for g, w in zip(got, want):

@@ -46,6 +46,8 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
       assert run["unrolled_ids"] == base["ids"], (name, mesh)
       for got, ref in zip(run["logprobs"], base["logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh}")
+      for got, ref in zip(run["unrolled_logprobs"], base["logprobs"]):
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} unrolled")
 
 
 def test_param_table_applied(mesh_runs):

@@ -46,6 +46,17 @@ class GenerationResult:
   truncated_tokens: int = 0  # prompt tokens cut from the left (overlong="truncate_left")
 
 
+def _kept_kv_budget(mesh) -> int:
+  """A fifth of the mesh's device memory (what the backend reports), else 4 GiB."""
+  total = 0
+  for device in mesh.devices.flat:
+    try:
+      total += (device.memory_stats() or {}).get("bytes_limit", 0)
+    except Exception:  # pylint: disable=broad-except  (backends without memory stats raise)
+      return 4 << 30
+  return total // 5 if total else 4 << 30
+
+
 @dataclasses.dataclass
 class ThroughputStats:
   """The engine's token account (results.json's `engine`), summed over its calls.
@@ -121,6 +132,11 @@ class Engine:
   (B rows, Sb slots) per batch, until the next `generate`) so that `continuation_logprobs` after
   it computes only the tokens a scored sequence does not share with its prompt; False: every
   scored sequence's context is computed afresh (less device memory between the two calls).
+  kept_kv_bytes: the most bytes of prompt KV kept at once (all devices together; later batches of
+  a group are not kept past it, and sequences continuing their prompts are scored afresh or off
+  another kept prompt sharing their tokens); default (None): a fifth of the mesh's device memory,
+  or 4 GiB where the backend does not say (CPU). An 8B CounterFact group at batch 32 would
+  otherwise keep ~64 GiB.
   """
 
   def __init__(
@@ -140,6 +156,7 @@ class Engine:
       decode_halvings: int = 2,
       scan_layers: bool | None = None,
       keep_prompt_kv: bool = True,
+      kept_kv_bytes: int | None = None,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -155,6 +172,11 @@ class Engine:
     self.max_new_tokens = max_new_tokens
     self.prefix_reuse = prefix_reuse
     self.keep_prompt_kv = keep_prompt_kv
+    self.kept_kv_bytes = kept_kv_bytes if kept_kv_bytes is not None else _kept_kv_budget(self.mesh)
+    # bytes of one kept row-slot: K and V of every layer
+    self._kv_slot_bytes = (
+        2 * config.num_layers * config.num_kv_heads * config.head_dim * jnp.dtype(dtype).itemsize
+    )
     self.overlong = overlong
     self.min_prefix = min_prefix
     self.context = config.max_position_embeddings
@@ -303,8 +325,8 @@ class Engine:
         length_buckets=self.length_buckets,
     )
     results: list[GenerationResult | None] = [None] * len(prompts)
-    pending, kept = [], []
-    for plan in plans:
+    pending, kept, kept_bytes = [], [], 0
+    for j, plan in enumerate(plans):
       tokens, lengths, active = layout_lib.pad_rows(
           [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
       )
@@ -318,17 +340,19 @@ class Engine:
           params=self.params, prefix=prefix, rows=rows, stop=self.stop
       )
       self.stats.prefill_padded_tokens += plan.batch * plan.suffix_bucket
-      if self.keep_prompt_kv:
-        kept.append((plan.batch, plan.suffix_bucket, kv))
+      size = plan.batch * plan.suffix_bucket * self._kv_slot_bytes
+      if self.keep_prompt_kv and len(kept) == j and kept_bytes + size <= self.kept_kv_bytes:
+        kept.append((plan.batch, plan.suffix_bucket, kv))  # batches 0..j-1 kept: j is the next
+        kept_bytes += size
       del kv
       pending.append((plan, out, num_out, steps))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
       self._collect(item, results)
-    if self.keep_prompt_kv:
-      places = [None] * len(prompts)
-      for j, plan in enumerate(plans):
+    if kept:
+      places = {}  # the prompts of the kept batches (the first len(kept) plans)
+      for j, plan in enumerate(plans[: len(kept)]):
         for r, i in enumerate(plan.rows):
           places[i] = (j, r)
       self._kept = _KeptGroup(
@@ -336,7 +360,9 @@ class Engine:
           prefix_bucket=pb,
           prefix_length=plen,
           batches=tuple(kept),
-          prompts=layout_lib.KeptPrompts.build(prompts, places),
+          prompts=layout_lib.KeptPrompts.build(
+              [prompts[i] for i in sorted(places)], [places[i] for i in sorted(places)]
+          ),
       )
     results = [
         r

@@ -45,24 +45,20 @@ def score_continuations(
   logits, cache, key_valid = suffixes_on_prefix(
       model, params, prefix=prefix, tokens=batch.tokens, lengths=batch.lengths, slots=slots
   )  # [B, V]
-  parts = [_token_logprobs(logits, batch.continuations[:, 0])[:, None]]  # [B, 1]
-  # The rest of the continuation in chunks, so that at most [B, CHUNK, V] logits exist at once.
-  for c0 in range(0, cb - 1, CHUNK):
-    c1 = min(c0 + CHUNK, cb - 1)
-    chunk_logits, cache, key_valid = append_tokens(
-        model,
-        params,
-        cache=cache,
-        key_valid=key_valid,
-        tokens=batch.continuations[:, c0:c1],
-        start_position=prefix.length + batch.lengths + c0,
-        num_valid=jnp.clip(batch.continuation_lengths - c0, 0, c1 - c0),
-        write_index=sb + c0,
-        prefix=prefix.kv,
-        prefix_mask=prefix.mask(),
-    )  # [B, c, V]
-    parts.append(_token_logprobs(chunk_logits, batch.continuations[:, c0 + 1 : c1 + 1]))
-  logprobs = jnp.concatenate(parts, axis=1)  # [B, Cb]
+  first = _token_logprobs(logits, batch.continuations[:, 0])[:, None]  # [B, 1]
+  rest = _chunked_logprobs(  # the rest of the continuation, each token predicting the next
+      model,
+      params,
+      prefix=prefix,
+      cache=cache,
+      key_valid=key_valid,
+      tokens=batch.continuations[:, : cb - 1],
+      targets=batch.continuations[:, 1:],
+      lengths=batch.continuation_lengths,
+      start_position=prefix.length + batch.lengths,
+      write_index=sb,
+  )
+  logprobs = jnp.concatenate([first, rest], axis=1)  # [B, Cb]
   keep = jnp.arange(cb)[None, :] < batch.continuation_lengths[:, None]
   return jnp.where(keep, logprobs, 0.0)
 
@@ -82,22 +78,52 @@ def score_on_kept(
   sb, rb = kept.length, batch.tokens.shape[1]
   cache = kept.take_rows(batch.source_rows).pad_slots(slots - sb)  # B rows, S slots
   key_valid = jnp.arange(slots, dtype=jnp.int32)[None, :] < batch.reused[:, None]  # [B, S]
-  parts = []
-  for c0 in range(0, rb, CHUNK):
-    c1 = min(c0 + CHUNK, rb)
+  logprobs = _chunked_logprobs(
+      model,
+      params,
+      prefix=prefix,
+      cache=cache,
+      key_valid=key_valid,
+      tokens=batch.tokens,
+      targets=batch.targets,
+      lengths=batch.lengths,
+      start_position=prefix.length + batch.reused,
+      write_index=sb,
+  )  # [B, Rb]
+  keep = jnp.arange(rb)[None, :] < batch.lengths[:, None]
+  return jnp.where(keep, logprobs, 0.0)
+
+
+def _chunked_logprobs(
+    model,
+    params,
+    *,
+    prefix,
+    cache,
+    key_valid,
+    tokens,
+    targets,
+    lengths,
+    start_position,
+    write_index,
+):
+  """log p(targets[:, t] | ..., tokens[:, t]) [B, T] float32: `tokens` [B, T] (`lengths` [B] real)
+  written at slots [write_index, write_index + T) at positions start_position + t, in chunks of
+  CHUNK tokens, so that at most [B, CHUNK, V] logits exist at once. [B, 0] when T = 0."""
+  parts = [jnp.zeros((tokens.shape[0], 0), jnp.float32)]
+  for c0 in range(0, tokens.shape[1], CHUNK):
+    c1 = min(c0 + CHUNK, tokens.shape[1])
     logits, cache, key_valid = append_tokens(
         model,
         params,
         cache=cache,
         key_valid=key_valid,
-        tokens=batch.tokens[:, c0:c1],
-        start_position=prefix.length + batch.reused + c0,
-        num_valid=jnp.clip(batch.lengths - c0, 0, c1 - c0),
-        write_index=sb + c0,
+        tokens=tokens[:, c0:c1],
+        start_position=start_position + c0,
+        num_valid=jnp.clip(lengths - c0, 0, c1 - c0),
+        write_index=write_index + c0,
         prefix=prefix.kv,
         prefix_mask=prefix.mask(),
     )  # [B, c, V]
-    parts.append(_token_logprobs(logits, batch.targets[:, c0:c1]))
-  logprobs = jnp.concatenate(parts, axis=1)  # [B, Rb]
-  keep = jnp.arange(rb)[None, :] < batch.lengths[:, None]
-  return jnp.where(keep, logprobs, 0.0)
+    parts.append(_token_logprobs(logits, targets[:, c0:c1]))
+  return jnp.concatenate(parts, axis=1)
