@@ -60,10 +60,8 @@ def test_flags_agree_with_the_library():
 
 def test_in_context_identity_is_unchanged():
   """A run without weight edits records the same settings as before --methods existed."""
-  run_config.define_flags()
-  values = flags.FlagValues()
-  for name in run_config.RUNNER_FLAGS:
-    values[name] = flags.FLAGS[name]
+  values = flags.FlagValues()  # not the global flags, which may hold convert's --dtype
+  run_config.define_flags(values)
   values(["prog", "--output_dir=/tmp/unused"])
   identity = run_config.from_flags(values).result_identity()
   assert "weight_edits" not in identity and "methods" not in identity

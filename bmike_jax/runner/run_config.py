@@ -475,16 +475,21 @@ def _spec(field: dataclasses.Field) -> FlagSpec:
   return field.metadata["flag"]
 
 
-def define_flags() -> None:
-  """Defines the runner's flags (idempotent, so tests can import it twice)."""
-  if RUNNER_FLAGS[0] in FLAGS:
+def define_flags(flag_values=FLAGS) -> None:
+  """Defines the runner's flags in `flag_values` (idempotent, so tests can import it twice; a
+  test passes its own flags.FlagValues(), since the global one may hold convert's --dtype)."""
+  if RUNNER_FLAGS[0] in flag_values:
     return
   for field in FIELDS:
     spec = _spec(field)
     if spec.kind == "enum":
-      flags.DEFINE_enum(field.name, spec.default, list(spec.choices), spec.help)
+      flags.DEFINE_enum(
+          field.name, spec.default, list(spec.choices), spec.help, flag_values=flag_values
+      )
     else:
-      getattr(flags, f"DEFINE_{spec.kind}")(field.name, spec.default, spec.help)
+      getattr(flags, f"DEFINE_{spec.kind}")(
+          field.name, spec.default, spec.help, flag_values=flag_values
+      )
 
 
 def flag_values(flag_values=FLAGS) -> dict:
