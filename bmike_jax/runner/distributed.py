@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import jax
 from absl import logging
@@ -80,19 +81,23 @@ def broadcast_json(obj):
   return json.loads(received.tobytes().decode("utf-8"))
 
 
-def finished_units(store: OutputStore, units: list[Unit], identity: dict) -> dict[Unit, dict]:
-  """Process 0 prepares the output directory (refusing other settings' results) and reads which
-  units are finished, with their metrics; every process gets its answer, so all run the same
-  units in lockstep however their own disks look. An error reaches every process (none waits
-  in a collective for a process that stopped)."""
+def finished_units(
+    store: OutputStore, identity: dict, plan: Callable[[list[str]], list[Unit]]
+) -> tuple[list[Unit], dict[Unit, dict]]:
+  """Process 0 prepares the output directory (refusing other settings' results; store.prepare
+  returns the weight-editing methods the folder holds), and reads which of `plan(held methods)`
+  are finished, with their metrics; every process gets its answer (units, finished units), so
+  all run the same units in lockstep however their own disks look. An error reaches every
+  process (none waits in a collective for a process that stopped)."""
   answer = None
   if is_writer():
     try:
-      store.prepare(identity)
+      held = store.prepare(identity)
       answer = {
+          "held": held,
           "finished": [
-              [i, store.load_metrics(u)] for i, u in enumerate(units) if store.is_finished(u)
-          ]
+              [i, store.load_metrics(u)] for i, u in enumerate(plan(held)) if store.is_finished(u)
+          ],
       }
     except (OutputError, paths.PathError, OSError, ValueError) as e:  # ValueError: bad JSON
       answer = {
@@ -103,7 +108,8 @@ def finished_units(store: OutputStore, units: list[Unit], identity: dict) -> dic
   answer = broadcast_json(answer)
   if "error" in answer:
     raise OutputError(answer["error"])
-  return {units[i]: metrics for i, metrics in answer["finished"]}
+  units = plan(answer["held"])
+  return units, {units[i]: metrics for i, metrics in answer["finished"]}
 
 
 def writer_does(action, what: str) -> None:

@@ -26,7 +26,7 @@ from bmike_jax.model import llama
 from bmike_jax.runner import distributed, fingerprint, fork_layout, reference_layout, summary
 from bmike_jax.runner import weight_edits
 from bmike_jax.runner.evaluate import evaluate_unit
-from bmike_jax.runner.run_config import PRECISIONS, RunConfig
+from bmike_jax.runner.run_config import IKE, PRECISIONS, RunConfig
 from bmike_jax.runner.store import OutputError, OutputStore
 from bmike_jax.runner.units import Unit, enumerate_units
 
@@ -210,8 +210,8 @@ def results_document(
       "engine": engine_stats,
       "results": state.results(),
   }
-  if cfg.edit_methods:  # `results` stays the in-context one; every method keyed by name here
-    document["results_by_method"] = state.results_by_method()
+  if any(u.method != IKE for u in state.units):  # `results` stays the in-context one; every
+    document["results_by_method"] = state.results_by_method()  # method keyed by name here
     document["weight_edits"] = edits or {}
   return document
 
@@ -238,6 +238,15 @@ def check_finished_data(cfg: RunConfig, state: RunState) -> None:
         )
 
 
+def _previous_edits(store: OutputStore) -> dict:
+  """results.json's "weight_edits" of the folder's earlier runs (kept for the methods a rerun
+  holds but does not run), {} without one."""
+  try:
+    return store.load_results().get("weight_edits") or {}
+  except (OSError, ValueError, paths.PathError):
+    return {}
+
+
 def model_identity(cfg: RunConfig) -> dict:
   """The checkpoint's fingerprint (a missing or unknown checkpoint is reported here, first)."""
   source = hub.resolve(cfg.checkpoint, flag="checkpoint") or checkpoints.default_gguf_path()
@@ -259,9 +268,17 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   identity = {**cfg.result_identity(), **model_identity(cfg)}
   weight_edits.check_layers(cfg)
   if "memit" in cfg.edit_methods:
-    identity["memit_corpus_sha256"] = _data_file_sha256(cfg.memit_corpus)
-  units = list(enumerate_units(cfg.datasets, cfg.langs, cfg.setups, cfg.methods, cfg.protocols))
-  state = RunState(units, distributed.finished_units(store, units, identity))
+    identity["weight_edits"]["memit"]["corpus_sha256"] = _data_file_sha256(cfg.memit_corpus)
+
+  def plan(held: list[str]) -> list[Unit]:
+    """The asked units, and the finished units of the methods the folder holds besides (a rerun
+    that drops a method keeps its results in results.json and samples.jsonl)."""
+    methods = (IKE, *cfg.edit_methods, *(m for m in held if m not in cfg.methods))
+    return list(enumerate_units(cfg.datasets, cfg.langs, cfg.setups, methods, cfg.protocols))
+
+  units, finished = distributed.finished_units(store, identity, plan)
+  units = [u for u in units if u.method in cfg.methods or u in finished]
+  state = RunState(units, finished)
   check_finished_data(cfg, state)
   todo = [u for u in units if u not in state.metrics]
   logging.info(
@@ -281,9 +298,19 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   loaded_key, loaded = None, None
   start = time.perf_counter()
   editor = None
+  keyed = any(u.method != IKE for u in units)
+  previous_edits = _previous_edits(store) if writer else {}
+
+  def edits_document() -> dict | None:
+    """This run's edit statistics, beside those of the held methods it did not run."""
+    now = editor.document() if editor else {}
+    held = {u.method for u in units}
+    methods = {m: v for m, v in previous_edits.get("methods", {}).items() if m in held}
+    methods.update(now.get("methods", {}))
+    return {**previous_edits, **now, "methods": methods} if keyed else None
 
   def finish(unit, rows, loaded, pool_path=None):
-    if cfg.edit_methods:  # a run with weight edits keys every row by method, in-context ones too
+    if keyed:  # a folder with weight edits keys every row by method, in-context ones too
       rows = [r if "method" in r else {"method": unit.method, **r} for r in rows]
     data_doc = {
         "file": os.path.relpath(loaded.path, cfg.data_dir),
@@ -318,7 +345,7 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
               model_info,
               engine.stats.as_dict(),
               flag_values,
-              editor.document() if editor else None,
+              edits_document(),
           )
       )
 
@@ -354,12 +381,10 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
     bar.close()
   elapsed = time.perf_counter() - start
   stats = dict(engine.stats.as_dict(), run_seconds=round(elapsed, 3))
-  document = results_document(
-      cfg, state, model_info, stats, flag_values, editor.document() if editor else None
-  )
+  document = results_document(cfg, state, model_info, stats, flag_values, edits_document())
 
   def write_run():
-    store.write_samples([u for u in units if u in state.metrics])
+    store.write_samples([u for u in units if u in state.metrics], keyed)
     store.write_results(document)
 
   distributed.writer_does(write_run, f"--output_dir {cfg.output_dir!r}: cannot write the results")

@@ -273,7 +273,8 @@ class RunConfig:
       "integer",
       8,
       "Weight edits optimised together (one jax.vmap over the requests; each edit is its own "
-      "optimisation, applied alone).",
+      "optimisation, applied alone). Part of each method's settings on resume: other batches "
+      "can round otherwise (DESIGN.md).",
       parse=_positive,
   )
   query_types: tuple[str, ...] = _flag(
@@ -442,13 +443,26 @@ class RunConfig:
     if self.overlong == "truncate_left":  # the largest bucket decides where prompts are cut
       identity["max_prompt_tokens"] = self.length_buckets[-1]
     if self.edit_methods:  # absent for in-context runs: their run.json stays as it was
-      identity["weight_edits"] = {
-          "protocols": list(self.protocols),
-          "hparams": {m: _jsonable(dataclasses.asdict(self.hparams(m))) for m in self.edit_methods},
-          "context_templates": self.edit_context_templates,
-          "memit_corpus": self.memit_corpus if "memit" in self.edit_methods else None,
-      }
+      identity["weight_edits"] = {m: self.method_identity(m) for m in self.edit_methods}
     return identity
+
+  def method_identity(self, method: str) -> dict:
+    """The settings that change one weight-editing method's numbers (run.json's "weight_edits"
+    holds one entry per method, so that a folder may gain or lose methods: store.merge_identity).
+    The protocols are not among them: like the setups, each is a unit of its own, read from the
+    same edits. runner/run.py adds MEMIT's corpus sha256.
+
+    --edit_batch_size is among them: a batch's edits are independent (one vmapped optimisation
+    each), but the batch pads every request to its longest and runs other programs, whose float32
+    round-off the optimisation can amplify: MEMIT's solve with an ill-conditioned C (a small
+    corpus) gave other answers for a batch of 3 than for 1 at a time (DESIGN.md)."""
+    out = {
+        "hparams": _jsonable(dataclasses.asdict(self.hparams(method))),
+        "edit_batch_size": self.edit_batch_size,
+    }
+    if method in ("rome", "memit"):
+      out["context_templates"] = self.edit_context_templates
+    return out
 
   @property
   def edit_methods(self) -> tuple[str, ...]:

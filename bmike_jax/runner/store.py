@@ -26,8 +26,38 @@ from bmike_jax.runner.units import Unit
 TOKENIZER_DIR = "tokenizer"
 
 
+# run.json's key for the weight-editing methods' own settings: {method: {setting: value}}.
+METHODS_KEY = "weight_edits"
+
+
 class OutputError(ValueError):
   """The output directory cannot be used (unwritable, or holds incompatible results)."""
+
+
+def merge_identity(previous: dict, current: dict) -> tuple[dict, list[str]]:
+  """(run.json for a folder of `previous` rerun with `current`, the settings that differ).
+
+  Shared settings must be equal; a method's settings must be equal where both hold the method.
+  A method only one of them holds is no conflict: the merged identity holds every method."""
+  differing = [
+      f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}"
+      for k in sorted((set(previous) | set(current)) - {METHODS_KEY})
+      if previous.get(k) != current.get(k)
+  ]
+  held, asked = previous.get(METHODS_KEY) or {}, current.get(METHODS_KEY) or {}
+  if "hparams" in held:  # 2026-11-30 .. 12-05: one entry for all methods, batch size unrecorded
+    differing.append(f"{METHODS_KEY}: was {held!r}, recorded by an earlier runner")
+    held = {}
+  for m in (m for m in asked if m in held):
+    differing += [
+        f"{m} {k}: was {held[m].get(k)!r}, now {asked[m].get(k)!r}"
+        for k in sorted(set(held[m]) | set(asked[m]))
+        if held[m].get(k) != asked[m].get(k)
+    ]
+  merged = {k: v for k, v in current.items() if k != METHODS_KEY}
+  if held or asked:
+    merged[METHODS_KEY] = {**held, **asked}
+  return merged, differing
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -59,8 +89,13 @@ class OutputStore:
 
   # -- start of a run ---------------------------------------------------------------------------
 
-  def prepare(self, identity: dict) -> None:
-    """Creates the directory, checks it is writable, and refuses results of other settings."""
+  def prepare(self, identity: dict) -> list[str]:
+    """Creates the directory, checks it is writable, and refuses results of other settings.
+
+    The settings every unit shares must equal run.json's; the weight-editing methods'
+    (identity[METHODS_KEY], one entry per method) must agree only for the methods both hold, so
+    that a rerun may add or drop methods: run.json then records every method the folder holds
+    (its own, then the new ones). Returns those methods."""
     paths.check_access(self.root, flag="output_dir")
     try:
       paths.makedirs(self.root)
@@ -70,6 +105,7 @@ class OutputStore:
     except OSError as e:
       raise OutputError(f"--output_dir {self.root!r} is not writable: {e.strerror or e}") from None
     run_file = self._path("run.json")
+    merged = identity
     if paths.exists(run_file):
       try:
         previous = json.loads(paths.read_text(run_file))
@@ -77,19 +113,17 @@ class OutputStore:
         raise OutputError(
             f"{run_file}: unreadable ({e}); move it away or use another " "--output_dir"
         ) from None
-      differing = sorted(
-          k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k)
-      )
+      merged, differing = merge_identity(previous, identity)
       if differing:
-        detail = "; ".join(
-            f"{k}: was {previous.get(k)!r}, now {identity.get(k)!r}" for k in differing
-        )
         raise OutputError(
             f"--output_dir {self.root!r} holds results of other settings "
-            f"({detail}). Use another --output_dir, or the same flags to resume."
+            f"({'; '.join(differing)}). Use another --output_dir, or the same flags to resume."
         )
+      if merged != previous:
+        atomic_write_json(run_file, merged)
     else:
       atomic_write_json(run_file, identity)
+    return list(merged.get(METHODS_KEY, {}))
 
   # -- units ------------------------------------------------------------------------------------
 
@@ -111,11 +145,16 @@ class OutputStore:
 
   # -- run-level files ----------------------------------------------------------------------------
 
-  def write_samples(self, finished: Iterable[Unit]) -> None:
-    """samples.jsonl of every finished unit, rebuilt atomically (unit order)."""
+  def write_samples(self, finished: Iterable[Unit], keyed: bool = False) -> None:
+    """samples.jsonl of every finished unit, rebuilt atomically (unit order). `keyed`: every row
+    carries its method, also an in-context unit's written before its folder had weight edits."""
     with paths.atomic_writer(self._path("samples.jsonl")) as out:
       for unit in finished:
-        out.write(paths.read_text(self.unit_path(unit, "samples.jsonl")))
+        text = paths.read_text(self.unit_path(unit, "samples.jsonl"))
+        if keyed and unit.method == "ike":
+          rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+          text = _jsonl([r if "method" in r else {"method": unit.method, **r} for r in rows])
+        out.write(text)
 
   def load_results(self) -> dict:
     return json.loads(paths.read_text(self._path("results.json")))
