@@ -56,6 +56,45 @@ def run_main(flags, **kwargs):
   )
 
 
+def start_main(flags):
+  """The runner as a background process (what run_main runs), its output discarded."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("BMIKE53_DIR", None)
+  return subprocess.Popen(
+      [sys.executable, "-m", "bmike_jax.main", f"--compilation_cache_dir={_CACHE}", *flags],
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
+
+
+def metrics_files(folder):
+  """The finished units' metrics files under `folder` (a temporary left by a kill is not one)."""
+  return [
+      os.path.join(d, f)
+      for d, _, fs in os.walk(folder)
+      for f in fs
+      if f.endswith(".metrics.json") and not f.startswith(".")
+  ]
+
+
+def kill_when(proc, ready, timeout=300):
+  """SIGKILLs `proc` as soon as `ready()` holds (polled every 50 ms); fails when the run ended
+  first or `ready` never held. Returns ready()'s last value."""
+  deadline = time.time() + timeout
+  value = None
+  while time.time() < deadline and proc.poll() is None:
+    value = ready()
+    if value:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "run ended before it could be killed"
+  assert value, f"not ready within {timeout} s"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  return value
+
+
 def load_results(out):
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     return json.load(f)
@@ -143,25 +182,9 @@ def test_kill_minus_9_then_resume_gives_identical_results(full_run, tiny_ckpt, t
   ref_out, _ = full_run
   out = str(tmp_path / "killed")
   flags = BASE_FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("BMIKE53_DIR", None)
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "bmike_jax.main", f"--compilation_cache_dir={_CACHE}", *flags],
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
-  )
   units_dir = os.path.join(out, "units")
-  deadline = time.time() + 300
-  finished = []
-  while time.time() < deadline and proc.poll() is None:
-    finished = [f for _, _, fs in os.walk(units_dir) for f in fs if f.endswith(".metrics.json")]
-    if len(finished) >= 2:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "run ended before it could be killed"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  kill_when(start_main(flags), lambda: len(metrics_files(units_dir)) >= 2)
+  finished = metrics_files(units_dir)
   assert 2 <= len(finished) < 8
   # The resume unrolls the layers over per-layer weights (the GPU / TPU default): the layout is
   # not part of the results' identity, and answers and scores do not change with it.
