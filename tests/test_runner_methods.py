@@ -1,12 +1,17 @@
 """The runner with weight-editing methods (--methods) end to end on the tiny checkpoint: one edit
 per record read in every language under both protocols, outputs keyed by method, the fork's
-baseline files, resume of a method unit, and one clear error for each bad method flag."""
+baseline files, resume of a method unit (also after kill -9), methods added to and dropped from a
+folder, MEMIT with its stored second moments, and one clear error for each bad method flag."""
 
 from __future__ import annotations
 
 import csv
+import glob
+import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -14,7 +19,16 @@ from absl import flags
 from bmike_jax.editing import protocols
 from bmike_jax.editing.memit import MEMITConfig
 from bmike_jax.runner import run_config
-from tests.test_runner import SAMPLE_DIR, load_results, load_samples, run_main
+from bmike_jax.runner import store as store_lib
+from tests.test_runner import (
+    SAMPLE_DIR,
+    kill_when,
+    load_results,
+    load_samples,
+    metrics_files,
+    run_main,
+    start_main,
+)
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 pytest.importorskip("torch")
@@ -49,6 +63,43 @@ def methods_run(tiny_ckpt, tmp_path_factory):
   return out, proc
 
 
+def run_report(out) -> str:
+  """`python -m bmike_jax.report` on `out`: report.md's text."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "bmike_jax.report", f"--results_dir={out}"],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+    return f.read()
+
+
+def assert_close(got, want, path=""):
+  """Equal JSON values, floats to 1e-5 relative."""
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and set(got) == set(want), (path, set(got) ^ set(want))
+    for key in want:
+      assert_close(got[key], want[key], f"{path}/{key}")
+  elif isinstance(want, list):
+    assert isinstance(got, list) and len(got) == len(want), path
+    for i, (g, w) in enumerate(zip(got, want)):
+      assert_close(g, w, f"{path}[{i}]")
+  elif isinstance(want, float):
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-12), path
+  else:
+    assert got == want, path
+
+
+def _flag_values(*argv):
+  values = flags.FlagValues()  # not the global flags, which may hold convert's --dtype
+  run_config.define_flags(values)
+  values(["prog", "--output_dir=/tmp/unused", *argv])
+  return run_config.from_flags(values)
+
+
 def test_flags_agree_with_the_library():
   assert run_config.PROTOCOLS == protocols.PROTOCOLS
   parse = run_config._hparams("memit")
@@ -60,11 +111,29 @@ def test_flags_agree_with_the_library():
 
 def test_in_context_identity_is_unchanged():
   """A run without weight edits records the same settings as before --methods existed."""
-  values = flags.FlagValues()  # not the global flags, which may hold convert's --dtype
-  run_config.define_flags(values)
-  values(["prog", "--output_dir=/tmp/unused"])
-  identity = run_config.from_flags(values).result_identity()
+  identity = _flag_values().result_identity()
   assert "weight_edits" not in identity and "methods" not in identity
+
+
+def test_edit_batch_size_is_part_of_each_methods_identity():
+  """Batched edits are each their own optimisation, but a batch pads to its longest request and
+  runs other programs: their round-off, amplified by the optimisation, can change the answers
+  (MEMIT with a small corpus did, DESIGN.md), so a resume must keep --edit_batch_size, per
+  method. The protocols are units, not settings: changing them is no conflict."""
+  one = _flag_values("--methods=ike,ft,rome").result_identity()
+  two = _flag_values(
+      "--methods=ike,ft,rome", "--edit_batch_size=2", "--protocols=reference"
+  ).result_identity()
+  assert set(one["weight_edits"]) == {"ft", "rome"}
+  for m in ("ft", "rome"):
+    assert one["weight_edits"][m]["edit_batch_size"] == 8
+    assert two["weight_edits"][m]["edit_batch_size"] == 2
+  _, differing = store_lib.merge_identity(one, two)
+  assert [d.split(":")[0] for d in differing] == ["ft edit_batch_size", "rome edit_batch_size"]
+  # a method only one side holds is no conflict, whatever its batch size
+  lora = _flag_values("--methods=lora", "--edit_batch_size=2").result_identity()
+  merged, differing = store_lib.merge_identity(one, lora)
+  assert differing == [] and list(merged["weight_edits"]) == ["ft", "rome", "lora"]
 
 
 def test_outputs_are_keyed_by_method(methods_run):
@@ -158,6 +227,7 @@ def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
     [
         (["--methods=ike,bogus"], "--methods"),
         (["--methods=memit"], "--memit_corpus"),
+        (["--methods=memit", "--memit_corpus=/nonexistent/corpus.txt"], "--memit_corpus"),
         (["--methods=ft", "--ft_hparams=depth=3"], "--ft_hparams"),
         (["--methods=ft", "--ft_hparams=layer=7"], "--ft_hparams"),  # the tiny model has 2
         (["--methods=rome", "--protocols=reference,other"], "--protocols"),
@@ -179,19 +249,7 @@ def test_report_puts_methods_side_by_side(methods_run):
   """The report re-scores the weight-editing rows as the runner scored them (all identical to
   results.json), tabulates every method beside the in-context setups and draws method x language."""
   out, _ = methods_run
-  import subprocess
-  import sys
-
-  proc = subprocess.run(
-      [sys.executable, "-m", "bmike_jax.report", f"--results_dir={out}"],
-      capture_output=True,
-      text=True,
-      timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"),
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
-    report = f.read()
+  report = run_report(out)
   assert "## Editing methods side by side" in report
   assert "re-scored and compared with results.json" in report and "all identical" in report
   assert os.path.isfile(os.path.join(out, "figures", "methods_zsre.png"))
@@ -209,3 +267,137 @@ def test_report_puts_methods_side_by_side(methods_run):
         for lang in LANGS
     ]
     assert shown == pytest.approx(want, abs=0.006)
+
+
+def _mtimes(files):
+  return {f: os.stat(f).st_mtime_ns for f in files}
+
+
+def test_methods_added_to_and_dropped_from_a_folder(methods_run, tiny_ckpt, tmp_path):
+  """A folder of the in-context run alone gains FT-L and KN (their units run, the in-context ones
+  are kept) and ends equal to the run that asked for all three at once; a method's own settings
+  and the shared ones are still refused; a rerun that drops methods keeps their results in
+  results.json, samples.jsonl and the report."""
+  ref, _ = methods_run
+  out = str(tmp_path / "grown")
+  flags = FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"]
+  proc = run_main(flags + ["--methods=ike"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  in_context = _mtimes(metrics_files(os.path.join(out, "units")))
+  assert len(in_context) == len(LANGS)
+
+  proc = run_main(flags)  # --methods=ike,ft,kn
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "10 units planned, 2 already finished, 8 to run" in proc.stderr
+  assert _mtimes(in_context) == in_context
+  assert_close(load_results(out)["results_by_method"], load_results(ref)["results_by_method"])
+  assert_close(load_samples(out), load_samples(ref))
+
+  with open(os.path.join(out, "run.json")) as f:
+    run_json = f.read()
+  for extra, named in (
+      (["--methods=ft", "--ft_hparams=layer=1,steps=3"], "ft hparams: was"),
+      (["--methods=kn", "--edit_batch_size=1"], "kn edit_batch_size: was 8, now 1"),
+      (["--methods=ike,lora", "--dtype=bfloat16"], "dtype: was 'float32'"),
+  ):
+    proc = run_main(flags + extra)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "other settings" in proc.stderr and named in proc.stderr, proc.stderr[-2000:]
+    with open(os.path.join(out, "run.json")) as f:
+      assert f.read() == run_json  # a refused rerun records nothing
+
+  os.remove(os.path.join(out, "units", "ft", "zsre", "comparable", "zh.metrics.json"))
+  before = load_results(out)
+  proc = run_main(flags + ["--methods=ft"])  # drops ike and kn
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "10 units planned, 9 already finished, 1 to run" in proc.stderr
+  doc = load_results(out)
+  assert list(doc["results_by_method"]) == ["ike", *EDITED]
+  assert_close(doc["results_by_method"], before["results_by_method"])
+  assert doc["results"] == before["results"]  # the in-context results, not run this time
+  assert doc["weight_edits"]["methods"]["kn"] == before["weight_edits"]["methods"]["kn"]
+  assert_close(load_samples(out), load_samples(ref))
+  report = run_report(out)
+  assert "all identical" in report
+  section = report.split("### zsre: method x language")[1].split("![")[0]
+  for label in ("ike: zero_shot", "ft: comparable", "kn: reference", "kn: comparable"):
+    assert f"| {label} |" in section, label
+
+
+def test_kill_minus_9_during_weight_edits_then_resume(methods_run, tiny_ckpt, tmp_path):
+  """Killed (SIGKILL) once a weight-editing unit is on disk: the rerun keeps every finished unit,
+  runs the rest and ends equal to the uninterrupted run."""
+  ref, _ = methods_run
+  out = str(tmp_path / "killed")
+  flags = FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"]
+
+  def edited():
+    return [f for m in EDITED for f in metrics_files(os.path.join(out, "units", m))]
+
+  kill_when(start_main(flags), edited)
+  finished = _mtimes(metrics_files(os.path.join(out, "units")))
+  assert len(LANGS) < len(finished) < 10  # the in-context units, some but not all edited ones
+  proc = run_main(flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"10 units planned, {len(finished)} already finished" in proc.stderr
+  assert {f: os.stat(f).st_mtime_ns for f in finished} == finished  # not computed again
+  assert_close(load_results(out)["results_by_method"], load_results(ref)["results_by_method"])
+  assert_close(load_samples(out), load_samples(ref))
+
+
+def test_memit_end_to_end_stores_and_reuses_its_second_moments(tiny_ckpt, tmp_path, monkeypatch):
+  """--methods=memit on the tiny model with a corpus written here: both protocols' units, the
+  corpus's sha256 in run.json, the second moments stored once (~/.cache/bmike_jax/memit) and read
+  back, not recomputed, by a rerun that edits again."""
+  home = tmp_path / "home"
+  monkeypatch.setenv("HOME", str(home))  # the subprocess's ~ (where the moments are stored)
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text(
+      "The Eiffel Tower is in Paris.\nMozart was born in Salzburg.\n\n"
+      "Water boils at one hundred degrees.\nThe Danube flows into the Black Sea.\n",
+      encoding="utf-8",
+  )
+  out = str(tmp_path / "memit")
+  flags = [
+      f"--data_dir={SAMPLE_DIR}",
+      "--datasets=zsre",
+      "--langs=de",
+      "--limit=1",
+      "--progress=false",
+      "--length_buckets=64,128,256,512,1024",
+      "--methods=memit",
+      f"--memit_corpus={corpus}",
+      "--memit_hparams=layers=0:1,steps=3",
+      "--edit_context_templates=none",
+      f"--checkpoint={tiny_ckpt}",
+      f"--output_dir={out}",
+  ]
+  proc = run_main(flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  doc = load_results(out)
+  assert list(doc["results_by_method"]) == ["memit"]
+  assert set(doc["results_by_method"]["memit"]["zsre"]) == {"reference", "comparable"}
+  assert doc["weight_edits"]["methods"]["memit"]["edits"] == 1
+  samples = load_samples(out)
+  assert {(s["method"], s["protocol"]) for s in samples} == {
+      ("memit", "reference"),
+      ("memit", "comparable"),
+  }
+  assert len(samples) == 2 * 4  # protocols x query types
+  for protocol in ("reference", "comparable"):
+    assert os.path.isfile(os.path.join(out, "units", "memit", "zsre", protocol, "de.metrics.json"))
+  with open(os.path.join(out, "run.json")) as f:
+    recorded = json.load(f)["weight_edits"]["memit"]
+  assert recorded["corpus_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+  stored = glob.glob(str(home / ".cache" / "bmike_jax" / "memit" / "*.npz"))
+  assert len(stored) == 1, stored
+  mtime = os.stat(stored[0]).st_mtime_ns
+
+  os.remove(os.path.join(out, "units", "memit", "zsre", "comparable", "de.metrics.json"))
+  proc = run_main(flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "1 to run" in proc.stderr and "memit on zsre: 1 edits" in proc.stderr
+  assert glob.glob(str(home / ".cache" / "bmike_jax" / "memit" / "*.npz")) == stored
+  assert os.stat(stored[0]).st_mtime_ns == mtime  # read back, not computed and written again
+  assert_close(load_results(out)["results_by_method"], doc["results_by_method"])
+  assert_close(load_samples(out), samples)
