@@ -58,6 +58,7 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
         dict(batch_size=8, prefix_reuse=True, scan_layers=False),
         dict(batch_size=16, prefix_reuse=False, scan_layers=False, per_layer_params=True),
         dict(batch_size=8, prefix_reuse=True, per_layer_params=True),
+        dict(batch_size=16, prefix_reuse=True, batch_shapes="fixed"),
     ],
     ids=[
         "b8-reuse",
@@ -70,6 +71,7 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
         "b8-reuse-unrolled-layers",
         "b16-unrolled-layers-per-layer-params-in",
         "b8-reuse-per-layer-params-restacked",
+        "b16-reuse-fixed-batch-shape",
     ],
 )
 def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
@@ -143,6 +145,23 @@ def test_compile_count_bounded_across_groups():
   # prefix: Pb in {32, 48, 64}; generate: B in {1, 2, 4, 8} x Pb (or none) x Sb in {32, 48}.
   assert engine.compile_count <= 3 + 4 * 4 * 2
   assert engine.stats.as_dict().get("compile_count") == engine.compile_count
+
+
+def test_fixed_batch_shape_compiles_one_row_count():
+  """batch_shapes="fixed": groups of any size run at batch_size rows, so programs differ only by
+  length buckets (the same groups under "buckets" compile one per row count in use)."""
+  groups = [
+      engine_tiny.group_prompts(seed=20 + k, n=n, prefix_len=40, suffix_range=(5, 25))
+      for k, n in enumerate((1, 3, 8, 13))
+  ]
+  fixed, bucketed = _engine(batch_size=8, batch_shapes="fixed"), _engine(batch_size=8)
+  for g in groups:
+    assert [r.ids for r in fixed.generate(g)] == [r.ids for r in bucketed.generate(g)]
+  rows = lambda e: {k[1] for k in e.programs.compiles if k[0] == "generate"}
+  assert rows(fixed) == {8} and rows(bucketed) == {1, 4, 8}
+  assert fixed.compile_count < bucketed.compile_count
+  with pytest.raises(ValueError, match="batch_shapes"):
+    _engine(batch_shapes="some")
 
 
 def test_overlong_prompt_error_and_truncate_left():

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from bmike_jax import checkpoints  # noqa: E402
 from tools import reference_hf  # noqa: E402
-from bmike_jax.engine import Engine  # noqa: E402
+from bmike_jax.engine import Engine, buckets  # noqa: E402
 from tests import engine_tiny, hf_tiny  # noqa: E402
 
 TOL = 1e-4
@@ -88,7 +88,8 @@ def _joint_cases(prompts, seed):
   return contexts, conts
 
 
-def test_scoring_after_generation_reuses_the_prompt_kv(models, cases):
+@pytest.mark.parametrize("batch_shapes", ["buckets", "fixed"])
+def test_scoring_after_generation_reuses_the_prompt_kv(models, cases, batch_shapes):
   """After `generate`, each scored sequence reuses its prompt's kept KV (the group prefix is not
   computed again, fewer tokens run) and its log-probs equal the fresh path's to float32 rounding
   (KEPT_TOL) and HF's within TOL; without keep_prompt_kv they equal the fresh path bit for bit."""
@@ -97,10 +98,16 @@ def test_scoring_after_generation_reuses_the_prompt_kv(models, cases):
   contexts, conts = _joint_cases(prompts, seed=3)
   contexts.append(prompts[0][:20] + [7, 8, 9])  # leaves the prompts inside their shared prefix
   conts.append([10, 11])
+  contexts.append(
+      list(prompts[1])
+  )  # a rest past the first rest bucket (buckets.CONTINUATION_BUCKET)
+  conts.append(np.random.default_rng(4).integers(3, engine_tiny.VOCAB, 40).tolist())
   fresh = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8)
   want = fresh.continuation_logprobs(contexts, conts)
   assert fresh.stats.scored_on_kept == 0
-  engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8)
+  engine = Engine(
+      config, params, engine_tiny.FakeTokenizer(), batch_size=8, batch_shapes=batch_shapes
+  )
   engine.generate(prompts)
   prefill_after_generate = engine.stats.prefill_tokens
   got = engine.continuation_logprobs(contexts, conts)
@@ -109,6 +116,9 @@ def test_scoring_after_generation_reuses_the_prompt_kv(models, cases):
   # off the kept KV, running fewer tokens.
   assert engine.stats.scored_on_kept == len(contexts) - 1
   assert engine.stats.scored_run_tokens < fresh.stats.scored_run_tokens
+  rests = {k[4] for k in engine.programs.compiles if k[0] == "score_kept"}
+  # the short rests share the first continuation bucket; the 40-token one runs at 64
+  assert rests == {buckets.CONTINUATION_BUCKET, 64}
   worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
   worst_hf = max(
       float(np.max(np.abs(g - reference_hf.reference_logprobs(hf, c, k))))

@@ -28,7 +28,8 @@ SAME = (
 )
 
 
-def test_plan_equals_the_engines_own_account():
+@pytest.mark.parametrize("batch_shapes", ["fixed", "buckets"])
+def test_plan_equals_the_engines_own_account(batch_shapes):
   try:
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
   except checkpoints.CheckpointError as e:
@@ -39,7 +40,9 @@ def test_plan_equals_the_engines_own_account():
       bos_token_id=tok.bos_id,
       eos_token_ids=tuple(tok.eos_ids),
   )
-  engine = Engine(config, engine_tiny.tiny_params(config), tok, batch_size=4)
+  engine = Engine(
+      config, engine_tiny.tiny_params(config), tok, batch_size=4, batch_shapes=batch_shapes
+  )
   data_dir = data.default_data_dir()
   for dataset in DATASETS:
     pool = data.load_pool(data_dir, dataset)
@@ -57,9 +60,13 @@ def test_plan_equals_the_engines_own_account():
       batch_size=4,
       length_buckets=engine.length_buckets,
       max_new_tokens=engine.max_new_tokens,
+      batch_shapes=batch_shapes,
   )
   stats = engine.stats.as_dict()
   print(plan["account"], stats)
   assert {k: plan["account"].get(k, 0) for k in SAME} == {k: stats[k] for k in SAME}
   assert plan["program_count"] == engine.compile_count
+  assert set(plan["programs"]) == {" ".join(map(str, k)) for k in engine.programs.compiles}
+  if batch_shapes == "fixed":  # one row count: the batch size
+    assert {k[1] for k in engine.programs.compiles if k[0] != "prefix"} == {4}
   assert engine.stats.decode_steps <= plan["account"]["decode_steps_at_most"]

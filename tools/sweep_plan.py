@@ -41,6 +41,13 @@ def define_flags() -> None:
   flags.DEFINE_list("setups", list(prompts.SETUPS), "Setups.")
   flags.DEFINE_integer("limit", None, "Records per file (default: all).")
   flags.DEFINE_integer("batch_size", 32, "Engine batch size.")
+  flags.DEFINE_enum(
+      "batch_shapes",
+      "fixed",
+      ["fixed", "buckets"],
+      "The engine's batch shapes (bmike_jax/engine/buckets.py; fixed: what --batch_shapes=auto "
+      "runs on GPU / TPU, buckets: on CPU).",
+  )
   flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
   flags.DEFINE_integer("context", 8192, "Model context (caps the default buckets).")
   flags.DEFINE_integer("max_new_tokens", 15, "Answer tokens at most.")
@@ -58,12 +65,13 @@ def plan_run(
     batch_size,
     length_buckets,
     max_new_tokens,
+    batch_shapes="fixed",
     likelihood=True,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
   length_buckets = tuple(sorted(length_buckets))
-  continuation_buckets = buckets_lib.default_length_buckets(length_buckets[-1], 8)
-  batch_buckets = buckets_lib.batch_buckets(batch_size)
+  continuation_buckets = buckets_lib.continuation_buckets(length_buckets[-1])
+  batch_buckets = buckets_lib.row_buckets(batch_size, batch_shapes)
   programs = collections.Counter()
   acc = collections.Counter()
   last_prefix = {}  # "ids": the prefix whose KV the engine holds
@@ -258,6 +266,7 @@ def main(argv):
       batch_size=FLAGS.batch_size,
       length_buckets=buckets,
       max_new_tokens=FLAGS.max_new_tokens,
+      batch_shapes=FLAGS.batch_shapes,
   )
   text = json.dumps(out, indent=1)
   if FLAGS.out:

@@ -51,6 +51,47 @@ def batch_buckets(batch_size: int, multiple_of: int = 1) -> tuple[int, ...]:
   return tuple(sorted({-(-s // multiple_of) * multiple_of for s in sizes}))
 
 
+# How a batch's row count is chosen (one rule for the engine and tools/sweep_plan.py):
+#   buckets: the smallest of 1, 2, 4, ... batch_size holding the rows (a group's last, partial
+#            batch computes fewer dummy rows, at the price of one program per size);
+#   fixed:   always batch_size (one batch shape: a program less per size in use, for dummy rows
+#            a step reads the weights for anyway);
+#   auto:    buckets on CPU (compute-bound, compiles take seconds), fixed on GPU / TPU
+#            (a decode step is weight-read-bound; an 8B program compiles in ~23 s unrolled).
+BATCH_SHAPES = ("auto", "fixed", "buckets")
+
+
+def default_batch_shapes(platform: str) -> str:
+  """`buckets` on CPU, `fixed` on accelerators (see BATCH_SHAPES)."""
+  return "buckets" if platform == "cpu" else "fixed"
+
+
+def row_buckets(batch_size: int, shapes: str, multiple_of: int = 1) -> tuple[int, ...]:
+  """The batch sizes programs are compiled for under `shapes` ("fixed" / "buckets")."""
+  if shapes not in ("fixed", "buckets"):
+    raise ValueError(f"batch shapes must be 'fixed' or 'buckets' here, got {shapes!r}")
+  sizes = batch_buckets(batch_size, multiple_of)
+  return sizes[-1:] if shapes == "fixed" else sizes
+
+
+# A scored continuation runs, per sequence, the tokens after what it shares with its prompt (off
+# the kept prompt KV) or its whole continuation (afresh): a target of a few tokens (BMIKE-53's
+# targets are entity names) plus the one or two the joint tokenization merges. One bucket holds
+# nearly all (tools/sweep_plan: the longest on 3 languages x 3 datasets with Llama 3's tokenizer
+# was 64), so nearly all scoring calls of a (prefix, suffix) bucket pair are one program; longer
+# ones double from there.
+CONTINUATION_BUCKET = 16
+
+
+def continuation_buckets(largest: int, smallest: int = CONTINUATION_BUCKET) -> tuple[int, ...]:
+  """smallest, 2x, 4x, ... up to and including `largest` (the largest length bucket)."""
+  out, r = [], min(smallest, largest)
+  while r < largest:
+    out.append(r)
+    r *= 2
+  return (*out, largest)
+
+
 def pick_bucket(n: int, buckets: Sequence[int]) -> int:
   """The smallest bucket >= n; ValueError if none is (callers check lengths first)."""
   for b in buckets:

@@ -136,7 +136,9 @@ class Engine:
   a group are not kept past it, and sequences continuing their prompts are scored afresh or off
   another kept prompt sharing their tokens); default (None): a fifth of the mesh's device memory,
   or 4 GiB where the backend does not say (CPU). An 8B CounterFact group at batch 32 would
-  otherwise keep ~64 GiB.
+  otherwise keep ~64 GiB. batch_shapes: "buckets" (a batch of n rows runs at the smallest of 1, 2,
+  4, ... batch_size holding them), "fixed" (always batch_size rows: fewer programs), "auto"
+  (buckets on CPU, fixed on GPU / TPU; buckets.BATCH_SHAPES). Answers do not depend on it.
   """
 
   def __init__(
@@ -157,6 +159,7 @@ class Engine:
       scan_layers: bool | None = None,
       keep_prompt_kv: bool = True,
       kept_kv_bytes: int | None = None,
+      batch_shapes: str = "auto",
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -186,13 +189,23 @@ class Engine:
             or buckets_lib.default_length_buckets(min(self.context, MAX_DEFAULT_BUCKET))
         )
     )
-    self.continuation_buckets = buckets_lib.default_length_buckets(self.length_buckets[-1], 8)
+    self.continuation_buckets = buckets_lib.continuation_buckets(self.length_buckets[-1])
     data = self.mesh.shape[sh.DATA]
     self.batch_size = -(-batch_size // data) * data
-    self.batch_buckets = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
+    platform = self.mesh.devices.flat[0].platform
+    if batch_shapes not in buckets_lib.BATCH_SHAPES:
+      raise ValueError(
+          f"batch_shapes must be one of {buckets_lib.BATCH_SHAPES}, got {batch_shapes!r}"
+      )
+    if batch_shapes == "auto":
+      batch_shapes = buckets_lib.default_batch_shapes(platform)
+    self.batch_shapes = batch_shapes
+    self.batch_buckets = buckets_lib.row_buckets(self.batch_size, batch_shapes, multiple_of=data)
+    # the decode loop's shrinking sizes live inside one program, whatever the batch shapes
+    shrink_sizes = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
     dtype = jnp.dtype(dtype)
     if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
-      scan_layers = layer_layout.default_scan_layers(self.mesh.devices.flat[0].platform)
+      scan_layers = layer_layout.default_scan_layers(platform)
     self.scan_layers = bool(scan_layers)
     if self.scan_layers != layer_layout.is_stacked(params):
       params = (layer_layout.stack_layers if self.scan_layers else layer_layout.unstack_layers)(
@@ -213,7 +226,7 @@ class Engine:
         self.mesh,
         params_shardings,
         max_new_tokens,
-        lambda b: buckets_lib.decode_phases(b, self.batch_buckets, decode_halvings),
+        lambda b: buckets_lib.decode_phases(b, shrink_sizes, decode_halvings),
     )
     self.stop = self._stop_rule(eos_ids)
     self.stats = ThroughputStats()

@@ -116,6 +116,7 @@ def build_engine(cfg: RunConfig):
       max_new_tokens=cfg.max_new_tokens,
       prefix_reuse=cfg.prefix_reuse,
       decode_halvings=cfg.decode_halvings,
+      batch_shapes=cfg.batch_shapes,
       scan_layers=scan_layers,
       overlong=cfg.overlong,
       dtype=cfg.dtype,

@@ -21,6 +21,7 @@ from bmike_jax import languages
 from bmike_jax import prompts
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.editing import methods as edit_methods
+from bmike_jax.engine import buckets as buckets_lib
 from bmike_jax.engine.buckets import OVERLONG_POLICIES
 
 DTYPES = ("float32", "bfloat16")
@@ -360,6 +361,16 @@ class RunConfig:
       "stop costing compute; each halving compiles one more loop; answers are identical either "
       "way). 0: never.",
       parse=_non_negative,
+  )
+  batch_shapes: str = _flag(
+      "enum",
+      "auto",
+      "Row counts programs are compiled for. buckets: a group's last, partial batch runs at the "
+      "smallest of 1, 2, 4, ... --batch_size rows holding it (less padding, one program per "
+      "size); fixed: always --batch_size rows (fewer programs). auto: buckets on CPU, fixed on "
+      "GPU / TPU, where a program compiles in tens of seconds and dummy rows cost little. "
+      "Answers are identical either way.",
+      choices=buckets_lib.BATCH_SHAPES,
   )
   scan_layers: bool | None = _flag(
       "enum",
