@@ -52,9 +52,27 @@ def likelihood_split(tokenizer, prompt: str, continuation: str) -> tuple[list[in
   these need not be the continuation's own tokens). For an empty continuation its
   `target_ids[:, :-0] = -100` masks nothing: every token after the first is scored.
   """
-  joint = tokenizer.encode(prompt + continuation)
-  n_scored = len(tokenizer.encode(continuation, add_bos=False)) or len(joint) - 1
-  return joint[:-n_scored], joint[-n_scored:]
+  return likelihood_splits(tokenizer, [(prompt, continuation)])[0]
+
+
+def likelihood_splits(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list, list]]:
+  """`likelihood_split` of many (prompt, continuation) pairs, tokenized in two batched calls."""
+  joints = encode_many(tokenizer, [p + c for p, c in pairs], add_bos=True)
+  targets = encode_many(tokenizer, [c for _, c in pairs], add_bos=False)
+  out = []
+  for joint, target in zip(joints, targets):
+    n_scored = len(target) or len(joint) - 1
+    out.append((joint[:-n_scored], joint[-n_scored:]))
+  return out
+
+
+def encode_many(tokenizer, texts: Sequence[str], add_bos: bool) -> list[list[int]]:
+  """`tokenizer.encode` of each text, in one batched call where the tokenizer has one (the HF
+  `tokenizers` backend encodes a batch on all cores)."""
+  batch = getattr(tokenizer, "encode_batch", None)
+  if batch is not None:
+    return [list(ids) for ids in batch(list(texts), add_bos=add_bos)]
+  return [tokenizer.encode(t, add_bos=add_bos) for t in texts]
 
 
 def score_sample(tokenizer, prediction: str, gold: str, lang: str) -> dict:
@@ -78,9 +96,8 @@ def evaluate_unit(
   lang = loaded.lang
   rows = []
   for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup, query_types=query_types):
-    queries = [
-        _Query(q.record, q.query_type, q.prompt, tokenizer.encode(q.prompt)) for q in group.queries
-    ]
+    ids = encode_many(tokenizer, [q.prompt for q in group.queries], add_bos=True)
+    queries = [_Query(q.record, q.query_type, q.prompt, i) for q, i in zip(group.queries, ids)]
     results = engine.generate([q.prompt_ids for q in queries], prompt_names=group.names)
     likelihoods = {}
     if likelihood and loaded.dataset in LIKELIHOOD_DATASETS:
@@ -111,7 +128,7 @@ def evaluate_unit(
 
 def _likelihoods(engine: GenerationEngine, tokenizer, queries: list[_Query]) -> dict[int, dict]:
   """inv_ppl_alt / inv_ppl_loc_ans / inv_ppl_old for the queries the comparison applies to."""
-  jobs = []  # (query index, field, context ids, scored ids)
+  wanted = []  # (query index, field, prompt, continuation)
   for i, q in enumerate(queries):
     if q.query_type not in LIKELIHOOD_QUERY_TYPES:
       continue
@@ -120,7 +137,10 @@ def _likelihoods(engine: GenerationEngine, tokenizer, queries: list[_Query]) -> 
       text = getattr(target, field)
       if text is None:  # a record without `old` (the `oud` quirk of WikiFactDiff)
         continue
-      jobs.append((i, field, *likelihood_split(tokenizer, q.prompt, text)))
+      wanted.append((i, field, q.prompt, text))
+  splits = likelihood_splits(tokenizer, [(p, c) for _, _, p, c in wanted])
+  # (query index, field, context ids, scored ids)
+  jobs = [(i, field, *split) for (i, field, _, _), split in zip(wanted, splits)]
   out: dict[int, dict] = {
       i: {f"inv_ppl_{f}": None for f in ("alt",) + LIKELIHOOD_ALTERNATIVES}
       for i in {j[0] for j in jobs}
