@@ -136,6 +136,23 @@ def test_edit_batch_size_is_part_of_each_methods_identity():
   assert differing == [] and list(merged["weight_edits"]) == ["ft", "rome", "lora"]
 
 
+def test_run_json_of_the_earlier_runner_is_refused():
+  """Before methods could be added, run.json held one "weight_edits" for all methods (without
+  the batch size): such a folder is refused with a message saying so, not read as methods named
+  "hparams" or "protocols"."""
+  now = _flag_values("--methods=ft").result_identity()
+  old = {k: v for k, v in now.items() if k != "weight_edits"}
+  old["weight_edits"] = {
+      "protocols": ["reference", "comparable"],
+      "hparams": {"ft": now["weight_edits"]["ft"]["hparams"]},
+      "context_templates": "generated",
+      "memit_corpus": None,
+  }
+  merged, differing = store_lib.merge_identity(old, now)
+  assert len(differing) == 1 and "earlier runner" in differing[0]
+  assert list(merged["weight_edits"]) == ["ft"]
+
+
 def test_outputs_are_keyed_by_method(methods_run):
   out, proc = methods_run
   doc = load_results(out)
@@ -401,3 +418,20 @@ def test_memit_end_to_end_stores_and_reuses_its_second_moments(tiny_ckpt, tmp_pa
   assert os.stat(stored[0]).st_mtime_ns == mtime  # read back, not computed and written again
   assert_close(load_results(out)["results_by_method"], doc["results_by_method"])
   assert_close(load_samples(out), samples)
+
+
+def test_a_methods_settings_bind_once_it_has_a_finished_unit(tmp_path):
+  """A rerun that changes a method's settings is refused once the folder holds a finished unit
+  of it; before (a run stopped ahead of its first unit), the new settings replace the old."""
+  from bmike_jax.runner.units import Unit
+
+  store = store_lib.OutputStore(str(tmp_path / "out"))
+  first = _flag_values("--methods=ike,ft", "--ft_hparams=steps=2").result_identity()
+  second = _flag_values("--methods=ike,ft", "--ft_hparams=steps=3").result_identity()
+  assert store.prepare(first) == ["ft"]
+  assert store.prepare(second) == ["ft"]  # no ft unit yet: accepted, recorded
+  with open(tmp_path / "out" / "run.json") as f:
+    assert json.load(f)["weight_edits"]["ft"] == second["weight_edits"]["ft"]
+  store.write_unit(Unit("zsre", "de", "reference", "ft"), [], {"unit": {}})
+  with pytest.raises(store_lib.OutputError, match="ft hparams: was"):
+    store.prepare(first)

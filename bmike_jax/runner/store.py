@@ -18,7 +18,7 @@ import io
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from bmike_jax import paths
 from bmike_jax.runner.units import Unit
@@ -34,11 +34,15 @@ class OutputError(ValueError):
   """The output directory cannot be used (unwritable, or holds incompatible results)."""
 
 
-def merge_identity(previous: dict, current: dict) -> tuple[dict, list[str]]:
+def merge_identity(
+    previous: dict, current: dict, has_units: Callable[[str], bool] = lambda method: True
+) -> tuple[dict, list[str]]:
   """(run.json for a folder of `previous` rerun with `current`, the settings that differ).
 
-  Shared settings must be equal; a method's settings must be equal where both hold the method.
-  A method only one of them holds is no conflict: the merged identity holds every method."""
+  Shared settings must be equal; a method's settings must be equal where both hold the method
+  and the folder has finished units of it (`has_units`: else, as after a run stopped before its
+  first unit of the method, the new settings replace the old). A method only one of them holds
+  is no conflict: the merged identity holds every method."""
   differing = [
       f"{k}: was {previous.get(k)!r}, now {current.get(k)!r}"
       for k in sorted((set(previous) | set(current)) - {METHODS_KEY})
@@ -48,7 +52,7 @@ def merge_identity(previous: dict, current: dict) -> tuple[dict, list[str]]:
   if "hparams" in held:  # 2026-11-30 .. 12-05: one entry for all methods, batch size unrecorded
     differing.append(f"{METHODS_KEY}: was {held!r}, recorded by an earlier runner")
     held = {}
-  for m in (m for m in asked if m in held):
+  for m in (m for m in asked if m in held and held[m] != asked[m] and has_units(m)):
     differing += [
         f"{m} {k}: was {held[m].get(k)!r}, now {asked[m].get(k)!r}"
         for k in sorted(set(held[m]) | set(asked[m]))
@@ -113,7 +117,7 @@ class OutputStore:
         raise OutputError(
             f"{run_file}: unreadable ({e}); move it away or use another " "--output_dir"
         ) from None
-      merged, differing = merge_identity(previous, identity)
+      merged, differing = merge_identity(previous, identity, self.has_units)
       if differing:
         raise OutputError(
             f"--output_dir {self.root!r} holds results of other settings "
@@ -126,6 +130,11 @@ class OutputStore:
     return list(merged.get(METHODS_KEY, {}))
 
   # -- units ------------------------------------------------------------------------------------
+
+  def has_units(self, method: str) -> bool:
+    """Whether a unit of weight-editing `method` is finished here."""
+    folder = self._path("units", method)
+    return any(name.endswith(".metrics.json") for name in paths.walk_files(folder))
 
   def is_finished(self, unit: Unit) -> bool:
     return paths.exists(self.unit_path(unit, "metrics.json"))
