@@ -39,7 +39,7 @@ SWEEP_SETUPS = {
     "few_shot_specific": "few_shot_mixed",
 }
 # Length buckets of configs/8b.flags: the section's default, so it compiles what an 8B run compiles.
-EIGHT_B_FLAGFILE_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
+EIGHT_B_FLAGFILE_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
 # Token lengths used when the embedded tokenizer cannot be loaded: (shared prefix, mean suffix).
 FALLBACK_LENGTHS = {"zero_shot": (0, 54), "one_shot": (60, 60), "few_shot_mixed": (490, 60)}
 
