@@ -69,3 +69,18 @@ def test_corpus_errors(tmp_path):
   bad.write_text('{"text": "ok"}\n{"txt": "no"}\n')
   with pytest.raises(stats.CorpusError, match="line 2: no string field 'text'"):
     stats.read_corpus(str(bad))
+
+
+def test_a_corpus_smaller_than_the_layer_width_is_warned_about(caplog):
+  """Fewer corpus tokens than down_proj's inputs leave the second moments rank-deficient (the
+  runner's MEMIT answers then moved with the edit batch size): said in the log, not silently."""
+  config, tok = tiny_config(), CharTokenizer()
+  params = tiny_params(config)
+  f = config.intermediate_size
+  warned = lambda: [r for r in caplog.records if "fewer than the" in r.getMessage()]
+  stats.second_moments(config, params, tok, ["ab"], [0], max_length=8)
+  assert len(warned()) == 1 and f"fewer than the {f} inputs" in warned()[0].getMessage()
+  caplog.clear()
+  texts = ["x" * 60] * (f // 60 + 2)  # more real tokens than f
+  stats.second_moments(config, params, tok, texts, [0], max_length=64)
+  assert not warned()

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +81,16 @@ def second_moments(
     for j, layer in enumerate(layers):
       k = np.asarray(keys(params, tokens, int(layer)), np.float64)[real]  # [n, F]
       sums[j] += k.T @ k
+  if count < f:
+    logging.warning(
+        "MEMIT's second moments from %d corpus tokens, fewer than the %d inputs of down_proj: "
+        "the matrix has rank <= %d, so MEMIT's solve is ill-conditioned and its answers may "
+        "change with --edit_batch_size (the reference uses 100,000 Wikipedia texts); give a "
+        "larger --memit_corpus",
+        count,
+        f,
+        count,
+    )
   return (sums / max(count, 1)).astype(np.float32)
 
 
