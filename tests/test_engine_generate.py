@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmike_jax.engine import Engine, PromptTooLongError, layout
+from bmike_jax.engine import Engine, PromptTooLongError, layout, memory
 from bmike_jax.model import layer_layout
 from tests import engine_tiny
 
@@ -213,3 +213,30 @@ def test_token_account_follows_from_the_prompts_and_answers(prompts, baseline_en
   assert t.prefill_padded_tokens >= t.prefill_tokens
   assert t.decode_row_steps >= t.decode_steps >= max(produced) - 1
   assert set(t.as_dict()) >= {"prefix_tokens", "decode_steps", "scoring_padded_tokens"}
+
+
+def test_rows_bounded_by_memory_per_shape(prompts, baseline):
+  """A row budget that holds 16 rows of short suffixes but fewer of long ones (engine/memory.py's
+  estimate): each shape gets its own row count, the answers stay the one-at-a-time baseline's."""
+  short, long_ = 32, 48  # the default buckets these prompts' suffixes use (1..40 tokens after 40)
+  probe = _engine(batch_size=16, row_memory_bytes=None)
+  per_row = {sb: probe_row_bytes(probe, sb) for sb in (short, long_)}
+  assert per_row[short] < per_row[long_]
+  budget = 16 * per_row[short]  # 16 short rows fit, 16 long ones do not
+  engine = _engine(batch_size=16, row_memory_bytes=budget, batch_shapes="fixed")
+  assert engine.max_rows(48, short, 15) == 16 and engine.max_rows(48, long_, 15) < 16
+  results = engine.generate(prompts)
+  assert [r.ids for r in results] == baseline
+  rows = {k[3]: k[1] for k in engine.programs.compiles if k[0] == "generate"}
+  assert rows[short] == 16 and rows[long_] == engine.max_rows(48, long_, 15)
+
+
+def probe_row_bytes(engine, suffix_bucket):
+  return memory.row_bytes(
+      engine.config,
+      4,
+      prefix_bucket=48,
+      suffix_bucket=suffix_bucket,
+      slots=layout.cache_length(suffix_bucket, engine.max_new_tokens),
+      model_axis=1,
+  )

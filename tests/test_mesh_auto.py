@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import pytest
 
+from bmike_jax.engine import memory as engine_memory
 from bmike_jax.runner import model_setup
 from bmike_jax.runner.run_config import FlagError, _auto_or_positive
 from tools.bench import gpu as gpu_bench
@@ -43,7 +44,7 @@ def test_choose_model_axis(devices, dtype, want):
 
 
 def test_real_cpu_devices_choose_one():
-  assert model_setup.device_memory_bytes(jax.devices()[0]) is None
+  assert engine_memory.device_memory_bytes(jax.devices()[0]) is None
   assert model_setup.choose_model_axis(LLAMA_31_8B, "bfloat16", jax.devices()) == 1
 
 

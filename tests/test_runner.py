@@ -239,6 +239,7 @@ def _expect_user_error(proc, *fragments):
         ("--datasets=zsre,mquake", ["--datasets", "mquake"]),
         ("--setups=two_shot", ["--setups", "two_shot"]),
         ("--batch_size=0", ["--batch_size"]),
+        ("--batch_size=big", ["--batch_size", "auto"]),
         ("--length_buckets=64,32", ["--length_buckets"]),
         ("--coordinator_address=localhost:1234", ["--coordinator_address", "--process_id"]),
     ],

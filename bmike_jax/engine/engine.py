@@ -27,6 +27,7 @@ import numpy as np
 from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import buckets as buckets_lib
 from bmike_jax.engine import layout as layout_lib
+from bmike_jax.engine import memory
 from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.answer import answer_text
 from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix, SuffixBatch
@@ -44,17 +45,6 @@ class GenerationResult:
   ids: tuple[int, ...]  # generated ids, up to and excluding EOS (a final quote token is kept)
   text: str  # decoded (special tokens skipped) and cut at the first `"`
   truncated_tokens: int = 0  # prompt tokens cut from the left (overlong="truncate_left")
-
-
-def _kept_kv_budget(mesh) -> int:
-  """A fifth of the mesh's device memory (what the backend reports), else 4 GiB."""
-  total = 0
-  for device in mesh.devices.flat:
-    try:
-      total += (device.memory_stats() or {}).get("bytes_limit", 0)
-    except Exception:  # pylint: disable=broad-except  (backends without memory stats raise)
-      return 4 << 30
-  return total // 5 if total else 4 << 30
 
 
 @dataclasses.dataclass
@@ -139,6 +129,9 @@ class Engine:
   otherwise keep ~64 GiB. batch_shapes: "buckets" (a batch of n rows runs at the smallest of 1, 2,
   4, ... batch_size holding them), "fixed" (always batch_size rows: fewer programs), "auto"
   (buckets on CPU, fixed on GPU / TPU; buckets.BATCH_SHAPES). Answers do not depend on it.
+  row_memory_bytes: what the rows of one batch may use on one device; a shape whose estimated rows
+  (engine/memory.py) pass it runs fewer rows (`max_rows`: one count per shape, no extra program).
+  "auto": memory.row_budget (none where the backend reports no memory, CPU); None: no bound.
   """
 
   def __init__(
@@ -160,6 +153,7 @@ class Engine:
       keep_prompt_kv: bool = True,
       kept_kv_bytes: int | None = None,
       batch_shapes: str = "auto",
+      row_memory_bytes: int | str | None = "auto",
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -175,7 +169,9 @@ class Engine:
     self.max_new_tokens = max_new_tokens
     self.prefix_reuse = prefix_reuse
     self.keep_prompt_kv = keep_prompt_kv
-    self.kept_kv_bytes = kept_kv_bytes if kept_kv_bytes is not None else _kept_kv_budget(self.mesh)
+    self.kept_kv_bytes = (
+        kept_kv_bytes if kept_kv_bytes is not None else memory.kept_kv_budget(self.mesh)
+    )
     # bytes of one kept row-slot: K and V of every layer
     self._kv_slot_bytes = (
         2 * config.num_layers * config.num_kv_heads * config.head_dim * jnp.dtype(dtype).itemsize
@@ -203,6 +199,14 @@ class Engine:
     self.batch_buckets = buckets_lib.row_buckets(self.batch_size, batch_shapes, multiple_of=data)
     # the decode loop's shrinking sizes live inside one program, whatever the batch shapes
     shrink_sizes = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
+    if row_memory_bytes == "auto":
+      row_memory_bytes = memory.row_budget(
+          self.mesh,
+          weight_bytes=config.num_params * jnp.dtype(dtype).itemsize,
+          kept_kv_bytes=self.kept_kv_bytes if keep_prompt_kv else 0,
+      )
+    self.row_memory_bytes = row_memory_bytes  # per device; None: rows are not bounded
+    self._row_sizes, self._dtype_bytes = shrink_sizes, jnp.dtype(dtype).itemsize
     dtype = jnp.dtype(dtype)
     if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
       scan_layers = layer_layout.default_scan_layers(platform)
@@ -258,6 +262,24 @@ class Engine:
   def compile_count(self) -> int:
     """Programs compiled so far (each distinct shape bucket combination compiles once)."""
     return self.programs.compile_count
+
+  def max_rows(self, prefix_bucket: int, suffix_bucket: int, extra: int) -> int:
+    """The most rows a batch of this shape may hold: the batch size, lowered where the estimated
+    memory of its rows (engine/memory.py) passes `row_memory_bytes`; the same for every batch of
+    the shape, so it adds no program."""
+    if self.row_memory_bytes is None:
+      return self.batch_size
+    per_row = memory.row_bytes(
+        self.config,
+        self._dtype_bytes,
+        prefix_bucket=prefix_bucket,
+        suffix_bucket=suffix_bucket,
+        slots=layout_lib.cache_length(suffix_bucket, extra),
+        model_axis=self.mesh.shape[sh.MODEL],
+    )
+    return memory.rows_that_fit(
+        self._row_sizes, per_row, self.row_memory_bytes, self.mesh.shape[sh.DATA]
+    )
 
   def reset_stats(self) -> None:
     """Zero the throughput counters (`engine.stats`: fields; `.as_dict()` for JSON)."""
@@ -336,6 +358,7 @@ class Engine:
         batch_size=self.batch_size,
         batch_buckets=self.batch_buckets,
         length_buckets=self.length_buckets,
+        max_rows=lambda sb, _: self.max_rows(pb, sb, self.max_new_tokens),
     )
     results: list[GenerationResult | None] = [None] * len(prompts)
     pending, kept, kept_bytes = [], [], 0
@@ -467,6 +490,7 @@ class Engine:
         length_buckets=self.length_buckets,
         extra_lengths=[len(c) for c in conts],
         extra_buckets=self.continuation_buckets,
+        max_rows=lambda sb, cb: self.max_rows(pb, sb, cb),
     )
     pending = []
     for plan in plans:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,21 +79,36 @@ def plan_batches(
     length_buckets: Sequence[int],
     extra_lengths: Sequence[int] | None = None,
     extra_buckets: Sequence[int] = (),
+    max_rows: Callable[[int, int], int] | None = None,
 ) -> list[BatchPlan]:
   """Rows sorted by length (longest first) and cut into batches of `batch_size`; each batch gets
-  the smallest batch and length buckets that hold it."""
+  the smallest batch and length buckets that hold it.
+
+  max_rows(suffix bucket, extra slots) -> the most rows a batch of that shape may hold (a member of
+  `batch_buckets` or of the sizes below batch_size; device memory, engine/memory.py): a batch of
+  long suffixes then takes fewer rows. Extra slots: the continuation bucket of the longest
+  continuation of all rows (scoring), else 0 (the caller adds its new tokens)."""
   order = sorted(range(len(suffix_lengths)), key=lambda i: -suffix_lengths[i])
-  plans = []
-  for start in range(0, len(order), batch_size):
-    rows = tuple(order[start : start + batch_size])
+  cb_all = 0
+  if extra_lengths is not None and order:
+    cb_all = buckets_lib.pick_bucket(max(max(extra_lengths), 1), extra_buckets)
+  plans, start = [], 0
+  while start < len(order):
+    cap = batch_size
+    if max_rows is not None:
+      sb_first = buckets_lib.pick_bucket(suffix_lengths[order[start]], length_buckets)
+      cap = min(cap, max_rows(sb_first, cb_all))
+    rows = tuple(order[start : start + cap])
+    start += len(rows)
     sb = buckets_lib.pick_bucket(max(suffix_lengths[i] for i in rows), length_buckets)
     cb = 0
     if extra_lengths is not None:
       cb = buckets_lib.pick_bucket(max(max(extra_lengths[i] for i in rows), 1), extra_buckets)
+    sizes = [b for b in batch_buckets if b <= cap] or [cap]
     plans.append(
         BatchPlan(
             rows=rows,
-            batch=buckets_lib.pick_bucket(len(rows), batch_buckets),
+            batch=buckets_lib.pick_bucket(len(rows), sizes),
             suffix_bucket=sb,
             extra_bucket=cb,
         )

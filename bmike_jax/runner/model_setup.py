@@ -11,6 +11,7 @@ from bmike_jax import checkpoints, paths
 from bmike_jax.checkpoints import hub, orbax_io
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
+from bmike_jax.engine import memory as engine_memory
 from bmike_jax.engine import sharding
 from bmike_jax.model import layer_layout
 from bmike_jax.runner.run_config import FlagError, RunConfig
@@ -20,20 +21,11 @@ from bmike_jax.runner.run_config import FlagError, RunConfig
 WEIGHT_MEMORY_SHARE = 0.5
 
 
-def device_memory_bytes(device) -> int | None:
-  """What one device can hold (GPU / TPU); None where the backend does not say (CPU)."""
-  try:
-    stats = device.memory_stats()
-  except Exception:  # pylint: disable=broad-except  (backends without memory stats raise)
-    return None
-  return (stats or {}).get("bytes_limit")
-
-
 def choose_model_axis(config, dtype: str, devices) -> int:
   """The smallest model-axis size m that divides the device count and the KV heads and leaves each
   device at most WEIGHT_MEMORY_SHARE of its memory in weights; 1 when memory is unknown (CPU).
   The largest such m when none fits (the run may still fail to allocate: said in the log)."""
-  memory = device_memory_bytes(devices[0])
+  memory = engine_memory.device_memory_bytes(devices[0])
   if memory is None:
     return 1
   weight_bytes = config.num_params * (4 if dtype == "float32" else 2)
@@ -111,7 +103,7 @@ def build_engine(cfg: RunConfig):
       params,
       tokenizer,
       mesh=mesh,
-      batch_size=cfg.batch_size,
+      batch_size=cfg.batch_size or engine_memory.auto_batch_size(mesh.devices.flat[0].platform),
       length_buckets=cfg.length_buckets,
       max_new_tokens=cfg.max_new_tokens,
       prefix_reuse=cfg.prefix_reuse,

@@ -307,11 +307,13 @@ class RunConfig:
       "{model}/ (icl{0,1,8,8a}_{testdata}_en{L}.csv and txt summaries) so the paper's analysis "
       "scripts read them unchanged.",
   )
-  batch_size: int = _flag(
-      "integer",
-      8,
-      "Prompts per global batch (rounded up to a multiple of " "the data axis).",
-      parse=_positive,
+  batch_size: int | None = _flag(
+      "string",
+      "auto",
+      "Prompts per global batch (rounded up to a multiple of the data axis), or auto: 8 on CPU, "
+      "256 on GPU / TPU. Where the device reports its memory, a shape whose rows would not fit "
+      "runs fewer (engine/memory.py). Answers are identical whatever the batch.",
+      parse=_auto_or_positive,
   )
   dtype: str = _flag(
       "enum",
