@@ -162,3 +162,26 @@ def test_plan_kept_scoring_routes_and_cuts():
   plan = plans[0]
   assert plan.source_rows == (0, 0) and plan.reused == (2, 2) and plan.rest_bucket == 8
   assert plan.tokens == ((7, 11), (3,)) and plan.targets == ((11, 12), (13,))
+
+
+def test_scoring_calls_off_a_large_kept_batch_take_about_a_token_budget():
+  """A kept batch of 256 rows scores short rests in calls of SCORING_TOKENS_PER_CALL / Rb rows
+  (not 256), a longer rest in a call of its own bucket with fewer rows."""
+  prefix = [1, 9, 9, 9]
+  prompts = [prefix + [5, 100 + i] for i in range(300)]
+  kept = layout.KeptPrompts.build(prompts, [(i // 256, i % 256) for i in range(300)])
+  conts = [[7] * (40 if i == 0 else 3) for i in range(300)]
+  plans, fresh = layout.plan_kept_scoring(
+      prompts, conts, kept=kept, prefix_length=4, batches=[256, 64], rest_buckets=(16, 32, 64)
+  )
+  assert fresh == []
+  per_call = buckets.SCORING_TOKENS_PER_CALL
+  got = [(p.source_batch, p.batch, p.kept_batch, p.rest_bucket, len(p.indices)) for p in plans]
+  assert got == [
+      (0, per_call // 64, 256, 64, per_call // 64),  # the 40-token rest leads: bucket 64
+      (0, per_call // 16, 256, 16, per_call // 16),
+      (0, per_call // 16, 256, 16, 256 - per_call // 64 - per_call // 16),
+      (1, 64, 64, 16, 44),  # at most the kept batch's rows
+  ]
+  assert sorted(i for p in plans for i in p.indices) == list(range(300))
+  assert buckets.scoring_rows(256, 16, multiple_of=3) % 3 == 0

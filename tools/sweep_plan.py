@@ -216,7 +216,7 @@ def _plan_group(
   acc["scored_tokens"] += sum(len(x) + len(c) for x, c in zip(contexts, conts))
   for kp in kplans:
     sb = plans[kp.source_batch].suffix_bucket
-    programs[("score_kept", kp.batch, pb, sb, kp.rest_bucket)] += 1
+    programs[("score_kept", kp.batch, pb, sb, kp.rest_bucket, kp.kept_batch)] += 1
     acc["scored_on_kept"] += len(kp.indices)
     acc["scored_run_tokens"] += sum(len(t) for t in kp.tokens)
     acc["scoring_padded_tokens"] += kp.batch * kp.rest_bucket

@@ -92,6 +92,23 @@ def continuation_buckets(largest: int, smallest: int = CONTINUATION_BUCKET) -> t
   return (*out, largest)
 
 
+# A scoring call off the kept prompt KV takes about this many token slots (rows x continuation
+# bucket), at most the kept batch's rows: a batch of 256 prompts scores its ~6-token rests in calls
+# of 128 rows at bucket 16 rather than of 256, and a kept batch's last call wastes fewer rows.
+SCORING_TOKENS_PER_CALL = 2048
+
+
+def scoring_rows(kept_rows: int, rest_bucket: int, multiple_of: int = 1) -> int:
+  """Rows of one scoring call off a kept batch of `kept_rows` rows at continuation bucket
+  `rest_bucket`: the largest power of two <= SCORING_TOKENS_PER_CALL / rest_bucket, at most
+  kept_rows, rounded to a multiple of the data axis (at least one row per data device)."""
+  rows = 1
+  while rows * 2 * rest_bucket <= SCORING_TOKENS_PER_CALL:
+    rows *= 2
+  rows = min(rows, kept_rows)
+  return max(rows // multiple_of, 1) * multiple_of
+
+
 def pick_bucket(n: int, buckets: Sequence[int]) -> int:
   """The smallest bucket >= n; ValueError if none is (callers check lengths first)."""
   for b in buckets:

@@ -538,11 +538,12 @@ class Engine:
         prefix_length=kept.prefix_length,
         batches=[b for b, _, _ in kept.batches],
         rest_buckets=self.continuation_buckets,
+        multiple_of=self.mesh.shape[sh.DATA],
     )
     pending = []
     for plan in plans:
-      b, sb, kv = kept.batches[plan.source_batch]
-      rb = plan.rest_bucket
+      bk, sb, kv = kept.batches[plan.source_batch]
+      b, rb = plan.batch, plan.rest_bucket
       tokens, lengths, _ = layout_lib.pad_rows(plan.tokens, b, rb)
       targets, _, _ = layout_lib.pad_rows(plan.targets, b, rb)
       source_rows, reused = np.zeros((b,), np.int32), np.zeros((b,), np.int32)
@@ -560,7 +561,7 @@ class Engine:
           self.mesh,
       )
       logp = self.programs.score_kept(
-          b, kept.prefix_bucket, sb, rb, layout_lib.cache_length(sb, rb)
+          b, kept.prefix_bucket, sb, rb, layout_lib.cache_length(sb, rb), kept_batch=bk
       )(params=self.params, prefix=kept.prefix, kept=kv, rows=rows)
       pending.append((plan, logp))
       self.stats.scoring_padded_tokens += b * rb

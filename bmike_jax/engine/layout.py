@@ -184,7 +184,8 @@ class KeptScorePlan:
   reused: tuple[int, ...]  # kept suffix slots each reuses
   tokens: tuple[tuple[int, ...], ...]  # each one's tokens after them, but its last one
   targets: tuple[tuple[int, ...], ...]  # the token after each of `tokens`
-  batch: int  # B: the generated batch's bucket
+  batch: int  # B: rows of this call (buckets.scoring_rows of the kept batch and Rb)
+  kept_batch: int  # Bk: the rows of the generated batch whose KV it reuses
   rest_bucket: int  # Rb >= every len(tokens)
 
 
@@ -196,6 +197,7 @@ def plan_kept_scoring(
     prefix_length: int,
     batches: Sequence[int],
     rest_buckets: Sequence[int],
+    multiple_of: int = 1,
 ) -> tuple[list[KeptScorePlan], list[int]]:
   """(calls scoring off the kept prompt KV, indices of the sequences left to the fresh path).
 
@@ -206,7 +208,9 @@ def plan_kept_scoring(
   the row's first start - P suffix slots). Left to the fresh path: start < P (the sequence leaves
   the prompts inside their shared prefix), an empty continuation, more tokens after start than
   the largest rest bucket. batches: the batch bucket of each generated batch; each call takes
-  that many sequences of one batch, longest first."""
+  sequences of one batch, longest first, as many as `buckets.scoring_rows` gives for that batch
+  and the call's rest bucket (the bucket of its longest sequence; rows a multiple of
+  `multiple_of`, the data axis)."""
   per_batch: dict[int, list] = {}
   fresh = []
   for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
@@ -222,8 +226,12 @@ def plan_kept_scoring(
   plans = []
   for j, items in sorted(per_batch.items()):
     items.sort(key=lambda x: -len(x[3]))
-    for c in range(0, len(items), batches[j]):
-      chunk = items[c : c + batches[j]]
+    c = 0
+    while c < len(items):
+      rb = buckets_lib.pick_bucket(len(items[c][3]), rest_buckets)  # the longest left
+      rows = buckets_lib.scoring_rows(batches[j], rb, multiple_of)
+      chunk = items[c : c + rows]
+      c += len(chunk)
       plans.append(
           KeptScorePlan(
               source_batch=j,
@@ -232,8 +240,9 @@ def plan_kept_scoring(
               reused=tuple(x[2] for x in chunk),
               tokens=tuple(x[3] for x in chunk),
               targets=tuple(x[4] for x in chunk),
-              batch=batches[j],
-              rest_bucket=buckets_lib.pick_bucket(max(len(x[3]) for x in chunk), rest_buckets),
+              batch=rows,
+              kept_batch=batches[j],
+              rest_bucket=rb,
           )
       )
   return plans, fresh

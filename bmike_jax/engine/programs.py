@@ -12,8 +12,9 @@ buckets; a row's own cache has S = Sb + N slots, derived):
                            the prompts' KV (B rows, Sb slots) as prefill left it (kept for
                            scoring: a copy of the suffix slots, made before decode writes on)
     score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
-    score_kept(B, Pb, Sb, Rb)  SharedPrefix + a generate batch's kept KV (B rows, Sb slots) +
-                           KeptScoreBatch -> log-probs [B, Rb]
+    score_kept(B, Pb, Sb, Rb, Bk)  SharedPrefix + a generate batch's kept KV (Bk rows, Sb
+                           slots) + KeptScoreBatch of B rows -> log-probs [B, Rb] (B:
+                           buckets.scoring_rows, ~2048 token slots a call, at most Bk)
 
 Each program is called with keywords only; its inputs are the named structures of batch.py, whose
 shardings are built from the same structures (a swapped argument fails on structure or shape).
@@ -217,11 +218,11 @@ class Programs:
 
     return self._get(key, build)
 
-  def score_kept(self, batch: int, pb: int, sb: int, rb: int, slots: int):
-    """call(*, params, prefix: SharedPrefix, kept: KVCache (B rows, Sb slots), rows:
-    KeptScoreBatch) -> log-probs [B, Rb] float32; `kept` is a generate(B, Pb, Sb) batch's KV,
+  def score_kept(self, batch: int, pb: int, sb: int, rb: int, slots: int, *, kept_batch: int):
+    """call(*, params, prefix: SharedPrefix, kept: KVCache (Bk rows, Sb slots), rows:
+    KeptScoreBatch) -> log-probs [B, Rb] float32; `kept` is a generate(Bk, Pb, Sb) batch's KV,
     rows as `KeptScoreBatch.spec(batch=batch, rest_bucket=rb)`."""
-    key = ("score_kept", batch, pb, sb, rb)
+    key = ("score_kept", batch, pb, sb, rb, kept_batch)
 
     def build():
       def fn(params, prefix, kept, rows):
@@ -234,7 +235,7 @@ class Programs:
           in_shardings=(
               self.params_shardings,
               self.prefix_shardings(pb),
-              self.cache_shardings(batch),
+              self.cache_shardings(kept_batch),
               batch_lib.row_shardings(spec, self.mesh),
           ),
           out_shardings=self._repl(),

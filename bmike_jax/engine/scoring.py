@@ -74,7 +74,7 @@ def score_on_kept(
   positions P + reused + t. Returns [B, Rb] float32: entry t is log p(targets_t | the sequence
   up to tokens_t), 0 for t >= lengths.
 
-  Recompiles per (B, Bk, Pb, Sb, Rb) (the engine uses B = Bk)."""
+  Recompiles per (B, Bk, Pb, Sb, Rb) (the engine's B: buckets.scoring_rows(Bk, Rb))."""
   sb, rb = kept.length, batch.tokens.shape[1]
   cache = kept.take_rows(batch.source_rows).pad_slots(slots - sb)  # B rows, S slots
   key_valid = jnp.arange(slots, dtype=jnp.int32)[None, :] < batch.reused[:, None]  # [B, S]
