@@ -66,16 +66,17 @@ def _answers(model, delta):
 
 
 def _check_batched_equals_single(model, name, hp, batched):
-  """Row r of the batch == request r edited alone: the answers exactly; the deltas to atol 2e-5.
+  """Row r of the batch == request r edited alone: the answers exactly; the deltas to atol 1e-4.
   The batched programs accumulate their dots in another order, and Adam divides each gradient
   element by its running RMS, so float32 round-off in elements whose gradient is near zero turns
-  into a relative error of the update (seen: 2e-6 absolute after 30 steps, against updates of up
-  to lr x steps = 0.3 per element)."""
+  into a relative error of the update (seen: 2e-6 absolute after 30 steps, and 2.8e-5 on one LoRA
+  element after 70 steps on a 2026-12-06 machine, against updates of up to lr x steps = 0.35 per
+  element; another request's row would differ by O(0.1))."""
   for r, request in enumerate(REQUESTS):
     single, _ = _edit(model, name, hp, [request])
     one, many = delta_lib.row(single, 0), delta_lib.row(batched, r)
     jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5), one, many
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), one, many
     )
     assert _answers(model, one) == _answers(model, many)
 
