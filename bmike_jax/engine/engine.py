@@ -173,9 +173,8 @@ class Engine:
         kept_kv_bytes if kept_kv_bytes is not None else memory.kept_kv_budget(self.mesh)
     )
     # bytes of one kept row-slot: K and V of every layer
-    self._kv_slot_bytes = (
-        2 * config.num_layers * config.num_kv_heads * config.head_dim * jnp.dtype(dtype).itemsize
-    )
+    self._dtype_bytes = jnp.dtype(dtype).itemsize
+    self._kv_slot_bytes = memory.kv_slot_bytes(config, self._dtype_bytes)
     self.overlong = overlong
     self.min_prefix = min_prefix
     self.context = config.max_position_embeddings
@@ -202,11 +201,11 @@ class Engine:
     if row_memory_bytes == "auto":
       row_memory_bytes = memory.row_budget(
           self.mesh,
-          weight_bytes=config.num_params * jnp.dtype(dtype).itemsize,
+          weight_bytes=config.num_params * self._dtype_bytes,
           kept_kv_bytes=self.kept_kv_bytes if keep_prompt_kv else 0,
       )
     self.row_memory_bytes = row_memory_bytes  # per device; None: rows are not bounded
-    self._row_sizes, self._dtype_bytes = shrink_sizes, jnp.dtype(dtype).itemsize
+    self._row_sizes = shrink_sizes
     dtype = jnp.dtype(dtype)
     if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
       scan_layers = layer_layout.default_scan_layers(platform)

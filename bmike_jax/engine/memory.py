@@ -74,13 +74,19 @@ def row_budget(mesh, *, weight_bytes: int, kept_kv_bytes: int) -> int | None:
   )
 
 
+def kv_slot_bytes(config, dtype_bytes: int, model_axis: int = 1) -> int:
+  """Bytes of one row-slot of KV cache on one device: K and V of every layer (heads split over
+  the model axis; model_axis=1: all devices together)."""
+  kvh = max(config.num_kv_heads // model_axis, 1)
+  return 2 * config.num_layers * kvh * config.head_dim * dtype_bytes
+
+
 def row_bytes(
     config, dtype_bytes: int, *, prefix_bucket: int, suffix_bucket: int, slots: int, model_axis: int
 ) -> int:
   """Upper estimate of one row's live bytes on one device (module docstring)."""
-  kvh = max(config.num_kv_heads // model_axis, 1)
   heads = max(config.num_heads // model_axis, 1)
-  kv = 2 * config.num_layers * kvh * (slots + suffix_bucket) * config.head_dim * dtype_bytes
+  kv = kv_slot_bytes(config, dtype_bytes, model_axis) * (slots + suffix_bucket)
   scores = 2 * heads * suffix_bucket * (prefix_bucket + slots) * 4
   acts = suffix_bucket * (4 * config.hidden_size + 3 * config.intermediate_size // model_axis) * 4
   return kv + scores + acts + 2 * config.vocab_size * 4
