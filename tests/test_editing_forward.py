@@ -6,10 +6,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bmike_jax.editing import delta as delta_lib
 from bmike_jax.editing.forward import MlpPatch, forward
-from bmike_jax.model import Llama, causal_forward
+from bmike_jax.model import Llama, causal_forward, layer_layout
 from tests.engine_tiny import tiny_config, tiny_params
 
 
@@ -80,3 +81,44 @@ def test_apply_delta_is_functional():
       edited["layers"]["attn"]["q"]["kernel"], before["layers"]["attn"]["q"]["kernel"] + 1.0
   )
   assert edited["embed"] is params["embed"]
+
+
+def test_apply_delta_on_per_layer_and_placed_params():
+  """The engine's unrolled layout (params["layers_{i}"]) takes the same delta as the stacked one;
+  placed leaves keep their dtype and sharding, so the engine accepts the edited tree and a tree
+  of another dtype is refused."""
+  from bmike_jax.engine import Engine
+  from tests.editing_tiny import CharTokenizer
+
+  config = tiny_config()
+  params = tiny_params(config)
+  rng = np.random.default_rng(1)
+  d = {
+      "mlp/down/kernel": {1: jnp.asarray(rng.normal(size=(128, 64)), jnp.float32)},
+      "attn/v/kernel": {
+          delta_lib.ALL_LAYERS: (
+              jnp.asarray(rng.normal(size=(2, 64, 1)), jnp.float32),
+              jnp.asarray(rng.normal(size=(2, 1, 32)), jnp.float32),
+          )
+      },
+  }
+  stacked = delta_lib.apply_delta(params, d)
+  per_layer = delta_lib.apply_delta(layer_layout.unstack_layers(params, config.num_layers), d)
+  jax.tree_util.tree_map(
+      np.testing.assert_array_equal,
+      layer_layout.unstack_layers(stacked, config.num_layers),
+      per_layer,
+  )
+  for scan in (True, False):
+    engine = Engine(config, params, CharTokenizer(), dtype=jnp.bfloat16, scan_layers=scan)
+    edited = delta_lib.apply_delta(engine.params, d)
+    same = jax.tree_util.tree_map(
+        lambda a, b: (a.dtype, a.sharding) == (b.dtype, b.sharding), engine.params, edited
+    )
+    assert all(jax.tree_util.tree_leaves(same))
+    with engine.params_override(edited):
+      assert engine.params is edited
+    wrong = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), edited)
+    with pytest.raises(ValueError, match="dtype"):
+      with engine.params_override(wrong):
+        pass

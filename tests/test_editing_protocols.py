@@ -15,6 +15,7 @@ import pytest
 from bmike_jax import data
 from bmike_jax.editing import protocols, templates
 from bmike_jax.editing.ft import FTConfig
+from bmike_jax.engine import Engine
 from bmike_jax.model import Llama, causal_forward
 from tests.editing_tiny import CharTokenizer
 from tests.engine_tiny import tiny_config, tiny_params
@@ -163,3 +164,31 @@ def test_rome_context_templates_generated_greedily(setup):
         break
       ids.append(t)
     assert template == templates.template_of(tok.decode(ids))
+
+
+def test_comparable_answers_read_by_the_engine_equal_the_float32_read(setup):
+  """The runner reads the comparable protocol with the in-context runs' engine on each edit's
+  params: the same answers as the independent float32 read without KV cache (fp32), the engine's
+  own params back after each edit, and no program compiled for an edit."""
+  config, params, tok, _ = setup
+  files = [data.load_file(data.SAMPLE_DATA_DIR, "zsre", lang, limit=2) for lang in LANGS]
+  kw = dict(
+      config=config,
+      params=params,
+      tokenizer=tok,
+      files=files,
+      hp=FTConfig(layer=1, steps=10, lr=0.1),
+      protocols=("comparable",),
+      pad=dict(length=96, max_targets=48),
+  )
+  direct, _ = protocols.run_method(method="ft", **kw)
+  engine = Engine(config, params, tok, batch_size=8, dtype=jnp.float32)
+  base = engine.params
+  unedited, _ = protocols.run_method(method=protocols.UNEDITED, engine=engine, **kw)
+  compiled = engine.compile_count
+  read, stats = protocols.run_method(method="ft", engine=engine, **kw)
+  assert stats["edits"] == 2 and engine.params is base
+  assert engine.compile_count == compiled  # the edited params run the base params' programs
+  assert read == direct
+  # the edits reached the engine: some answers differ from the unedited model's
+  assert [r["prediction"] for r in read] != [r["prediction"] for r in unedited]

@@ -49,22 +49,41 @@ def _replace(tree, path: str, leaf):
   return out
 
 
+def _added(leaf, value, layer):
+  """`leaf` with the update `value` added in float32 (cast back to the leaf's dtype): to the
+  whole leaf (layer None) or to its slice `layer` of a stacked leaf. A placed leaf (a concrete
+  jax.Array) keeps its sharding, so a program compiled for the base params runs the edited ones."""
+  update = dense(value).astype(jnp.float32)
+  if layer is None:
+    out = (leaf.astype(jnp.float32) + update).astype(leaf.dtype)
+  else:
+    out = leaf.at[layer].set((leaf[layer].astype(jnp.float32) + update).astype(leaf.dtype))
+  if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+    out = jax.device_put(out, leaf.sharding)
+  return out
+
+
 def apply_delta(params, delta: Delta):
-  """New params with every entry of `delta` added (in float32, cast back to the leaf's dtype)."""
-  if not layer_layout.is_stacked(params):
-    raise ValueError("apply_delta needs the stacked params layout (params['layers'])")
-  layers = params[layer_layout.STACKED]
-  for path, per_layer in delta.items():
-    leaf = _get(layers, path)
-    for layer, value in per_layer.items():
-      update = dense(value).astype(jnp.float32)
-      if layer == ALL_LAYERS:
-        leaf = (leaf.astype(jnp.float32) + update).astype(leaf.dtype)
-      else:
-        leaf = leaf.at[layer].set((leaf[layer].astype(jnp.float32) + update).astype(leaf.dtype))
-    layers = _replace(layers, path, leaf)
+  """New params with every entry of `delta` added (in float32, cast back to the leaf's dtype),
+  in either layout (model/layer_layout.py): stacked `params["layers"]` (traceable: the edits'
+  optimisations use it under jit / vmap) or per-layer `params["layers_{i}"]` (the engine's
+  unrolled layout on GPU / TPU). Placed leaves keep their dtype and sharding."""
   out = dict(params)
-  out[layer_layout.STACKED] = layers
+  stacked = layer_layout.is_stacked(params)
+  num_layers = sum(1 for k in params if k.startswith(layer_layout.STACKED + "_"))
+  if not stacked and layer_layout.layer_name(0) not in params:
+    raise ValueError("apply_delta needs params['layers'] or params['layers_0'], ...")
+  for path, per_layer in delta.items():
+    for layer, value in per_layer.items():
+      if stacked:
+        leaf = _get(out[layer_layout.STACKED], path)
+        new = _added(leaf, value, None if layer == ALL_LAYERS else layer)
+        out[layer_layout.STACKED] = _replace(out[layer_layout.STACKED], path, new)
+        continue
+      for i in range(num_layers) if layer == ALL_LAYERS else (layer,):
+        one = jax.tree_util.tree_map(lambda v, i=i: v[i], value) if layer == ALL_LAYERS else value
+        name = layer_layout.layer_name(i)
+        out[name] = _replace(out[name], path, _added(_get(out[name], path), one, None))
   return out
 
 

@@ -15,7 +15,9 @@ one empty 0; locality compares the post-edit answer with the pre-edit answer
 `comparable` (new; what the in-context runs do): greedy generation (15 tokens, cut at the first
 `"`, the model's own tokenizer) after the zero-shot query line `Question: "{L.query}" Answer: "`
 with no New Fact line, scored exactly as the in-context runs (runner/evaluate.score_sample),
-locality against `loc_ans`.
+locality against `loc_ans`. In the runner the answers are read by the in-context runs' engine on
+the edited engine params (one engine call per edit: its languages x query types are the rows);
+without an engine, by answers.greedy (float32, no KV cache: the tests' independent read).
 
 `setup` holds the protocol's name (these rows have no demonstrations).
 """
@@ -148,11 +150,18 @@ def comparable_rows(
     records: Sequence[Record],
     query_types: Sequence[str] = QUERY_TYPES,
     max_new_tokens: int = 15,
+    engine=None,
 ) -> list[dict]:
-  """Rows of the `comparable` protocol for `records` asked on `params`."""
+  """Rows of the `comparable` protocol for `records` asked on `params`: read by `engine` when
+  given (then `params` are in the engine's layout, dtype and placement: the base `engine.params`
+  or an edited copy of them; max_new_tokens is the engine's), else by answers.greedy (float32,
+  no KV cache)."""
   queries = [(r, qt) for r in records for qt in query_types]
   prompts = [comparable_prompt(r, qt) for r, qt in queries]
-  outs = answers.greedy(config, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
+  if engine is not None:
+    outs = answers.engine_greedy(engine, params, tokenizer, prompts)
+  else:
+    outs = answers.greedy(config, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
   rows = []
   for (record, qt), prompt, ids in zip(queries, prompts, outs):
     prediction = cut_at_quote(tokenizer.decode(ids))
@@ -180,10 +189,14 @@ def run_method(
     pad: dict | None = None,
     pre_cache: dict | None = None,
     second_moments=None,
+    engine=None,
 ) -> tuple[list[dict], dict]:
   """Edit once per record group (batches of `batch_size` requests, one vmapped optimisation
   each), ask every language of the group under each protocol. `method` UNEDITED asks the base
-  model; MEMIT needs `second_moments` (stats.load_or_compute). Returns (rows, stats {"edits",
+  model; MEMIT needs `second_moments` (stats.load_or_compute). `engine` (the in-context runs'
+  Engine over the same model): the comparable protocol's answers are read by it, each edit applied
+  to its params (delta.apply_delta keeps their dtype and placement); without one, by
+  answers.greedy on the float32 `params`. Returns (rows, stats {"edits",
   "groups", "skipped": [messages]}); a group whose edit cannot be built (ROME, MEMIT: subject
   not in the prompt) is skipped and named in `skipped`."""
   unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -196,9 +209,9 @@ def run_method(
   for start in range(0, len(groups), batch_size):
     chunk = groups[start : start + batch_size]
     if method == UNEDITED:
-      edited = [(g, params) for g in chunk]
+      edited = [(g, None) for g in chunk]
     else:
-      usable, edited = [], []
+      usable = []
       for g in chunk:
         try:
           methods.check_request(method, g.request)
@@ -218,15 +231,13 @@ def run_method(
           **(pad or {}),
       )
       stats["edits"] += len(usable)
-      edited = [
-          (g, delta_lib.apply_delta(params, delta_lib.row(delta, r))) for r, g in enumerate(usable)
-      ]
-    for group, group_params in edited:
+      edited = [(g, delta_lib.row(delta, r)) for r, g in enumerate(usable)]
+    for group, one in edited:
       if "reference" in protocols:
         rows += reference_rows(
             method=method,
             config=config,
-            params=group_params,
+            params=params if one is None else delta_lib.apply_delta(params, one),
             base_params=params,
             tokenizer=tokenizer,
             records=group.records,
@@ -236,13 +247,15 @@ def run_method(
             pre_cache=pre_cache,
         )
       if "comparable" in protocols:
+        base = params if engine is None else engine.params
         rows += comparable_rows(
             method=method,
             config=config,
-            params=group_params,
+            params=base if one is None else delta_lib.apply_delta(base, one),
             tokenizer=tokenizer,
             records=group.records,
             query_types=query_types,
+            engine=engine,
         )
   return rows, stats
 

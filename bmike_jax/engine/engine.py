@@ -15,6 +15,7 @@ Sequences that share too little (or when nothing is kept) are scored afresh on t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -222,6 +223,7 @@ class Engine:
         params,
     )
     self.params, params_shardings = sh.shard_params(params, self.mesh, config)
+    self._base_params = self.params
     if decode_halvings < 0:
       raise ValueError(f"decode_halvings must be >= 0, got {decode_halvings}")
     self.programs = Programs(
@@ -256,6 +258,32 @@ class Engine:
     return StopRule(
         eos_ids=sh.to_global(np.asarray(eos, np.int32), repl), quote_mask=sh.to_global(mask, repl)
     )
+
+  @contextlib.contextmanager
+  def params_override(self, params):
+    """Inside the block, the engine's calls run on `params`: another tree of the same structure,
+    shapes, dtypes and shardings as `engine.params` (an edited copy of them:
+    editing/delta.apply_delta keeps placed leaves where they are), so no program is recompiled.
+    The kept prefix and prompt KV, computed with the other weights, are dropped on entry and on
+    exit."""
+    if self.params is not self._base_params:
+      raise RuntimeError("params_override blocks do not nest")
+    mine, theirs = (
+        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding), t)
+        for t in (self.params, params)
+    )
+    if mine != theirs:
+      raise ValueError(
+          "params_override: the params differ from the engine's in structure, "
+          "shape, dtype or sharding"
+      )
+    self._last_prefix, self._kept = None, None
+    self.params = params
+    try:
+      yield self
+    finally:
+      self.params = self._base_params
+      self._last_prefix, self._kept = None, None
 
   @property
   def compile_count(self) -> int:

@@ -4,7 +4,11 @@ Each record's edit (en.src -> en.alt, subject en.subject) is made once and read 
 language under every requested protocol (editing/protocols.run_method); the runner's units are
 (method, dataset, language, protocol), and the pending units of one method and dataset are computed
 together, so that they share their edits. The edited models are never kept: each edit is a delta
-applied to the base params (editing/delta.py).
+applied to the base params (editing/delta.py): to the Editor's float32 copy for the edit's
+optimisation and the reference protocol's teacher-forced read, and to the engine's own placed
+params for the comparable protocol, whose answers the engine reads as it reads the in-context
+runs' (same dtype, KV cache, batches and programs; its throughput counters in results.json
+include these reads).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Editor:
 
   def __init__(self, cfg: RunConfig, engine, tokenizer, model_fingerprint: str):
     self.cfg = cfg
+    self.engine = engine
     self.config = engine.config
     params = forward.stacked(engine.params, engine.config)
     self.params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
@@ -109,6 +114,7 @@ class Editor:
         batch_size=cfg.edit_batch_size,
         pre_cache=self.pre_cache,
         second_moments=moments,
+        engine=self.engine,
     )
     seconds = time.perf_counter() - start
     for message in info["skipped"]:
