@@ -100,3 +100,29 @@ def test_a_write_error_on_process_0_stops_both_with_one_message(tiny_ckpt, tmp_p
     assert "Traceback" not in err, err[-3000:]
     message = [line for line in err.splitlines() if line.startswith("error: ")]
     assert message and "cannot write unit" in message[-1] and outs[0] in message[-1], err[-3000:]
+
+
+def test_two_hosts_with_weight_edits_equal_one_host(tiny_ckpt, tmp_path):  # noqa: F811
+  """Weight edits on a pod in miniature: both processes make the same edits and read every edited
+  model's answers with the engine over the two-device mesh in lockstep; the results and samples
+  equal a one-process run's."""
+  from tests.test_runner import run_main
+  from tests.test_runner_methods import FLAGS, assert_close
+
+  flags = [*FLAGS, f"--checkpoint={tiny_ckpt}", "--limit=1", "--methods=ike,ft"]
+  local = str(tmp_path / "local")
+  proc = run_main(flags + [f"--output_dir={local}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  outs = [str(tmp_path / "host0"), str(tmp_path / "host1")]
+  procs = two_processes.start_pair(flags, outs)
+  try:
+    logs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]
+  assert_close(load_results(outs[0])["results_by_method"], load_results(local)["results_by_method"])
+  assert_close(load_samples(outs[0]), load_samples(local))
+  assert not os.path.exists(os.path.join(outs[1], "results.json"))

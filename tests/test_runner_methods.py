@@ -227,6 +227,10 @@ def test_fork_layout_files(methods_run):
 def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
   out, _ = methods_run
   before = load_results(out)["results_by_method"]
+  assert {m: e["edits"] for m, e in load_results(out)["weight_edits"]["methods"].items()} == {
+      "ft": 2,
+      "kn": 2,
+  }
   lost = os.path.join(out, "units", "kn", "zsre", "comparable", "zh.metrics.json")
   os.remove(lost)  # as if killed before this unit was written
   kept = os.path.join(out, "units", "ft", "zsre", "reference", "de.metrics.json")
@@ -236,6 +240,8 @@ def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
   assert "1 to run" in proc.stderr
   assert os.path.isfile(lost) and os.stat(kept).st_mtime_ns == kept_mtime
   assert load_results(out)["results_by_method"] == before
+  edits = load_results(out)["weight_edits"]["methods"]
+  assert edits["kn"]["edits"] == 2 * edits["ft"]["edits"] == 4  # summed over both runs
   assert len(load_samples(out)) == 2 * 2 * 4 + 2 * 2 * 2 * 4 * 2
 
 
@@ -365,7 +371,7 @@ def test_kill_minus_9_during_weight_edits_then_resume(methods_run, tiny_ckpt, tm
 def test_memit_end_to_end_stores_and_reuses_its_second_moments(tiny_ckpt, tmp_path, monkeypatch):
   """--methods=memit on the tiny model with a corpus written here: both protocols' units, the
   corpus's sha256 in run.json, the second moments stored once (~/.cache/bmike_jax/memit) and read
-  back, not recomputed, by a rerun that edits again."""
+  back, not recomputed, by a rerun that edits again; --memit_stats_dir moves them."""
   home = tmp_path / "home"
   monkeypatch.setenv("HOME", str(home))  # the subprocess's ~ (where the moments are stored)
   corpus = tmp_path / "corpus.txt"
@@ -417,6 +423,15 @@ def test_memit_end_to_end_stores_and_reuses_its_second_moments(tiny_ckpt, tmp_pa
   assert glob.glob(str(home / ".cache" / "bmike_jax" / "memit" / "*.npz")) == stored
   assert os.stat(stored[0]).st_mtime_ns == mtime  # read back, not computed and written again
   assert_close(load_results(out)["results_by_method"], doc["results_by_method"])
+  assert_close(load_samples(out), samples)
+
+  moved = tmp_path / "moments"  # --memit_stats_dir: stored there, the same answers
+  os.remove(os.path.join(out, "units", "memit", "zsre", "comparable", "de.metrics.json"))
+  proc = run_main(flags + [f"--memit_stats_dir={moved}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert [os.path.basename(p) for p in glob.glob(str(moved / "*.npz"))] == [
+      os.path.basename(stored[0])
+  ]
   assert_close(load_samples(out), samples)
 
 

@@ -12,6 +12,13 @@ BMIKE-53's files) at the better measured rate, once per record (this runner: one
 target languages) against once per record and target language (the fork's loop, `--lang2`
 one language a run). Only the edits are projected, not the reading of the answers.
 
+Reads (--read_langs=de,ru,zh): the comparable protocol's answers of each edited model (its
+records' languages x 4 query types), read two ways side by side: `no_cache` = answers.greedy
+(float32, every step re-runs the whole rows: the runner's read before 2026-12-06) and `engine` =
+answers.engine_greedy (the in-context runs' engine on the edited engine params, one call per
+edit: the runner's read now). The edits are FT-L deltas of one step (what is read does not change
+the cost); each read runs twice, the second is timed; the answers of the two reads are compared.
+
 Quick check: python -m tools.bench_edits --methods=ft --records=2
 """
 
@@ -51,6 +58,65 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("target_langs", 52, "Target languages of the projection.")
 flags.DEFINE_string("output", "", "Also write the raw numbers here (.json).")
+flags.DEFINE_string(
+    "read_langs", "", "Also time the comparable reads of each edit in these sample languages."
+)
+flags.DEFINE_integer("read_batch_size", 16, "The engine's batch size for the reads.")
+
+
+def time_reads(config, params, tokenizer, langs, records: int) -> dict:
+  """Seconds of the comparable reads of `records` edits in `langs`, without KV cache against
+  through the engine (see the module doc)."""
+  from bmike_jax.editing import answers
+  from bmike_jax.editing import delta as delta_lib
+  from bmike_jax.editing.protocols import comparable_prompt
+  from bmike_jax.data import QUERY_TYPES
+  from bmike_jax.engine import Engine
+
+  files = [
+      data_lib.load_file(data_lib.SAMPLE_DATA_DIR, "zsre", lang, limit=records) for lang in langs
+  ]
+  groups = edit_groups(files)
+  hp = dataclasses.replace(_hparams("ft", FLAGS.flagfile_hparams), steps=1)
+  delta, _ = edit_methods.edit("ft", config, params, tokenizer, [g.request for g in groups], hp)
+  prompts = [[comparable_prompt(r, qt) for r in g.records for qt in QUERY_TYPES] for g in groups]
+  engine = Engine(
+      config,
+      params,
+      tokenizer,
+      batch_size=FLAGS.read_batch_size,
+      length_buckets=(32, 48, 64, 96, 128, 192, 256),
+  )
+
+  def no_cache():
+    return [
+        answers.greedy(config, delta_lib.apply_delta(params, delta_lib.row(delta, i)), tokenizer, p)
+        for i, p in enumerate(prompts)
+    ]
+
+  def with_engine():
+    return [
+        answers.engine_greedy(
+            engine, delta_lib.apply_delta(engine.params, delta_lib.row(delta, i)), tokenizer, p
+        )
+        for i, p in enumerate(prompts)
+    ]
+
+  out = {"edits": len(groups), "rows_per_edit": len(prompts[0]), "langs": list(langs)}
+  got = {}
+  for mode, fn in (("no_cache", no_cache), ("engine", with_engine)):
+    first = time.perf_counter()
+    fn()
+    first = time.perf_counter() - first
+    second = time.perf_counter()
+    got[mode] = fn()
+    second = time.perf_counter() - second
+    out[mode] = {"first_s": round(first, 2), "seconds": round(second, 2)}
+    print(f"reads {mode}: first {first:.1f} s, then {second:.1f} s", flush=True)
+  pairs = [(a, b) for x, y in zip(got["no_cache"], got["engine"]) for a, b in zip(x, y)]
+  out["identical_answers"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+  out["speedup"] = round(out["no_cache"]["seconds"] / out["engine"]["seconds"], 2)
+  return out
 
 
 def _hparams(method: str, flagfile: str):
@@ -78,6 +144,10 @@ def main(argv):
   loaded = data_lib.load_file(data_lib.SAMPLE_DATA_DIR, "zsre", "de", limit=FLAGS.records)
   requests = [g.request for g in edit_groups([loaded])][: FLAGS.records]
   names = [m.strip() for m in FLAGS.methods.split(",") if m.strip()]
+  reads = None
+  if FLAGS.read_langs:
+    langs = [x.strip() for x in FLAGS.read_langs.split(",") if x.strip()]
+    reads = time_reads(config, params, tokenizer, langs, FLAGS.records)
   generated = None
   raw = {
       "model": os.path.basename(source),
@@ -171,6 +241,21 @@ def main(argv):
         f"{p['edits_per_language']}, {p['hours_per_language']} / "
         f"{p['hours_per_language_one_at_a_time']} |"
     )
+  if reads is not None:
+    raw["reads"] = reads
+    lines += [
+        "",
+        f"Comparable reads: {reads['edits']} edits x {reads['rows_per_edit']} rows "
+        f"({','.join(reads['langs'])} x 4 query types), answers identical "
+        f"{reads['identical_answers']}:",
+        "",
+        "| read | first run s (compiles) | second run s | speed-up |",
+        "|---|---|---|---|",
+        f"| no KV cache (answers.greedy) | {reads['no_cache']['first_s']} | "
+        f"{reads['no_cache']['seconds']} | 1x |",
+        f"| engine (answers.engine_greedy) | {reads['engine']['first_s']} | "
+        f"{reads['engine']['seconds']} | {reads['speedup']}x |",
+    ]
   print("\n".join(lines))
   if FLAGS.output:
     with open(FLAGS.output, "w", encoding="utf-8") as f:

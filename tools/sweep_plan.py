@@ -44,7 +44,7 @@ def define_flags() -> None:
   flags.DEFINE_enum(
       "batch_shapes",
       "fixed",
-      ["fixed", "buckets"],
+      [s for s in buckets_lib.BATCH_SHAPES if s != "auto"],  # no device here to decide auto
       "The engine's batch shapes (bmike_jax/engine/buckets.py; fixed: what --batch_shapes=auto "
       "runs on GPU / TPU, buckets: on CPU).",
   )

@@ -12,8 +12,9 @@ from bmike_jax.analysis import figures
 from bmike_jax.data import DATASETS, QUERY_TYPES
 from bmike_jax.languages import LANGUAGES
 from bmike_jax.prompts import SETUPS
+from bmike_jax.runner import units
 
-IKE = "ike"
+IKE = units.IKE
 METHOD_ORDER = (IKE, "ft", "lora", "rome", "kn", "memit")
 PROTOCOL_ORDER = ("reference", "comparable")
 KEYS = ("method", "dataset", "setup", "lang", "query_type")

@@ -9,6 +9,7 @@ import os
 
 from bmike_jax import metrics
 from bmike_jax.languages import LANGUAGE_ALIASES, normalize_lang
+from bmike_jax.runner import units
 
 REQUIRED_FIELDS = (
     "dataset",
@@ -56,7 +57,7 @@ def _check_row(row, path, lineno):
 
 def sample_key(row):
   return (
-      row.get("method") or "ike",
+      row.get("method") or units.IKE,
       row["dataset"],
       row["setup"],
       row["lang"],

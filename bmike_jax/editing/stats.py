@@ -103,7 +103,7 @@ def _sha256(path: str) -> str:
 
 
 def load_or_compute(
-    cache_path: str,
+    cache_path: str | None,
     *,
     corpus_path: str,
     model_name: str,
@@ -115,7 +115,8 @@ def load_or_compute(
     max_length: int = 128,
 ) -> np.ndarray:
   """The second moments of `layers`, read from `cache_path` when it was computed from the same
-  model name, layers, corpus file (sha256), limit and max_length; else computed and stored."""
+  model name, layers, corpus file (sha256), limit and max_length; else computed and stored there
+  (cache_path None: computed, not stored)."""
   meta = {
       "model": model_name,
       "layers": [int(x) for x in layers],
@@ -123,12 +124,14 @@ def load_or_compute(
       "limit": limit,
       "max_length": max_length,
   }
-  if os.path.isfile(cache_path):
+  if cache_path and os.path.isfile(cache_path):
     with np.load(cache_path) as stored:
       if json.loads(str(stored["meta"])) == meta:
         return stored["moments"]
   texts = read_corpus(corpus_path, limit)
   moments = second_moments(config, params, tokenizer, texts, layers, max_length=max_length)
+  if not cache_path:
+    return moments
   os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
   np.savez(cache_path, moments=moments, meta=np.array(json.dumps(meta)))
   return moments

@@ -27,7 +27,7 @@ from bmike_jax.runner import distributed, fingerprint, fork_layout, reference_la
 from bmike_jax.runner import weight_edits
 from bmike_jax.runner.evaluate import evaluate_unit
 from bmike_jax.runner.run_config import IKE, PRECISIONS, RunConfig
-from bmike_jax.runner.store import OutputError, OutputStore
+from bmike_jax.runner.store import OutputError, OutputStore, with_method
 from bmike_jax.runner.units import Unit, enumerate_units
 
 
@@ -75,7 +75,7 @@ class RunState:
   units: list[Unit]
   metrics: dict[Unit, dict]
 
-  def results(self, method: str = "ike") -> dict:
+  def results(self, method: str = IKE) -> dict:
     """results[dataset][setup][lang][query_type] of one method (the weight-editing methods'
     setups are the protocols)."""
     out: dict = {}
@@ -302,16 +302,18 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   previous_edits = _previous_edits(store) if writer else {}
 
   def edits_document() -> dict | None:
-    """This run's edit statistics, beside those of the held methods it did not run."""
+    """The edit statistics of the folder's runs (this one's added to the earlier ones') of the
+    methods it holds."""
     now = editor.document() if editor else {}
     held = {u.method for u in units}
     methods = {m: v for m, v in previous_edits.get("methods", {}).items() if m in held}
-    methods.update(now.get("methods", {}))
+    for m, counts in now.get("methods", {}).items():
+      methods[m] = weight_edits.add_counts(methods.get(m), counts)
     return {**previous_edits, **now, "methods": methods} if keyed else None
 
   def finish(unit, rows, loaded, pool_path=None):
     if keyed:  # a folder with weight edits keys every row by method, in-context ones too
-      rows = [r if "method" in r else {"method": unit.method, **r} for r in rows]
+      rows = with_method(rows, unit.method)
     data_doc = {
         "file": os.path.relpath(loaded.path, cfg.data_dir),
         "n_total": loaded.n_total,
@@ -333,9 +335,9 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
 
     def write():  # process 0 only; all processes hear whether it worked (writer_does)
       store.write_unit(unit, rows, unit_doc)
-      if cfg.reference_layout and unit.method == "ike":
+      if cfg.reference_layout and unit.method == IKE:
         reference_layout.write_unit(cfg.output_dir, model_info["checkpoint"], unit, rows)
-      if cfg.reference_layout and unit.setup == "reference" and unit.method != "ike":
+      if cfg.reference_layout and unit.setup == "reference" and unit.method != IKE:
         fork_layout.write_unit(cfg.output_dir, unit, rows, cfg.limit)
         fork_layout.write_analysis(cfg.output_dir, unit.dataset, state.metrics)
       store.write_results(
@@ -356,7 +358,7 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
       bar.update(1)
       bar.set_postfix_str(unit.name)
 
-  for unit in (u for u in todo if u.method == "ike"):
+  for unit in (u for u in todo if u.method == IKE):
     if loaded_key != (unit.dataset, unit.lang):
       loaded = data_lib.load_file(
           cfg.data_dir, unit.dataset, unit.lang, limit=cfg.limit, limit_mode=cfg.limit_mode
@@ -369,7 +371,7 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
     )
     finish(unit, rows, loaded, pool_path)
   groups: dict = {}
-  for unit in (u for u in todo if u.method != "ike"):
+  for unit in (u for u in todo if u.method != IKE):
     groups.setdefault((unit.method, unit.dataset), []).append(unit)
   for (method, dataset), group in groups.items():
     if editor is None:

@@ -23,6 +23,7 @@ from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.editing import methods as edit_methods
 from bmike_jax.engine import buckets as buckets_lib
 from bmike_jax.engine.buckets import OVERLONG_POLICIES
+from bmike_jax.runner import units
 
 DTYPES = ("float32", "bfloat16")
 PRECISIONS = {
@@ -35,7 +36,7 @@ FLAGS = flags.FLAGS
 
 # --methods: "ike" is the in-context setups (--setups); the others edit the weights
 # (bmike_jax/editing/), once per record, and are read under --protocols.
-IKE = "ike"
+IKE = units.IKE
 EDIT_METHODS = tuple(edit_methods.METHODS)
 METHODS = (IKE,) + EDIT_METHODS
 # The weight edits' evaluation protocols (editing/protocols.PROTOCOLS; a test checks they agree).
@@ -262,6 +263,12 @@ class RunConfig:
       "MEMIT's corpus for the second moments of the edited layers' keys: a local .txt (one text "
       "per line) or .jsonl ('text' field). Required with --methods=memit (the fork uses "
       "Wikipedia).",
+  )
+  memit_stats_dir: str = _flag(
+      "string",
+      os.path.join("~", ".cache", "bmike_jax", "memit"),
+      "Where MEMIT's second moments are stored and found again (one .npz per model, layers and "
+      "corpus; a local folder). Empty: computed in every run, not stored.",
   )
   edit_context_templates: str = _flag(
       "enum",

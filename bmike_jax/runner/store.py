@@ -21,7 +21,7 @@ import tempfile
 from typing import Any, Callable, Iterable
 
 from bmike_jax import paths
-from bmike_jax.runner.units import Unit
+from bmike_jax.runner.units import IKE, Unit
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -160,9 +160,9 @@ class OutputStore:
     with paths.atomic_writer(self._path("samples.jsonl")) as out:
       for unit in finished:
         text = paths.read_text(self.unit_path(unit, "samples.jsonl"))
-        if keyed and unit.method == "ike":
+        if keyed and unit.method == IKE:
           rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-          text = _jsonl([r if "method" in r else {"method": unit.method, **r} for r in rows])
+          text = _jsonl(with_method(rows, unit.method))
         out.write(text)
 
   def load_results(self) -> dict:
@@ -182,7 +182,13 @@ class OutputStore:
 
 def _method_part(unit: Unit) -> tuple[str, ...]:
   """In-context units keep the layout they always had; a weight-editing method gets a folder."""
-  return () if unit.method == "ike" else (unit.method,)
+  return () if unit.method == IKE else (unit.method,)
+
+
+def with_method(rows: Iterable[dict], method: str) -> list[dict]:
+  """Sample rows keyed by method: a row without `method` gets `method` first (an in-context row;
+  weight-editing rows carry theirs)."""
+  return [r if "method" in r else {"method": method, **r} for r in rows]
 
 
 def _jsonl(rows: list[dict]) -> str:

@@ -10,36 +10,39 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator, Sequence
 
+# The method name of the in-context setups (--methods=ike): the one spelling every module uses.
+IKE = "ike"
+
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Unit:
   dataset: str
   lang: str
   setup: str
-  method: str = "ike"
+  method: str = IKE
 
   @property
   def name(self) -> str:
     name = f"{self.dataset}/{self.setup}/{self.lang}"
-    return name if self.method == "ike" else f"{self.method}/{name}"
+    return name if self.method == IKE else f"{self.method}/{name}"
 
 
 def enumerate_units(
     datasets: Sequence[str],
     langs: Sequence[str],
     setups: Sequence[str],
-    methods: Sequence[str] = ("ike",),
+    methods: Sequence[str] = (IKE,),
     protocols: Sequence[str] = (),
 ) -> Iterator[Unit]:
   """In-context units first (dataset, then language, then setup: consecutive units share one
   loaded data file), then per weight-editing method: dataset, language, protocol."""
-  if "ike" in methods:
+  if IKE in methods:
     for dataset in datasets:
       for lang in langs:
         for setup in setups:
           yield Unit(dataset, lang, setup)
   for method in methods:
-    if method == "ike":
+    if method == IKE:
       continue
     for dataset in datasets:
       for lang in langs:

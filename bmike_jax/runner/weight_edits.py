@@ -26,10 +26,9 @@ from bmike_jax import checkpoints
 from bmike_jax import data as data_lib
 from bmike_jax.checkpoints import hub
 from bmike_jax.editing import forward, methods, protocols, stats, templates
+from bmike_jax.runner import fingerprint
 from bmike_jax.runner.run_config import FlagError, RunConfig
 from bmike_jax.runner.units import Unit
-
-MEMIT_CACHE = os.path.join("~", ".cache", "bmike_jax", "memit")
 
 
 def check_layers(cfg: RunConfig) -> None:
@@ -44,6 +43,20 @@ def check_layers(cfg: RunConfig) -> None:
       methods.check_layers(config, cfg.hparams(m))
     except ValueError as e:
       raise FlagError(f"--{m}_hparams: {e}") from None
+
+
+def add_counts(before: dict | None, now: dict) -> dict:
+  """One method's edit statistics over runs in one folder: edits and seconds summed (a resumed
+  method and dataset edits its records again), skipped records listed once."""
+  if not before:
+    return dict(now)
+  skipped = list(before.get("skipped", []))
+  skipped += [s for s in now.get("skipped", []) if s not in skipped]
+  return {
+      "edits": before.get("edits", 0) + now.get("edits", 0),
+      "skipped": skipped,
+      "seconds": round(before.get("seconds", 0.0) + now.get("seconds", 0.0), 3),
+  }
 
 
 class Editor:
@@ -75,9 +88,15 @@ class Editor:
     return hp
 
   def second_moments(self, hp):
-    cache = os.path.join(
-        os.path.expanduser(MEMIT_CACHE),
-        f"{self.fingerprint[:16]}-{'_'.join(str(x) for x in hp.layers)}.npz",
+    layers = "_".join(str(x) for x in hp.layers)
+    corpus = fingerprint.file_sha256(self.cfg.memit_corpus)[:16]
+    cache = (
+        os.path.join(
+            os.path.expanduser(self.cfg.memit_stats_dir),
+            f"{self.fingerprint[:16]}-{layers}-{corpus}.npz",
+        )
+        if self.cfg.memit_stats_dir
+        else None
     )
     return stats.load_or_compute(
         cache,
