@@ -62,12 +62,7 @@ def test_two_hosts_on_separate_disks_killed_and_restarted(  # noqa: F811
   assert not os.path.exists(os.path.join(outs[1], "units"))  # process 1 writes nothing
 
   procs = _start_pair(tiny_ckpt, outs)
-  try:
-    logs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  logs = two_processes.wait_pair(procs, timeout=600)
   for p, (_, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]
   for _, err in logs:  # both processes agree on the work left: process 0's disk decides
@@ -89,12 +84,7 @@ def test_a_write_error_on_process_0_stops_both_with_one_message(tiny_ckpt, tmp_p
   with open(os.path.join(outs[0], "units"), "w") as f:
     f.write("not a folder")
   procs = _start_pair(tiny_ckpt, outs)
-  try:
-    logs = [p.communicate(timeout=400) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  logs = two_processes.wait_pair(procs, timeout=400)
   for p, (_, err) in zip(procs, logs):
     assert p.returncode == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
@@ -115,12 +105,7 @@ def test_two_hosts_with_weight_edits_equal_one_host(tiny_ckpt, tmp_path):  # noq
   assert proc.returncode == 0, proc.stderr[-3000:]
   outs = [str(tmp_path / "host0"), str(tmp_path / "host1")]
   procs = two_processes.start_pair(flags, outs)
-  try:
-    logs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  logs = two_processes.wait_pair(procs, timeout=600)
   for p, (_, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]
   assert_close(load_results(outs[0])["results_by_method"], load_results(local)["results_by_method"])

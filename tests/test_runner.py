@@ -369,7 +369,7 @@ def test_two_processes_split_the_batches_and_one_writes(full_run, tiny_ckpt, tmp
   writes, and the results equal the single-process run's."""
   out = str(tmp_path / "pod")
   procs = two_processes.start_pair([*BASE_FLAGS, f"--checkpoint={tiny_ckpt}"], [out, out])
-  logs = [p.communicate(timeout=600) for p in procs]
+  logs = two_processes.wait_pair(procs, timeout=600)
   for p, (_, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]
   assert "process 1 of 2" in logs[1][1] and "2 local / 2 global" not in logs[1][1]

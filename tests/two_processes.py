@@ -39,3 +39,14 @@ def start_pair(flags, output_dirs) -> list[subprocess.Popen]:
       )
       for i in (0, 1)
   ]
+
+
+def wait_pair(procs, timeout: float) -> list[tuple[str, str]]:
+  """(stdout, stderr) of each process once both have ended; both are killed if either outlasts
+  `timeout` seconds (or the wait fails), so no test leaves a process behind."""
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
