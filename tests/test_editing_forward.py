@@ -110,14 +110,26 @@ def test_apply_delta_on_per_layer_and_placed_params():
       per_layer,
   )
   for scan in (True, False):
-    engine = Engine(config, params, CharTokenizer(), dtype=jnp.bfloat16, scan_layers=scan)
+    engine = Engine(
+        config,
+        params,
+        CharTokenizer(),
+        dtype=jnp.bfloat16,
+        scan_layers=scan,
+        row_memory_bytes=10**9,
+    )
     edited = delta_lib.apply_delta(engine.params, d)
     same = jax.tree_util.tree_map(
         lambda a, b: (a.dtype, a.sharding) == (b.dtype, b.sharding), engine.params, edited
     )
     assert all(jax.tree_util.tree_leaves(same))
-    with engine.params_override(edited):
+    base = engine.params
+    with engine.params_override(edited, held_bytes_per_device=1000):
       assert engine.params is edited
+      assert engine.row_memory_bytes == 10**9 - 1000  # the caller's arrays come off the rows
+      engine.generate([[1, 40, 41, 42]])
+      assert engine._kept is None  # no prompt KV of the edited weights is kept
+    assert engine.params is base and engine.row_memory_bytes == 10**9 and engine.keep_prompt_kv
     wrong = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), edited)
     with pytest.raises(ValueError, match="dtype"):
       with engine.params_override(wrong):

@@ -14,6 +14,7 @@ from bmike_jax.editing import methods, stats
 from bmike_jax.editing import delta as delta_lib
 from bmike_jax.editing.memit import MEMITConfig
 from bmike_jax.editing.request import EditRequest
+from bmike_jax.runner import fingerprint
 from tests.editing_tiny import CharTokenizer
 from tests.engine_tiny import tiny_config, tiny_params
 
@@ -30,6 +31,7 @@ def test_memit_update_solves_its_least_squares(tmp_path):
   cache = str(tmp_path / "moments.npz")
   kw = dict(
       corpus_path=str(corpus),
+      corpus_sha256=fingerprint.file_sha256(corpus),
       model_name="tiny",
       config=config,
       params=params,
@@ -42,6 +44,11 @@ def test_memit_update_solves_its_least_squares(tmp_path):
   stamp = os.stat(cache).st_mtime_ns
   np.testing.assert_array_equal(stats.load_or_compute(cache, **kw), moments)  # reused
   assert os.stat(cache).st_mtime_ns == stamp
+  with open(cache, "wb") as f:  # a torn or foreign file: computed and stored again
+    f.write(b"not an npz")
+  np.testing.assert_array_equal(stats.load_or_compute(cache, **kw), moments)
+  np.testing.assert_array_equal(np.load(cache)["moments"], moments)
+  assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
   # C is the mean of k kᵀ over every real token of the 3 texts
   np.testing.assert_allclose(moments[0], moments[0].T, atol=1e-7)
   assert np.all(np.linalg.eigvalsh(moments[0].astype(np.float64)) > -1e-6)

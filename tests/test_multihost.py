@@ -95,11 +95,19 @@ def test_a_write_error_on_process_0_stops_both_with_one_message(tiny_ckpt, tmp_p
 def test_two_hosts_with_weight_edits_equal_one_host(tiny_ckpt, tmp_path):  # noqa: F811
   """Weight edits on a pod in miniature: both processes make the same edits and read every edited
   model's answers with the engine over the two-device mesh in lockstep; the results and samples
-  equal a one-process run's."""
+  equal a one-process run's. The engine runs the accelerators' per-layer layout (unrolled layers),
+  so the edits (FT-L's one layer, LoRA's every layer) are applied to per-layer params."""
   from tests.test_runner import run_main
   from tests.test_runner_methods import FLAGS, assert_close
 
-  flags = [*FLAGS, f"--checkpoint={tiny_ckpt}", "--limit=1", "--methods=ike,ft"]
+  flags = [
+      *FLAGS,
+      f"--checkpoint={tiny_ckpt}",
+      "--limit=1",
+      "--methods=ike,ft,lora",
+      "--lora_hparams=steps=3",
+      "--scan_layers=false",
+  ]
   local = str(tmp_path / "local")
   proc = run_main(flags + [f"--output_dir={local}"])
   assert proc.returncode == 0, proc.stderr[-3000:]

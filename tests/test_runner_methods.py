@@ -101,7 +101,6 @@ def _flag_values(*argv):
 
 
 def test_flags_agree_with_the_library():
-  assert run_config.PROTOCOLS == protocols.PROTOCOLS
   parse = run_config._hparams("memit")
   hp = parse("memit_hparams", "layers=2:3, update_weight=10,kl_prompt={} is")
   assert hp == MEMITConfig(layers=(2, 3), update_weight=10.0, kl_prompt="{} is")
@@ -251,6 +250,7 @@ def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
         (["--methods=ike,bogus"], "--methods"),
         (["--methods=memit"], "--memit_corpus"),
         (["--methods=memit", "--memit_corpus=/nonexistent/corpus.txt"], "--memit_corpus"),
+        (["--methods=ft", "--memit_stats_dir=gs://bucket/moments"], "--memit_stats_dir"),
         (["--methods=ft", "--ft_hparams=depth=3"], "--ft_hparams"),
         (["--methods=ft", "--ft_hparams=layer=7"], "--ft_hparams"),  # the tiny model has 2
         (["--methods=rome", "--protocols=reference,other"], "--protocols"),
@@ -432,6 +432,14 @@ def test_memit_end_to_end_stores_and_reuses_its_second_moments(tiny_ckpt, tmp_pa
   assert [os.path.basename(p) for p in glob.glob(str(moved / "*.npz"))] == [
       os.path.basename(stored[0])
   ]
+  assert_close(load_samples(out), samples)
+
+  other_home = tmp_path / "other_home"  # --memit_stats_dir=: computed, stored nowhere
+  monkeypatch.setenv("HOME", str(other_home))
+  os.remove(os.path.join(out, "units", "memit", "zsre", "comparable", "de.metrics.json"))
+  proc = run_main(flags + ["--memit_stats_dir="])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not other_home.exists() and len(glob.glob(str(moved / "*"))) == 1
   assert_close(load_samples(out), samples)
 
 

@@ -3,6 +3,7 @@ jax.distributed on loopback, one device each."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 import subprocess
@@ -42,11 +43,15 @@ def start_pair(flags, output_dirs) -> list[subprocess.Popen]:
 
 
 def wait_pair(procs, timeout: float) -> list[tuple[str, str]]:
-  """(stdout, stderr) of each process once both have ended; both are killed if either outlasts
-  `timeout` seconds (or the wait fails), so no test leaves a process behind."""
-  try:
-    return [p.communicate(timeout=timeout) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  """(stdout, stderr) of each process once both have ended. Both pipes of both processes are read
+  at once (a process blocked on a full pipe would stall its partner's collectives), under one
+  deadline: at `timeout` seconds the ones still running are killed and the wait fails."""
+  with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
+    futures = [pool.submit(p.communicate) for p in procs]
+    done, _ = concurrent.futures.wait(futures, timeout=timeout)
+    if len(done) < len(futures):
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+      raise subprocess.TimeoutExpired([str(p.args) for p in procs], timeout)
+    return [f.result() for f in futures]

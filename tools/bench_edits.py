@@ -16,8 +16,9 @@ Reads (--read_langs=de,ru,zh): the comparable protocol's answers of each edited 
 records' languages x 4 query types), read two ways side by side: `no_cache` = answers.greedy
 (float32, every step re-runs the whole rows: the runner's read before 2026-12-06) and `engine` =
 answers.engine_greedy (the in-context runs' engine on the edited engine params, one call per
-edit: the runner's read now). The edits are FT-L deltas of one step (what is read does not change
-the cost); each read runs twice, the second is timed; the answers of the two reads are compared.
+edit, float32: the runner's read now at --dtype=float32). The edits are FT-L deltas of one step
+(what is read does not change the cost); each read runs twice, the second is timed; the answers
+of the two reads are compared.
 
 Quick check: python -m tools.bench_edits --methods=ft --records=2
 """
@@ -65,8 +66,9 @@ flags.DEFINE_integer("read_batch_size", 16, "The engine's batch size for the rea
 
 
 def time_reads(config, params, tokenizer, langs, records: int) -> dict:
-  """Seconds of the comparable reads of `records` edits in `langs`, without KV cache against
-  through the engine (see the module doc)."""
+  """Seconds of the comparable reads of `records` edits in `langs`: answers.greedy (no KV
+  cache) and answers.engine_greedy (a float32 engine: the runner's read at --dtype=float32), side
+  by side (see the module doc)."""
   from bmike_jax.editing import answers
   from bmike_jax.editing import delta as delta_lib
   from bmike_jax.editing.protocols import comparable_prompt
@@ -77,6 +79,8 @@ def time_reads(config, params, tokenizer, langs, records: int) -> dict:
       data_lib.load_file(data_lib.SAMPLE_DATA_DIR, "zsre", lang, limit=records) for lang in langs
   ]
   groups = edit_groups(files)
+  if not groups:
+    raise ValueError(f"no zsRE records in the sample for {langs}")
   hp = dataclasses.replace(_hparams("ft", FLAGS.flagfile_hparams), steps=1)
   delta, _ = edit_methods.edit("ft", config, params, tokenizer, [g.request for g in groups], hp)
   prompts = [[comparable_prompt(r, qt) for r in g.records for qt in QUERY_TYPES] for g in groups]

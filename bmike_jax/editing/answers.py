@@ -85,15 +85,18 @@ def greedy(
   return [[int(t) for t in row if t >= 0] for row in out]
 
 
-def engine_greedy(engine, params, tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+def engine_greedy(
+    engine, params, tokenizer, prompts: Sequence[str], held_bytes_per_device: int = 0
+) -> list[list[int]]:
   """Greedy continuations of tokenizer(prompt) read by the in-context runs' engine (its KV cache,
   batches, buckets, sharding, dtype and stop rule) on `params`: `engine.params` itself or an
   edited copy of them (delta.apply_delta on `engine.params`). One engine group: the prompts of one
-  edit (all its languages and query types) fill the engine's batches."""
+  edit (all its languages and query types) fill the engine's batches. held_bytes_per_device:
+  what the caller holds on each device meanwhile (Engine.params_override)."""
   ids = [tokenizer.encode(p) for p in prompts]
   if not ids:
     return []
   if params is engine.params:
     return [list(r.ids) for r in engine.generate(ids)]
-  with engine.params_override(params):
+  with engine.params_override(params, held_bytes_per_device=held_bytes_per_device):
     return [list(r.ids) for r in engine.generate(ids)]

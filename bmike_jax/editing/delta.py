@@ -54,6 +54,8 @@ def _added(leaf, value, layer):
   whole leaf (layer None) or to its slice `layer` of a stacked leaf. A placed leaf (a concrete
   jax.Array) keeps its sharding, so a program compiled for the base params runs the edited ones."""
   update = dense(value).astype(jnp.float32)
+  if not isinstance(leaf, jax.Array):  # host (numpy) params
+    leaf = jnp.asarray(leaf)
   if layer is None:
     out = (leaf.astype(jnp.float32) + update).astype(leaf.dtype)
   else:

@@ -39,6 +39,10 @@ from bmike_jax.runner.evaluate import score_sample
 PROTOCOLS = ("reference", "comparable")
 UNEDITED = "unedited"  # the method name of rows read on the base model
 MODEL_TOKENIZER = "model"  # `score_tokenizer` when the reference protocol scores with the model's
+# How the runner reads the comparable protocol (run.json, per method): the in-context runs' engine
+# at the run's --dtype. Before 2026-12-06 it read float32 without a KV cache; a folder of that
+# runner is refused on resume rather than mixed (at bfloat16 the two reads differ).
+COMPARABLE_READ = "engine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,15 +155,17 @@ def comparable_rows(
     query_types: Sequence[str] = QUERY_TYPES,
     max_new_tokens: int = 15,
     engine=None,
+    engine_held_bytes: int = 0,
 ) -> list[dict]:
   """Rows of the `comparable` protocol for `records` asked on `params`: read by `engine` when
   given (then `params` are in the engine's layout, dtype and placement: the base `engine.params`
-  or an edited copy of them; max_new_tokens is the engine's), else by answers.greedy (float32,
-  no KV cache)."""
+  or an edited copy of them; max_new_tokens is the engine's; engine_held_bytes: what the caller
+  holds on each device beside it, answers.engine_greedy), else by answers.greedy (float32, no KV
+  cache)."""
   queries = [(r, qt) for r in records for qt in query_types]
   prompts = [comparable_prompt(r, qt) for r, qt in queries]
   if engine is not None:
-    outs = answers.engine_greedy(engine, params, tokenizer, prompts)
+    outs = answers.engine_greedy(engine, params, tokenizer, prompts, engine_held_bytes)
   else:
     outs = answers.greedy(config, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
   rows = []
@@ -190,13 +196,14 @@ def run_method(
     pre_cache: dict | None = None,
     second_moments=None,
     engine=None,
+    engine_held_bytes: int = 0,
 ) -> tuple[list[dict], dict]:
   """Edit once per record group (batches of `batch_size` requests, one vmapped optimisation
   each), ask every language of the group under each protocol. `method` UNEDITED asks the base
   model; MEMIT needs `second_moments` (stats.load_or_compute). `engine` (the in-context runs'
   Engine over the same model): the comparable protocol's answers are read by it, each edit applied
   to its params (delta.apply_delta keeps their dtype and placement); without one, by
-  answers.greedy on the float32 `params`. Returns (rows, stats {"edits",
+  answers.greedy on the float32 `params` (engine_held_bytes: comparable_rows). Returns (rows, stats {"edits",
   "groups", "skipped": [messages]}); a group whose edit cannot be built (ROME, MEMIT: subject
   not in the prompt) is skipped and named in `skipped`."""
   unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -256,6 +263,7 @@ def run_method(
             records=group.records,
             query_types=query_types,
             engine=engine,
+            engine_held_bytes=engine_held_bytes,
         )
   return rows, stats
 

@@ -8,9 +8,10 @@ every text (tokenised with BOS, cut at `max_length`) contributes one key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import tempfile
+import zipfile
 from typing import Sequence
 
 from absl import logging
@@ -94,18 +95,11 @@ def second_moments(
   return (sums / max(count, 1)).astype(np.float32)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def load_or_compute(
     cache_path: str | None,
     *,
     corpus_path: str,
+    corpus_sha256: str,
     model_name: str,
     config: LlamaConfig,
     params,
@@ -115,23 +109,39 @@ def load_or_compute(
     max_length: int = 128,
 ) -> np.ndarray:
   """The second moments of `layers`, read from `cache_path` when it was computed from the same
-  model name, layers, corpus file (sha256), limit and max_length; else computed and stored there
-  (cache_path None: computed, not stored)."""
+  model name, layers, corpus file (`corpus_sha256`, the caller's hash of `corpus_path`), limit
+  and max_length; else computed and stored there, whole or not at all (a temporary file renamed;
+  a file that cannot be read is computed again). cache_path None: computed, not stored."""
   meta = {
       "model": model_name,
       "layers": [int(x) for x in layers],
-      "corpus_sha256": _sha256(corpus_path) if os.path.isfile(corpus_path) else None,
+      "corpus_sha256": corpus_sha256,
       "limit": limit,
       "max_length": max_length,
   }
   if cache_path and os.path.isfile(cache_path):
-    with np.load(cache_path) as stored:
-      if json.loads(str(stored["meta"])) == meta:
-        return stored["moments"]
+    try:
+      with np.load(cache_path) as stored:
+        if json.loads(str(stored["meta"])) == meta:
+          return stored["moments"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+      logging.warning(
+          "MEMIT second moments %s unreadable (%s): computing them again", cache_path, err
+      )
   texts = read_corpus(corpus_path, limit)
   moments = second_moments(config, params, tokenizer, texts, layers, max_length=max_length)
   if not cache_path:
     return moments
-  os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-  np.savez(cache_path, moments=moments, meta=np.array(json.dumps(meta)))
+  folder = os.path.dirname(os.path.abspath(cache_path))
+  os.makedirs(folder, exist_ok=True)
+  # processes sharing the folder (a pod's hosts on one disk) each rename a whole file into place
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(cache_path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, moments=moments, meta=np.array(json.dumps(meta)))
+    os.replace(tmp, cache_path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
   return moments

@@ -199,13 +199,20 @@ class Engine:
     self.batch_buckets = buckets_lib.row_buckets(self.batch_size, batch_shapes, multiple_of=data)
     # the decode loop's shrinking sizes live inside one program, whatever the batch shapes
     shrink_sizes = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
-    if row_memory_bytes == "auto":
+    auto_rows = row_memory_bytes == "auto"
+    if auto_rows:
       row_memory_bytes = memory.row_budget(
           self.mesh,
           weight_bytes=config.num_params * self._dtype_bytes,
           kept_kv_bytes=self.kept_kv_bytes if keep_prompt_kv else 0,
       )
     self.row_memory_bytes = row_memory_bytes  # per device; None: rows are not bounded
+    # the per-device share of kept prompt KV taken off row_memory_bytes ("auto" only)
+    self._kept_share = (
+        self.kept_kv_bytes // self.mesh.devices.size
+        if auto_rows and keep_prompt_kv and row_memory_bytes is not None
+        else 0
+    )
     self._row_sizes = shrink_sizes
     dtype = jnp.dtype(dtype)
     if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
@@ -260,29 +267,42 @@ class Engine:
     )
 
   @contextlib.contextmanager
-  def params_override(self, params):
-    """Inside the block, the engine's calls run on `params`: another tree of the same structure,
+  def params_override(self, params, *, held_bytes_per_device: int = 0):
+    """Inside the block, `generate` runs on `params`: another tree of the same structure,
     shapes, dtypes and shardings as `engine.params` (an edited copy of them:
     editing/delta.apply_delta keeps placed leaves where they are), so no program is recompiled.
     The kept prefix and prompt KV, computed with the other weights, are dropped on entry and on
-    exit."""
+    exit, and no prompt KV is kept inside (nothing scores it). held_bytes_per_device: what the
+    caller holds on each device beside the engine meanwhile (the weight editor's float32 copy):
+    with a memory bound on the rows, it comes off their share (the kept KV's share goes to them)."""
     if self.params is not self._base_params:
       raise RuntimeError("params_override blocks do not nest")
     mine, theirs = (
-        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding), t)
+        jax.tree_util.tree_leaves_with_path(
+            jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding), t)
+        )
         for t in (self.params, params)
     )
-    if mine != theirs:
+    if len(mine) != len(theirs):
       raise ValueError(
-          "params_override: the params differ from the engine's in structure, "
-          "shape, dtype or sharding"
+          f"params_override: {len(theirs)} leaves; the engine's params have {len(mine)}"
       )
+    for (path, want), (other, got) in zip(mine, theirs):
+      if path != other or want != got:
+        raise ValueError(
+            f"params_override: leaf {jax.tree_util.keystr(other)} is {got}; the engine's "
+            f"{jax.tree_util.keystr(path)} is {want} (shape, dtype, sharding)"
+        )
+    saved = (self.keep_prompt_kv, self.row_memory_bytes)
     self._last_prefix, self._kept = None, None
-    self.params = params
+    self.params, self.keep_prompt_kv = params, False
+    if self.row_memory_bytes is not None:
+      self.row_memory_bytes += self._kept_share - held_bytes_per_device
     try:
       yield self
     finally:
       self.params = self._base_params
+      self.keep_prompt_kv, self.row_memory_bytes = saved
       self._last_prefix, self._kept = None, None
 
   @property

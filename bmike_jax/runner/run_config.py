@@ -18,9 +18,11 @@ from absl import flags
 
 from bmike_jax import data as data_lib
 from bmike_jax import languages
+from bmike_jax import paths
 from bmike_jax import prompts
 from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.editing import methods as edit_methods
+from bmike_jax.editing import protocols as edit_protocols
 from bmike_jax.engine import buckets as buckets_lib
 from bmike_jax.engine.buckets import OVERLONG_POLICIES
 from bmike_jax.runner import units
@@ -39,8 +41,8 @@ FLAGS = flags.FLAGS
 IKE = units.IKE
 EDIT_METHODS = tuple(edit_methods.METHODS)
 METHODS = (IKE,) + EDIT_METHODS
-# The weight edits' evaluation protocols (editing/protocols.PROTOCOLS; a test checks they agree).
-PROTOCOLS = ("reference", "comparable")
+# The weight edits' evaluation protocols.
+PROTOCOLS = edit_protocols.PROTOCOLS
 CONTEXT_TEMPLATES = {
     "generated": "ROME's and MEMIT's context templates: '{}' and 10 more, generated greedily "
     "with the model (5 starters x 5 and 10 tokens; the fork samples 20)",
@@ -94,6 +96,13 @@ def _choices(valid: Sequence[str], normalize=lambda x: x) -> Callable[[str, str]
     return tuple(out)
 
   return parse
+
+
+def _local_folder(flag: str, value: str) -> str:
+  """A local folder (~ expanded); a URL is refused."""
+  if value and paths.is_remote(value):
+    raise FlagError(f"--{flag}={value}: must be a local folder")
+  return os.path.expanduser(value)
 
 
 def _positive(flag: str, value: int) -> int:
@@ -269,6 +278,7 @@ class RunConfig:
       os.path.join("~", ".cache", "bmike_jax", "memit"),
       "Where MEMIT's second moments are stored and found again (one .npz per model, layers and "
       "corpus; a local folder). Empty: computed in every run, not stored.",
+      parse=_local_folder,
   )
   edit_context_templates: str = _flag(
       "enum",
@@ -479,6 +489,7 @@ class RunConfig:
     out = {
         "hparams": _jsonable(dataclasses.asdict(self.hparams(method))),
         "edit_batch_size": self.edit_batch_size,
+        "comparable_read": edit_protocols.COMPARABLE_READ,
     }
     if method in ("rome", "memit"):
       out["context_templates"] = self.edit_context_templates

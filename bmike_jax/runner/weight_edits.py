@@ -69,11 +69,16 @@ class Editor:
     self.config = engine.config
     params = forward.stacked(engine.params, engine.config)
     self.params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    # the float32 copy's bytes on one device, held while the engine reads the edited models
+    self.held_bytes_per_device = sum(
+        x.addressable_shards[0].data.nbytes for x in jax.tree_util.tree_leaves(self.params)
+    )
     self.tokenizer = tokenizer
     self.fingerprint = model_fingerprint
     self.pre_cache: dict = {}
     self.templates: tuple[str, ...] | None = None
-    self.info: dict = {}  # method -> {"edits", "skipped", "edit_seconds"}
+    self.corpus_sha256: str | None = None  # MEMIT's corpus, hashed once a run
+    self.info: dict = {}  # method -> {"edits", "skipped", "seconds"}
 
   def hparams(self, method: str):
     hp = self.cfg.hparams(method)
@@ -89,10 +94,12 @@ class Editor:
 
   def second_moments(self, hp):
     layers = "_".join(str(x) for x in hp.layers)
-    corpus = fingerprint.file_sha256(self.cfg.memit_corpus)[:16]
+    if self.corpus_sha256 is None:
+      self.corpus_sha256 = fingerprint.file_sha256(self.cfg.memit_corpus)
+    corpus = self.corpus_sha256[:16]
     cache = (
         os.path.join(
-            os.path.expanduser(self.cfg.memit_stats_dir),
+            self.cfg.memit_stats_dir,
             f"{self.fingerprint[:16]}-{layers}-{corpus}.npz",
         )
         if self.cfg.memit_stats_dir
@@ -101,6 +108,7 @@ class Editor:
     return stats.load_or_compute(
         cache,
         corpus_path=self.cfg.memit_corpus,
+        corpus_sha256=self.corpus_sha256,
         model_name=self.fingerprint,
         config=self.config,
         params=self.params,
@@ -134,6 +142,7 @@ class Editor:
         pre_cache=self.pre_cache,
         second_moments=moments,
         engine=self.engine,
+        engine_held_bytes=self.held_bytes_per_device,
     )
     seconds = time.perf_counter() - start
     for message in info["skipped"]:
