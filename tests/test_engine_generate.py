@@ -210,6 +210,8 @@ def test_token_account_follows_from_the_prompts_and_answers(prompts, baseline_en
   t = shared.stats
   assert t.prefix_tokens == layout.common_prefix_length(prompts) > 0
   assert t.prefix_tokens + t.suffix_tokens == t.prefill_tokens < t.prompt_tokens
+  # every shared start counted once: no more than what ran (the group prefix shared)
+  assert t.prompt_tree_tokens == layout.prefix_tree_tokens(prompts) <= t.prefill_tokens
   assert t.prefill_padded_tokens >= t.prefill_tokens
   assert t.decode_row_steps >= t.decode_steps >= max(produced) - 1
   assert set(t.as_dict()) >= {"prefix_tokens", "decode_steps", "scoring_padded_tokens"}

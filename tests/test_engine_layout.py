@@ -185,3 +185,29 @@ def test_scoring_calls_off_a_large_kept_batch_take_about_a_token_budget():
   ]
   assert sorted(i for p in plans for i in p.indices) == list(range(300))
   assert buckets.scoring_rows(256, 16, multiple_of=3) % 3 == 0
+
+
+def _trie_size(seqs) -> int:
+  """The nodes of the sequences' token trie, built as nested dicts (an independent count)."""
+  root, nodes = {}, 0
+  for seq in seqs:
+    node = root
+    for t in seq:
+      if t not in node:
+        node[t] = {}
+        nodes += 1
+      node = node[t]
+  return nodes
+
+
+def test_prefix_tree_tokens_is_the_size_of_the_token_trie():
+  rng = np.random.default_rng(0)
+  stem = list(rng.integers(0, 50, 20))
+  for _ in range(20):
+    seqs = [
+        stem[: int(rng.integers(0, 21))] + list(rng.integers(0, 4, int(rng.integers(1, 12))))
+        for _ in range(int(rng.integers(1, 30)))
+    ]
+    seqs.append(list(seqs[0]))  # an identical prompt counts once
+    assert layout.prefix_tree_tokens(seqs) == _trie_size(seqs)
+  assert layout.prefix_tree_tokens([]) == 0

@@ -17,6 +17,7 @@ DATASETS, LANGS, SETUPS = ("counterfact",), ("de", "zh"), ("zero_shot", "few_sho
 SAME = (
     "prompts",
     "prompt_tokens",
+    "prompt_tree_tokens",
     "prefix_tokens",
     "suffix_tokens",
     "prefill_padded_tokens",

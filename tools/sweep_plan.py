@@ -194,6 +194,7 @@ def _plan_group(
       places[i] = (j, r)
   acc["prompts"] += len(ids)
   acc["prompt_tokens"] += sum(len(x) for x in ids)
+  acc["prompt_tree_tokens"] += layout.prefix_tree_tokens(ids)
   acc["suffix_tokens"] += sum(len(s) for s in suffixes)
   contexts, conts = [], []
   for seqs in jobs:

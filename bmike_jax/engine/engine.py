@@ -65,6 +65,9 @@ class ThroughputStats:
   prefill_padded_tokens: int = (
       0  # the prefill programs' token slots: Pb per prefix, B x Sb per batch
   )
+  # the prompts' tokens with every shared start counted once, per call (layout.prefix_tree_tokens):
+  # what sharing at every level (stems included) would run, against prefill_tokens
+  prompt_tree_tokens: int = 0
   decode_steps: int = 0  # decode loop iterations (the first answer token comes from prefill)
   decode_row_steps: int = 0  # rows x steps the decode loops ran (finished and dummy rows too)
   generated_tokens: int = 0  # kept answer tokens
@@ -455,6 +458,7 @@ class Engine:
     ]
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
+    self.stats.prompt_tree_tokens += layout_lib.prefix_tree_tokens(prompts)
     self.stats.prefill_tokens += sum(len(s) for s in suffixes)
     self.stats.suffix_tokens += sum(len(s) for s in suffixes)
     self.stats.generated_tokens += sum(len(r.ids) for r in results)

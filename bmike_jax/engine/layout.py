@@ -136,6 +136,18 @@ def pad_rows(seqs: Sequence[Sequence[int]], batch: int, length: int, min_length:
   return tokens, lengths, active
 
 
+def prefix_tree_tokens(seqs: Sequence[Sequence[int]]) -> int:
+  """Tokens of `seqs` with every shared start counted once: the size of their token trie, what
+  a computation sharing the KV of every common prefix (a group's demonstrations, a record's
+  `New Fact` stem, any shared start, identical prompts) would run. In sorted order each sequence
+  adds its tokens past the longest start it shares with the one before it."""
+  total, previous = 0, ()
+  for seq in sorted(tuple(int(t) for t in s) for s in seqs):
+    total += len(seq) - longest_common_prefix(previous, seq)
+    previous = seq
+  return total
+
+
 def longest_common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
   """Tokens two sequences share from the start."""
   n = min(len(a), len(b))
