@@ -414,6 +414,9 @@ def test_memit_end_to_end_stores_and_reuses_its_second_moments(tiny_ckpt, tmp_pa
   assert recorded["corpus_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
   stored = glob.glob(str(home / ".cache" / "bmike_jax" / "memit" / "*.npz"))
   assert len(stored) == 1, stored
+  model = load_results(out)["model"]["fingerprint"].rsplit(":", 1)[-1]
+  corpus_sha = hashlib.sha256(corpus.read_bytes()).hexdigest()
+  assert os.path.basename(stored[0]) == f"{model[:16]}-0_1-{corpus_sha[:16]}.npz"
   mtime = os.stat(stored[0]).st_mtime_ns
 
   os.remove(os.path.join(out, "units", "memit", "zsre", "comparable", "de.metrics.json"))

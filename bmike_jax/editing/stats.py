@@ -139,6 +139,7 @@ def load_or_compute(
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, moments=moments, meta=np.array(json.dumps(meta)))
+    os.chmod(tmp, 0o644)  # as a file np.savez creates (mkstemp's is private)
     os.replace(tmp, cache_path)
   except BaseException:
     if os.path.exists(tmp):

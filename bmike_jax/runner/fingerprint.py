@@ -36,6 +36,12 @@ def _head_tail(path: str, digest) -> None:
       digest.update(f.read())
 
 
+def short(fingerprint: str, n: int = 16) -> str:
+  """The first `n` hex digits of a fingerprint (its digest, without the 'kind:' label): a file
+  name part."""
+  return fingerprint.rsplit(":", 1)[-1][:n]
+
+
 def model_fingerprint(source: str) -> str:
   """'sha256-headtail:<hex>' of a checkpoint file or directory (see the module docstring)."""
   digest = hashlib.sha256()

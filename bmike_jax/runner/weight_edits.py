@@ -100,7 +100,7 @@ class Editor:
     cache = (
         os.path.join(
             self.cfg.memit_stats_dir,
-            f"{self.fingerprint[:16]}-{layers}-{corpus}.npz",
+            f"{fingerprint.short(self.fingerprint)}-{layers}-{corpus}.npz",
         )
         if self.cfg.memit_stats_dir
         else None
