@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -168,40 +167,3 @@ def test_kn_changes_exactly_the_chosen_rows(model, attribution):
   if attribution == "reference":
     _check_batched_equals_single(model, "kn", hp, delta)
   _check_base_untouched(model)
-
-
-@pytest.mark.parametrize(
-    "name,hp",
-    [
-        ("ft", FTConfig(layer=1, steps=5, lr=1e-2)),
-        ("lora", LoRAConfig(steps=5, lr=1e-2, suffix="")),
-        ("rome", ROMEConfig(layer=0, context_templates=("So. {}",))),
-        ("kn", KNConfig()),
-    ],
-)
-def test_edits_read_in_one_pass_equal_each_edit_applied(model, name, hp):
-  """The reference protocol reads a batch of edits in one forward pass, each block of rows with
-  its own edit added as a term: the same answers as each edit applied to the weights and read
-  alone; the logits to float32 round-off."""
-  from bmike_jax.editing.forward import logits_only
-  from bmike_jax.editing.request import pad_rows
-
-  config, params, _, tok = model
-  delta, _ = _edit(model, name, hp)
-  prompts = [r.prompt for r in REQUESTS] + ["Who is Ana?"]
-  golds = [r.target for r in REQUESTS] + ["Oslo"]
-  together = answers.teacher_forced_edits(
-      config, params, tok, delta, [prompts] * len(REQUESTS), [golds] * len(REQUESTS)
-  )
-  tokens = jnp.asarray(pad_rows([tok.encode(f"{p} {g}") for p, g in zip(prompts, golds)], 32))
-  blocks = np.asarray(
-      logits_only(config, params, jnp.concatenate([tokens] * len(REQUESTS)), edits=delta)
-  ).reshape(len(REQUESTS), len(prompts), 32, -1)
-  for e in range(len(REQUESTS)):
-    edited = delta_lib.apply_delta(params, delta_lib.row(delta, e))
-    assert together[e] == answers.teacher_forced(config, edited, tok, prompts, golds)
-    np.testing.assert_allclose(
-        blocks[e], np.asarray(logits_only(config, edited, tokens)), atol=1e-4, rtol=1e-4
-    )
-  unedited = np.asarray(logits_only(config, params, tokens))
-  assert not np.allclose(blocks[0], unedited, atol=1e-3)  # the edits were applied

@@ -18,8 +18,7 @@ records' languages x 4 query types), read two ways side by side: `no_cache` = an
 answers.engine_greedy (the in-context runs' engine on the edited engine params, one call per
 edit, float32: the runner's read now at --dtype=float32). The edits are FT-L deltas of one step
 (what is read does not change the cost); each read runs twice, the second is timed; the answers
-of the two reads are compared. The reference protocol's teacher-forced reads likewise: each edit
-applied to the weights and read alone, against all edits in one pass (answers.teacher_forced_edits).
+of the two reads are compared.
 
 Quick check: python -m tools.bench_edits --methods=ft --records=2
 """
@@ -107,29 +106,9 @@ def time_reads(config, params, tokenizer, langs, records: int) -> dict:
         for i, p in enumerate(prompts)
     ]
 
-  queries = [[(r, qt) for r in g.records for qt in QUERY_TYPES] for g in groups]
-  ref_prompts = [[r.query(qt) for r, qt in q] for q in queries]
-  ref_golds = [[r.gold(qt) for r, qt in q] for q in queries]
-
-  def reference_each():
-    return [
-        answers.teacher_forced(
-            config, delta_lib.apply_delta(params, delta_lib.row(delta, i)), tokenizer, p, g
-        )
-        for i, (p, g) in enumerate(zip(ref_prompts, ref_golds))
-    ]
-
-  def reference_together():
-    return answers.teacher_forced_edits(config, params, tokenizer, delta, ref_prompts, ref_golds)
-
   out = {"edits": len(groups), "rows_per_edit": len(prompts[0]), "langs": list(langs)}
   got = {}
-  for mode, fn in (
-      ("no_cache", no_cache),
-      ("engine", with_engine),
-      ("reference_each", reference_each),
-      ("reference_together", reference_together),
-  ):
+  for mode, fn in (("no_cache", no_cache), ("engine", with_engine)):
     first = time.perf_counter()
     fn()
     first = time.perf_counter() - first
@@ -141,13 +120,6 @@ def time_reads(config, params, tokenizer, langs, records: int) -> dict:
   pairs = [(a, b) for x, y in zip(got["no_cache"], got["engine"]) for a, b in zip(x, y)]
   out["identical_answers"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
   out["speedup"] = round(out["no_cache"]["seconds"] / out["engine"]["seconds"], 2)
-  same = sum(
-      a == b for x, y in zip(got["reference_each"], got["reference_together"]) for a, b in zip(x, y)
-  )
-  out["reference_identical_answers"] = f"{same}/{sum(len(x) for x in got['reference_each'])}"
-  out["reference_speedup"] = round(
-      out["reference_each"]["seconds"] / out["reference_together"]["seconds"], 2
-  )
   return out
 
 
@@ -287,16 +259,6 @@ def main(argv):
         f"{reads['no_cache']['seconds']} | 1x |",
         f"| engine (answers.engine_greedy) | {reads['engine']['first_s']} | "
         f"{reads['engine']['seconds']} | {reads['speedup']}x |",
-        "",
-        f"Reference reads (teacher-forced), answers identical {reads['reference_identical_answers']}:",
-        "",
-        "| read | first run s (compiles) | second run s | speed-up |",
-        "|---|---|---|---|",
-        f"| each edit applied, one call per edit | {reads['reference_each']['first_s']} | "
-        f"{reads['reference_each']['seconds']} | 1x |",
-        f"| all edits in one pass (teacher_forced_edits) | "
-        f"{reads['reference_together']['first_s']} | {reads['reference_together']['seconds']} | "
-        f"{reads['reference_speedup']}x |",
     ]
   print("\n".join(lines))
   if FLAGS.output:

@@ -18,18 +18,7 @@ from bmike_jax.model.config import LlamaConfig
 
 @functools.lru_cache(maxsize=None)
 def _argmax_logits(config: LlamaConfig):
-  return jax.jit(
-      lambda params, tokens, edits=None: jnp.argmax(
-          logits_only(config, params, tokens, edits), axis=-1
-      )
-  )
-
-
-def _gold_spans(tokenizer, prompts, golds):
-  """(ids of prompt + " " + gold, the position of the gold span's first prediction) per row."""
-  full = [tokenizer.encode(f"{p} {g}") for p, g in zip(prompts, golds)]
-  starts = [len(tokenizer.encode(p)) - 1 for p in prompts]
-  return full, starts
+  return jax.jit(lambda params, tokens: jnp.argmax(logits_only(config, params, tokens), axis=-1))
 
 
 def teacher_forced(
@@ -39,39 +28,12 @@ def teacher_forced(
   one pass over tokenizer(prompt + " " + gold) (BOS as the tokenizer adds it), the argmax at
   positions [len(tokenizer(prompt)) - 1, len(full) - 1). (With an empty gold the full text is
   `prompt + " "`.)"""
-  full, starts = _gold_spans(tokenizer, prompts, golds)
+  full = [tokenizer.encode(f"{p} {g}") for p, g in zip(prompts, golds)]
+  starts = [len(tokenizer.encode(p)) - 1 for p in prompts]
   if not full:
     return []
   argmax = np.asarray(_argmax_logits(config)(params, jnp.asarray(pad_rows(full))))
   return [argmax[i, s : len(ids) - 1].tolist() for i, (ids, s) in enumerate(zip(full, starts))]
-
-
-def teacher_forced_edits(
-    config: LlamaConfig,
-    params,
-    tokenizer,
-    edits,
-    prompts: Sequence[Sequence[str]],
-    golds: Sequence[Sequence[str]],
-) -> list[list[list[int]]]:
-  """`teacher_forced` for E edited models in one forward pass: `edits` a batched delta (leading
-  [E] axis), prompts[e] / golds[e] the rows read with edit e. Returns [e][row] argmax ids. The
-  rows of each edit are padded to the most any edit has (forward's equal blocks)."""
-  spans = [_gold_spans(tokenizer, p, g) for p, g in zip(prompts, golds)]
-  per_edit = max((len(full) for full, _ in spans), default=0)
-  if not per_edit:
-    return [[] for _ in spans]
-  rows = []
-  for full, _ in spans:
-    rows += list(full) + [full[0] if full else [0]] * (per_edit - len(full))
-  argmax = np.asarray(_argmax_logits(config)(params, jnp.asarray(pad_rows(rows)), edits))
-  out = []
-  for e, (full, starts) in enumerate(spans):
-    block = argmax[e * per_edit :]
-    out.append(
-        [block[i, s : len(ids) - 1].tolist() for i, (ids, s) in enumerate(zip(full, starts))]
-    )
-  return out
 
 
 @functools.lru_cache(maxsize=None)

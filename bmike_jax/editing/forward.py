@@ -68,69 +68,19 @@ def _rms_norm(x, scale, eps):
   return scale.astype(jnp.float32) * normed
 
 
-# The kernels an edit may change (delta paths inside one layer).
-EDITABLE_PATHS = (
-    "attn/q/kernel",
-    "attn/k/kernel",
-    "attn/v/kernel",
-    "attn/o/kernel",
-    "mlp/gate/kernel",
-    "mlp/up/kernel",
-    "mlp/down/kernel",
-)
-
-
-def _no_edit(path, x, y):
-  del path, x
-  return y
-
-
-def _edit_terms(deltas, layer_index):
-  """`edited(path, x, y)`: y = x @ W plus, for rows of edit e, x @ (edit e's update of the
-  kernel at `path` in this layer). deltas: a batched Delta (editing/delta.py: every array with a
-  leading [E] axis); the rows come as E consecutive blocks of equal size, block e read with edit
-  e. Dense updates [E, in, out] and factor pairs ([E, in, r], [E, r, out]) are applied blockwise
-  (no per-row copy of a kernel)."""
-  from bmike_jax.editing import delta as delta_lib  # (delta imports nothing of this module)
-
-  def edited(path, x, y):
-    for layer, value in deltas.get(path, {}).items():
-      if layer == delta_lib.ALL_LAYERS:  # [E, L, ...]: this layer's slice
-        value = jax.tree_util.tree_map(
-            lambda v: jax.lax.dynamic_index_in_dim(v, layer_index, axis=1, keepdims=False), value
-        )
-      e = jax.tree_util.tree_leaves(value)[0].shape[0]
-      blocks = x.reshape(e, x.shape[0] // e, *x.shape[1:])  # [E, R, T, in]
-      if isinstance(value, (tuple, list)):
-        a, b = value
-        term = jnp.einsum("erti,eik->ertk", blocks, a.astype(jnp.float32), precision=HIGHEST)
-        term = jnp.einsum("ertk,eko->erto", term, b.astype(jnp.float32), precision=HIGHEST)
-      else:
-        term = jnp.einsum("erti,eio->erto", blocks, value.astype(jnp.float32), precision=HIGHEST)
-      term = term.reshape(y.shape)
-      y = y + (
-          term if layer == delta_lib.ALL_LAYERS else jnp.where(layer_index == layer, term, 0.0)
-      )
-    return y
-
-  return edited
-
-
-def _attention(config: LlamaConfig, p, x, cos, sin, edited=_no_edit):
+def _attention(config: LlamaConfig, p, x, cos, sin):
   b, t, _ = x.shape
   h, kvh, dh = config.num_heads, config.num_kv_heads, config.head_dim
-  q = edited("attn/q/kernel", x, _dot(x, p["q"]["kernel"]))
-  k = edited("attn/k/kernel", x, _dot(x, p["k"]["kernel"]))
-  q = rope.apply_rotary(q.reshape(b, t, h, dh), cos, sin)
-  k = rope.apply_rotary(k.reshape(b, t, kvh, dh), cos, sin)
-  v = edited("attn/v/kernel", x, _dot(x, p["v"]["kernel"])).reshape(b, t, kvh, dh)
+  q = rope.apply_rotary(_dot(x, p["q"]["kernel"]).reshape(b, t, h, dh), cos, sin)
+  k = rope.apply_rotary(_dot(x, p["k"]["kernel"]).reshape(b, t, kvh, dh), cos, sin)
+  v = _dot(x, p["v"]["kernel"]).reshape(b, t, kvh, dh)
   q = q.reshape(b, t, kvh, h // kvh, dh)
   scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=HIGHEST) * dh**-0.5
   causal = jnp.tril(jnp.ones((t, t), bool))
   scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum("bkgts,bskd->btkgd", weights, v, precision=HIGHEST).reshape(b, t, h * dh)
-  return edited("attn/o/kernel", out, _dot(out, p["o"]["kernel"]))
+  return _dot(out, p["o"]["kernel"])
 
 
 def forward(
@@ -141,20 +91,12 @@ def forward(
     patch: MlpPatch | None = None,
     capture_layer: int | None = None,
     gate_position: jax.Array | None = None,
-    edits=None,
 ) -> tuple[jax.Array, Trace]:
   """Logits [B, T, V] (float32) of tokens [B, T] (right-padded rows), and the `Trace` asked for:
   `capture_layer` (a static int) reads that layer's MLP, `gate_position` [B] every layer's gate
-  output at that position of each row. `patch` changes one layer's MLP (see `MlpPatch`).
-  `edits`: a batched delta (editing/delta.py, leading [E] axis) read as E models in one pass:
-  the rows are E consecutive blocks of B / E rows, block e computed with edit e added as a term
-  (x @ W + x @ update: the same function as x @ (W + update), another float32 rounding)."""
+  output at that position of each row. `patch` changes one layer's MLP (see `MlpPatch`)."""
   params = stacked(params, config)
   b, t = tokens.shape
-  if edits is not None:
-    unknown = sorted(set(edits) - set(EDITABLE_PATHS))
-    if unknown:
-      raise ValueError(f"edits of {unknown}: the forward adds edits to {EDITABLE_PATHS} only")
   x = params["embed"]["embedding"].astype(jnp.float32)[tokens]
   positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   cos, sin = rope.rotary_tables(positions, rope.inverse_frequencies(config))
@@ -166,19 +108,14 @@ def forward(
 
   def layer(carry, p):
     x, i, down_in, down_out, layer_out = carry
-    edited = _no_edit if edits is None else _edit_terms(edits, i)
-    x = x + _attention(
-        config, p["attn"], _rms_norm(x, p["input_norm"]["scale"], eps), cos, sin, edited
-    )
+    x = x + _attention(config, p["attn"], _rms_norm(x, p["input_norm"]["scale"], eps), cos, sin)
     normed = _rms_norm(x, p["post_attn_norm"]["scale"], eps)
-    gate = edited("mlp/gate/kernel", normed, _dot(normed, p["mlp"]["gate"]["kernel"]))
+    gate = _dot(normed, p["mlp"]["gate"]["kernel"])
     if patch is not None and patch.gate is not None:
       here = (at & (i == patch.layer))[..., None]
       gate = jnp.where(here, patch.gate[:, None, :].astype(jnp.float32), gate)
-    hidden = jax.nn.silu(gate) * edited(
-        "mlp/up/kernel", normed, _dot(normed, p["mlp"]["up"]["kernel"])
-    )
-    out = edited("mlp/down/kernel", hidden, _dot(hidden, p["mlp"]["down"]["kernel"]))
+    hidden = jax.nn.silu(gate) * _dot(normed, p["mlp"]["up"]["kernel"])
+    out = _dot(hidden, p["mlp"]["down"]["kernel"])
     if patch is not None and patch.out_add is not None:
       here = (at & (i == patch.layer))[..., None]
       out = out + jnp.where(here, patch.out_add[:, None, :].astype(jnp.float32), 0.0)
@@ -212,6 +149,6 @@ def forward(
   return logits, trace
 
 
-def logits_only(config: LlamaConfig, params, tokens: jax.Array, edits=None) -> jax.Array:
-  """`forward` without hooks: logits [B, T, V] (`edits`: see `forward`)."""
-  return forward(config, params, tokens, edits=edits)[0]
+def logits_only(config: LlamaConfig, params, tokens: jax.Array) -> jax.Array:
+  """`forward` without hooks: logits [B, T, V]."""
+  return forward(config, params, tokens)[0]

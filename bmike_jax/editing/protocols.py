@@ -5,8 +5,7 @@ read the answers under two protocols, and emit sample rows in the runner's sampl
 `reference` (the fork's baselines, every quirk kept): the question of language L with no template
 (reliability `L.src` -> `L.alt`, generality `L.rephrase` -> `L.alt`, locality `L.loc` ->
 `L.loc_ans`, portability `L.port` -> `L.port_ans`); the answer is the teacher-forced argmax over
-the gold span of `prompt + " " + gold` (answers.teacher_forced; in run_method every edit of a
-batch in one pass, answers.teacher_forced_edits), on the edited model
+the gold span of `prompt + " " + gold` (answers.teacher_forced), on the edited model
 (`prediction`) and on the unedited one (`pre_prediction`). Scored as its evaluate_test.py: EM on
 the strings and the icl.py "F1" c²/(|a|·|b|) on the ids of a score tokenizer (the fork: Llama-2's;
 here the one the caller gives, else the model's own, named in `score_tokenizer`), both empty 1,
@@ -100,11 +99,6 @@ def _base_row(method: str, protocol: str, record: Record, query_type: str, promp
   }
 
 
-def reference_queries(records: Sequence[Record], query_types: Sequence[str]) -> list:
-  """(record, query type) of the reference protocol's rows, in row order."""
-  return [(r, qt) for r in records for qt in query_types]
-
-
 def reference_rows(
     *,
     method: str,
@@ -117,18 +111,15 @@ def reference_rows(
     score_tokenizer=None,
     score_tokenizer_name: str = MODEL_TOKENIZER,
     pre_cache: dict | None = None,
-    post: Sequence[Sequence[int]] | None = None,
 ) -> list[dict]:
-  """Rows of the `reference` protocol for `records` asked on `params` (the edited model), or
-  with `post` (the edited model's answer ids, read already: `reference_queries` order);
+  """Rows of the `reference` protocol for `records` asked on `params` (the edited model);
   `pre_prediction` from `base_params` (memoised in `pre_cache` by dataset, lang, index and query
   type, so several methods share them)."""
   scorer = tokenizer if score_tokenizer is None else score_tokenizer
-  queries = reference_queries(records, query_types)
+  queries = [(r, qt) for r in records for qt in query_types]
   prompts = [r.query(qt) for r, qt in queries]
   golds = [r.gold(qt) for r, qt in queries]
-  if post is None:
-    post = answers.teacher_forced(config, params, tokenizer, prompts, golds)
+  post = answers.teacher_forced(config, params, tokenizer, prompts, golds)
   cache = {} if pre_cache is None else pre_cache
   keys = [(r.dataset, r.lang, r.index, qt) for r, qt in queries]
   missing = [i for i, k in enumerate(keys) if k not in cache]
@@ -248,23 +239,12 @@ def run_method(
       )
       stats["edits"] += len(usable)
       edited = [(g, delta_lib.row(delta, r)) for r, g in enumerate(usable)]
-      if "reference" in protocols:  # every edit of the batch read in one forward pass
-        queries = [reference_queries(g.records, query_types) for g in usable]
-        posts = answers.teacher_forced_edits(
-            config,
-            params,
-            tokenizer,
-            delta,
-            [[r.query(qt) for r, qt in q] for q in queries],
-            [[r.gold(qt) for r, qt in q] for q in queries],
-        )
-    for e, (group, one) in enumerate(edited):
+    for group, one in edited:
       if "reference" in protocols:
         rows += reference_rows(
             method=method,
             config=config,
-            params=params,
-            post=None if one is None else posts[e],
+            params=params if one is None else delta_lib.apply_delta(params, one),
             base_params=params,
             tokenizer=tokenizer,
             records=group.records,
