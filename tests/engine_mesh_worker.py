@@ -60,6 +60,23 @@ def run(config, meshes) -> dict:
     run_["unrolled_logprobs"] = [lp.tolist() for lp in engine.continuation_logprobs(prompts, conts)]
     run_["unrolled_q"] = _spec(engine, "layers_1", "attn", "q", "kernel")
     run_["unrolled_down"] = _spec(engine, "layers_0", "mlp", "down", "kernel")
+  # Record stems run once per batch (a block of stem rows over the data axis, gathered into the
+  # rows of other devices), against the same prompts run whole on one device.
+  records = engine_tiny.record_prompts(seed=14, records=4, prefix_len=40)
+  stem_conts = [[5 + k % 7, 9] for k in range(len(records))]
+  for data, model in meshes:
+    mesh = make_mesh(data, model, devices=jax.devices()[: data * model])
+    run_ = out[f"{data}x{model}"]
+    for stems in (True, False) if (data, model) == (1, 1) else (True,):
+      engine = Engine(
+          config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=16, stem_reuse=stems
+      )
+      name = "stem" if stems else "whole"
+      run_[f"{name}_ids"] = [list(r.ids) for r in engine.generate(records)]
+      run_[f"{name}_logprobs"] = [
+          lp.tolist() for lp in engine.continuation_logprobs(records, stem_conts)
+      ]
+      run_[f"{name}_programs"] = sum(k[0] == "generate_stemmed" for k in engine.programs.compiles)
   # A batch of 16 whose decode loop shrinks to 8 and 4 rows (rows gathered across data devices).
   many = engine_tiny.group_prompts(seed=13, n=14, prefix_len=40, suffix_range=(1, 30))
   for data, model in meshes:

@@ -65,6 +65,25 @@ def group_prompts(seed: int, n: int, prefix_len: int, suffix_range=(1, 30)) -> l
   ]
 
 
+def record_prompts(
+    seed: int, records: int, prefix_len: int, stem_range=(6, 30), rest_range=(1, 20), queries=4
+) -> list[list[int]]:
+  """BMIKE-53's shape: BOS + a shared prefix (demonstrations), then per record a stem (its `New
+  Fact` line) shared by its `queries` prompts, each ending in its own rest; record-major order.
+  Stems may share a few leading tokens (records of one relation), as real ones do."""
+  rng = np.random.default_rng(seed)
+  prefix = [BOS] + rng.integers(3, VOCAB, prefix_len - 1).tolist()
+  relation = rng.integers(3, VOCAB, 3).tolist()
+  out = []
+  for r in range(records):
+    stem = rng.integers(3, VOCAB, int(rng.integers(*stem_range))).tolist()
+    if r % 3 == 0:
+      stem = relation + stem
+    for _ in range(queries):
+      out.append(prefix + stem + rng.integers(3, VOCAB, int(rng.integers(*rest_range))).tolist())
+  return out
+
+
 def naive_greedy(
     config: LlamaConfig, params, prompt, max_new_tokens: int = 15, width: int = 128
 ) -> tuple[int, ...]:

@@ -76,6 +76,9 @@ def test_decode_equals_naive_rerun_loop(prompts, baseline):
 )
 def test_answers_identical_across_batch_sizes_buckets_and_reuse(prompts, baseline, kw):
   kw = dict(kw)
+  # without prefix reuse, no sharing at all (record stems would take the shared prefix up as
+  # one stem: tests/test_engine_stems.py)
+  kw.setdefault("stem_reuse", kw["prefix_reuse"])
   params = PARAMS
   if kw.pop("per_layer_params", False):  # the engine takes params of either layout
     params = layer_layout.unstack_layers(PARAMS, CONFIG.num_layers)
@@ -106,7 +109,7 @@ def test_shrinking_decode_batch_is_exercised(prompts, baseline):
 
 
 def test_group_prefix_flag_overrides_and_results_keep_order(prompts, baseline):
-  engine = _engine(batch_size=8)
+  engine = _engine(batch_size=8, stem_reuse=False)
   shuffled = list(reversed(prompts))
   results = engine.generate(shuffled, group_prefix=False)
   assert [r.ids for r in results] == list(reversed(baseline))

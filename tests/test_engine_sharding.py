@@ -48,6 +48,12 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh}")
       for got, ref in zip(run["unrolled_logprobs"], base["logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} unrolled")
+      # record stems run once, sharded: the answers of the prompts run whole on one device
+      assert run["stem_programs"] >= 1, (name, mesh)
+      assert run["stem_ids"] == base["whole_ids"], (name, mesh)
+      for got, ref in zip(run["stem_logprobs"], base["whole_logprobs"]):
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} stems")
+    assert base["whole_programs"] == 0
 
 
 def test_param_table_applied(mesh_runs):

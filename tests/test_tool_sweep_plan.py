@@ -20,6 +20,7 @@ SAME = (
     "prompt_tree_tokens",
     "prefix_tokens",
     "suffix_tokens",
+    "stem_tokens",
     "prefill_padded_tokens",
     "scored_sequences",
     "scored_tokens",

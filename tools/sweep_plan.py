@@ -52,6 +52,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("context", 8192, "Model context (caps the default buckets).")
   flags.DEFINE_integer("max_new_tokens", 15, "Answer tokens at most.")
   flags.DEFINE_string("out", "", "Write the account as JSON here too.")
+  flags.DEFINE_boolean("stem_reuse", True, "The engine's stem_reuse (record stems run once).")
 
 
 def plan_run(
@@ -67,11 +68,22 @@ def plan_run(
     max_new_tokens,
     batch_shapes="fixed",
     likelihood=True,
+    stem_reuse=True,
+    min_stem=4,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
   length_buckets = tuple(sorted(length_buckets))
   continuation_buckets = buckets_lib.continuation_buckets(length_buckets[-1])
   batch_buckets = buckets_lib.row_buckets(batch_size, batch_shapes)
+  generation = dict(  # layout.plan_generate's settings, as the engine passes them
+      stem_reuse=stem_reuse,
+      min_stem=min_stem,
+      batch_size=batch_size,
+      batch_buckets=batch_buckets,
+      stem_row_buckets=buckets_lib.batch_buckets(batch_size),
+      length_buckets=length_buckets,
+      stem_buckets=buckets_lib.stem_buckets(length_buckets[-1]),
+  )
   programs = collections.Counter()
   acc = collections.Counter()
   last_prefix = {}  # "ids": the prefix whose KV the engine holds
@@ -144,6 +156,7 @@ def plan_run(
               programs=programs,
               acc=acc,
               last_prefix=last_prefix,
+              generation=generation,
               batch_size=batch_size,
               batch_buckets=batch_buckets,
               length_buckets=length_buckets,
@@ -164,6 +177,7 @@ def _plan_group(
     programs,
     acc,
     last_prefix,
+    generation,
     batch_size,
     batch_buckets,
     length_buckets,
@@ -179,23 +193,24 @@ def _plan_group(
     acc["prefill_padded_tokens"] += pb
     last_prefix["ids"] = group.prefix
   suffixes = [x[p:] for x in ids]
-  plans = layout.plan_batches(
-      [len(s) for s in suffixes],
-      batch_size=batch_size,
-      batch_buckets=batch_buckets,
-      length_buckets=length_buckets,
-  )
+  plans = layout.plan_generate(suffixes, **generation)
   places = [None] * len(ids)
   for j, plan in enumerate(plans):
-    programs[("generate", plan.batch, pb, plan.suffix_bucket)] += 1
-    acc["prefill_padded_tokens"] += plan.batch * plan.suffix_bucket
+    if plan.stem_rows:
+      key = ("generate_stemmed", plan.batch, pb, plan.stem_rows, plan.stem_bucket)
+      programs[key + (plan.suffix_bucket,)] += 1
+    else:
+      programs[("generate", plan.batch, pb, plan.suffix_bucket)] += 1
+    acc["prefill_padded_tokens"] += plan.padded_slots()
     acc["decode_steps_at_most"] += max_new_tokens - 1
     for r, i in enumerate(plan.rows):
       places[i] = (j, r)
   acc["prompts"] += len(ids)
   acc["prompt_tokens"] += sum(len(x) for x in ids)
   acc["prompt_tree_tokens"] += layout.prefix_tree_tokens(ids)
-  acc["suffix_tokens"] += sum(len(s) for s in suffixes)
+  saved = sum(plan.stem_tokens_saved() for plan in plans)
+  acc["suffix_tokens"] += sum(len(s) for s in suffixes) - saved
+  acc["stem_tokens"] += sum(plan.stem_tokens() for plan in plans)
   contexts, conts = [], []
   for seqs in jobs:
     for joint, n in seqs:
@@ -216,7 +231,7 @@ def _plan_group(
   acc["scored_sequences"] += len(contexts)
   acc["scored_tokens"] += sum(len(x) + len(c) for x, c in zip(contexts, conts))
   for kp in kplans:
-    sb = plans[kp.source_batch].suffix_bucket
+    sb = plans[kp.source_batch].prompt_slots
     programs[("score_kept", kp.batch, pb, sb, kp.rest_bucket, kp.kept_batch)] += 1
     acc["scored_on_kept"] += len(kp.indices)
     acc["scored_run_tokens"] += sum(len(t) for t in kp.tokens)
@@ -268,6 +283,7 @@ def main(argv):
       length_buckets=buckets,
       max_new_tokens=FLAGS.max_new_tokens,
       batch_shapes=FLAGS.batch_shapes,
+      stem_reuse=FLAGS.stem_reuse,
   )
   text = json.dumps(out, indent=1)
   if FLAGS.out:

@@ -53,6 +53,33 @@ class SuffixBatch:
 
 
 @flax.struct.dataclass
+class StemmedBatch:
+  """One batch of the group's prompts after the shared prefix, split into record stems (run once
+  each, in a block of R rows) and each row's rest (run on its stem); see layout.plan_generate."""
+
+  stem_tokens: jax.Array  # [R, Tb] int32: right-padded stems
+  stem_lengths: jax.Array  # [R] int32: real tokens of each stem (>= 1; dummies 1)
+  row_stems: jax.Array  # [B] int32: each row's stem (any one where its stem length is 0)
+  row_stem_lengths: jax.Array  # [B] int32: its stem's tokens (0: no stem)
+  tokens: jax.Array  # [B, Sb] int32: right-padded rests (the tokens after the stem)
+  lengths: jax.Array  # [B] int32: real rest tokens of each row (>= 1)
+  active: jax.Array  # [B] bool: real rows
+
+  @staticmethod
+  def spec(*, batch: int, suffix_bucket: int, stem_rows: int, stem_bucket: int) -> "StemmedBatch":
+    i32 = jnp.int32
+    return StemmedBatch(
+        stem_tokens=jax.ShapeDtypeStruct((stem_rows, stem_bucket), i32),
+        stem_lengths=jax.ShapeDtypeStruct((stem_rows,), i32),
+        row_stems=jax.ShapeDtypeStruct((batch,), i32),
+        row_stem_lengths=jax.ShapeDtypeStruct((batch,), i32),
+        tokens=jax.ShapeDtypeStruct((batch, suffix_bucket), i32),
+        lengths=jax.ShapeDtypeStruct((batch,), i32),
+        active=jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    )
+
+
+@flax.struct.dataclass
 class ScoreBatch:
   """One batch of prompt suffixes with the continuations whose log-probs are scored."""
 

@@ -92,6 +92,13 @@ def continuation_buckets(largest: int, smallest: int = CONTINUATION_BUCKET) -> t
   return (*out, largest)
 
 
+def stem_buckets(largest: int) -> tuple[int, ...]:
+  """Lengths a batch's block of record stems is padded to: the continuation buckets' family
+  (16, 32, ...): stems are short (a `New Fact` line: ~20 Llama-3 tokens), and the length buckets'
+  coarser low end (configs/8b.flags: 64) would pad them past what sharing them saves."""
+  return continuation_buckets(largest)
+
+
 # A scoring call off the kept prompt KV takes about this many token slots (rows x continuation
 # bucket), at most the kept batch's rows: a batch of 256 prompts scores its ~6-token rests in calls
 # of 128 rows at bucket 16 rather than of 256, and a kept batch's last call wastes fewer rows.

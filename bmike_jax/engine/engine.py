@@ -31,7 +31,13 @@ from bmike_jax.engine import layout as layout_lib
 from bmike_jax.engine import memory
 from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.answer import answer_text
-from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix, SuffixBatch
+from bmike_jax.engine.batch import (
+    KeptScoreBatch,
+    ScoreBatch,
+    SharedPrefix,
+    StemmedBatch,
+    SuffixBatch,
+)
 from bmike_jax.engine.programs import Programs
 from bmike_jax.engine.state import StopRule
 from bmike_jax.model import KVCache, Llama, LlamaConfig
@@ -53,7 +59,8 @@ class ThroughputStats:
   """The engine's token account (results.json's `engine`), summed over its calls.
 
   Sharing levels: a group's shared prefix (its demonstrations) is computed once per group
-  (`prefix_tokens`), each prompt's own tokens once per prompt (`suffix_tokens`), each scored
+  (`prefix_tokens`), a record's stem once per batch holding its prompts (`stem_tokens`, part of
+  `suffix_tokens`), each prompt's other tokens once per prompt (`suffix_tokens`), each scored
   sequence only its tokens past the prompt it continues (`scored_run_tokens`). `*_padded_tokens`
   count what the programs ran, padding and dummy rows included."""
 
@@ -61,7 +68,8 @@ class ThroughputStats:
   prompt_tokens: int = 0  # tokens of the prompts as given
   prefill_tokens: int = 0  # prompt tokens run: prefix_tokens + suffix_tokens
   prefix_tokens: int = 0  # shared prefixes computed (once per group; reused ones not again)
-  suffix_tokens: int = 0  # prompt tokens after the shared prefix
+  suffix_tokens: int = 0  # prompt tokens after the shared prefix computed (stems once)
+  stem_tokens: int = 0  # of which record stems, each computed once for the rows sharing it
   prefill_padded_tokens: int = (
       0  # the prefill programs' token slots: Pb per prefix, B x Sb per batch
   )
@@ -136,6 +144,10 @@ class Engine:
   row_memory_bytes: what the rows of one batch may use on one device; a shape whose estimated rows
   (engine/memory.py) pass it runs fewer rows (`max_rows`: one count per shape, no extra program).
   "auto": memory.row_budget (none where the backend reports no memory, CPU); None: no bound.
+  stem_reuse: a stem of min_stem tokens or more that prompts of a call share after the group
+  prefix (a record's `New Fact` line, its 4 query types' common start) is computed once for the
+  prompts of a batch sharing it, where that runs fewer token slots (layout.plan_generate); answers
+  do not depend on it.
   """
 
   def __init__(
@@ -158,6 +170,8 @@ class Engine:
       kept_kv_bytes: int | None = None,
       batch_shapes: str = "auto",
       row_memory_bytes: int | str | None = "auto",
+      stem_reuse: bool = True,
+      min_stem: int = 4,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -181,6 +195,8 @@ class Engine:
     self._kv_slot_bytes = memory.kv_slot_bytes(config, self._dtype_bytes)
     self.overlong = overlong
     self.min_prefix = min_prefix
+    self.stem_reuse = stem_reuse
+    self.min_stem = min_stem
     self.context = config.max_position_embeddings
     self.length_buckets = tuple(
         sorted(
@@ -189,6 +205,7 @@ class Engine:
         )
     )
     self.continuation_buckets = buckets_lib.continuation_buckets(self.length_buckets[-1])
+    self.stem_buckets = buckets_lib.stem_buckets(self.length_buckets[-1])
     data = self.mesh.shape[sh.DATA]
     self.batch_size = -(-batch_size // data) * data
     platform = self.mesh.devices.flat[0].platform
@@ -217,6 +234,7 @@ class Engine:
         else 0
     )
     self._row_sizes = shrink_sizes
+    self.stem_row_buckets = shrink_sizes  # a stem block's rows: powers of two (data multiples)
     dtype = jnp.dtype(dtype)
     if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
       scan_layers = layer_layout.default_scan_layers(platform)
@@ -403,32 +421,25 @@ class Engine:
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
-    plans = layout_lib.plan_batches(
-        [len(s) for s in suffixes],
+    plans = layout_lib.plan_generate(
+        suffixes,
+        stem_reuse=self.stem_reuse,
+        min_stem=self.min_stem,
         batch_size=self.batch_size,
         batch_buckets=self.batch_buckets,
+        stem_row_buckets=self.stem_row_buckets,
         length_buckets=self.length_buckets,
+        stem_buckets=self.stem_buckets,
         max_rows=lambda sb, _: self.max_rows(pb, sb, self.max_new_tokens),
     )
     results: list[GenerationResult | None] = [None] * len(prompts)
     pending, kept, kept_bytes = [], [], 0
     for j, plan in enumerate(plans):
-      tokens, lengths, active = layout_lib.pad_rows(
-          [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
-      )
-      slots = layout_lib.cache_length(plan.suffix_bucket, self.max_new_tokens)
-      rows = batch_lib.place(
-          SuffixBatch(tokens=tokens, lengths=lengths, active=active),
-          SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
-          self.mesh,
-      )
-      out, num_out, kv, steps = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)(
-          params=self.params, prefix=prefix, rows=rows, stop=self.stop
-      )
-      self.stats.prefill_padded_tokens += plan.batch * plan.suffix_bucket
-      size = plan.batch * plan.suffix_bucket * self._kv_slot_bytes
+      out, num_out, kv, steps = self._run_generate(plan, suffixes, prefix, pb)
+      self.stats.prefill_padded_tokens += plan.padded_slots()
+      size = plan.batch * plan.prompt_slots * self._kv_slot_bytes
       if self.keep_prompt_kv and len(kept) == j and kept_bytes + size <= self.kept_kv_bytes:
-        kept.append((plan.batch, plan.suffix_bucket, kv))  # batches 0..j-1 kept: j is the next
+        kept.append((plan.batch, plan.prompt_slots, kv))  # batches 0..j-1 kept: j is the next
         kept_bytes += size
       del kv
       pending.append((plan, out, num_out, steps))
@@ -459,8 +470,10 @@ class Engine:
     self.stats.prompts += len(prompts)
     self.stats.prompt_tokens += sum(len(x) for x in prompts)
     self.stats.prompt_tree_tokens += layout_lib.prefix_tree_tokens(prompts)
-    self.stats.prefill_tokens += sum(len(s) for s in suffixes)
-    self.stats.suffix_tokens += sum(len(s) for s in suffixes)
+    run = sum(len(s) for s in suffixes) - sum(p.stem_tokens_saved() for p in plans)
+    self.stats.stem_tokens += sum(p.stem_tokens() for p in plans)
+    self.stats.prefill_tokens += run
+    self.stats.suffix_tokens += run
     self.stats.generated_tokens += sum(len(r.ids) for r in results)
     self.stats.seconds += time.perf_counter() - t0
     self.stats.compile_count = self.compile_count
@@ -477,6 +490,55 @@ class Engine:
     )
     logging.info("engine throughput: %s", self.stats.summary())
     return results
+
+  def _run_generate(self, plan: layout_lib.BatchPlan, suffixes, prefix: SharedPrefix, pb: int):
+    """Dispatch one batch (whole suffixes, or stems and rests): (answers, their lengths, the
+    prompts' KV (B rows, plan.prompt_slots), decode steps per phase), on device."""
+    slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
+    if not plan.stem_rows:
+      tokens, lengths, active = layout_lib.pad_rows(
+          [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
+      )
+      rows = batch_lib.place(
+          SuffixBatch(tokens=tokens, lengths=lengths, active=active),
+          SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
+          self.mesh,
+      )
+      call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)
+      return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+    stem_tokens, stem_lengths, _ = layout_lib.pad_rows(
+        [suffixes[i][:n] for i, n in plan.stems], plan.stem_rows, plan.stem_bucket
+    )
+    row_stems = np.zeros((plan.batch,), np.int32)
+    row_stem_lengths = np.zeros((plan.batch,), np.int32)
+    rests = []
+    for r, (i, k) in enumerate(zip(plan.rows, plan.row_stems)):
+      n = plan.stems[k][1] if k >= 0 else 0
+      row_stems[r], row_stem_lengths[r] = max(k, 0), n
+      rests.append(suffixes[i][n:])
+    tokens, lengths, active = layout_lib.pad_rows(rests, plan.batch, plan.suffix_bucket)
+    rows = batch_lib.place(
+        StemmedBatch(
+            stem_tokens=stem_tokens,
+            stem_lengths=stem_lengths,
+            row_stems=row_stems,
+            row_stem_lengths=row_stem_lengths,
+            tokens=tokens,
+            lengths=lengths,
+            active=active,
+        ),
+        StemmedBatch.spec(
+            batch=plan.batch,
+            suffix_bucket=plan.suffix_bucket,
+            stem_rows=plan.stem_rows,
+            stem_bucket=plan.stem_bucket,
+        ),
+        self.mesh,
+    )
+    call = self.programs.generate_stemmed(
+        plan.batch, pb, plan.stem_rows, plan.stem_bucket, plan.suffix_bucket, slots
+    )
+    return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
 
   def _collect(self, item, results) -> None:
     plan, out, num, steps = item

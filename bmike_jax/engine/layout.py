@@ -65,10 +65,35 @@ def plan_group(
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
+  """One batch of rows. With stems (stem_bucket > 0) each row's suffix is its record stem, run
+  once per stem in a block of `stem_rows` rows, then its rest, run in its own row (`suffix_bucket`
+  then bounds the rests); see `plan_generate`."""
+
   rows: tuple[int, ...]  # indices of the real rows (into the caller's list), <= batch
   batch: int  # B: a batch bucket (rows beyond len(rows) are inactive dummies)
-  suffix_bucket: int  # Sb: a length bucket >= every row's suffix length
+  suffix_bucket: int  # Sb: a length bucket >= every row's suffix (its rest, with stems)
   extra_bucket: int = 0  # Cb: continuation bucket (scoring only)
+  stem_rows: int = 0  # R: rows of the stem block (a power of two >= len(stems)); 0: no stems
+  stem_bucket: int = 0  # Tb: a stem bucket >= every stem's length
+  stems: tuple[tuple[int, int], ...] = ()  # per stem: (a row i holding it, its length)
+  row_stems: tuple[int, ...] = ()  # per row (as `rows`): its stem's index, -1 for none
+
+  @property
+  def prompt_slots(self) -> int:
+    """Slots of a row's prompt after the shared prefix once prefilled: Tb + Sb (stem, rest)."""
+    return self.stem_bucket + self.suffix_bucket
+
+  def padded_slots(self) -> int:
+    """Token slots the prefill runs: B x Sb, plus R x Tb for the stems."""
+    return self.batch * self.suffix_bucket + self.stem_rows * self.stem_bucket
+
+  def stem_tokens(self) -> int:
+    """The stems' tokens, each run once."""
+    return sum(n for _, n in self.stems)
+
+  def stem_tokens_saved(self) -> int:
+    """Tokens the rows' suffixes hold that their shared stems spare running again."""
+    return sum(n * (self.row_stems.count(k) - 1) for k, (_, n) in enumerate(self.stems))
 
 
 def plan_batches(
@@ -114,6 +139,146 @@ def plan_batches(
         )
     )
   return plans
+
+
+def stem_clusters(suffixes: Sequence[Sequence[int]], min_stem: int) -> list[tuple[list[int], int]]:
+  """The prompts' record stems (level 2 of DESIGN.md's sharing): [(member indices, stem length)]
+  covering every index once; a stem is a common token prefix of its members, at least `min_stem`
+  tokens and at most every member's length - 1 (each keeps >= 1 own token); members without one
+  are singletons of stem 0.
+
+  In sorted order, members of a stem are a run of neighbours. A run is cut where two neighbours
+  share fewer than `min_stem` tokens, and within a run at its weakest link wherever the two halves,
+  each with its own longer stem, save more tokens than the run with the shorter one:
+  saved(run) = (members - 1) x stem = max of that and saved(left) + saved(right)."""
+  order = sorted(range(len(suffixes)), key=lambda i: tuple(suffixes[i]))
+  links = [  # tokens neighbours k and k + 1 may share as a stem
+      min(
+          longest_common_prefix(suffixes[a], suffixes[b]),
+          len(suffixes[a]) - 1,
+          len(suffixes[b]) - 1,
+      )
+      for a, b in zip(order, order[1:])
+  ]
+  out: list[tuple[list[int], int]] = []
+
+  def best(lo: int, hi: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """(saved tokens, [(lo, hi, stem)]) for the run order[lo..hi] (links lo..hi-1 >= min_stem)."""
+    if lo == hi:
+      return 0, [(lo, hi, 0)]
+    k = min(range(lo, hi), key=lambda j: links[j])
+    whole = ((hi - lo) * links[k], [(lo, hi, links[k])])
+    left, right = best(lo, k), best(k + 1, hi)
+    split = (left[0] + right[0], left[1] + right[1])
+    return split if split[0] > whole[0] else whole
+
+  lo = 0
+  for k in range(len(order)):
+    if k == len(order) - 1 or links[k] < max(min_stem, 1):
+      for a, b, stem in best(lo, k)[1]:
+        out.append(([order[j] for j in range(a, b + 1)], stem))
+      lo = k + 1
+  return out
+
+
+def plan_generate(
+    suffixes: Sequence[Sequence[int]],
+    *,
+    stem_reuse: bool,
+    min_stem: int,
+    batch_size: int,
+    batch_buckets: Sequence[int],
+    stem_row_buckets: Sequence[int],
+    length_buckets: Sequence[int],
+    stem_buckets: Sequence[int],
+    max_rows: Callable[[int, int], int] | None = None,
+) -> list[BatchPlan]:
+  """The batches of one `generate` call (one rule for the engine and tools/sweep_plan).
+
+  Without stem reuse: `plan_batches`. With it, the rows of one stem (`stem_clusters`) go to one
+  batch (a stem of more rows than a batch holds is computed once per batch it spans), stems
+  ordered by their longest row, and each batch runs its stems once (R rows of Tb slots) and its
+  rows' rests on them, or, where that computes more token slots (R x Tb + B x Sb_rest against B x
+  Sb_whole: short stems, coarse buckets), its rows whole as `plan_batches` would.
+  stem_row_buckets: the stem block's row counts (powers of two, multiples of the data axis)."""
+  if not stem_reuse:
+    return plan_batches(
+        [len(s) for s in suffixes],
+        batch_size=batch_size,
+        batch_buckets=batch_buckets,
+        length_buckets=length_buckets,
+        max_rows=max_rows,
+    )
+  clusters = stem_clusters(suffixes, min_stem)
+  clusters.sort(key=lambda c: (-max(len(suffixes[i]) for i in c[0]), min(c[0])))
+  units = []  # (rows, stem): clusters cut to at most batch_size rows
+  for members, stem in clusters:
+    members = sorted(members, key=lambda i: -len(suffixes[i]))
+    for c in range(0, len(members), batch_size):
+      chunk = members[c : c + batch_size]
+      units.append((chunk, stem if len(chunk) > 1 else 0))
+  plans, u = [], 0
+  while u < len(units):
+    first = max(len(suffixes[i]) for i in units[u][0])
+    cap = batch_size
+    if max_rows is not None:
+      cap = min(cap, max_rows(buckets_lib.pick_bucket(first, length_buckets), 0))
+    taken = []
+    while u < len(units) and sum(len(r) for r, _ in taken) + len(units[u][0]) <= cap:
+      taken.append(units[u])
+      u += 1
+    if not taken:  # a unit of more rows than this shape may hold: cut it
+      rows, stem = units[u]
+      taken, units[u] = [(rows[:cap], stem)], (rows[cap:], stem)
+    plans.append(
+        _stem_or_whole(
+            taken,
+            suffixes,
+            cap=cap,
+            batch_buckets=batch_buckets,
+            stem_row_buckets=stem_row_buckets,
+            length_buckets=length_buckets,
+            stem_buckets=stem_buckets,
+            max_rows=max_rows,
+        )
+    )
+  return plans
+
+
+def _stem_or_whole(
+    units, suffixes, *, cap, batch_buckets, stem_row_buckets, length_buckets, stem_buckets, max_rows
+) -> BatchPlan:
+  """One batch of `units` [(rows, stem length)]: with its stems, or whole, whichever runs fewer
+  token slots (ties: whole, one program kind less); with its stems only where its rows' longer
+  prompt slots (Tb + Sb_rest may pass Sb_whole) still fit `max_rows`."""
+  rows = tuple(i for r, _ in units for i in r)
+  sizes = [b for b in batch_buckets if b <= cap] or [cap]
+  batch = buckets_lib.pick_bucket(len(rows), sizes)
+  whole = BatchPlan(
+      rows=rows,
+      batch=batch,
+      suffix_bucket=buckets_lib.pick_bucket(max(len(suffixes[i]) for i in rows), length_buckets),
+  )
+  stems, row_stems = [], []
+  for r, stem in units:
+    row_stems += [len(stems) if stem else -1] * len(r)
+    if stem:
+      stems.append((r[0], stem))
+  if not stems:
+    return whole
+  lengths = [len(suffixes[i]) - (stems[s][1] if s >= 0 else 0) for i, s in zip(rows, row_stems)]
+  stemmed = BatchPlan(
+      rows=rows,
+      batch=batch,
+      suffix_bucket=buckets_lib.pick_bucket(max(lengths), length_buckets),
+      stem_rows=buckets_lib.pick_bucket(len(stems), stem_row_buckets),
+      stem_bucket=buckets_lib.pick_bucket(max(n for _, n in stems), stem_buckets),
+      stems=tuple(stems),
+      row_stems=tuple(row_stems),
+  )
+  if max_rows is not None and max_rows(stemmed.prompt_slots, 0) < batch:
+    return whole
+  return stemmed if stemmed.padded_slots() < whole.padded_slots() else whole
 
 
 def cache_length(suffix_bucket: int, extra: int) -> int:

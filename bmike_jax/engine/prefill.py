@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from bmike_jax.engine.batch import SharedPrefix, SuffixBatch
+from bmike_jax.engine.batch import SharedPrefix, StemmedBatch, SuffixBatch
 from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
 
@@ -130,19 +130,88 @@ def prefill(
 
   Returns the DecodeState after one generated token (step 1), cache of B rows and S slots.
   """
-  b, sb = batch.tokens.shape
+  _, sb = batch.tokens.shape
   logits, cache, key_valid = suffixes_on_prefix(
       model, params, prefix=prefix, tokens=batch.tokens, lengths=batch.lengths, slots=slots
   )
-  state = DecodeState(
+  return _first_token(
+      logits,
       cache=cache,
       key_valid=key_valid,
       next_position=prefix.length + batch.lengths,
-      write_index=jnp.asarray(sb, jnp.int32),
+      write_index=sb,
+      active=batch.active,
+      stop=stop,
+      max_new_tokens=max_new_tokens,
+  )
+
+
+def prefill_stemmed(
+    model: Llama,
+    params,
+    *,
+    prefix: SharedPrefix,
+    batch: StemmedBatch,
+    stop: StopRule,
+    slots: int,
+    max_new_tokens: int,
+) -> DecodeState:
+  """`prefill` of prompts split into record stems and rests (layout.plan_generate).
+
+  The stems run once each on the shared prefix (R rows of Tb slots); each row starts from its
+  stem's KV (gathered, slots [0, Tb), its stem's tokens real), runs its rest at slots [Tb, Tb + Sb)
+  at its true positions, then its rest's slots are moved up to follow its stem, so that the row
+  holds its prompt at slots [0, stem + rest) as `prefill` of the whole suffix leaves it; decode
+  and the kept KV go on from there unchanged. Returns the DecodeState after one generated token,
+  cache of B rows and S >= Tb + Sb slots, write_index Tb + Sb."""
+  tb, sb = batch.stem_tokens.shape[1], batch.tokens.shape[1]
+  _, stem_cache, _ = suffixes_on_prefix(  # [R rows, Tb slots]
+      model, params, prefix=prefix, tokens=batch.stem_tokens, lengths=batch.stem_lengths, slots=tb
+  )
+  stem = batch.row_stem_lengths[:, None]  # [B, 1]
+  slot = jnp.arange(slots, dtype=jnp.int32)[None, :]  # [1, S]
+  logits, cache, _ = append_tokens(
+      model,
+      params,
+      cache=stem_cache.take_rows(batch.row_stems).pad_slots(slots - tb),  # B rows, S slots
+      key_valid=slot < stem,
+      tokens=batch.tokens,
+      start_position=prefix.length + batch.row_stem_lengths,
+      num_valid=batch.lengths,
+      write_index=tb,
+      logits_index=batch.lengths - 1,
+      prefix=prefix.kv,
+      prefix_mask=prefix.mask(),
+  )
+  source = jnp.clip(jnp.where(slot < stem, slot, slot - stem + tb), 0, slots - 1)  # [B, S]
+  lengths = batch.row_stem_lengths + batch.lengths  # [B]
+  return _first_token(
+      logits,
+      cache=cache.gather_slots(source),
+      key_valid=slot < lengths[:, None],
+      next_position=prefix.length + lengths,
+      write_index=tb + sb,
+      active=batch.active,
+      stop=stop,
+      max_new_tokens=max_new_tokens,
+  )
+
+
+def _first_token(
+    logits, *, cache, key_valid, next_position, write_index, active, stop, max_new_tokens
+) -> DecodeState:
+  """The DecodeState of prefilled rows (logits [B, V] at each row's last prompt token) after
+  recording its first generated token."""
+  b = logits.shape[0]
+  state = DecodeState(
+      cache=cache,
+      key_valid=key_valid,
+      next_position=next_position,
+      write_index=jnp.asarray(write_index, jnp.int32),
       last_token=jnp.zeros((b,), jnp.int32),
       out=jnp.zeros((b, max_new_tokens), jnp.int32),
       num_out=jnp.zeros((b,), jnp.int32),
-      done=~batch.active,
+      done=~active,
       step=jnp.asarray(0, jnp.int32),
   )
   return record_token(state, jnp.argmax(logits, axis=-1).astype(jnp.int32), stop)

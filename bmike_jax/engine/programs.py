@@ -11,6 +11,9 @@ buckets; a row's own cache has S = Sb + N slots, derived):
                            batch shrinks to B/2, B/4 rows as rows finish, see decode.py); and
                            the prompts' KV (B rows, Sb slots) as prefill left it (kept for
                            scoring: a copy of the suffix slots, made before decode writes on)
+    generate_stemmed(B, Pb, R, Tb, Sb)  the same for a StemmedBatch: R record stems of Tb slots
+                           run once each, every row's rest (Sb) on its stem; prompts' KV of
+                           Tb + Sb slots a row
     score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
     score_kept(B, Pb, Sb, Rb, Bk)  SharedPrefix + a generate batch's kept KV (Bk rows, Sb
                            slots) + KeptScoreBatch of B rows -> log-probs [B, Rb] (B:
@@ -33,9 +36,15 @@ from jax.sharding import Mesh
 
 from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import sharding as sh
-from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix, SuffixBatch
+from bmike_jax.engine.batch import (
+    KeptScoreBatch,
+    ScoreBatch,
+    SharedPrefix,
+    StemmedBatch,
+    SuffixBatch,
+)
 from bmike_jax.engine.decode import greedy_decode
-from bmike_jax.engine.prefill import prefill, prefix_cache
+from bmike_jax.engine.prefill import prefill, prefill_stemmed, prefix_cache
 from bmike_jax.engine.scoring import score_continuations, score_on_kept
 from bmike_jax.engine.state import DecodeState, StopRule
 from bmike_jax.model import KVCache, Llama
@@ -134,10 +143,31 @@ class Programs:
   def generate(self, batch: int, pb: int, sb: int, slots: int):
     """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop) -> (answers [B, N] int32,
     their lengths [B] int32, the prompts' KV (B rows, Sb slots), decode steps per phase
-    [phases] int32); rows as
-    `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
-    key = ("generate", batch, pb, sb)
+    [phases] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
+    return self._generate(
+        ("generate", batch, pb, sb),
+        batch=batch,
+        pb=pb,
+        prompt_slots=sb,
+        slots=slots,
+        spec=SuffixBatch.spec(batch=batch, suffix_bucket=sb),
+        first_pass=prefill,
+    )
 
+  def generate_stemmed(self, batch: int, pb: int, stem_rows: int, tb: int, sb: int, slots: int):
+    """`generate` of rows split into stems and rests (prefill.prefill_stemmed): rows as
+    `StemmedBatch.spec(...)`; the prompts' KV it returns holds Tb + Sb slots a row."""
+    return self._generate(
+        ("generate_stemmed", batch, pb, stem_rows, tb, sb),
+        batch=batch,
+        pb=pb,
+        prompt_slots=tb + sb,
+        slots=slots,
+        spec=StemmedBatch.spec(batch=batch, suffix_bucket=sb, stem_rows=stem_rows, stem_bucket=tb),
+        first_pass=prefill_stemmed,
+    )
+
+  def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass):
     def build():
       phases = self.decode_phases(batch)
 
@@ -149,7 +179,7 @@ class Programs:
       def fn(params, prefix, rows, stop):
         self._traced(key)
         state = place(
-            prefill(
+            first_pass(
                 self.model,
                 params,
                 prefix=prefix,
@@ -159,7 +189,7 @@ class Programs:
                 max_new_tokens=self.max_new_tokens,
             )
         )
-        kept = state.cache.slots(0, sb)  # the prompt suffixes' slots [0, Sb)
+        kept = state.cache.slots(0, prompt_slots)  # the prompts' slots after the prefix
         out, num_out, steps = greedy_decode(
             self.model,
             params,
@@ -171,7 +201,6 @@ class Programs:
         )
         return out, num_out, kept, steps
 
-      spec = SuffixBatch.spec(batch=batch, suffix_bucket=sb)
       jitted = jax.jit(
           fn,
           in_shardings=(
@@ -183,7 +212,7 @@ class Programs:
           out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch), self._repl()),
       )
 
-      def call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop: StopRule):
+      def call(*, params, prefix: SharedPrefix, rows, stop: StopRule):
         return jitted(params, prefix, rows, stop)
 
       return call

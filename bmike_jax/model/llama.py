@@ -97,6 +97,19 @@ class KVCache:
     axis = self._row_axis + 2
     return self._map(lambda a: jax.lax.slice_in_dim(a, start, start + size, axis=axis))
 
+  def gather_slots(self, index) -> "KVCache":
+    """Row b's slot s <- its slot index[b, s], for index [B, S'] int32 (every layer): S' slots."""
+    idx = index[:, None, :, None]  # [B, 1, S', 1]: KV heads and head dim broadcast
+    if not self.per_layer:
+      idx = idx[None]  # [1, B, 1, S', 1]: every layer alike
+    axis = self._row_axis + 2
+
+    def gather(a):
+      shape = (*a.shape[:axis], idx.shape[axis], a.shape[-1])
+      return jnp.take_along_axis(a, jnp.broadcast_to(idx, shape), axis=axis)
+
+    return self._map(gather)
+
   def pad_slots(self, extra: int) -> "KVCache":
     """`extra` empty slots appended to every row."""
     axis = self._row_axis + 2

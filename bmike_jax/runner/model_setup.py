@@ -107,6 +107,7 @@ def build_engine(cfg: RunConfig):
       length_buckets=cfg.length_buckets,
       max_new_tokens=cfg.max_new_tokens,
       prefix_reuse=cfg.prefix_reuse,
+      stem_reuse=cfg.stem_reuse,
       decode_halvings=cfg.decode_halvings,
       batch_shapes=cfg.batch_shapes,
       scan_layers=scan_layers,

@@ -372,6 +372,12 @@ class RunConfig:
       True,
       "Compute the shared demonstrations' KV once per " "group (answers are identical either way).",
   )
+  stem_reuse: bool = _flag(
+      "boolean",
+      True,
+      "Compute a record's stem (its New Fact line, shared by its query types' prompts) once "
+      "per batch where that runs fewer token slots (answers are identical either way).",
+  )
   decode_halvings: int = _flag(
       "integer",
       2,
