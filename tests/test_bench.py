@@ -81,21 +81,26 @@ def test_cpu_bench_prints_its_tables(tiny_ckpt, tmp_path):
       "(b) HF generate, batched",
       "(c) bmike-jax, no prefix reuse",
       "(d) bmike-jax, prefix reuse",
+      "(e) bmike-jax, prefix + record-stem reuse",
   ):
     assert any(line.startswith(f"| {label}") for line in lines), label
   assert not any(line.startswith("| (a)") for line in lines)  # --skip_reference
   main_rows = [line for line in lines if line.count("|") == len(tables.MAIN_COLUMNS) + 1]
-  assert len(main_rows) == 3 * 3  # 3 systems x (2 setups + all)
+  assert len(main_rows) == 4 * 3  # 4 systems x (2 setups + all)
   assert "Targets" in md and "few_shot_mixed" in md
   with open(out + ".json", encoding="utf-8") as f:
     raw = json.load(f)
   systems = raw["summary"]["systems"]
-  assert set(systems) == {"b", "c", "d"}
+  assert set(systems) == {"b", "c", "d", "e"}
   for label, per in systems.items():
     assert set(per) == {"few_shot_mixed", "zero_shot", "all"}, label
     assert per["all"]["prompts"] == 8  # 1 record x 4 query types x 2 setups
     assert per["all"]["identical_b"] is not None and per["all"]["identical_a"] is None
-  assert raw["summary"]["ids_mismatch"] == {"b": 0, "c": 0, "d": 0}
+  assert raw["summary"]["ids_mismatch"] == {"b": 0, "c": 0, "d": 0, "e": 0}
+  # the answers do not depend on stems (fp32)
+  answers = {k: [g["answers"] for g in raw["results"][k]["groups"]] for k in "cde"}
+  assert answers["e"] == answers["d"] == answers["c"]
+  assert raw["results"]["e"]["stem_reuse"] and not raw["results"]["d"]["stem_reuse"]
   assert (
       raw["summary"]["floor"]["d"]["all"]["unique_tokens"]
       <= raw["summary"]["floor"]["d"]["all"]["prompt_tokens"]

@@ -6,10 +6,11 @@ SmolLM2-135M from the embedded GGUF; float32) through
   (a) HF `generate`, one prompt at a time (the reference way; torch threads = all cores),
   (b) HF `generate` on left-padded batches (best of --hf_batch_sizes),
   (c) bmike-jax without prefix reuse, (d) bmike-jax with it (one `generate` call per
-      language x setup group, as the runner does),
+      language x setup group, as the runner does), (e) the same with record stems run once per
+      batch too (the engine's default, `stem_reuse`),
 
 each in its own subprocess (peak RSS per system), plus a measured fp32 matmul peak for the FLOP
-floor of (d)'s prefill. Prints a ready-to-paste markdown report (tools/tables.py renders it from
+floor of (d)'s and (e)'s prefill. Prints a ready-to-paste markdown report (tools/tables.py renders it from
 the raw numbers); --output also writes it, with every raw number in a .json beside it.
 
 Quick check: python -m tools.bench_cpu --records=4 --langs=de --setups=zero_shot --skip_reference
@@ -56,7 +57,7 @@ flags.DEFINE_string(
     "Model for every system: a .gguf file or a HF directory "
     "(default: the embedded SmolLM2-135M GGUF).",
 )
-flags.DEFINE_integer("batch_size", 16, "bmike-jax batch size of (c) and (d).")
+flags.DEFINE_integer("batch_size", 16, "bmike-jax batch size of (c), (d) and (e).")
 flags.DEFINE_list("length_buckets", [], "bmike-jax length buckets (default: the engine's).")
 flags.DEFINE_integer("max_new_tokens", 15, "Greedy tokens per answer (the reference uses 15).")
 flags.DEFINE_list("hf_batch_sizes", ["8", "16", "32"], "Batch sizes tried for (b).")
@@ -71,15 +72,15 @@ flags.DEFINE_boolean("skip_reference", False, "Skip (a) (slow: ~2 s per 8-shot p
 flags.DEFINE_boolean("skip_hf_batched", False, "Skip (b).")
 flags.DEFINE_list(
     "engine_cold_pass",
-    ["d"],
-    "bmike-jax systems (c, d) timed on a warm pass after "
+    ["d", "e"],
+    "bmike-jax systems (c, d, e) timed on a warm pass after "
     "an untimed cold pass over the whole workload; the others run once and their "
     "jax compile-event seconds are subtracted (saves (c)'s ~25 min cold pass).",
 )
 flags.DEFINE_boolean(
     "prefill_only",
     True,
-    "Also time (d) with max_new_tokens=1 (prefill only) for " "the FLOP-floor table.",
+    "Also time (d) and (e) with max_new_tokens=1 (prefill only) for the FLOP-floor table.",
 )
 flags.DEFINE_integer("peak_matmul_size", 2048, "n of the n x n fp32 matmul that measures the peak.")
 flags.DEFINE_string(
@@ -217,19 +218,22 @@ def measure(workdir: str) -> dict:
       "dtype": "float32",
   }
   cold = set(FLAGS.engine_cold_pass)
+  no_reuse = {"prefix_reuse": False, "stem_reuse": False}
   results["c"] = run_worker(
-      workdir, "c_engine_no_reuse", {**engine_spec, "prefix_reuse": False, "cold_pass": "c" in cold}
+      workdir, "c_engine_no_reuse", {**engine_spec, **no_reuse, "cold_pass": "c" in cold}
   )
-  results["d"] = run_worker(
-      workdir,
-      "d_engine_reuse",
-      {
-          **engine_spec,
-          "prefix_reuse": True,
-          "cold_pass": "d" in cold,
-          "prefill_only": FLAGS.prefill_only,
-      },
-  )
+  for label, name, stems in (("d", "d_engine_reuse", False), ("e", "e_engine_stems", True)):
+    results[label] = run_worker(
+        workdir,
+        name,
+        {
+            **engine_spec,
+            "prefix_reuse": True,
+            "stem_reuse": stems,
+            "cold_pass": label in cold,
+            "prefill_only": FLAGS.prefill_only,
+        },
+    )
   try:
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
   except OSError:

@@ -22,7 +22,11 @@ SYSTEM_NAMES = {
     "b": "(b) HF generate, batched",
     "c": "(c) bmike-jax, no prefix reuse",
     "d": "(d) bmike-jax, prefix reuse",
+    "e": "(e) bmike-jax, prefix + record-stem reuse",
 }
+ENGINE_SYSTEMS = ("c", "d", "e")  # bmike-jax's own (compile columns, cold passes)
+# The system the targets are read off: the newest engine configuration in the run.
+TARGET_SYSTEMS = ("e", "d")
 
 MAIN_COLUMNS = (
     "system",
@@ -141,7 +145,7 @@ def differing_answers(results: dict) -> list[dict]:
     return []
   out = {}
   for ga in results["a"]["groups"]:
-    for label in ("b", "c", "d"):
+    for label in ("b", *ENGINE_SYSTEMS):
       for g in results.get(label, {}).get("groups", []):
         if g["key"] != ga["key"]:
           continue
@@ -185,7 +189,7 @@ def differing_table(differing: Sequence[dict]) -> str:
 
 
 def summarize(results: dict, peak: dict | None) -> dict:
-  """results: label ("a".."d") -> worker result. Returns per label and scope the numbers of the
+  """results: label ("a".."e") -> worker result. Returns per label and scope the numbers of the
   tables, the FLOP-floor rows and the target checks (all JSON-serialisable)."""
   any_result = next(iter(results.values()))
   scope_names = scopes(any_result["groups"])
@@ -207,7 +211,7 @@ def summarize(results: dict, peak: dict | None) -> dict:
             else None
         )
     # Prompt token ids: every system should have run the same ids (HF tokenizer vs bmike-jax's).
-    base = summary["systems"].get("d") or summary["systems"].get("c")
+    base = next((summary["systems"][k] for k in ("d", "c", "e") if k in summary["systems"]), None)
     if base:
       a, b = per["all"]["digests"], base["all"]["digests"]
       summary["ids_mismatch"][label] = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
@@ -239,9 +243,11 @@ def summarize(results: dict, peak: dict | None) -> dict:
           "achieved_flops": work / secs if secs else None,
       }
     summary["floor"][label] = rows
-  d = summary["systems"].get("d", {}).get(TARGET_SETUP)
+  system = next((k for k in TARGET_SYSTEMS if k in summary["systems"]), "d")
+  d = summary["systems"].get(system, {}).get(TARGET_SETUP)
   if d:
     summary["targets"] = {
+        "system": system,
         "vs_a": d["vs_a"],
         "vs_b": d["vs_b"],
         "identical_a": d["identical_a"],
@@ -252,13 +258,13 @@ def summarize(results: dict, peak: dict | None) -> dict:
 
 def main_table(summary: dict, results: dict) -> str:
   rows = []
-  for label in ("a", "b", "c", "d"):
+  for label in ("a", "b", *ENGINE_SYSTEMS):
     if label not in summary["systems"]:
       continue
     name = SYSTEM_NAMES[label]
     if label == "b":
       name += f" (bs {results['b'].get('batch_size')})"
-    if label in ("c", "d"):
+    if label in ENGINE_SYSTEMS:
       name += f" (bs {results[label].get('batch_size')})"
     for scope, agg in summary["systems"][label].items():
       compile_s = agg.get("jax_compile_seconds")
@@ -272,7 +278,7 @@ def main_table(summary: dict, results: dict) -> str:
               _fmt(agg["gen_tokens_per_s"]),
               _fmt(agg["prefill_tokens_per_s"]),
               _fmt(agg.get("unique_prefill_tokens_per_s")),
-              _fmt(compile_s) if label in ("c", "d") else "—",
+              _fmt(compile_s) if label in ENGINE_SYSTEMS else "—",
               _fmt(results[label].get("peak_rss_mib"), 0) if scope == "all" else "",
               _pct(agg["identical_a"]),
               _pct(agg["identical_b"]),
@@ -335,19 +341,20 @@ def sweep_table(sweep: dict | None, reference: dict | None) -> str:
 def targets_lines(summary: dict) -> str:
   t = summary.get("targets")
   if not t:
-    return f"Targets: not evaluated (setup {TARGET_SETUP} or system (d) not in this run)."
+    return f"Targets: not evaluated (setup {TARGET_SETUP} or system (d) / (e) not in this run)."
 
   def verdict(key):
     p = t["pass"][key]
     return "n/a" if p is None else ("PASS" if p else "FAIL")
 
+  system = f"({t.get('system', 'd')})"  # runs saved before (e) existed: (d)
   return "\n".join(
       [
-          f"- {TARGET_SETUP}: (d) prompts/s vs (a) = {_ratio(t['vs_a'])} "
+          f"- {TARGET_SETUP}: {system} prompts/s vs (a) = {_ratio(t['vs_a'])} "
           f"(target ≥ {TARGETS['vs_a']:.0f}×): {verdict('vs_a')}",
-          f"- {TARGET_SETUP}: (d) prompts/s vs (b) = {_ratio(t['vs_b'])} "
+          f"- {TARGET_SETUP}: {system} prompts/s vs (b) = {_ratio(t['vs_b'])} "
           f"(target ≥ {TARGETS['vs_b']:.0f}×): {verdict('vs_b')}",
-          f"- {TARGET_SETUP}: (d) answers identical to (a) = {_pct(t['identical_a'])} "
+          f"- {TARGET_SETUP}: {system} answers identical to (a) = {_pct(t['identical_a'])} "
           f"(target ≥ {100 * TARGETS['identical_a']:.0f}%): {verdict('identical_a')}",
       ]
   )
@@ -454,7 +461,7 @@ def render_cpu(raw: dict) -> str:
       "- prompt token ids identical across systems: "
       + ("yes" if not mism else f"NO, differing prompts per system: {mism}")
   )
-  for label in ("a", "b", "c", "d"):
+  for label in ("a", "b", *ENGINE_SYSTEMS):
     if label not in results:
       continue
     r, agg = results[label], summary["systems"][label]["all"]
@@ -464,14 +471,14 @@ def render_cpu(raw: dict) -> str:
         f"after load {mem.get('rss', 0):.0f} MiB (high-water {mem.get('hwm', 0):.0f} MiB), "
         f"peak {r.get('peak_rss_mib', 0):.0f} MiB"
     )
-    if label in ("c", "d") and r.get("cold_pass", True):
+    if label in ENGINE_SYSTEMS and r.get("cold_pass", True):
       line += (
           f"; {r['compile_count']} programs compiled (jax compile events "
           f"{agg.get('jax_compile_seconds', 0):.1f} s; cold pass − warm pass "
           f"{agg.get('compile_seconds', 0):.1f} s), {agg.get('warm_compiles')} in the timed "
           "warm pass (should be 0)"
       )
-    elif label in ("c", "d"):
+    elif label in ENGINE_SYSTEMS:
       line += (
           f"; {r['compile_count']} programs compiled; no cold pass: timed once, its "
           f"{agg.get('jax_compile_seconds', 0):.1f} s of jax compile events subtracted"

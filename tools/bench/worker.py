@@ -274,6 +274,7 @@ def run_engine(spec) -> dict:
         length_buckets=buckets,
         max_new_tokens=max_new_tokens,
         prefix_reuse=spec["prefix_reuse"],
+        stem_reuse=bool(spec.get("stem_reuse", False)),
         dtype=dtype,
     )
 
@@ -292,6 +293,7 @@ def run_engine(spec) -> dict:
       "batch_size": engine.batch_size,
       "length_buckets": list(engine.length_buckets),
       "prefix_reuse": bool(spec["prefix_reuse"]),
+      "stem_reuse": bool(spec.get("stem_reuse", False)),
       "devices": [str(d) for d in jax.devices()],
       "memory_after_engine_mib": _rss_mib(),
   }
