@@ -64,7 +64,11 @@ def test_memit_update_solves_its_least_squares(tmp_path):
     k = np.asarray(info["keys"][0, j], np.float64)
     resid = np.asarray(info["residuals"][0, j], np.float64)
     lhs = (hp.update_weight * moments[j].astype(np.float64) + np.outer(k, k)) @ update
-    np.testing.assert_allclose(lhs, np.outer(k, resid), rtol=1e-3, atol=1e-5)
+    rhs = np.outer(k, resid)
+    # Normwise: the float32 solve of a system this ill-conditioned (a 63-token corpus, cond ~1e12)
+    # leaves entries of ~1e-3 off by ~1% on some CPUs (seen 2026-12-06), while the residual of
+    # the whole system stays ~1e-5 of the right side; a wrong update leaves ~1.
+    assert np.linalg.norm(lhs - rhs) <= 1e-3 * np.linalg.norm(rhs), layer
   assert not np.allclose(info["residuals"][0, 0], 0)
   jax.tree_util.tree_map(np.testing.assert_array_equal, saved, params)
 
