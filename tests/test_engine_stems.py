@@ -84,8 +84,8 @@ def test_stem_clusters_split_at_the_weakest_link():
     ids=["b8", "b16", "b32", "b8-fixed", "b8-unrolled", "b8-no-prefix", "b16-no-shrink"],
 )
 def test_answers_identical_with_and_without_stems(prompts, baseline, kw):
-  engine = Engine(CONFIG, PARAMS, TOK, **kw)
-  whole = Engine(CONFIG, PARAMS, TOK, stem_reuse=False, **kw)
+  engine = Engine(CONFIG, PARAMS, TOK, stem_reuse=True, **kw)
+  whole = Engine(CONFIG, PARAMS, TOK, **kw)  # the default: no stems
   assert [r.ids for r in engine.generate(prompts)] == baseline
   assert [r.ids for r in whole.generate(prompts)] == baseline
   assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles)
@@ -100,7 +100,7 @@ def test_answers_identical_with_and_without_stems(prompts, baseline, kw):
 
 
 def test_token_account_counts_each_stem_once(prompts):
-  engine = Engine(CONFIG, PARAMS, TOK, batch_size=32)  # every record's 4 prompts in one batch
+  engine = Engine(CONFIG, PARAMS, TOK, batch_size=32, stem_reuse=True)  # a record per batch
   engine.generate(prompts)
   truth = _stems_of(prompts)
   suffix = sum(len(p) - PREFIX for p in prompts)
@@ -119,7 +119,7 @@ def test_scoring_off_stemmed_prompts(prompts, batch_shapes):
   fresh = Engine(CONFIG, PARAMS, TOK, batch_size=8, keep_prompt_kv=False)
   fresh.generate(prompts)
   want = fresh.continuation_logprobs(prompts, conts)
-  engine = Engine(CONFIG, PARAMS, TOK, batch_size=8, batch_shapes=batch_shapes)
+  engine = Engine(CONFIG, PARAMS, TOK, batch_size=8, batch_shapes=batch_shapes, stem_reuse=True)
   engine.generate(prompts)
   assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles)
   got = engine.continuation_logprobs(prompts, conts)
@@ -136,10 +136,12 @@ def test_plan_takes_stems_only_where_they_run_fewer_slots(prompts):
       batch_size=8,
       batch_buckets=buckets.batch_buckets(8),
       stem_row_buckets=buckets.batch_buckets(8),
-      stem_buckets=buckets.stem_buckets(1024),
   )
-  for length_buckets in ((16, 24, 32, 48, 64), (64, 128)):
-    plans = layout.plan_generate(suffixes, length_buckets=length_buckets, **settings)
+  fine, coarse = (16, 24, 32, 48, 64), (64, 128)
+  for length_buckets, stem_buckets in ((fine, fine), (coarse, coarse), (coarse, fine)):
+    plans = layout.plan_generate(
+        suffixes, length_buckets=length_buckets, stem_buckets=stem_buckets, **settings
+    )
     assert sorted(i for p in plans for i in p.rows) == list(range(len(prompts)))
     for plan in plans:
       whole = plan.batch * buckets.pick_bucket(
@@ -150,17 +152,18 @@ def test_plan_takes_stems_only_where_they_run_fewer_slots(prompts):
         for i, k in zip(plan.rows, plan.row_stems):  # a row's stem is its own start
           src, n = plan.stems[k]
           assert k < 0 or suffixes[i][:n] == suffixes[src][:n]
+        assert {plan.stem_bucket, plan.suffix_bucket} <= set(stem_buckets)
       else:
         assert plan.padded_slots() == whole
-  # coarse buckets: a 64-slot rest bucket leaves nothing for ~20-token stems to save
-  coarse = layout.plan_generate(suffixes, length_buckets=(64, 128), **settings)
-  assert not any(p.stem_rows for p in coarse)
-  fine = layout.plan_generate(suffixes, length_buckets=(16, 24, 32, 48, 64), **settings)
-  assert any(p.stem_rows for p in fine)
+    # pieces padded to 64 slots: a ~20-token stem saves nothing; padded to the short buckets
+    # (buckets.stem_buckets adds them to coarse length buckets) it does
+    assert any(p.stem_rows for p in plans) == (stem_buckets == fine)
+  assert buckets.stem_buckets(coarse) == (16, 32, 64, 128)
   # a memory bound that cannot hold the stemmed rows' longer prompt slots keeps them whole
   bounded = layout.plan_generate(
       suffixes,
-      length_buckets=(16, 24, 32, 48, 64),
+      length_buckets=fine,
+      stem_buckets=fine,
       max_rows=lambda sb, _: 8 if sb <= 48 else 4,
       **settings,
   )

@@ -30,8 +30,10 @@ SAME = (
 )
 
 
-@pytest.mark.parametrize("batch_shapes", ["fixed", "buckets"])
-def test_plan_equals_the_engines_own_account(batch_shapes):
+@pytest.mark.parametrize(
+    "batch_shapes, stems", [("fixed", False), ("buckets", False), ("buckets", True)]
+)
+def test_plan_equals_the_engines_own_account(batch_shapes, stems):
   try:
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
   except checkpoints.CheckpointError as e:
@@ -43,7 +45,12 @@ def test_plan_equals_the_engines_own_account(batch_shapes):
       eos_token_ids=tuple(tok.eos_ids),
   )
   engine = Engine(
-      config, engine_tiny.tiny_params(config), tok, batch_size=4, batch_shapes=batch_shapes
+      config,
+      engine_tiny.tiny_params(config),
+      tok,
+      batch_size=4,
+      batch_shapes=batch_shapes,
+      stem_reuse=stems,
   )
   data_dir = data.default_data_dir()
   for dataset in DATASETS:
@@ -63,12 +70,14 @@ def test_plan_equals_the_engines_own_account(batch_shapes):
       length_buckets=engine.length_buckets,
       max_new_tokens=engine.max_new_tokens,
       batch_shapes=batch_shapes,
+      stem_reuse=stems,
   )
   stats = engine.stats.as_dict()
   print(plan["account"], stats)
   assert {k: plan["account"].get(k, 0) for k in SAME} == {k: stats[k] for k in SAME}
   assert plan["program_count"] == engine.compile_count
   assert set(plan["programs"]) == {" ".join(map(str, k)) for k in engine.programs.compiles}
+  assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles) == stems
   if batch_shapes == "fixed":  # one row count: the batch size
     assert {k[1] for k in engine.programs.compiles if k[0] != "prefix"} == {4}
   assert engine.stats.decode_steps <= plan["account"]["decode_steps_at_most"]

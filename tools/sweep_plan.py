@@ -52,7 +52,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("context", 8192, "Model context (caps the default buckets).")
   flags.DEFINE_integer("max_new_tokens", 15, "Answer tokens at most.")
   flags.DEFINE_string("out", "", "Write the account as JSON here too.")
-  flags.DEFINE_boolean("stem_reuse", True, "The engine's stem_reuse (record stems run once).")
+  flags.DEFINE_boolean("stem_reuse", False, "The engine's stem_reuse (record stems run once).")
 
 
 def plan_run(
@@ -68,7 +68,7 @@ def plan_run(
     max_new_tokens,
     batch_shapes="fixed",
     likelihood=True,
-    stem_reuse=True,
+    stem_reuse=False,
     min_stem=4,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
@@ -82,7 +82,7 @@ def plan_run(
       batch_buckets=batch_buckets,
       stem_row_buckets=buckets_lib.batch_buckets(batch_size),
       length_buckets=length_buckets,
-      stem_buckets=buckets_lib.stem_buckets(length_buckets[-1]),
+      stem_buckets=buckets_lib.stem_buckets(length_buckets),
   )
   programs = collections.Counter()
   acc = collections.Counter()

@@ -92,11 +92,14 @@ def continuation_buckets(largest: int, smallest: int = CONTINUATION_BUCKET) -> t
   return (*out, largest)
 
 
-def stem_buckets(largest: int) -> tuple[int, ...]:
-  """Lengths a batch's block of record stems is padded to: the continuation buckets' family
-  (16, 32, ...): stems are short (a `New Fact` line: ~20 Llama-3 tokens), and the length buckets'
-  coarser low end (configs/8b.flags: 64) would pad them past what sharing them saves."""
-  return continuation_buckets(largest)
+def stem_buckets(length_buckets: Sequence[int]) -> tuple[int, ...]:
+  """Lengths the pieces of a batch split at record stems pad to (the stems and the rests after
+  them): the length buckets plus the continuation buckets' family (16, 32, 64, ...) below the
+  largest. The pieces are short (a `New Fact` line: ~20 Llama-3 tokens, a rest ~25), and the
+  length buckets' coarser low end (configs/8b.flags: 64 first) would pad them past what sharing
+  the stem saves."""
+  largest = max(length_buckets)
+  return tuple(sorted(set(length_buckets) | set(continuation_buckets(largest))))
 
 
 # A scoring call off the kept prompt KV takes about this many token slots (rows x continuation

@@ -147,7 +147,8 @@ class Engine:
   stem_reuse: a stem of min_stem tokens or more that prompts of a call share after the group
   prefix (a record's `New Fact` line, its 4 query types' common start) is computed once for the
   prompts of a batch sharing it, where that runs fewer token slots (layout.plan_generate); answers
-  do not depend on it.
+  do not depend on it. Off by default: at bucketed shapes it computes ~14% fewer tokens but saves
+  ~1-7% of the padded slots, for more programs (BENCHMARKS.md "Record stems").
   """
 
   def __init__(
@@ -170,7 +171,7 @@ class Engine:
       kept_kv_bytes: int | None = None,
       batch_shapes: str = "auto",
       row_memory_bytes: int | str | None = "auto",
-      stem_reuse: bool = True,
+      stem_reuse: bool = False,
       min_stem: int = 4,
   ):
     if isinstance(config, Llama):
@@ -205,7 +206,7 @@ class Engine:
         )
     )
     self.continuation_buckets = buckets_lib.continuation_buckets(self.length_buckets[-1])
-    self.stem_buckets = buckets_lib.stem_buckets(self.length_buckets[-1])
+    self.stem_buckets = buckets_lib.stem_buckets(self.length_buckets)
     data = self.mesh.shape[sh.DATA]
     self.batch_size = -(-batch_size // data) * data
     platform = self.mesh.devices.flat[0].platform

@@ -141,7 +141,9 @@ def plan_batches(
   return plans
 
 
-def stem_clusters(suffixes: Sequence[Sequence[int]], min_stem: int) -> list[tuple[list[int], int]]:
+def stem_clusters(
+    suffixes: Sequence[Sequence[int]], min_stem: int, stem_buckets: Sequence[int] = ()
+) -> list[tuple[list[int], int]]:
   """The prompts' record stems (level 2 of DESIGN.md's sharing): [(member indices, stem length)]
   covering every index once; a stem is a common token prefix of its members, at least `min_stem`
   tokens and at most every member's length - 1 (each keeps >= 1 own token); members without one
@@ -149,33 +151,57 @@ def stem_clusters(suffixes: Sequence[Sequence[int]], min_stem: int) -> list[tupl
 
   In sorted order, members of a stem are a run of neighbours. A run is cut where two neighbours
   share fewer than `min_stem` tokens, and within a run at its weakest link wherever the two halves,
-  each with its own longer stem, save more tokens than the run with the shorter one:
-  saved(run) = (members - 1) x stem = max of that and saved(left) + saved(right)."""
+  each with its own longer stem, save more than the run with the shorter one. A stem of s tokens
+  shared by n rows saves n x s token slots and costs one stem row of bucket(s) slots (s without
+  `stem_buckets`): saved(run) = max(n x s - bucket(s), saved(left) + saved(right), 0)."""
   order = sorted(range(len(suffixes)), key=lambda i: tuple(suffixes[i]))
-  links = [  # tokens neighbours k and k + 1 may share as a stem
-      min(
-          longest_common_prefix(suffixes[a], suffixes[b]),
-          len(suffixes[a]) - 1,
-          len(suffixes[b]) - 1,
-      )
-      for a, b in zip(order, order[1:])
-  ]
+  links = np.asarray(
+      [  # tokens neighbours k and k + 1 may share as a stem
+          min(
+              longest_common_prefix(suffixes[a], suffixes[b]),
+              len(suffixes[a]) - 1,
+              len(suffixes[b]) - 1,
+          )
+          for a, b in zip(order, order[1:])
+      ],
+      np.int64,
+  )
+  cost = lambda n: buckets_lib.pick_bucket(n, stem_buckets) if stem_buckets else n
   out: list[tuple[list[int], int]] = []
 
-  def best(lo: int, hi: int) -> tuple[int, list[tuple[int, int, int]]]:
-    """(saved tokens, [(lo, hi, stem)]) for the run order[lo..hi] (links lo..hi-1 >= min_stem)."""
-    if lo == hi:
-      return 0, [(lo, hi, 0)]
-    k = min(range(lo, hi), key=lambda j: links[j])
-    whole = ((hi - lo) * links[k], [(lo, hi, links[k])])
-    left, right = best(lo, k), best(k + 1, hi)
-    split = (left[0] + right[0], left[1] + right[1])
-    return split if split[0] > whole[0] else whole
+  def runs(lo: int, hi: int):
+    """(lo, hi, stem) of the best stems of the run order[lo..hi]; iterative (a run may be a
+    whole group: its shared prefix, without prefix reuse)."""
+    value, split, todo = {}, {}, [(lo, hi, False)]
+    while todo:
+      a, b, ready = todo.pop()
+      if a == b:
+        value[a, b] = 0
+        continue
+      k = a + int(np.argmin(links[a:b]))
+      if not ready:
+        todo += [(a, b, True), (a, k, False), (k + 1, b, False)]
+        continue
+      whole = (b - a + 1) * int(links[k]) - cost(int(links[k]))
+      halves = value[a, k] + value[k + 1, b]
+      value[a, b] = max(whole, halves, 0)
+      split[a, b] = (k, whole < halves or whole <= 0)
+    found, todo = [], [(lo, hi)]
+    while todo:
+      a, b = todo.pop()
+      if a == b or value[a, b] == 0:
+        found += [(j, j, 0) for j in range(a, b + 1)]
+      elif split[a, b][1]:
+        k = split[a, b][0]
+        todo += [(a, k), (k + 1, b)]
+      else:
+        found.append((a, b, int(links[split[a, b][0]])))
+    return sorted(found)
 
   lo = 0
   for k in range(len(order)):
     if k == len(order) - 1 or links[k] < max(min_stem, 1):
-      for a, b, stem in best(lo, k)[1]:
+      for a, b, stem in runs(lo, k):
         out.append(([order[j] for j in range(a, b + 1)], stem))
       lo = k + 1
   return out
@@ -196,11 +222,13 @@ def plan_generate(
   """The batches of one `generate` call (one rule for the engine and tools/sweep_plan).
 
   Without stem reuse: `plan_batches`. With it, the rows of one stem (`stem_clusters`) go to one
-  batch (a stem of more rows than a batch holds is computed once per batch it spans), stems
-  ordered by their longest row, and each batch runs its stems once (R rows of Tb slots) and its
+  batch where they fit (stems ordered by their longest row, every batch filled: a stem whose rows
+  span two batches is run in both, so there are as many batches as without stems), and each
+  batch runs its stems once (R rows of Tb slots) and its
   rows' rests on them, or, where that computes more token slots (R x Tb + B x Sb_rest against B x
-  Sb_whole: short stems, coarse buckets), its rows whole as `plan_batches` would.
-  stem_row_buckets: the stem block's row counts (powers of two, multiples of the data axis)."""
+  Sb_whole: short stems), its rows whole as `plan_batches` would.
+  stem_row_buckets: the stem block's row counts (powers of two, multiples of the data axis);
+  stem_buckets: the lengths stems and rests pad to (buckets.stem_buckets)."""
   if not stem_reuse:
     return plan_batches(
         [len(s) for s in suffixes],
@@ -209,27 +237,26 @@ def plan_generate(
         length_buckets=length_buckets,
         max_rows=max_rows,
     )
-  clusters = stem_clusters(suffixes, min_stem)
+  clusters = stem_clusters(suffixes, min_stem, stem_buckets)
   clusters.sort(key=lambda c: (-max(len(suffixes[i]) for i in c[0]), min(c[0])))
-  units = []  # (rows, stem): clusters cut to at most batch_size rows
-  for members, stem in clusters:
-    members = sorted(members, key=lambda i: -len(suffixes[i]))
-    for c in range(0, len(members), batch_size):
-      chunk = members[c : c + batch_size]
-      units.append((chunk, stem if len(chunk) > 1 else 0))
+  units = [(sorted(m, key=lambda i: -len(suffixes[i])), stem) for m, stem in clusters]
   plans, u = [], 0
   while u < len(units):
     first = max(len(suffixes[i]) for i in units[u][0])
     cap = batch_size
     if max_rows is not None:
       cap = min(cap, max_rows(buckets_lib.pick_bucket(first, length_buckets), 0))
-    taken = []
-    while u < len(units) and sum(len(r) for r, _ in taken) + len(units[u][0]) <= cap:
-      taken.append(units[u])
-      u += 1
-    if not taken:  # a unit of more rows than this shape may hold: cut it
+    taken, room = [], cap
+    while u < len(units) and room:
       rows, stem = units[u]
-      taken, units[u] = [(rows[:cap], stem)], (rows[cap:], stem)
+      if len(rows) <= room:
+        taken.append(units[u])
+        room -= len(rows)
+        u += 1
+      else:  # fill the batch: the stem's other rows start the next one (its stem run again)
+        taken.append((rows[:room], stem if room > 1 else 0))
+        units[u] = (rows[room:], stem if len(rows) - room > 1 else 0)
+        room = 0
     plans.append(
         _stem_or_whole(
             taken,
@@ -270,7 +297,7 @@ def _stem_or_whole(
   stemmed = BatchPlan(
       rows=rows,
       batch=batch,
-      suffix_bucket=buckets_lib.pick_bucket(max(lengths), length_buckets),
+      suffix_bucket=buckets_lib.pick_bucket(max(lengths), stem_buckets),
       stem_rows=buckets_lib.pick_bucket(len(stems), stem_row_buckets),
       stem_bucket=buckets_lib.pick_bucket(max(n for _, n in stems), stem_buckets),
       stems=tuple(stems),

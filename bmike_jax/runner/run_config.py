@@ -374,9 +374,11 @@ class RunConfig:
   )
   stem_reuse: bool = _flag(
       "boolean",
-      True,
+      False,
       "Compute a record's stem (its New Fact line, shared by its query types' prompts) once "
-      "per batch where that runs fewer token slots (answers are identical either way).",
+      "per batch where that runs fewer token slots (answers are identical either way). Off: "
+      "measured slower on CPU and more programs than slots saved at configs/8b.flags' shapes "
+      '(BENCHMARKS.md "Record stems").',
   )
   decode_halvings: int = _flag(
       "integer",
