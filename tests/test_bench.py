@@ -294,3 +294,31 @@ def test_decode_probe_runs_every_variant_on_a_toy_model(tmp_path):
   assert all(v > 0 for v in raw["variants"].values())
   assert sorted(os.listdir(tmp_path / "hlo")) == ["model_scanned.hlo.txt", "model_unrolled.hlo.txt"]
   assert "model_unrolled" in proc.stdout
+
+
+def test_stems_bench_runs_both_engines_side_by_side(tiny_ckpt, tmp_path):
+  out = str(tmp_path / "stems.json")
+  proc = run_tool(
+      "tools.bench_stems",
+      [
+          f"--checkpoint={tiny_ckpt}",
+          f"--data_dir={SAMPLE_DIR}",
+          "--records=2",
+          "--langs=de,zh",
+          "--setups=zero_shot",
+          "--batch_size=8",
+          "--passes=1",
+          f"--out={out}",
+      ],
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "| stem_reuse |" in proc.stdout
+  with open(out, encoding="utf-8") as f:
+    raw = json.load(f)
+  off, on = raw["runs"]["False"], raw["runs"]["True"]
+  assert raw["identical_answers"] is True
+  assert off["account"]["prompt_tokens"] == on["account"]["prompt_tokens"] > 0
+  assert off["account"]["stem_tokens"] == 0
+  assert on["account"]["prefill_tokens"] <= off["account"]["prefill_tokens"]
+  assert off["warm_compiles"] == on["warm_compiles"] == 0
+  assert len(off["seconds"]) == len(on["seconds"]) == 1

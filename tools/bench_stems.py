@@ -1,0 +1,129 @@
+"""python -m tools.bench_stems: the engine with and without record stems (`stem_reuse`), side by
+side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
+token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
+
+Model: SmolLM2-135M (the embedded GGUF, float32) unless --checkpoint. Each engine runs the
+groups once cold (compiles), then --passes timed warm passes; the configurations alternate
+(off, on, off, on, ...) so that a drift of the machine's speed falls on both. Answers of the two
+configurations are compared (they must be identical in float32).
+
+    python -m tools.bench_stems --records=16 --langs=de,zh --setups=zero_shot,few_shot_mixed
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import app, flags
+
+from bmike_jax import checkpoints, data, workload
+from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.engine import Engine
+
+FLAGS = flags.FLAGS
+ACCOUNT = (
+    "prompt_tokens",
+    "prefill_tokens",
+    "stem_tokens",
+    "prefill_padded_tokens",
+    "decode_steps",
+    "decode_row_steps",
+)
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("data_dir", None, "BMIKE-53 data (default: tools/paths.py's).")
+  flags.DEFINE_string("checkpoint", None, "Model (default: the embedded SmolLM2 GGUF).")
+  flags.DEFINE_string("dataset", "zsre", "Dataset.")
+  flags.DEFINE_integer("records", 16, "Records per language.")
+  flags.DEFINE_list("langs", ["de", "zh"], "Languages.")
+  flags.DEFINE_list("setups", ["zero_shot", "few_shot_mixed"], "Setups.")
+  flags.DEFINE_integer("batch_size", 16, "Engine batch size.")
+  flags.DEFINE_integer("passes", 2, "Timed warm passes per configuration.")
+  flags.DEFINE_string("out", "", "Write the numbers as JSON here too.")
+
+
+def measure(*, data_dir, checkpoint, dataset, records, langs, setups, batch_size, passes) -> dict:
+  config, params = checkpoints.load_model(checkpoint)
+  tok = tokenizer_lib.load_tokenizer(checkpoint)
+  pool = data.load_pool(data_dir, dataset)
+  groups = []  # (key, prompt ids): the runner's engine calls
+  for lang in langs:
+    loaded = data.load_file(data_dir, dataset, lang, limit=records)
+    for setup in setups:
+      for g in workload.unit_groups(
+          loaded=loaded, pool=pool, setup=setup, query_types=data.QUERY_TYPES
+      ):
+        groups.append((g.key, tok.encode_batch(g.prompts, add_bos=True)))
+  engines = {
+      stems: Engine(config, params, tok, batch_size=batch_size, stem_reuse=stems)
+      for stems in (False, True)
+  }
+  out = {"groups": [k for k, _ in groups], "runs": {}}
+  for stems, engine in engines.items():  # cold pass: compiles every shape
+    answers = [[r.ids for r in engine.generate(ids)] for _, ids in groups]
+    out["runs"][str(stems)] = {
+        "programs": engine.compile_count,
+        "answers": answers,
+        "seconds": [],
+        "group_seconds": [],
+    }
+  for _ in range(passes):
+    for stems, engine in engines.items():
+      engine.reset_stats()
+      run, per = out["runs"][str(stems)], []
+      t0 = time.perf_counter()
+      for _, ids in groups:
+        t = time.perf_counter()
+        engine.generate(ids)
+        per.append(round(time.perf_counter() - t, 3))
+      run["seconds"].append(round(time.perf_counter() - t0, 3))
+      run["group_seconds"].append(per)
+      run["account"] = {k: getattr(engine.stats, k) for k in ACCOUNT}
+      run["warm_compiles"] = engine.compile_count - run["programs"]
+  off, on = out["runs"]["False"], out["runs"]["True"]
+  out["identical_answers"] = off["answers"] == on["answers"]
+  for run in (off, on):
+    del run["answers"]
+  return out
+
+
+def table(out: dict) -> str:
+  lines = [
+      "| stem_reuse | warm seconds (each pass) | programs | " + " | ".join(ACCOUNT) + " |",
+      "| --- | --- | --- | " + " | ".join("---" for _ in ACCOUNT) + " |",
+  ]
+  for name, run in out["runs"].items():
+    lines.append(
+        f"| {name} | {', '.join(f'{s:.2f}' for s in run['seconds'])} | {run['programs']} | "
+        + " | ".join(f"{run['account'][k]:,}" for k in ACCOUNT)
+        + " |"
+    )
+  lines.append(f"\nanswers identical: {out['identical_answers']}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  from tools import paths
+
+  out = measure(
+      data_dir=FLAGS.data_dir or paths.default_data_dir(),
+      checkpoint=FLAGS.checkpoint or checkpoints.default_gguf_path(),
+      dataset=FLAGS.dataset,
+      records=FLAGS.records,
+      langs=FLAGS.langs,
+      setups=FLAGS.setups,
+      batch_size=FLAGS.batch_size,
+      passes=FLAGS.passes,
+  )
+  if FLAGS.out:
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=1)
+  print(table(out))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
