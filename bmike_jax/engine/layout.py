@@ -93,7 +93,8 @@ class BatchPlan:
 
   def stem_tokens_saved(self) -> int:
     """Tokens the rows' suffixes hold that their shared stems spare running again."""
-    return sum(n * (self.row_stems.count(k) - 1) for k, (_, n) in enumerate(self.stems))
+    held = sum(self.stems[k][1] for k in self.row_stems if k >= 0)  # each row's own copy
+    return held - self.stem_tokens()
 
 
 def plan_batches(
