@@ -6,6 +6,8 @@ token slots."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -130,18 +132,17 @@ def test_scoring_off_stemmed_prompts(prompts, batch_shapes):
 
 def test_plan_takes_stems_only_where_they_run_fewer_slots(prompts):
   suffixes = [p[PREFIX:] for p in prompts]
-  settings = dict(
-      stem_reuse=True,
-      min_stem=4,
-      batch_size=8,
-      batch_buckets=buckets.batch_buckets(8),
-      stem_row_buckets=buckets.batch_buckets(8),
-  )
   fine, coarse = (16, 24, 32, 48, 64), (64, 128)
-  for length_buckets, stem_buckets in ((fine, fine), (coarse, coarse), (coarse, fine)):
-    plans = layout.plan_generate(
-        suffixes, length_buckets=length_buckets, stem_buckets=stem_buckets, **settings
+
+  def settings(length_buckets, stem_buckets):
+    built = layout.plan_settings(
+        batch_size=8, batch_shapes="buckets", length_buckets=length_buckets, stem_reuse=True
     )
+    assert built.batch_buckets == built.stem_row_buckets == buckets.batch_buckets(8)
+    return dataclasses.replace(built, stem_buckets=stem_buckets)
+
+  for length_buckets, stem_buckets in ((fine, fine), (coarse, coarse), (coarse, fine)):
+    plans = layout.plan_generate(suffixes, settings(length_buckets, stem_buckets))
     assert sorted(i for p in plans for i in p.rows) == list(range(len(prompts)))
     for plan in plans:
       whole = plan.batch * buckets.pick_bucket(
@@ -161,11 +162,7 @@ def test_plan_takes_stems_only_where_they_run_fewer_slots(prompts):
   assert buckets.stem_buckets(coarse) == (16, 32, 64, 128)
   # a memory bound that cannot hold the stemmed rows' longer prompt slots keeps them whole
   bounded = layout.plan_generate(
-      suffixes,
-      length_buckets=fine,
-      stem_buckets=fine,
-      max_rows=lambda sb, _: 8 if sb <= 48 else 4,
-      **settings,
+      suffixes, settings(fine, fine), max_rows=lambda sb, _: 8 if sb <= 48 else 4
   )
   for plan in bounded:
     assert plan.batch <= (8 if plan.prompt_slots <= 48 else 4)

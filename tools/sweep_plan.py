@@ -74,16 +74,14 @@ def plan_run(
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
   length_buckets = tuple(sorted(length_buckets))
   continuation_buckets = buckets_lib.continuation_buckets(length_buckets[-1])
-  batch_buckets = buckets_lib.row_buckets(batch_size, batch_shapes)
-  generation = dict(  # layout.plan_generate's settings, as the engine passes them
+  generation = layout.plan_settings(  # the engine's rule (one data device)
+      batch_size=batch_size,
+      batch_shapes=batch_shapes,
+      length_buckets=length_buckets,
       stem_reuse=stem_reuse,
       min_stem=min_stem,
-      batch_size=batch_size,
-      batch_buckets=batch_buckets,
-      stem_row_buckets=buckets_lib.batch_buckets(batch_size),
-      length_buckets=length_buckets,
-      stem_buckets=buckets_lib.stem_buckets(length_buckets),
   )
+  batch_buckets = generation.batch_buckets
   programs = collections.Counter()
   acc = collections.Counter()
   last_prefix = {}  # "ids": the prefix whose KV the engine holds
@@ -193,7 +191,7 @@ def _plan_group(
     acc["prefill_padded_tokens"] += pb
     last_prefix["ids"] = group.prefix
   suffixes = [x[p:] for x in ids]
-  plans = layout.plan_generate(suffixes, **generation)
+  plans = layout.plan_generate(suffixes, generation)
   places = [None] * len(ids)
   for j, plan in enumerate(plans):
     if plan.stem_rows:

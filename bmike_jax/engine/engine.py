@@ -196,8 +196,6 @@ class Engine:
     self._kv_slot_bytes = memory.kv_slot_bytes(config, self._dtype_bytes)
     self.overlong = overlong
     self.min_prefix = min_prefix
-    self.stem_reuse = stem_reuse
-    self.min_stem = min_stem
     self.context = config.max_position_embeddings
     self.length_buckets = tuple(
         sorted(
@@ -206,7 +204,6 @@ class Engine:
         )
     )
     self.continuation_buckets = buckets_lib.continuation_buckets(self.length_buckets[-1])
-    self.stem_buckets = buckets_lib.stem_buckets(self.length_buckets)
     data = self.mesh.shape[sh.DATA]
     self.batch_size = -(-batch_size // data) * data
     platform = self.mesh.devices.flat[0].platform
@@ -217,7 +214,15 @@ class Engine:
     if batch_shapes == "auto":
       batch_shapes = buckets_lib.default_batch_shapes(platform)
     self.batch_shapes = batch_shapes
-    self.batch_buckets = buckets_lib.row_buckets(self.batch_size, batch_shapes, multiple_of=data)
+    self.plan_settings = layout_lib.plan_settings(
+        batch_size=self.batch_size,
+        batch_shapes=batch_shapes,
+        length_buckets=self.length_buckets,
+        data_axis=data,
+        stem_reuse=stem_reuse,
+        min_stem=min_stem,
+    )
+    self.batch_buckets = self.plan_settings.batch_buckets
     # the decode loop's shrinking sizes live inside one program, whatever the batch shapes
     shrink_sizes = buckets_lib.batch_buckets(self.batch_size, multiple_of=data)
     auto_rows = row_memory_bytes == "auto"
@@ -235,7 +240,6 @@ class Engine:
         else 0
     )
     self._row_sizes = shrink_sizes
-    self.stem_row_buckets = shrink_sizes  # a stem block's rows: powers of two (data multiples)
     dtype = jnp.dtype(dtype)
     if scan_layers is None:  # accelerators: per-layer weights, read once per step (layer_layout.py)
       scan_layers = layer_layout.default_scan_layers(platform)
@@ -424,13 +428,7 @@ class Engine:
     plen, pb = group.prefix_length, group.prefix_bucket
     plans = layout_lib.plan_generate(
         suffixes,
-        stem_reuse=self.stem_reuse,
-        min_stem=self.min_stem,
-        batch_size=self.batch_size,
-        batch_buckets=self.batch_buckets,
-        stem_row_buckets=self.stem_row_buckets,
-        length_buckets=self.length_buckets,
-        stem_buckets=self.stem_buckets,
+        self.plan_settings,
         max_rows=lambda sb, _: self.max_rows(pb, sb, self.max_new_tokens),
     )
     results: list[GenerationResult | None] = [None] * len(prompts)

@@ -208,16 +208,50 @@ def stem_clusters(
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanSettings:
+  """How `plan_generate` cuts a call's prompts into batches. Built by `plan_settings`, once, for
+  the engine and tools/sweep_plan alike (so the sweep's plan is the engine's); tests may replace
+  fields. batch_buckets: the batch sizes programs run (buckets.row_buckets); stem_row_buckets: a
+  stem block's row counts (powers of two, multiples of the data axis); stem_buckets: the lengths
+  stems and rests pad to (buckets.stem_buckets)."""
+
+  batch_size: int
+  batch_buckets: tuple[int, ...]
+  length_buckets: tuple[int, ...]
+  stem_reuse: bool
+  min_stem: int
+  stem_row_buckets: tuple[int, ...]
+  stem_buckets: tuple[int, ...]
+
+
+def plan_settings(
+    *,
+    batch_size: int,
+    batch_shapes: str,
+    length_buckets: Sequence[int],
+    data_axis: int = 1,
+    stem_reuse: bool = False,
+    min_stem: int = 4,
+) -> PlanSettings:
+  """The settings of an engine of `batch_size` rows (a multiple of `data_axis`), resolved
+  `batch_shapes` ("fixed" / "buckets") and `length_buckets`."""
+  length_buckets = tuple(sorted(length_buckets))
+  return PlanSettings(
+      batch_size=batch_size,
+      batch_buckets=buckets_lib.row_buckets(batch_size, batch_shapes, multiple_of=data_axis),
+      length_buckets=length_buckets,
+      stem_reuse=stem_reuse,
+      min_stem=min_stem,
+      stem_row_buckets=buckets_lib.batch_buckets(batch_size, multiple_of=data_axis),
+      stem_buckets=buckets_lib.stem_buckets(length_buckets),
+  )
+
+
 def plan_generate(
     suffixes: Sequence[Sequence[int]],
+    settings: PlanSettings,
     *,
-    stem_reuse: bool,
-    min_stem: int,
-    batch_size: int,
-    batch_buckets: Sequence[int],
-    stem_row_buckets: Sequence[int],
-    length_buckets: Sequence[int],
-    stem_buckets: Sequence[int],
     max_rows: Callable[[int, int], int] | None = None,
 ) -> list[BatchPlan]:
   """The batches of one `generate` call (one rule for the engine and tools/sweep_plan).
@@ -227,18 +261,17 @@ def plan_generate(
   span two batches is run in both, so there are as many batches as without stems), and each
   batch runs its stems once (R rows of Tb slots) and its
   rows' rests on them, or, where that computes more token slots (R x Tb + B x Sb_rest against B x
-  Sb_whole: short stems), its rows whole as `plan_batches` would.
-  stem_row_buckets: the stem block's row counts (powers of two, multiples of the data axis);
-  stem_buckets: the lengths stems and rests pad to (buckets.stem_buckets)."""
-  if not stem_reuse:
+  Sb_whole: short stems), its rows whole as `plan_batches` would."""
+  batch_size, length_buckets = settings.batch_size, settings.length_buckets
+  if not settings.stem_reuse:
     return plan_batches(
         [len(s) for s in suffixes],
         batch_size=batch_size,
-        batch_buckets=batch_buckets,
+        batch_buckets=settings.batch_buckets,
         length_buckets=length_buckets,
         max_rows=max_rows,
     )
-  clusters = stem_clusters(suffixes, min_stem, stem_buckets)
+  clusters = stem_clusters(suffixes, settings.min_stem, settings.stem_buckets)
   clusters.sort(key=lambda c: (-max(len(suffixes[i]) for i in c[0]), min(c[0])))
   units = [(sorted(m, key=lambda i: -len(suffixes[i])), stem) for m, stem in clusters]
   plans, u = [], 0
@@ -263,10 +296,10 @@ def plan_generate(
             taken,
             suffixes,
             cap=cap,
-            batch_buckets=batch_buckets,
-            stem_row_buckets=stem_row_buckets,
+            batch_buckets=settings.batch_buckets,
+            stem_row_buckets=settings.stem_row_buckets,
             length_buckets=length_buckets,
-            stem_buckets=stem_buckets,
+            stem_buckets=settings.stem_buckets,
             max_rows=max_rows,
         )
     )
