@@ -125,7 +125,7 @@ def test_edit_batch_size_is_part_of_each_methods_identity():
   ).result_identity()
   assert set(one["weight_edits"]) == {"ft", "rome"}
   for m in ("ft", "rome"):
-    assert one["weight_edits"][m]["edit_batch_size"] == 8
+    assert one["weight_edits"][m]["edit_batch_size"] == "auto"  # the default
     assert two["weight_edits"][m]["edit_batch_size"] == 2
   _, differing = store_lib.merge_identity(one, two)
   assert [d.split(":")[0] for d in differing] == ["ft edit_batch_size", "rome edit_batch_size"]
@@ -163,6 +163,9 @@ def test_outputs_are_keyed_by_method(methods_run):
     assert set(by_method[m]["zsre"]["reference"]) == set(LANGS)
     # one edit per record serves both languages and both protocols
     assert doc["weight_edits"]["methods"][m]["edits"] == 2
+    # --edit_batch_size=auto on a CPU (no memory reported, no budget): 8, recorded per dataset
+    assert doc["weight_edits"]["methods"][m]["edit_batch_size"] == {"zsre": 8}
+    assert doc["weight_edits"]["methods"][m]["edit_memory"] == {"zsre": {"budget_bytes": None}}
     assert f"=== method {m}" in proc.stdout
   samples = load_samples(out)
   assert {s["method"] for s in samples} == {"ike", *EDITED}
@@ -232,6 +235,13 @@ def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
   }
   lost = os.path.join(out, "units", "kn", "zsre", "comparable", "zh.metrics.json")
   os.remove(lost)  # as if killed before this unit was written
+  # as if the earlier run had been on a device whose memory chose 1 edit per batch for kn
+  results = os.path.join(out, "results.json")
+  with open(results) as f:
+    doc = json.load(f)
+  doc["weight_edits"]["methods"]["kn"]["edit_batch_size"] = {"zsre": 1}
+  with open(results, "w") as f:
+    json.dump(doc, f)
   kept = os.path.join(out, "units", "ft", "zsre", "reference", "de.metrics.json")
   kept_mtime = os.stat(kept).st_mtime_ns
   proc = run_main(FLAGS + [f"--checkpoint={tiny_ckpt}", f"--output_dir={out}"])
@@ -241,6 +251,9 @@ def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
   assert load_results(out)["results_by_method"] == before
   edits = load_results(out)["weight_edits"]["methods"]
   assert edits["kn"]["edits"] == 2 * edits["ft"]["edits"] == 4  # summed over both runs
+  # the resume edited as the earlier run did (auto reuses the recorded size)
+  assert "kn on zsre: 1 edits per batch, as the folder's earlier run" in proc.stderr
+  assert edits["kn"]["edit_batch_size"] == {"zsre": 1}
   assert len(load_samples(out)) == 2 * 2 * 4 + 2 * 2 * 2 * 4 * 2
 
 
@@ -320,7 +333,7 @@ def test_methods_added_to_and_dropped_from_a_folder(methods_run, tiny_ckpt, tmp_
     run_json = f.read()
   for extra, named in (
       (["--methods=ft", "--ft_hparams=layer=1,steps=3"], "ft hparams: was"),
-      (["--methods=kn", "--edit_batch_size=1"], "kn edit_batch_size: was 8, now 1"),
+      (["--methods=kn", "--edit_batch_size=1"], "kn edit_batch_size: was 'auto', now 1"),
       (["--methods=ike,lora", "--dtype=bfloat16"], "dtype: was 'float32'"),
   ):
     proc = run_main(flags + extra)

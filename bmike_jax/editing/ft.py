@@ -119,9 +119,11 @@ def edit_one(config: LlamaConfig, params, hp: FTConfig, prepared: dict):
 def edit(config: LlamaConfig, params, hp: FTConfig, prepared: dict):
   """A batch of edits ([R]-leading prepared arrays) -> (batched delta, losses [R, steps],
   final losses [R]): one optimisation per row, vmapped."""
-  return _batched(config, hp)(params, {k: jnp.asarray(v) for k, v in prepared.items()})
+  return batched_program(config, hp)(params, {k: jnp.asarray(v) for k, v in prepared.items()})
 
 
 @functools.lru_cache(maxsize=None)
-def _batched(config: LlamaConfig, hp: FTConfig):
+def batched_program(config: LlamaConfig, hp: FTConfig):
+  """The jitted batch of edits (edit_one vmapped over the requests): what `edit` runs and
+  editing/batch_size compiles to read its memory."""
   return jax.jit(jax.vmap(lambda params, p: edit_one(config, params, hp, p), in_axes=(None, 0)))

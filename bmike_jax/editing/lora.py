@@ -137,9 +137,11 @@ def edit_one(config: LlamaConfig, params, hp: LoRAConfig, prepared: dict):
 
 def edit(config: LlamaConfig, params, hp: LoRAConfig, prepared: dict):
   """A batch of edits -> (batched delta, losses [R, steps], final losses [R])."""
-  return _batched(config, hp)(params, {k: jnp.asarray(v) for k, v in prepared.items()})
+  return batched_program(config, hp)(params, {k: jnp.asarray(v) for k, v in prepared.items()})
 
 
 @functools.lru_cache(maxsize=None)
-def _batched(config: LlamaConfig, hp: LoRAConfig):
+def batched_program(config: LlamaConfig, hp: LoRAConfig):
+  """The jitted batch of edits (edit_one vmapped over the requests): what `edit` runs and
+  editing/batch_size compiles to read its memory."""
   return jax.jit(jax.vmap(lambda params, p: edit_one(config, params, hp, p), in_axes=(None, 0)))

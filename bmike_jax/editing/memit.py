@@ -111,11 +111,15 @@ def edit(
         f"MEMIT second moments have shape {moments.shape}, need {want} "
         f"(one [F, F] per layer of {hp.layers})"
     )
-  return _batched(config, hp)(params, {k: jnp.asarray(v) for k, v in prepared.items()}, moments)
+  return batched_program(config, hp)(
+      params, {k: jnp.asarray(v) for k, v in prepared.items()}, moments
+  )
 
 
 @functools.lru_cache(maxsize=None)
-def _batched(config: LlamaConfig, hp: MEMITConfig):
+def batched_program(config: LlamaConfig, hp: MEMITConfig):
+  """The jitted batch of edits (edit_one vmapped over the requests): what `edit` runs and
+  editing/batch_size compiles to read its memory."""
   return jax.jit(
       jax.vmap(lambda params, p, m: edit_one(config, params, hp, p, m), in_axes=(None, 0, None))
   )

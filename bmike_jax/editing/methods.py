@@ -82,3 +82,9 @@ def edit(
   else:
     out = m.module.edit(config, params, hp, prepared)
   return out[0], out[1:] if len(out) > 2 else out[1]
+
+
+def batched_program(name: str, config: LlamaConfig, hp):
+  """Method `name`'s jitted batch of edits, (params, prepared[, second moments]) -> (delta, info):
+  what `edit` runs (editing/batch_size compiles it to read its memory)."""
+  return method(name).module.batched_program(config, hp)

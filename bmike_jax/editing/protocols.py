@@ -32,6 +32,7 @@ from bmike_jax.data import QUERY_TYPES, LoadedFile, Record
 from bmike_jax.editing import answers, methods
 from bmike_jax.editing import delta as delta_lib
 from bmike_jax.editing.request import EditError, EditRequest, request_from_record
+from bmike_jax.engine import memory
 from bmike_jax.engine.answer import cut_at_quote
 from bmike_jax.model.config import LlamaConfig
 from bmike_jax.runner.evaluate import score_sample
@@ -217,6 +218,7 @@ def run_method(
     chunk = groups[start : start + batch_size]
     if method == UNEDITED:
       edited = [(g, None) for g in chunk]
+      held = engine_held_bytes
     else:
       usable = []
       for g in chunk:
@@ -239,6 +241,8 @@ def run_method(
       )
       stats["edits"] += len(usable)
       edited = [(g, delta_lib.row(delta, r)) for r, g in enumerate(usable)]
+      # the batch's deltas stay on the devices while the engine reads each edit
+      held = engine_held_bytes + memory.device_bytes(delta)
     for group, one in edited:
       if "reference" in protocols:
         rows += reference_rows(
@@ -263,7 +267,7 @@ def run_method(
             records=group.records,
             query_types=query_types,
             engine=engine,
-            engine_held_bytes=engine_held_bytes,
+            engine_held_bytes=held,
         )
   return rows, stats
 

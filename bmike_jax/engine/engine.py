@@ -229,7 +229,7 @@ class Engine:
     if auto_rows:
       row_memory_bytes = memory.row_budget(
           self.mesh,
-          weight_bytes=config.num_params * self._dtype_bytes,
+          weight_bytes=self.weight_bytes,
           kept_kv_bytes=self.kept_kv_bytes if keep_prompt_kv else 0,
       )
     self.row_memory_bytes = row_memory_bytes  # per device; None: rows are not bounded
@@ -330,6 +330,11 @@ class Engine:
       self.params = self._base_params
       self.keep_prompt_kv, self.row_memory_bytes = saved
       self._last_prefix, self._kept = None, None
+
+  @property
+  def weight_bytes(self) -> int:
+    """The model's weights at the engine's dtype, all devices together."""
+    return self.config.num_params * self._dtype_bytes
 
   @property
   def compile_count(self) -> int:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
+
 from bmike_jax.engine.sharding import MODEL
 
 # --batch_size=auto: rows per batch where the backend is a CPU (compute-bound: small batches lose
@@ -52,6 +54,16 @@ def mesh_memory_bytes(mesh) -> int | None:
   """The smallest device memory of the mesh, or None where any device does not say."""
   sizes = [device_memory_bytes(d) for d in mesh.devices.flat]
   return None if any(s is None for s in sizes) else min(sizes)
+
+
+def device_bytes(tree) -> int:
+  """Bytes of a pytree's arrays held on one device (the first shard of each; host arrays: 0)."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    shards = getattr(leaf, "addressable_shards", None)
+    if shards:
+      total += shards[0].data.nbytes
+  return total
 
 
 def kept_kv_budget(mesh) -> int:

@@ -299,7 +299,8 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
   start = time.perf_counter()
   editor = None
   keyed = any(u.method != IKE for u in units)
-  previous_edits = _previous_edits(store) if writer else {}
+  # process 0's (it reads the folder): every process sizes its edit batches from the same record
+  previous_edits = distributed.broadcast_json(_previous_edits(store) if writer else {})
 
   def edits_document() -> dict | None:
     """The edit statistics of the folder's runs (this one's added to the earlier ones') of the
@@ -375,7 +376,13 @@ def run(cfg: RunConfig, flag_values: dict, build_engine: Callable, progress=None
     groups.setdefault((unit.method, unit.dataset), []).append(unit)
   for (method, dataset), group in groups.items():
     if editor is None:
-      editor = weight_edits.Editor(cfg, engine, tokenizer, identity["model_fingerprint"])
+      editor = weight_edits.Editor(
+          cfg,
+          engine,
+          tokenizer,
+          identity["model_fingerprint"],
+          previous=previous_edits.get("methods"),
+      )
     samples, files = editor.run(method, dataset, group)
     for unit in group:
       finish(unit, samples[unit], files[unit.lang])

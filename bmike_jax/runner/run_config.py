@@ -287,13 +287,15 @@ class RunConfig:
       + "; ".join(f"{k}: {v}" for k, v in CONTEXT_TEMPLATES.items()),
       choices=tuple(CONTEXT_TEMPLATES),
   )
-  edit_batch_size: int = _flag(
-      "integer",
-      8,
+  edit_batch_size: int | None = _flag(
+      "string",
+      "auto",
       "Weight edits optimised together (one jax.vmap over the requests; each edit is its own "
-      "optimisation, applied alone). Part of each method's settings on resume: other batches "
-      "can round otherwise (DESIGN.md).",
-      parse=_positive,
+      "optimisation, applied alone), or auto: 8 on CPU; on GPU / TPU the most that fit the "
+      "device's memory by XLA's account of the method's program (editing/batch_size.py). The "
+      "size each method and dataset ran is in results.json, and a resume with auto reuses it. "
+      "Part of each method's settings on resume: other batches can round otherwise (DESIGN.md).",
+      parse=_auto_or_positive,
   )
   query_types: tuple[str, ...] = _flag(
       "string",
@@ -496,7 +498,7 @@ class RunConfig:
     corpus) gave other answers for a batch of 3 than for 1 at a time (DESIGN.md)."""
     out = {
         "hparams": _jsonable(dataclasses.asdict(self.hparams(method))),
-        "edit_batch_size": self.edit_batch_size,
+        "edit_batch_size": "auto" if self.edit_batch_size is None else self.edit_batch_size,
         "comparable_read": edit_protocols.COMPARABLE_READ,
     }
     if method in ("rome", "memit"):

@@ -25,8 +25,11 @@ from absl import logging
 from bmike_jax import checkpoints
 from bmike_jax import data as data_lib
 from bmike_jax.checkpoints import hub
+from bmike_jax.editing import batch_size as batch_size_lib
 from bmike_jax.editing import forward, methods, protocols, stats, templates
-from bmike_jax.runner import fingerprint
+from bmike_jax.editing.request import EditError
+from bmike_jax.engine import memory
+from bmike_jax.runner import distributed, fingerprint
 from bmike_jax.runner.run_config import FlagError, RunConfig
 from bmike_jax.runner.units import Unit
 
@@ -47,38 +50,46 @@ def check_layers(cfg: RunConfig) -> None:
 
 def add_counts(before: dict | None, now: dict) -> dict:
   """One method's edit statistics over runs in one folder: edits and seconds summed (a resumed
-  method and dataset edits its records again), skipped records listed once."""
+  method and dataset edits its records again), skipped records listed once, the batch sizes (and
+  --edit_batch_size=auto's memory accounts) by dataset, the latest run's where both have one."""
   if not before:
     return dict(now)
   skipped = list(before.get("skipped", []))
   skipped += [s for s in now.get("skipped", []) if s not in skipped]
-  return {
+  out = {
       "edits": before.get("edits", 0) + now.get("edits", 0),
       "skipped": skipped,
       "seconds": round(before.get("seconds", 0.0) + now.get("seconds", 0.0), 3),
   }
+  for key in ("edit_batch_size", "edit_memory"):
+    merged = {**before.get(key, {}), **now.get(key, {})}
+    if merged:
+      out[key] = merged
+  return out
 
 
 class Editor:
   """What the weight edits of one run share: float32 stacked params, the tokenizer, ROME's
   context templates, MEMIT's second moments and the unedited answers (`pre_cache`)."""
 
-  def __init__(self, cfg: RunConfig, engine, tokenizer, model_fingerprint: str):
+  def __init__(
+      self, cfg: RunConfig, engine, tokenizer, model_fingerprint: str, previous: dict | None = None
+  ):
     self.cfg = cfg
     self.engine = engine
     self.config = engine.config
     params = forward.stacked(engine.params, engine.config)
     self.params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     # the float32 copy's bytes on one device, held while the engine reads the edited models
-    self.held_bytes_per_device = sum(
-        x.addressable_shards[0].data.nbytes for x in jax.tree_util.tree_leaves(self.params)
-    )
+    self.held_bytes_per_device = memory.device_bytes(self.params)
     self.tokenizer = tokenizer
     self.fingerprint = model_fingerprint
     self.pre_cache: dict = {}
     self.templates: tuple[str, ...] | None = None
     self.corpus_sha256: str | None = None  # MEMIT's corpus, hashed once a run
-    self.info: dict = {}  # method -> {"edits", "skipped", "seconds"}
+    self.info: dict = {}  # method -> {"edits", "skipped", "seconds", "edit_batch_size", ...}
+    # results.json's weight_edits.methods of the folder's earlier runs (their batch sizes)
+    self.previous = previous or {}
 
   def hparams(self, method: str):
     hp = self.cfg.hparams(method)
@@ -116,6 +127,47 @@ class Editor:
         layers=hp.layers,
     )
 
+  def batch_size(self, method: str, dataset: str, hp, files, moments) -> tuple[int, dict | None]:
+    """(edits per batch, --edit_batch_size=auto's memory account or None) of `method` on
+    `dataset`: the flag's number; with auto, the size an earlier run of the folder used for them
+    (a resume edits as it did), else editing/batch_size's choice within the row share of device
+    memory less what the engine and this Editor hold. The same on every process: `previous` is
+    process 0's, and so is the probe's choice."""
+    if self.cfg.edit_batch_size is not None:
+      return self.cfg.edit_batch_size, None
+    earlier = self.previous.get(method, {}).get("edit_batch_size", {}).get(dataset)
+    if earlier is not None:
+      logging.info(
+          "%s on %s: %d edits per batch, as the folder's earlier run", method, dataset, earlier
+      )
+      return int(earlier), None
+    budget = memory.row_budget(
+        self.engine.mesh, weight_bytes=self.engine.weight_bytes, kept_kv_bytes=0
+    )
+    if budget is not None:
+      budget -= self.held_bytes_per_device
+    requests = []
+    for group in protocols.edit_groups(files):
+      try:
+        methods.check_request(method, group.request)
+        requests.append(group.request)
+      except EditError:
+        pass
+    size, account = batch_size_lib.auto_size(
+        method,
+        self.config,
+        self.params,
+        self.tokenizer,
+        requests,
+        hp,
+        budget=budget,
+        params_bytes=self.held_bytes_per_device,
+        second_moments_shape=None if moments is None else tuple(moments.shape),
+    )
+    size, account = distributed.broadcast_json([size, account])
+    logging.info("%s on %s: %d edits per batch (auto: %s)", method, dataset, size, account)
+    return int(size), account
+
   def run(self, method: str, dataset: str, units: Sequence[Unit]):
     """(samples of each of `units` (one method and dataset), loaded data file by language): each
     record edited once, every language and protocol of the units read with that edit."""
@@ -128,6 +180,7 @@ class Editor:
     ]
     hp = self.hparams(method)
     moments = self.second_moments(hp) if method == "memit" else None
+    size, account = self.batch_size(method, dataset, hp, files, moments)
     start = time.perf_counter()
     rows, info = protocols.run_method(
         method=method,
@@ -138,7 +191,7 @@ class Editor:
         hp=hp,
         protocols=[p for p in cfg.protocols if p in wanted],
         query_types=cfg.query_types,
-        batch_size=cfg.edit_batch_size,
+        batch_size=size,
         pre_cache=self.pre_cache,
         second_moments=moments,
         engine=self.engine,
@@ -151,6 +204,9 @@ class Editor:
     entry["edits"] += info["edits"]
     entry["skipped"] += info["skipped"]
     entry["seconds"] = round(entry["seconds"] + seconds, 3)
+    entry.setdefault("edit_batch_size", {})[dataset] = size
+    if account is not None:
+      entry.setdefault("edit_memory", {})[dataset] = account
     logging.info(
         "%s on %s: %d edits, %d languages, %.1f s",
         method,
