@@ -41,6 +41,31 @@ def test_right_padding_does_not_change_real_positions():
   np.testing.assert_allclose(a[0], b[0, :8], rtol=1e-5, atol=1e-5)
 
 
+def test_down_add_is_the_edited_kernel():
+  """forward's down_add (factors beside the base `down` kernels, two layers in two slots) gives the
+  logits and trace of the params with those factors added to the kernels (delta.apply_delta), to
+  float32 round-off, while the updates move the logits by more than 0.1."""
+  config = tiny_config(num_layers=3)
+  params = tiny_params(config)
+  tokens = _tokens(2, 10)
+  rng = np.random.default_rng(1)
+  f, d, n = config.intermediate_size, config.hidden_size, 2
+  a = np.zeros((config.num_layers, f, n), np.float32)
+  b = np.zeros((config.num_layers, n, d), np.float32)
+  a[0, :, 0], b[0, 0] = rng.normal(size=f), rng.normal(size=d) * 0.1
+  a[2, :, 1], b[2, 1] = rng.normal(size=f), rng.normal(size=d) * 0.1
+  edited = delta_lib.apply_delta(
+      params,
+      {"mlp/down/kernel": {0: (a[0, :, :1], b[0, :1]), 2: (a[2, :, 1:], b[2, 1:])}},
+  )
+  want, want_trace = forward(config, edited, tokens, capture_layer=2)
+  got, got_trace = forward(config, params, tokens, capture_layer=2, down_add=(a, b))
+  base, _ = forward(config, params, tokens)
+  assert float(jnp.max(jnp.abs(want - base))) > 0.1
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got_trace.layer_out, want_trace.layer_out, rtol=1e-5, atol=1e-5)
+
+
 def test_capture_and_patch_hooks():
   config = tiny_config(num_layers=3)
   params = tiny_params(config)

@@ -91,10 +91,15 @@ def forward(
     patch: MlpPatch | None = None,
     capture_layer: int | None = None,
     gate_position: jax.Array | None = None,
+    down_add: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, Trace]:
   """Logits [B, T, V] (float32) of tokens [B, T] (right-padded rows), and the `Trace` asked for:
   `capture_layer` (a static int) reads that layer's MLP, `gate_position` [B] every layer's gate
-  output at that position of each row. `patch` changes one layer's MLP (see `MlpPatch`)."""
+  output at that position of each row. `patch` changes one layer's MLP (see `MlpPatch`).
+  `down_add` (a [L, F, K], b [L, K, D]): every layer's `down` as if its kernel were
+  `kernel + a[l] @ b[l]`, computed as `(h @ a[l]) @ b[l]` beside `h @ kernel`, so that the
+  params stay shared by the rows of a vmapped batch of edits (MEMIT's updates so far) instead
+  of each row carrying its own copy of the stacked kernel."""
   params = stacked(params, config)
   b, t = tokens.shape
   x = params["embed"]["embedding"].astype(jnp.float32)[tokens]
@@ -106,7 +111,8 @@ def forward(
     at = positions == patch.position[:, None]  # [B, T]
   f = config.intermediate_size
 
-  def layer(carry, p):
+  def layer(carry, xs):
+    p, add = xs
     x, i, down_in, down_out, layer_out = carry
     x = x + _attention(config, p["attn"], _rms_norm(x, p["input_norm"]["scale"], eps), cos, sin)
     normed = _rms_norm(x, p["post_attn_norm"]["scale"], eps)
@@ -116,6 +122,8 @@ def forward(
       gate = jnp.where(here, patch.gate[:, None, :].astype(jnp.float32), gate)
     hidden = jax.nn.silu(gate) * _dot(normed, p["mlp"]["up"]["kernel"])
     out = _dot(hidden, p["mlp"]["down"]["kernel"])
+    if add is not None:
+      out = out + _dot(_dot(hidden, add[0]), add[1])
     if patch is not None and patch.out_add is not None:
       here = (at & (i == patch.layer))[..., None]
       out = out + jnp.where(here, patch.out_add[:, None, :].astype(jnp.float32), 0.0)
@@ -132,7 +140,9 @@ def forward(
       (b, t, config.hidden_size) if capture_layer is not None else (), jnp.float32
   )
   carry = (x, jnp.zeros((), jnp.int32), empty_in, empty_out, empty_out)
-  (x, _, down_in, down_out, layer_out), gate_at = jax.lax.scan(layer, carry, params["layers"])
+  (x, _, down_in, down_out, layer_out), gate_at = jax.lax.scan(
+      layer, carry, (params["layers"], down_add)
+  )
   x = _rms_norm(x, params["final_norm"]["scale"], eps)
   if config.tie_word_embeddings:
     logits = jnp.einsum(

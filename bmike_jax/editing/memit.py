@@ -4,7 +4,9 @@ layers 4-8, second moments of the `down` inputs over 100k Wikipedia samples, upd
 
 - target z: the output of the last edited layer at the subject's last token, found by ROME's
   value search (rome.value_search) with δ added to that layer's output.
-- then for each layer l in order, on the model updated by the layers before it: the key k (the
+- then for each layer l in order, on the model updated by the layers before it (their updates
+  added as factors beside the base weights, forward's `down_add`, so a vmapped batch of edits
+  shares the base weights instead of each edit copying the stacked `down` kernel): the key k (the
   mean `down` input at the subject's last token over the context templates; the fork averages
   within template groups first), the residual r = (z - z_cur) / (layers left), z_cur the last
   edited layer's output on the bare prompt, and the update Δ = a rᵀ with
@@ -23,13 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bmike_jax.editing import delta as delta_lib
 from bmike_jax.editing import rome
 from bmike_jax.editing.forward import forward
 from bmike_jax.editing.request import EditRequest
 from bmike_jax.model.config import LlamaConfig
 
 PATH = "mlp/down/kernel"
+# How the updates of the layers before enter the keys and residuals of the next (run.json's
+# weight_edits.memit.update_form): "factors", beside the base weights (forward's down_add), since
+# 2026-12-06; before, each added to a copy of the kernel. Equal up to float32 round-off, which an
+# ill-conditioned C (a small corpus) can amplify, so a folder of the earlier form is not resumed.
+UPDATE_FORM = "factors"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,16 +73,22 @@ def edit_one(config: LlamaConfig, params, hp: MEMITConfig, prepared: dict, momen
   z = z0 + d
   key_rows, key_lookup = tokens[n_opt : n_opt + n_ctx], lookup[n_opt : n_opt + n_ctx]
   bare, bare_lookup = tokens[-1:], lookup[-1]
-  current, delta, keys, resids = params, {}, [], []
+  # the updates made so far, as factors beside the base params (forward's down_add): slot idx of
+  # layer hp.layers[idx] holds a_idx r_idxᵀ, the other slots and layers zeros
+  n, f, dim = len(hp.layers), config.intermediate_size, config.hidden_size
+  made = (
+      jnp.zeros((config.num_layers, f, n), jnp.float32),  # [L, F, n]
+      jnp.zeros((config.num_layers, n, dim), jnp.float32),  # [L, n, D]
+  )
+  delta, keys, resids = {}, [], []
   for idx, layer in enumerate(hp.layers):
-    _, tk = forward(config, current, key_rows, capture_layer=layer)
+    _, tk = forward(config, params, key_rows, capture_layer=layer, down_add=made)
     k = jnp.mean(tk.down_in[jnp.arange(n_ctx), key_lookup], axis=0)
-    _, tz = forward(config, current, bare, capture_layer=z_layer)
+    _, tz = forward(config, params, bare, capture_layer=z_layer, down_add=made)
     r = (z - tz.layer_out[0, bare_lookup]) / (len(hp.layers) - idx)
     a = jnp.linalg.solve(hp.update_weight * moments[idx] + jnp.outer(k, k), k)
-    update = (a[:, None], r[None, :])
-    delta[layer] = update
-    current = delta_lib.apply_delta(current, {PATH: {layer: update}})
+    delta[layer] = (a[:, None], r[None, :])
+    made = (made[0].at[layer, :, idx].set(a), made[1].at[layer, idx, :].set(r))
     keys.append(k)
     resids.append(r)
   info = {

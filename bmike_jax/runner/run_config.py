@@ -21,6 +21,7 @@ from bmike_jax import languages
 from bmike_jax import paths
 from bmike_jax import prompts
 from bmike_jax import tokenizer as tokenizer_lib
+from bmike_jax.editing import memit as edit_memit
 from bmike_jax.editing import methods as edit_methods
 from bmike_jax.editing import protocols as edit_protocols
 from bmike_jax.engine import buckets as buckets_lib
@@ -503,6 +504,8 @@ class RunConfig:
     }
     if method in ("rome", "memit"):
       out["context_templates"] = self.edit_context_templates
+    if method == "memit":  # how its updates so far enter the next layer's keys (memit.py)
+      out["update_form"] = edit_memit.UPDATE_FORM
     return out
 
   @property
