@@ -101,7 +101,8 @@ def test_unknown_memory_keeps_the_cpu_size(model):
 
 def test_the_editor_budgets_from_device_memory(model, monkeypatch):
   """Editor.batch_size with a device that reports its memory: the budget is the row share of it
-  less the engine's weights and the Editor's float32 copy, and the size fits by XLA's account."""
+  less the engine's weights, its kept prompt KV bound and the Editor's float32 copy, and the size
+  fits by XLA's account."""
   from bmike_jax.engine import Engine
   from bmike_jax.runner import weight_edits
   from tests.test_runner_methods import _flag_values
@@ -117,14 +118,17 @@ def test_the_editor_budgets_from_device_memory(model, monkeypatch):
 
   device_memory = 64 << 20
   monkeypatch.setattr(memory, "device_memory_bytes", lambda device: device_memory)
+  engine = Engine(config, params, tok, batch_size=4)  # its kept prompt KV bound: 20% of memory
+  assert engine.kept_kv_bytes == int(memory.KEPT_KV_SHARE * device_memory)
+  editor = weight_edits.Editor(cfg, engine, tok, "tiny")
   size, account = editor.batch_size("ft", "zsre", hp, files, None)
   want = (
-      int(memory.ROW_MEMORY_SHARE * device_memory - engine.weight_bytes)
+      int(memory.ROW_MEMORY_SHARE * device_memory - engine.weight_bytes - engine.kept_kv_bytes)
       - editor.held_bytes_per_device
   )
   assert account["budget_bytes"] == want
   assert account["fits"] and account["bytes"] <= want
-  assert size in batch_size.EDIT_BATCH_SIZES
+  assert size in batch_size.EDIT_BATCH_SIZES and size >= 2  # the budget holds several edits
   # a resume reuses what the folder's earlier run recorded for this method and dataset
   editor = weight_edits.Editor(
       cfg, engine, tok, "tiny", previous={"ft": {"edit_batch_size": {"zsre": 3}}}

@@ -60,9 +60,10 @@ def program_bytes(
     *,
     params_bytes: int,
     second_moments_shape: tuple[int, ...] | None = None,
-) -> int:
+) -> int | None:
   """Bytes on one device of the method's batched program at `edits` rows of `row`'s shapes, beside
-  the `params_bytes` of params it reads (compiled, not run)."""
+  the `params_bytes` of params it reads (compiled, not run); None where the backend gives no
+  memory account."""
   structs = {
       k: jax.ShapeDtypeStruct((edits,) + v.shape, v.dtype) for k, v in row.items()
   }  # [edits, ...]
@@ -70,6 +71,8 @@ def program_bytes(
   if name == "memit":
     args.append(jax.ShapeDtypeStruct(second_moments_shape, np.float32))
   stats = methods.batched_program(name, config, hp).lower(*args).compile().memory_analysis()
+  if stats is None:  # a backend without XLA's memory account
+    return None
   used = (
       stats.temp_size_in_bytes
       + stats.output_size_in_bytes
@@ -126,21 +129,29 @@ def auto_size(
     second_moments_shape: tuple[int, ...] | None = None,
 ) -> tuple[int, dict]:
   """(edits per batch, account) for `requests` (editable by `name`) within `budget` bytes per
-  device (None: memory unknown, CPU_EDIT_BATCH_SIZE)."""
-  if budget is None or not requests:
+  device. CPU_EDIT_BATCH_SIZE where the budget is None (memory unknown), no request is editable,
+  or the backend gives no memory account (the account says which)."""
+  if budget is None:
     return CPU_EDIT_BATCH_SIZE, {"budget_bytes": None}
+  if not requests:
+    return CPU_EDIT_BATCH_SIZE, {"budget_bytes": int(budget), "editable_requests": 0}
   row = widest_row(name, tokenizer, requests, hp)
+  measured: dict[int, int | None] = {}
 
-  def measure(edits: int) -> int:
-    return program_bytes(
-        name,
-        config,
-        params,
-        hp,
-        row,
-        edits,
-        params_bytes=params_bytes,
-        second_moments_shape=second_moments_shape,
-    )
+  def measure(edits: int) -> int | None:
+    if edits not in measured:
+      measured[edits] = program_bytes(
+          name,
+          config,
+          params,
+          hp,
+          row,
+          edits,
+          params_bytes=params_bytes,
+          second_moments_shape=second_moments_shape,
+      )
+    return measured[edits]
 
+  if measure(1) is None:
+    return CPU_EDIT_BATCH_SIZE, {"budget_bytes": int(budget), "memory_analysis": None}
   return choose(measure, budget)

@@ -241,8 +241,9 @@ def run_method(
       )
       stats["edits"] += len(usable)
       edited = [(g, delta_lib.row(delta, r)) for r, g in enumerate(usable)]
+      del delta  # the rows are copies
       # the batch's deltas stay on the devices while the engine reads each edit
-      held = engine_held_bytes + memory.device_bytes(delta)
+      held = engine_held_bytes + memory.device_bytes([one for _, one in edited])
     for group, one in edited:
       if "reference" in protocols:
         rows += reference_rows(
@@ -269,6 +270,7 @@ def run_method(
             engine=engine,
             engine_held_bytes=held,
         )
+    del edited  # freed before the next batch's edits
   return rows, stats
 
 

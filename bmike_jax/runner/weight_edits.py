@@ -141,8 +141,11 @@ class Editor:
           "%s on %s: %d edits per batch, as the folder's earlier run", method, dataset, earlier
       )
       return int(earlier), None
+    engine = self.engine  # its kept prompt KV may still be held from the in-context units
     budget = memory.row_budget(
-        self.engine.mesh, weight_bytes=self.engine.weight_bytes, kept_kv_bytes=0
+        engine.mesh,
+        weight_bytes=engine.weight_bytes,
+        kept_kv_bytes=engine.kept_kv_bytes if engine.keep_prompt_kv else 0,
     )
     if budget is not None:
       budget -= self.held_bytes_per_device
