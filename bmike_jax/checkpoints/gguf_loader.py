@@ -7,6 +7,7 @@ builds it (through transformers' GGUF converter) from the same file.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -23,6 +24,19 @@ def is_gguf_file(path: str) -> bool:
 
 
 def open_reader(path: str) -> gguf.GGUFReader:
+  """The file's reader, parsed once per process while the file is unchanged (same size and
+  mtime): parsing SmolLM2's metadata (its 49k-token vocabulary, field by field) takes ~3 s, and a
+  run reads the config and the weights from the same file."""
+  try:
+    stat = os.stat(path)
+  except OSError as e:
+    raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from e
+  return _reader(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _reader(path: str, size: int, mtime_ns: int) -> gguf.GGUFReader:
+  del size, mtime_ns  # part of the cache key only
   try:
     return gguf.GGUFReader(path)
   except Exception as e:  # pylint: disable=broad-except  (gguf raises ValueError/struct errors)
