@@ -267,6 +267,8 @@ def test_resume_runs_only_the_unfinished_method_unit(methods_run, tiny_ckpt):
         (["--methods=ft", "--ft_hparams=depth=3"], "--ft_hparams"),
         (["--methods=ft", "--ft_hparams=layer=7"], "--ft_hparams"),  # the tiny model has 2
         (["--methods=rome", "--protocols=reference,other"], "--protocols"),
+        (["--methods=ft", "--edit_batch_size=0"], "--edit_batch_size"),
+        (["--methods=ft", "--edit_batch_size=many"], "--edit_batch_size"),
     ],
 )
 def test_bad_method_flags_fail_with_one_message(tiny_ckpt, tmp_path, extra, named):
