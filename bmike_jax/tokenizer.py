@@ -27,13 +27,16 @@ reference; `"plain"` never cleans up (the decoded text as is). The config's own 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 from typing import Any, Sequence
 
 import numpy as np
 import tokenizers
+from absl import logging
 from tokenizers import processors
 
 from bmike_jax.checkpoints.errors import CheckpointError
@@ -267,16 +270,72 @@ def from_transformers(hf_tokenizer, source: str, decode_cleanup: str = "referenc
   )
 
 
-def from_gguf(path: str, decode_cleanup: str = "reference") -> Tokenizer:
+def gguf_cache_entry(path: str, cache_dir: str | None) -> str | None:
+  """The folder `from_gguf` keeps `path`'s converted tokenizer in under `cache_dir` (None: no
+  cache): named by the file (absolute path, size, mtime) and the converter's versions
+  (transformers, tokenizers), so a changed file or converter converts again."""
+  if not cache_dir:
+    return None
+  import transformers  # pylint: disable=import-outside-toplevel
+
+  stat = os.stat(path)
+  key = "\0".join(
+      [
+          os.path.abspath(path),
+          str(stat.st_size),
+          str(stat.st_mtime_ns),
+          transformers.__version__,
+          tokenizers.__version__,
+      ]
+  )
+  return os.path.join(
+      os.path.expanduser(cache_dir), hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+  )
+
+
+def from_gguf(
+    path: str, decode_cleanup: str = "reference", cache_dir: str | None = None
+) -> Tokenizer:
+  """The GGUF's tokenizer, converted by transformers' GGUF converter (which parses the file's
+  metadata: ~8 s for SmolLM2's 49k-token vocabulary). With `cache_dir`, the converted tokenizer is
+  kept there (`Tokenizer.save`: tokenizer.json + tokenizer_config.json, tested to read back to
+  the same tokenizer) and read back by later runs (gguf_cache_entry); an unreadable entry is
+  converted again, and a cache that cannot be written is skipped with a warning."""
   import transformers  # pylint: disable=import-outside-toplevel  (conversion only; no torch)
 
+  entry = gguf_cache_entry(path, cache_dir)
+  if entry is not None and os.path.isdir(entry):
+    try:
+      cached = from_tokenizer_json(entry, decode_cleanup)
+      cached.source = path
+      return cached
+    except (CheckpointError, OSError, ValueError) as e:
+      logging.warning("%s: unreadable cached tokenizer, converting again (%s)", entry, e)
   try:
     hf = transformers.AutoTokenizer.from_pretrained(
         os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
     )
   except (ValueError, OSError, KeyError) as e:
     raise CheckpointError(f"{path}: cannot build the GGUF's tokenizer ({e})") from e
-  return from_transformers(hf, path, decode_cleanup)
+  tok = from_transformers(hf, path, decode_cleanup)
+  if entry is not None:
+    _write_cache_entry(tok, entry)
+  return tok
+
+
+def _write_cache_entry(tok: Tokenizer, entry: str) -> None:
+  """`tok.save` into `entry`, made whole in a scratch folder and renamed into place (a reader
+  never sees half an entry; a concurrent writer's entry wins)."""
+  scratch = f"{entry}.tmp{os.getpid()}"
+  try:
+    shutil.rmtree(scratch, ignore_errors=True)
+    tok.save(scratch)
+    if os.path.isdir(entry):
+      shutil.rmtree(entry)  # an unreadable entry (a good one was read above)
+    os.replace(scratch, entry)
+  except OSError as e:
+    logging.warning("%s: cannot keep the converted tokenizer (%s)", entry, e)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def from_sentencepiece(directory: str, decode_cleanup: str = "reference") -> Tokenizer:
@@ -422,16 +481,19 @@ def from_tiktoken(directory: str, decode_cleanup: str = "reference") -> Tokenize
   )
 
 
-def load_tokenizer(source: str, decode_cleanup: str = "reference") -> Tokenizer:
+def load_tokenizer(
+    source: str, decode_cleanup: str = "reference", gguf_cache_dir: str | None = None
+) -> Tokenizer:
   """From a directory with tokenizer.json or tokenizer.model (sentencepiece or Meta's tiktoken),
-  or from a .gguf file. `decode_cleanup`: a key of DECODE_CLEANUPS."""
+  or from a .gguf file (converted once per file into `gguf_cache_dir` when given: from_gguf).
+  `decode_cleanup`: a key of DECODE_CLEANUPS."""
   if decode_cleanup not in DECODE_CLEANUPS:
     raise ValueError(
         f"decode_cleanup must be one of {', '.join(DECODE_CLEANUPS)}, " f"got {decode_cleanup!r}"
     )
   source = os.fspath(source)
   if os.path.isfile(source) and source.endswith(".gguf"):
-    return from_gguf(source, decode_cleanup)
+    return from_gguf(source, decode_cleanup, cache_dir=gguf_cache_dir)
   if os.path.isdir(source):
     if os.path.isfile(os.path.join(source, "tokenizer.json")):
       return from_tokenizer_json(source, decode_cleanup)

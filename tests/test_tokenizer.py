@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -256,3 +257,51 @@ def test_load_tokenizer_errors(tmp_path):
   (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
   with pytest.raises(CheckpointError, match="tokenizer.json"):
     tokenizer_lib.load_tokenizer(str(tmp_path))
+
+
+def test_gguf_tokenizer_cache(gguf_pair, texts, tmp_path, monkeypatch):
+  """A converted GGUF tokenizer kept in the cache reads back to the same tokenizer without
+  converting again; a changed file or an unreadable entry converts again."""
+  ours, _ = gguf_pair
+  path = str(tmp_path / "model.gguf")
+  shutil.copyfile(checkpoints.default_gguf_path(), path)
+  cache = str(tmp_path / "cache")
+  first = tokenizer_lib.load_tokenizer(path, gguf_cache_dir=cache)
+  entry = tokenizer_lib.gguf_cache_entry(path, cache)
+  assert os.listdir(cache) == [os.path.basename(entry)]
+
+  def no_conversion(*args, **kwargs):
+    raise AssertionError("converted again")
+
+  with monkeypatch.context() as m:
+    m.setattr(transformers.AutoTokenizer, "from_pretrained", no_conversion)
+    again = tokenizer_lib.load_tokenizer(path, gguf_cache_dir=cache)
+  for tok in (first, again):
+    assert tok.source == path
+    assert tok.encode_batch(texts) == ours.encode_batch(texts)
+    assert tok.encode_batch(texts, add_bos=False) == ours.encode_batch(texts, add_bos=False)
+    assert [tok.decode(ids) for ids in ours.encode_batch(texts[::7])] == [
+        ours.decode(ids) for ids in ours.encode_batch(texts[::7])
+    ]
+    assert (tok.bos_id, tok.eos_ids, tok.special_ids, tok.vocab_size, tok.clean_up_spaces) == (
+        ours.bos_id,
+        ours.eos_ids,
+        ours.special_ids,
+        ours.vocab_size,
+        ours.clean_up_spaces,
+    )
+    np.testing.assert_array_equal(tok.quote_token_mask(), ours.quote_token_mask())
+  # an unreadable entry is converted again and replaced
+  with open(os.path.join(entry, "tokenizer.json"), "w") as f:
+    f.write("not json")
+  assert tokenizer_lib.load_tokenizer(path, gguf_cache_dir=cache).encode_batch(texts[:20]) == (
+      ours.encode_batch(texts[:20])
+  )
+  assert tokenizer_lib.from_tokenizer_json(entry).encode_batch(texts[:20]) == ours.encode_batch(
+      texts[:20]
+  )
+  # a changed file is another entry
+  os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+  assert tokenizer_lib.gguf_cache_entry(path, cache) != entry
+  tokenizer_lib.load_tokenizer(path, gguf_cache_dir=cache)
+  assert len(os.listdir(cache)) == 2

@@ -96,6 +96,7 @@ def build_engine(cfg: RunConfig):
   tokenizer = tokenizer_lib.load_tokenizer(
       paths.local_copy(tokenizer_source, tokenizer_lib.CONFIG_FILES),
       decode_cleanup=cfg.decode_cleanup,
+      gguf_cache_dir=cfg.tokenizer_cache_dir,
   )
   checkpoints.check_vocab(config, tokenizer, source, tokenizer_source)
   engine = Engine(

@@ -464,6 +464,13 @@ class RunConfig:
       "same shapes skips compiling. Empty: off.",
       parse=lambda _, v: os.path.expanduser(v or ""),
   )
+  tokenizer_cache_dir: str = _flag(
+      "string",
+      "~/.cache/bmike_jax/tokenizers",
+      "Where a .gguf checkpoint's tokenizer is kept once converted (by file and converter "
+      "version; a local folder), so a rerun skips the conversion (~8 s for SmolLM2). Empty: off.",
+      parse=_local_folder,
+  )
 
   def result_identity(self) -> dict:
     """The settings that change the numbers: a resumed run must agree on all of them. (The data
