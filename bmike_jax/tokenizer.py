@@ -276,7 +276,7 @@ def gguf_cache_entry(path: str, cache_dir: str | None) -> str | None:
   (transformers, tokenizers), so a changed file or converter converts again."""
   if not cache_dir:
     return None
-  import transformers  # pylint: disable=import-outside-toplevel
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
 
   stat = os.stat(path)
   key = "\0".join(
@@ -284,7 +284,7 @@ def gguf_cache_entry(path: str, cache_dir: str | None) -> str | None:
           os.path.abspath(path),
           str(stat.st_size),
           str(stat.st_mtime_ns),
-          transformers.__version__,
+          metadata.version("transformers"),  # without importing it: a kept tokenizer needs none
           tokenizers.__version__,
       ]
   )
@@ -301,8 +301,6 @@ def from_gguf(
   kept there (`Tokenizer.save`: tokenizer.json + tokenizer_config.json, tested to read back to
   the same tokenizer) and read back by later runs (gguf_cache_entry); an unreadable entry is
   converted again, and a cache that cannot be written is skipped with a warning."""
-  import transformers  # pylint: disable=import-outside-toplevel  (conversion only; no torch)
-
   entry = gguf_cache_entry(path, cache_dir)
   if entry is not None and os.path.isdir(entry):
     try:
@@ -311,6 +309,8 @@ def from_gguf(
       return cached
     except (CheckpointError, OSError, ValueError) as e:
       logging.warning("%s: unreadable cached tokenizer, converting again (%s)", entry, e)
+  import transformers  # pylint: disable=import-outside-toplevel  (conversion only; no torch)
+
   try:
     hf = transformers.AutoTokenizer.from_pretrained(
         os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)

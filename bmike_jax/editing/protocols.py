@@ -81,6 +81,19 @@ def edit_groups(files: Sequence[LoadedFile]) -> list[EditGroup]:
   return out
 
 
+def editable(method: str, groups: Sequence[EditGroup]) -> tuple[list[EditGroup], list[str]]:
+  """(the groups whose edit `method` can build, a message per group it cannot: ROME / MEMIT need
+  the subject once in the prompt)."""
+  usable, skipped = [], []
+  for g in groups:
+    try:
+      methods.check_request(method, g.request)
+      usable.append(g)
+    except EditError as err:
+      skipped.append(str(err))
+  return usable, skipped
+
+
 def comparable_prompt(record: Record, query_type: str) -> str:
   return f'Question: "{record.query(query_type)}" Answer: "'
 
@@ -220,13 +233,8 @@ def run_method(
       edited = [(g, None) for g in chunk]
       held = engine_held_bytes
     else:
-      usable = []
-      for g in chunk:
-        try:
-          methods.check_request(method, g.request)
-          usable.append(g)
-        except EditError as err:
-          stats["skipped"].append(str(err))
+      usable, skipped = editable(method, chunk)
+      stats["skipped"] += skipped
       if not usable:
         continue
       delta, _ = methods.edit(

@@ -193,6 +193,7 @@ class Engine:
     )
     # bytes of one kept row-slot: K and V of every layer
     self._dtype_bytes = jnp.dtype(dtype).itemsize
+    self.weight_bytes = memory.weight_bytes(config, dtype)  # all devices together
     self._kv_slot_bytes = memory.kv_slot_bytes(config, self._dtype_bytes)
     self.overlong = overlong
     self.min_prefix = min_prefix
@@ -330,11 +331,6 @@ class Engine:
       self.params = self._base_params
       self.keep_prompt_kv, self.row_memory_bytes = saved
       self._last_prefix, self._kept = None, None
-
-  @property
-  def weight_bytes(self) -> int:
-    """The model's weights at the engine's dtype, all devices together."""
-    return self.config.num_params * self._dtype_bytes
 
   @property
   def compile_count(self) -> int:

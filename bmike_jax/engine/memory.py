@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 
 from bmike_jax.engine.sharding import MODEL
 
@@ -54,6 +55,11 @@ def mesh_memory_bytes(mesh) -> int | None:
   """The smallest device memory of the mesh, or None where any device does not say."""
   sizes = [device_memory_bytes(d) for d in mesh.devices.flat]
   return None if any(s is None for s in sizes) else min(sizes)
+
+
+def weight_bytes(config, dtype) -> int:
+  """The model's weights at `dtype` (a name or dtype), all devices together."""
+  return config.num_params * jnp.dtype(dtype).itemsize
 
 
 def device_bytes(tree) -> int:

@@ -28,7 +28,7 @@ def choose_model_axis(config, dtype: str, devices) -> int:
   memory = engine_memory.device_memory_bytes(devices[0])
   if memory is None:
     return 1
-  weight_bytes = config.num_params * (4 if dtype == "float32" else 2)
+  weight_bytes = engine_memory.weight_bytes(config, dtype)
   candidates = [
       m
       for m in range(1, len(devices) + 1)

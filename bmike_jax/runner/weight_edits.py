@@ -27,7 +27,6 @@ from bmike_jax import data as data_lib
 from bmike_jax.checkpoints import hub
 from bmike_jax.editing import batch_size as batch_size_lib
 from bmike_jax.editing import forward, methods, protocols, stats, templates
-from bmike_jax.editing.request import EditError
 from bmike_jax.engine import memory
 from bmike_jax.runner import distributed, fingerprint
 from bmike_jax.runner.run_config import FlagError, RunConfig
@@ -149,13 +148,8 @@ class Editor:
     )
     if budget is not None:
       budget -= self.held_bytes_per_device
-    requests = []
-    for group in protocols.edit_groups(files):
-      try:
-        methods.check_request(method, group.request)
-        requests.append(group.request)
-      except EditError:
-        pass
+    usable, _ = protocols.editable(method, protocols.edit_groups(files))
+    requests = [g.request for g in usable]
     size, account = batch_size_lib.auto_size(
         method,
         self.config,
