@@ -106,3 +106,22 @@ def naive_greedy(
     if quote[tok]:
       break
   return tuple(out)
+
+
+def random_deltas(config: LlamaConfig, edits: int, seed: int = 0, scale: float = 0.3) -> dict:
+  """A batched weight delta of `edits` edits (editing/delta.py's form, leading [E] axis) touching
+  the three structures the editing methods produce: a dense `down` matrix at layer 1 (FT-L), rank-2
+  factors of `v` on every layer (LoRA), a rank-1 pair of `q` at layer 0 (ROME)."""
+  from bmike_jax.editing import delta as delta_lib
+
+  rng = np.random.default_rng(seed)
+  f, d, layers = config.intermediate_size, config.hidden_size, config.num_layers
+  kv, q = config.num_kv_heads * config.head_dim, config.num_heads * config.head_dim
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
+  return {
+      "mlp/down/kernel": {1: normal(edits, f, d)},
+      "attn/v/kernel": {
+          delta_lib.ALL_LAYERS: (normal(edits, layers, d, 2), normal(edits, layers, 2, kv))
+      },
+      "attn/q/kernel": {0: (normal(edits, d, 1), normal(edits, 1, q))},
+  }

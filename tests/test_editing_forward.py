@@ -110,8 +110,7 @@ def test_apply_delta_is_functional():
 
 def test_apply_delta_on_per_layer_and_placed_params():
   """The engine's unrolled layout (params["layers_{i}"]) takes the same delta as the stacked one;
-  placed leaves keep their dtype and sharding, so the engine accepts the edited tree and a tree
-  of another dtype is refused."""
+  placed leaves keep their dtype and sharding."""
   from bmike_jax.engine import Engine
   from tests.editing_tiny import CharTokenizer
 
@@ -135,27 +134,9 @@ def test_apply_delta_on_per_layer_and_placed_params():
       per_layer,
   )
   for scan in (True, False):
-    engine = Engine(
-        config,
-        params,
-        CharTokenizer(),
-        dtype=jnp.bfloat16,
-        scan_layers=scan,
-        row_memory_bytes=10**9,
-    )
+    engine = Engine(config, params, CharTokenizer(), dtype=jnp.bfloat16, scan_layers=scan)
     edited = delta_lib.apply_delta(engine.params, d)
     same = jax.tree_util.tree_map(
         lambda a, b: (a.dtype, a.sharding) == (b.dtype, b.sharding), engine.params, edited
     )
     assert all(jax.tree_util.tree_leaves(same))
-    base = engine.params
-    with engine.params_override(edited, held_bytes_per_device=1000):
-      assert engine.params is edited
-      assert engine.row_memory_bytes == 10**9 - 1000  # the caller's arrays come off the rows
-      engine.generate([[1, 40, 41, 42]])
-      assert engine._kept is None  # no prompt KV of the edited weights is kept
-    assert engine.params is base and engine.row_memory_bytes == 10**9 and engine.keep_prompt_kv
-    wrong = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), edited)
-    with pytest.raises(ValueError, match="dtype"):
-      with engine.params_override(wrong):
-        pass

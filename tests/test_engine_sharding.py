@@ -44,6 +44,9 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
       assert run["ids"] == base["ids"], (name, mesh)
       assert run["shrink2_ids"] == base["shrink0_ids"], (name, mesh)
       assert run["unrolled_ids"] == base["ids"], (name, mesh)
+      # rows of several edited models in one batch, each with its own weight delta
+      assert run["delta_ids"] == base["delta_ids"], (name, mesh)
+      assert run["unrolled_delta_ids"] == base["delta_ids"], (name, mesh)
       for got, ref in zip(run["logprobs"], base["logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh}")
       for got, ref in zip(run["unrolled_logprobs"], base["logprobs"]):

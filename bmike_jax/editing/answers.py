@@ -86,17 +86,25 @@ def greedy(
 
 
 def engine_greedy(
-    engine, params, tokenizer, prompts: Sequence[str], held_bytes_per_device: int = 0
+    engine,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    deltas=None,
+    prompt_edits: Sequence[int] | None = None,
+    held_bytes_per_device: int = 0,
 ) -> list[list[int]]:
   """Greedy continuations of tokenizer(prompt) read by the in-context runs' engine (its KV cache,
-  batches, buckets, sharding, dtype and stop rule) on `params`: `engine.params` itself or an
-  edited copy of them (delta.apply_delta on `engine.params`). One engine group: the prompts of one
-  edit (all its languages and query types) fill the engine's batches. held_bytes_per_device:
-  what the caller holds on each device meanwhile (Engine.params_override)."""
+  batches, buckets, sharding, dtype and stop rule): on its own params, or with `deltas` (the E
+  edits' per-row tables, delta.row_tables) prompt i on edit prompt_edits[i], the prompts of all
+  E edited models in the same batches (Engine.generate). held_bytes_per_device: what the caller
+  holds on each device meanwhile."""
   ids = [tokenizer.encode(p) for p in prompts]
   if not ids:
     return []
-  if params is engine.params:
+  if deltas is None:
     return [list(r.ids) for r in engine.generate(ids)]
-  with engine.params_override(params, held_bytes_per_device=held_bytes_per_device):
-    return [list(r.ids) for r in engine.generate(ids)]
+  out = engine.generate(
+      ids, deltas=deltas, prompt_edits=prompt_edits, held_bytes_per_device=held_bytes_per_device
+  )
+  return [list(r.ids) for r in out]

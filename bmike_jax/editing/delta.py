@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from bmike_jax.model import layer_layout
+from bmike_jax.model import layer_layout, row_deltas
 
 ALL_LAYERS = -1
 Delta = Mapping[str, Mapping[int, Any]]
@@ -97,3 +97,32 @@ def row(delta: Delta, r: int) -> Delta:
 def num_rows(delta: Delta) -> int:
   leaves = jax.tree_util.tree_leaves(delta)
   return int(leaves[0].shape[0]) if leaves else 0
+
+
+def row_tables(delta: Delta, num_layers: int) -> dict:
+  """A batched delta (E edits, every array with a leading [E] axis) as the forward pass's per-row
+  tables (model/row_deltas.py): {projection: DeltaTable} with the touched layers first
+  ([n, E, ...]), so that rows of one batch can each be asked on their own edit."""
+  out = {}
+  for path, per_layer in delta.items():
+    projection = path.removesuffix("/kernel")
+    if projection not in row_deltas.PROJECTIONS:
+      raise ValueError(f"delta path {path!r}: not a projection kernel ({row_deltas.PROJECTIONS})")
+    if ALL_LAYERS in per_layer and len(per_layer) > 1:
+      raise ValueError(f"delta path {path!r}: both every layer and single layers")
+    kinds = {isinstance(v, (tuple, list)) for v in per_layer.values()}
+    if len(kinds) > 1:
+      raise ValueError(f"delta path {path!r}: factor pairs and dense values mixed")
+    if ALL_LAYERS in per_layer:  # [E, L, ...] -> [L, E, ...]
+      layers = tuple(range(num_layers))
+      parts = per_layer[ALL_LAYERS]
+      parts = tuple(parts) if isinstance(parts, (tuple, list)) else (parts,)
+      parts = tuple(jnp.swapaxes(p, 0, 1) for p in parts)
+    else:
+      layers = tuple(sorted(per_layer))
+      values = [per_layer[l] for l in layers]
+      values = [tuple(v) if isinstance(v, (tuple, list)) else (v,) for v in values]
+      parts = tuple(jnp.stack([v[i] for v in values]) for i in range(len(values[0])))
+    a, b = (parts[0], parts[1]) if len(parts) == 2 else (parts[0], None)
+    out[projection] = row_deltas.DeltaTable(layers=layers, a=a, b=b)
+  return out

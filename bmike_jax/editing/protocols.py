@@ -41,9 +41,11 @@ PROTOCOLS = ("reference", "comparable")
 UNEDITED = "unedited"  # the method name of rows read on the base model
 MODEL_TOKENIZER = "model"  # `score_tokenizer` when the reference protocol scores with the model's
 # How the runner reads the comparable protocol (run.json, per method): the in-context runs' engine
-# at the run's --dtype. Before 2026-12-06 it read float32 without a KV cache; a folder of that
-# runner is refused on resume rather than mixed (at bfloat16 the two reads differ).
-COMPARABLE_READ = "engine"
+# at the run's --dtype, each row with its own edit's delta added in float32 beside the shared
+# weights' products (model/row_deltas.py). Earlier reads are refused on resume rather than mixed:
+# before 2026-12-06 float32 without a KV cache; until 2026-12-07 ("engine") each edit's delta
+# added into a copy of the engine's weights (rounded to bfloat16 at --dtype=bfloat16).
+COMPARABLE_READ = "engine_row_deltas"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,22 +170,42 @@ def comparable_rows(
     records: Sequence[Record],
     query_types: Sequence[str] = QUERY_TYPES,
     max_new_tokens: int = 15,
+    delta=None,
+    record_edits: Sequence[int] | None = None,
     engine=None,
     engine_held_bytes: int = 0,
 ) -> list[dict]:
-  """Rows of the `comparable` protocol for `records` asked on `params`: read by `engine` when
-  given (then `params` are in the engine's layout, dtype and placement: the base `engine.params`
-  or an edited copy of them; max_new_tokens is the engine's; engine_held_bytes: what the caller
-  holds on each device beside it, answers.engine_greedy), else by answers.greedy (float32, no KV
-  cache)."""
-  queries = [(r, qt) for r in records for qt in query_types]
-  prompts = [comparable_prompt(r, qt) for r, qt in queries]
+  """Rows of the `comparable` protocol for `records`, record i asked on the model edited by edit
+  record_edits[i] of the batched `delta` (E edits; None: the unedited model). Read by `engine`
+  when given (the in-context runs' engine on its own params, each row with its own edit's delta
+  in the forward pass, the records of all E edits in the same batches; max_new_tokens is the
+  engine's; engine_held_bytes: what the caller holds on each device beside it), else by
+  answers.greedy on the float32 `params` with each edit applied (delta.apply_delta; no KV cache:
+  the tests' independent read)."""
+  queries = [(i, r, qt) for i, r in enumerate(records) for qt in query_types]
+  prompts = [comparable_prompt(r, qt) for _, r, qt in queries]
+  edits = [0 if delta is None else int(record_edits[i]) for i, _, _ in queries]
   if engine is not None:
-    outs = answers.engine_greedy(engine, params, tokenizer, prompts, engine_held_bytes)
+    outs = answers.engine_greedy(
+        engine,
+        tokenizer,
+        prompts,
+        deltas=None if delta is None else delta_lib.row_tables(delta, config.num_layers),
+        prompt_edits=None if delta is None else edits,
+        held_bytes_per_device=engine_held_bytes,
+    )
   else:
-    outs = answers.greedy(config, params, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    outs = [None] * len(prompts)
+    for e in sorted(set(edits)):
+      mine = [j for j, x in enumerate(edits) if x == e]
+      edited = params if delta is None else delta_lib.apply_delta(params, delta_lib.row(delta, e))
+      got = answers.greedy(
+          config, edited, tokenizer, [prompts[j] for j in mine], max_new_tokens=max_new_tokens
+      )
+      for j, ids in zip(mine, got):
+        outs[j] = ids
   rows = []
-  for (record, qt), prompt, ids in zip(queries, prompts, outs):
+  for (_, record, qt), prompt, ids in zip(queries, prompts, outs):
     prediction = cut_at_quote(tokenizer.decode(ids))
     row = _base_row(method, "comparable", record, qt, prompt)
     row.update(
@@ -214,12 +236,13 @@ def run_method(
 ) -> tuple[list[dict], dict]:
   """Edit once per record group (batches of `batch_size` requests, one vmapped optimisation
   each), ask every language of the group under each protocol. `method` UNEDITED asks the base
-  model; MEMIT needs `second_moments` (stats.load_or_compute). `engine` (the in-context runs'
-  Engine over the same model): the comparable protocol's answers are read by it, each edit applied
-  to its params (delta.apply_delta keeps their dtype and placement); without one, by
-  answers.greedy on the float32 `params` (engine_held_bytes: comparable_rows). Returns (rows, stats {"edits",
-  "groups", "skipped": [messages]}); a group whose edit cannot be built (ROME, MEMIT: subject
-  not in the prompt) is skipped and named in `skipped`."""
+  model; MEMIT needs `second_moments` (stats.load_or_compute). The reference protocol reads each
+  edit on the float32 `params` with its delta applied; the comparable protocol reads the whole
+  batch of edits in one engine call when `engine` (the in-context runs' Engine over the same
+  model) is given, each row with its own edit's delta in the forward pass (comparable_rows; else
+  answers.greedy per edit). engine_held_bytes: what the caller holds on each device beside the
+  engine. Returns (rows, stats {"edits", "groups", "skipped": [messages]}); a group whose edit
+  cannot be built (ROME, MEMIT: subject not in the prompt) is skipped and named in `skipped`."""
   unknown = [p for p in protocols if p not in PROTOCOLS]
   if unknown:
     raise ValueError(f"unknown protocol(s) {unknown}; valid: {', '.join(PROTOCOLS)}")
@@ -229,9 +252,9 @@ def run_method(
   pre_cache = {} if pre_cache is None else pre_cache
   for start in range(0, len(groups), batch_size):
     chunk = groups[start : start + batch_size]
+    delta = None
     if method == UNEDITED:
-      edited = [(g, None) for g in chunk]
-      held = engine_held_bytes
+      usable = chunk
     else:
       usable, skipped = editable(method, chunk)
       stats["skipped"] += skipped
@@ -248,16 +271,13 @@ def run_method(
           **(pad or {}),
       )
       stats["edits"] += len(usable)
-      edited = [(g, delta_lib.row(delta, r)) for r, g in enumerate(usable)]
-      del delta  # the rows are copies
-      # the batch's deltas stay on the devices while the engine reads each edit
-      held = engine_held_bytes + memory.device_bytes([one for _, one in edited])
-    for group, one in edited:
-      if "reference" in protocols:
+    if "reference" in protocols:
+      for r, group in enumerate(usable):
+        edited = params if delta is None else delta_lib.apply_delta(params, delta_lib.row(delta, r))
         rows += reference_rows(
             method=method,
             config=config,
-            params=params if one is None else delta_lib.apply_delta(params, one),
+            params=edited,
             base_params=params,
             tokenizer=tokenizer,
             records=group.records,
@@ -266,19 +286,22 @@ def run_method(
             score_tokenizer_name=score_tokenizer_name,
             pre_cache=pre_cache,
         )
-      if "comparable" in protocols:
-        base = params if engine is None else engine.params
-        rows += comparable_rows(
-            method=method,
-            config=config,
-            params=base if one is None else delta_lib.apply_delta(base, one),
-            tokenizer=tokenizer,
-            records=group.records,
-            query_types=query_types,
-            engine=engine,
-            engine_held_bytes=held,
-        )
-    del edited  # freed before the next batch's edits
+    if "comparable" in protocols:
+      records = [rec for g in usable for rec in g.records]
+      rows += comparable_rows(
+          method=method,
+          config=config,
+          params=params,
+          tokenizer=tokenizer,
+          records=records,
+          query_types=query_types,
+          delta=delta,
+          record_edits=[r for r, g in enumerate(usable) for _ in g.records],
+          engine=engine,
+          # the batch's delta stays on the devices while the engine reads it
+          engine_held_bytes=engine_held_bytes + memory.device_bytes(delta),
+      )
+    del delta  # freed before the next batch's edits
   return rows, stats
 
 

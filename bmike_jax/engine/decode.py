@@ -22,14 +22,23 @@ from bmike_jax.engine.batch import SharedPrefix
 from bmike_jax.engine.prefill import append_tokens
 from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
+from bmike_jax.model.row_deltas import RowDeltas
 
 
 def decode_step(
-    model: Llama, params, *, prefix: KVCache | None, prefix_mask, state: DecodeState, stop: StopRule
+    model: Llama,
+    params,
+    *,
+    prefix: KVCache | None,
+    prefix_mask,
+    state: DecodeState,
+    stop: StopRule,
+    deltas: RowDeltas | None = None,
 ) -> DecodeState:
   """Feed `last_token` [B] at slot `write_index`, pick and record the next token.
 
-  prefix: the shared KV [L, 1, Pb, KVH, Dh] or None; prefix_mask: its real slots [Pb]."""
+  prefix: the shared KV [L, 1, Pb, KVH, Dh] or None; prefix_mask: its real slots [Pb];
+  deltas: the state's rows' own weight deltas (model/row_deltas.py) or None."""
   b = state.last_token.shape[0]
   logits, cache, key_valid = append_tokens(
       model,
@@ -43,6 +52,7 @@ def decode_step(
       logits_index=jnp.zeros((b,), jnp.int32),
       prefix=prefix,
       prefix_mask=prefix_mask,
+      deltas=deltas,
   )
   state = state.replace(
       cache=cache,
@@ -75,6 +85,7 @@ def greedy_decode(
     stop: StopRule,
     phases: Sequence[int] = (),
     constrain: Callable[[DecodeState], DecodeState] | None = None,
+    deltas: RowDeltas | None = None,
 ):
   """Decode until every row is done. Returns (out [B, N] int32, num_out [B] int32, steps
   [len(phases)] int32): each row's answer ids are out[i, :num_out[i]], in the batch's row order;
@@ -82,7 +93,8 @@ def greedy_decode(
 
   phases: decreasing batch sizes, the first = B (default: B only); the loop moves to the next size
   once no more rows than it are running. constrain(state): places a state of any phase's size on
-  the mesh (rows over the data axis)."""
+  the mesh (rows over the data axis). deltas: the batch's rows' own weight deltas (index [B] in
+  the batch's row order; each phase takes its rows' entries) or None."""
   mask = prefix.mask()
   b = state.last_token.shape[0]
   phases = tuple(phases) or (b,)
@@ -90,11 +102,12 @@ def greedy_decode(
     raise ValueError(f"phases must start at the batch size {b} and decrease, got {phases}")
   out, num_out = state.out, state.num_out  # [B, N], [B]: answers in the batch's order
   origin = jnp.arange(b, dtype=jnp.int32)  # [R]: batch row of each row of the state
-  step = lambda s: decode_step(
-      model, params, prefix=prefix.kv, prefix_mask=mask, state=s, stop=stop
-  )
   steps = []  # [len(phases)] the state's step count after each phase's loop
   for next_size in phases[1:] + (0,):
+    own = None if deltas is None else deltas.take(origin)
+    step = lambda s, own=own: decode_step(
+        model, params, prefix=prefix.kv, prefix_mask=mask, state=s, stop=stop, deltas=own
+    )
     running = lambda s, n=next_size: jnp.sum(~s.done) > n
     state = jax.lax.while_loop(running, step, state)
     steps.append(state.step)

@@ -15,11 +15,10 @@ Sequences that share too little (or when nothing is kept) are scored afresh on t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +41,7 @@ from bmike_jax.engine.programs import Programs
 from bmike_jax.engine.state import StopRule
 from bmike_jax.model import KVCache, Llama, LlamaConfig
 from bmike_jax.model import layer_layout
+from bmike_jax.model.row_deltas import DeltaTable, RowDeltas
 
 MAX_DEFAULT_BUCKET = 8192  # default largest length bucket (capped by the model's context)
 MAX_IN_FLIGHT = 2  # batches dispatched ahead of the host reading results
@@ -257,7 +257,6 @@ class Engine:
         params,
     )
     self.params, params_shardings = sh.shard_params(params, self.mesh, config)
-    self._base_params = self.params
     if decode_halvings < 0:
       raise ValueError(f"decode_halvings must be >= 0, got {decode_halvings}")
     self.programs = Programs(
@@ -293,55 +292,17 @@ class Engine:
         eos_ids=sh.to_global(np.asarray(eos, np.int32), repl), quote_mask=sh.to_global(mask, repl)
     )
 
-  @contextlib.contextmanager
-  def params_override(self, params, *, held_bytes_per_device: int = 0):
-    """Inside the block, `generate` runs on `params`: another tree of the same structure,
-    shapes, dtypes and shardings as `engine.params` (an edited copy of them:
-    editing/delta.apply_delta keeps placed leaves where they are), so no program is recompiled.
-    The kept prefix and prompt KV, computed with the other weights, are dropped on entry and on
-    exit, and no prompt KV is kept inside (nothing scores it). held_bytes_per_device: what the
-    caller holds on each device beside the engine meanwhile (the weight editor's float32 copy):
-    with a memory bound on the rows, it comes off their share (the kept KV's share goes to them)."""
-    if self.params is not self._base_params:
-      raise RuntimeError("params_override blocks do not nest")
-    mine, theirs = (
-        jax.tree_util.tree_leaves_with_path(
-            jax.tree_util.tree_map(lambda x: (x.shape, x.dtype, x.sharding), t)
-        )
-        for t in (self.params, params)
-    )
-    if len(mine) != len(theirs):
-      raise ValueError(
-          f"params_override: {len(theirs)} leaves; the engine's params have {len(mine)}"
-      )
-    for (path, want), (other, got) in zip(mine, theirs):
-      if path != other or want != got:
-        raise ValueError(
-            f"params_override: leaf {jax.tree_util.keystr(other)} is {got}; the engine's "
-            f"{jax.tree_util.keystr(path)} is {want} (shape, dtype, sharding)"
-        )
-    saved = (self.keep_prompt_kv, self.row_memory_bytes)
-    self._last_prefix, self._kept = None, None
-    self.params, self.keep_prompt_kv = params, False
-    if self.row_memory_bytes is not None:
-      self.row_memory_bytes += self._kept_share - held_bytes_per_device
-    try:
-      yield self
-    finally:
-      self.params = self._base_params
-      self.keep_prompt_kv, self.row_memory_bytes = saved
-      self._last_prefix, self._kept = None, None
-
   @property
   def compile_count(self) -> int:
     """Programs compiled so far (each distinct shape bucket combination compiles once)."""
     return self.programs.compile_count
 
-  def max_rows(self, prefix_bucket: int, suffix_bucket: int, extra: int) -> int:
+  def max_rows(self, prefix_bucket: int, suffix_bucket: int, extra: int, budget="engine") -> int:
     """The most rows a batch of this shape may hold: the batch size, lowered where the estimated
-    memory of its rows (engine/memory.py) passes `row_memory_bytes`; the same for every batch of
-    the shape, so it adds no program."""
-    if self.row_memory_bytes is None:
+    memory of its rows (engine/memory.py) passes `row_memory_bytes` (or `budget`, bytes per
+    device); the same for every batch of the shape, so it adds no program."""
+    budget = self.row_memory_bytes if budget == "engine" else budget
+    if budget is None:
       return self.batch_size
     per_row = memory.row_bytes(
         self.config,
@@ -351,9 +312,7 @@ class Engine:
         slots=layout_lib.cache_length(suffix_bucket, extra),
         model_axis=self.mesh.shape[sh.MODEL],
     )
-    return memory.rows_that_fit(
-        self._row_sizes, per_row, self.row_memory_bytes, self.mesh.shape[sh.DATA]
-    )
+    return memory.rows_that_fit(self._row_sizes, per_row, budget, self.mesh.shape[sh.DATA])
 
   def reset_stats(self) -> None:
     """Zero the throughput counters (`engine.stats`: fields; `.as_dict()` for JSON)."""
@@ -417,28 +376,55 @@ class Engine:
       prompts_ids: Sequence[Sequence[int]],
       prompt_names: Sequence[str] | None = None,
       group_prefix: bool | None = None,
+      *,
+      deltas: Mapping[str, DeltaTable] | None = None,
+      prompt_edits: Sequence[int] | None = None,
+      held_bytes_per_device: int = 0,
   ) -> list[GenerationResult]:
-    """Greedy answers (at most max_new_tokens, stopped at EOS or a quote token) for one group."""
+    """Greedy answers (at most max_new_tokens, stopped at EOS or a quote token) for one group.
+
+    deltas, prompt_edits: prompt i is asked on the engine's params plus edit prompt_edits[i] of
+    the E edits' per-row weight deltas `deltas` (editing/delta.row_tables; model/row_deltas.py),
+    so prompts of several edited models share batches. Such a call shares no prefix or stem
+    between prompts (their KV depends on the edit) and keeps no prompt KV (nothing scores an
+    edited model's prompts); what the caller holds on each device meanwhile
+    (`held_bytes_per_device`, e.g. the weight editor's float32 copy) and the tables come off the
+    rows' memory share, and the kept KV's share goes to them."""
     if not prompts_ids:
       return []
     t0 = time.perf_counter()
     compiled_before = self.compile_count
     self._kept = None  # the previous group's KV is not scored any more: free it first
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
+    settings, budget, edits = self.plan_settings, "engine", None
+    if deltas is not None:
+      edits = self._edits(deltas, prompt_edits, len(prompts))
+      group_prefix = False
+      settings = dataclasses.replace(settings, stem_reuse=False)
+      if self.row_memory_bytes is not None:
+        budget = (
+            self.row_memory_bytes
+            + self._kept_share
+            - held_bytes_per_device
+            - memory.device_bytes(edits[0])
+        )
+    elif prompt_edits is not None:
+      raise ValueError("prompt_edits without deltas")
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
     plans = layout_lib.plan_generate(
         suffixes,
-        self.plan_settings,
-        max_rows=lambda sb, _: self.max_rows(pb, sb, self.max_new_tokens),
+        settings,
+        max_rows=lambda sb, _: self.max_rows(pb, sb, self.max_new_tokens, budget),
     )
     results: list[GenerationResult | None] = [None] * len(prompts)
     pending, kept, kept_bytes = [], [], 0
+    keep = self.keep_prompt_kv and edits is None
     for j, plan in enumerate(plans):
-      out, num_out, kv, steps = self._run_generate(plan, suffixes, prefix, pb)
+      out, num_out, kv, steps = self._run_generate(plan, suffixes, prefix, pb, edits)
       self.stats.prefill_padded_tokens += plan.padded_slots()
       size = plan.batch * plan.prompt_slots * self._kv_slot_bytes
-      if self.keep_prompt_kv and len(kept) == j and kept_bytes + size <= self.kept_kv_bytes:
+      if keep and len(kept) == j and kept_bytes + size <= self.kept_kv_bytes:
         kept.append((plan.batch, plan.prompt_slots, kv))  # batches 0..j-1 kept: j is the next
         kept_bytes += size
       del kv
@@ -491,11 +477,30 @@ class Engine:
     logging.info("engine throughput: %s", self.stats.summary())
     return results
 
-  def _run_generate(self, plan: layout_lib.BatchPlan, suffixes, prefix: SharedPrefix, pb: int):
+  def _edits(self, deltas, prompt_edits, count: int):
+    """(the tables placed on the mesh, replicated; each prompt's edit [count] int32), checked."""
+    if prompt_edits is None or len(prompt_edits) != count:
+      raise ValueError(
+          f"deltas need one edit index per prompt: {count} prompts, "
+          f"{None if prompt_edits is None else len(prompt_edits)} indices"
+      )
+    sizes = {t.num_edits for t in deltas.values()}
+    if len(sizes) != 1:
+      raise ValueError(f"delta tables of different edit counts {sorted(sizes)}")
+    (num,) = sizes
+    edits = np.asarray(prompt_edits, np.int32)
+    if edits.size and (edits.min() < 0 or edits.max() >= num):
+      raise ValueError(f"prompt_edits must lie in [0, {num}), got {edits.min()}..{edits.max()}")
+    return jax.device_put(dict(deltas), sh.replicated(self.mesh)), edits
+
+  def _run_generate(
+      self, plan: layout_lib.BatchPlan, suffixes, prefix: SharedPrefix, pb: int, edits=None
+  ):
     """Dispatch one batch (whole suffixes, or stems and rests): (answers, their lengths, the
-    prompts' KV (B rows, plan.prompt_slots), decode steps per phase), on device."""
+    prompts' KV (B rows, plan.prompt_slots), decode steps per phase), on device. edits: (placed
+    delta tables, each prompt's edit) or None."""
     slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
-    if not plan.stem_rows:
+    if not plan.stem_rows:  # always so with edits: plan_generate ran with stem_reuse off
       tokens, lengths, active = layout_lib.pad_rows(
           [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
       )
@@ -504,8 +509,17 @@ class Engine:
           SuffixBatch.spec(batch=plan.batch, suffix_bucket=plan.suffix_bucket),
           self.mesh,
       )
-      call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)
-      return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+      if edits is None:
+        call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)
+        return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+      tables, prompt_edits = edits
+      index = np.zeros((plan.batch,), np.int32)  # dummy rows: edit 0
+      index[: len(plan.rows)] = prompt_edits[list(plan.rows)]
+      row_deltas = RowDeltas(
+          tables=tables, index=sh.to_global(index, sh.batch_sharding(self.mesh, 1, plan.batch))
+      )
+      call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots, deltas=tables)
+      return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop, deltas=row_deltas)
     stem_tokens, stem_lengths, _ = layout_lib.pad_rows(
         [suffixes[i][:n] for i, n in plan.stems], plan.stem_rows, plan.stem_bucket
     )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from bmike_jax.engine.batch import SharedPrefix, StemmedBatch, SuffixBatch
 from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
+from bmike_jax.model.row_deltas import RowDeltas
 
 
 def append_tokens(
@@ -31,6 +32,7 @@ def append_tokens(
     logits_index=None,
     prefix: KVCache | None = None,
     prefix_mask=None,
+    deltas: RowDeltas | None = None,
 ):
   """Write `tokens` [B, T] at slots [write_index, write_index + T) of `cache` and run the model.
 
@@ -38,6 +40,7 @@ def append_tokens(
   num_valid: [B] int32, tokens[:, :num_valid] are real, the rest padding (masked as keys).
   key_valid: [B, S] bool, slots already holding real tokens of the row.
   prefix: shared KV (1 row, Pb slots) every query attends first (slots where prefix_mask [Pb]).
+  deltas: each row's own weight delta (model/row_deltas.py), or None.
   Query t attends the valid slots up to its own slot (causal within the chunk).
   Returns (logits [B, V] if logits_index [B] is given else [B, T, V], cache, key_valid [B, S]).
   """
@@ -60,6 +63,7 @@ def append_tokens(
       logits_index=logits_index,
       prefix=prefix,
       prefix_mask=prefix_mask,
+      deltas=deltas,
   )
   return logits, cache, key_valid
 
@@ -93,7 +97,9 @@ def start_cache(model: Llama, batch: int, slots: int):
   return cache, jnp.zeros((batch, slots), bool)
 
 
-def suffixes_on_prefix(model: Llama, params, *, prefix: SharedPrefix, tokens, lengths, slots: int):
+def suffixes_on_prefix(
+    model: Llama, params, *, prefix: SharedPrefix, tokens, lengths, slots: int, deltas=None
+):
   """Each row's suffix tokens [B, Sb] (`lengths` [B] real) on top of the shared prefix, written
   into a fresh per-row cache of `slots`: the first pass of generation and of scoring alike.
 
@@ -113,6 +119,7 @@ def suffixes_on_prefix(model: Llama, params, *, prefix: SharedPrefix, tokens, le
       logits_index=lengths - 1,
       prefix=prefix.kv,
       prefix_mask=prefix.mask(),
+      deltas=deltas,
   )
 
 
@@ -125,14 +132,22 @@ def prefill(
     stop: StopRule,
     slots: int,
     max_new_tokens: int,
+    deltas: RowDeltas | None = None,
 ) -> DecodeState:
-  """Run each row's suffix on top of the shared prefix and pick the first new token.
+  """Run each row's suffix on top of the shared prefix and pick the first new token (each row on
+  its own weight delta where `deltas` is given).
 
   Returns the DecodeState after one generated token (step 1), cache of B rows and S slots.
   """
   _, sb = batch.tokens.shape
   logits, cache, key_valid = suffixes_on_prefix(
-      model, params, prefix=prefix, tokens=batch.tokens, lengths=batch.lengths, slots=slots
+      model,
+      params,
+      prefix=prefix,
+      tokens=batch.tokens,
+      lengths=batch.lengths,
+      slots=slots,
+      deltas=deltas,
   )
   return _first_token(
       logits,

@@ -5,12 +5,14 @@ Programs and their keys (B: batch bucket, Pb / Sb / Cb: prefix / suffix / contin
 buckets; a row's own cache has S = Sb + N slots, derived):
 
     prefix(Pb)             tokens [1, Pb] -> prefix KV [L, 1, Pb, KVH, Dh]
-    generate(B, Pb, Sb)    SharedPrefix + SuffixBatch -> answers [B, N] and their lengths [B]:
+    generate(B, Pb, Sb[, deltas])  SharedPrefix + SuffixBatch -> answers [B, N] and their lengths [B]:
                            prefill, then the greedy `while_loop`s in the same program (the cache
                            (B rows, S slots) lives and is updated in place inside them; the
                            batch shrinks to B/2, B/4 rows as rows finish, see decode.py); and
                            the prompts' KV (B rows, Sb slots) as prefill left it (kept for
-                           scoring: a copy of the suffix slots, made before decode writes on)
+                           scoring: a copy of the suffix slots, made before decode writes on);
+                           with per-row weight deltas (RowDeltas: tables + each row's edit), one
+                           program per delta structure (`delta_key`)
     generate_stemmed(B, Pb, R, Tb, Sb)  the same for a StemmedBatch: R record stems of Tb slots
                            run once each, every row's rest (Sb) on its stem; prompts' KV of
                            Tb + Sb slots a row
@@ -48,6 +50,16 @@ from bmike_jax.engine.prefill import prefill, prefill_stemmed, prefix_cache
 from bmike_jax.engine.scoring import score_continuations, score_on_kept
 from bmike_jax.engine.state import DecodeState, StopRule
 from bmike_jax.model import KVCache, Llama
+from bmike_jax.model.row_deltas import RowDeltas
+
+
+def delta_key(tables) -> tuple:
+  """What of the per-row delta tables a program is compiled for: projections, touched layers,
+  shapes and dtypes (E edits, ranks)."""
+  return tuple(
+      (name, t.layers) + tuple((x.shape, str(x.dtype)) for x in (t.a, t.b) if x is not None)
+      for name, t in sorted(tables.items())
+  )
 
 
 class Programs:
@@ -96,6 +108,14 @@ class Programs:
   def cache_shardings(self, batch: int) -> KVCache:
     return sh.cache_shardings(self.mesh, self.model.config, batch, not self.model.scan_layers)
 
+  def delta_shardings(self, tables, batch: int) -> RowDeltas:
+    """Per-row deltas: the tables replicated (small beside the weights; FT-L's dense [E, F, D]
+    the largest), each row's edit index with its row over the data axis."""
+    return RowDeltas(
+        tables=jax.tree_util.tree_map(lambda _: self._repl(), tables),
+        index=sh.batch_sharding(self.mesh, 1, batch),
+    )
+
   def stop_shardings(self):
     return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
 
@@ -140,18 +160,22 @@ class Programs:
 
     return self._get(key, build)
 
-  def generate(self, batch: int, pb: int, sb: int, slots: int):
-    """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop) -> (answers [B, N] int32,
-    their lengths [B] int32, the prompts' KV (B rows, Sb slots), decode steps per phase
-    [phases] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`."""
+  def generate(self, batch: int, pb: int, sb: int, slots: int, deltas=None):
+    """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop[, deltas: RowDeltas]) ->
+    (answers [B, N] int32, their lengths [B] int32, the prompts' KV (B rows, Sb slots), decode
+    steps per phase [phases] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`.
+    deltas: the per-row weight deltas' tables (model/row_deltas.py: one program per delta
+    structure, `delta_key`), each row asked on its own edit; None: every row on `params`."""
+    key = ("generate", batch, pb, sb)
     return self._generate(
-        ("generate", batch, pb, sb),
+        key if deltas is None else key + (delta_key(deltas),),
         batch=batch,
         pb=pb,
         prompt_slots=sb,
         slots=slots,
         spec=SuffixBatch.spec(batch=batch, suffix_bucket=sb),
         first_pass=prefill,
+        deltas=deltas,
     )
 
   def generate_stemmed(self, batch: int, pb: int, stem_rows: int, tb: int, sb: int, slots: int):
@@ -167,7 +191,7 @@ class Programs:
         first_pass=prefill_stemmed,
     )
 
-  def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass):
+  def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, deltas=None):
     def build():
       phases = self.decode_phases(batch)
 
@@ -176,8 +200,10 @@ class Programs:
             state, self.state_shardings(state.last_token.shape[0])
         )
 
-      def fn(params, prefix, rows, stop):
+      def fn(params, prefix, rows, stop, *own):
         self._traced(key)
+        row_deltas = own[0] if own else None
+        extra = {} if row_deltas is None else {"deltas": row_deltas}
         state = place(
             first_pass(
                 self.model,
@@ -187,6 +213,7 @@ class Programs:
                 stop=stop,
                 slots=slots,
                 max_new_tokens=self.max_new_tokens,
+                **extra,
             )
         )
         kept = state.cache.slots(0, prompt_slots)  # the prompts' slots after the prefix
@@ -198,22 +225,28 @@ class Programs:
             stop=stop,
             phases=phases,
             constrain=place,
+            **extra,
         )
         return out, num_out, kept, steps
 
+      in_shardings = (
+          self.params_shardings,
+          self.prefix_shardings(pb),
+          batch_lib.row_shardings(spec, self.mesh),
+          self.stop_shardings(),
+      )
+      if deltas is not None:
+        in_shardings += (self.delta_shardings(deltas, batch),)
       jitted = jax.jit(
           fn,
-          in_shardings=(
-              self.params_shardings,
-              self.prefix_shardings(pb),
-              batch_lib.row_shardings(spec, self.mesh),
-              self.stop_shardings(),
-          ),
+          in_shardings=in_shardings,
           out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch), self._repl()),
       )
 
-      def call(*, params, prefix: SharedPrefix, rows, stop: StopRule):
-        return jitted(params, prefix, rows, stop)
+      def call(*, params, prefix: SharedPrefix, rows, stop: StopRule, deltas=None):
+        if (deltas is None) != (len(in_shardings) == 4):
+          raise ValueError(f"program {key}: deltas {'missing' if deltas is None else 'unexpected'}")
+        return jitted(params, prefix, rows, stop, *(() if deltas is None else (deltas,)))
 
       return call
 

@@ -11,6 +11,8 @@ Call convention (the engine relies on it; see DESIGN.md):
   prefix: optional KVCache (k, v [L, 1, KVH, P, Dh] or L x [1, KVH, P, Dh]) shared by every row
           (the group's demonstrations),
           attended by every query before its own cache; prefix_mask: [P] bool, its real slots
+  deltas: optional row_deltas.RowDeltas: each row's own weight delta (row b asks edit index[b]),
+          added beside the shared weights' products (see row_deltas.py)
 Returns (logits float32, new cache).
 
 Precision (`matmul_precision`): with dtype float32 (the reference's precision) every matmul and
@@ -30,6 +32,7 @@ so a decode step does not rewrite the whole cache.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -40,6 +43,7 @@ import jax.numpy as jnp
 from bmike_jax.model.config import LlamaConfig
 from bmike_jax.model import layer_layout
 from bmike_jax.model import rope
+from bmike_jax.model import row_deltas
 
 
 @flax.struct.dataclass
@@ -144,6 +148,17 @@ def _dense(features: int, name: str, dtype, param_dtype) -> nn.Dense:
   )
 
 
+def _project(module: str, dtype, param_dtype, deltas, name: str, features: int, x):
+  """The Dense `name` of x, plus each row's own delta of `module/name` where `deltas` (this
+  layer's row_deltas.layer_deltas, the rows' edit index [B]) has one."""
+  y = _dense(features, name, dtype, param_dtype)(x)
+  if deltas is None:
+    return y
+  entries, index = deltas
+  entry = entries.get(f"{module}/{name}")
+  return row_deltas.add_delta(y, x, entry, index, jax.lax.Precision.HIGHEST)
+
+
 def _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, dtype):
   """Softmax attention of q [B, T, KVH, G, Dh] over the row's own cache k/v [B, KVH, S, Dh]
   (where attn_mask [B, T, S]) and, when given, the shared prefix (k, v) [1, KVH, P, Dh] (where
@@ -182,16 +197,20 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask):
+  def __call__(
+      self, x, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask, deltas=None
+  ):
     """x [B, T, D]; caches: (k, v), all layers' stacked [L, B, KVH, S, Dh] with this one at index
     `layer` (scanned), or this layer's own [B, KVH, S, Dh] when `layer` is None (unrolled);
-    prefix: this layer's shared (k, v) [1, KVH, P, Dh] or None. Returns (out, caches)."""
+    prefix: this layer's shared (k, v) [1, KVH, P, Dh] or None; deltas: (this layer's
+    row_deltas.layer_deltas, index [B]) or None. Returns (out, caches)."""
     cfg = self.config
     b, t, _ = x.shape
     h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _dense(h * dh, "q", self.dtype, self.param_dtype)(x).reshape(b, t, h, dh)
-    k = _dense(kvh * dh, "k", self.dtype, self.param_dtype)(x).reshape(b, t, kvh, dh)
-    v = _dense(kvh * dh, "v", self.dtype, self.param_dtype)(x).reshape(b, t, kvh, dh)
+    project = functools.partial(_project, "attn", self.dtype, self.param_dtype, deltas)
+    q = project("q", h * dh, x).reshape(b, t, h, dh)
+    k = project("k", kvh * dh, x).reshape(b, t, kvh, dh)
+    v = project("v", kvh * dh, x).reshape(b, t, kvh, dh)
     q = rope.apply_rotary(q, cos, sin)
     k = rope.apply_rotary(k, cos, sin)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, Dh]: the cache's order
@@ -209,7 +228,7 @@ class Attention(nn.Module):
       v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(self.dtype)
     q = q.reshape(b, t, kvh, h // kvh, dh)
     out = _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, self.dtype)  # [B,T,KVH,G,Dh]
-    out = _dense(cfg.hidden_size, "o", self.dtype, self.param_dtype)(out.reshape(b, t, h * dh))
+    out = project("o", cfg.hidden_size, out.reshape(b, t, h * dh))
     return out, (k_all, v_all)
 
 
@@ -219,33 +238,40 @@ class MLP(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deltas=None):
     f = self.config.intermediate_size
-    gate = _dense(f, "gate", self.dtype, self.param_dtype)(x)
-    up = _dense(f, "up", self.dtype, self.param_dtype)(x)
-    return _dense(self.config.hidden_size, "down", self.dtype, self.param_dtype)(nn.silu(gate) * up)
+    project = functools.partial(_project, "mlp", self.dtype, self.param_dtype, deltas)
+    gate = project("gate", f, x)
+    up = project("up", f, x)
+    return project("down", self.config.hidden_size, nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
   """One block, scanned over layers or one of the unrolled chain. The carry is (residual stream
   x [B, T, D], all layers' KV caches, layer index); the other input is this layer's slice of the
-  shared prefix KV."""
+  shared prefix KV. `unrolled_index`: this layer's index in the unrolled chain (None: scanned, the
+  carry's layer index), where each row's own weight delta is looked up (row_deltas.py)."""
 
   config: LlamaConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  unrolled_index: int | None = None
 
   @nn.compact
-  def __call__(self, carry, prefix, cos, sin, write_index, attn_mask, prefix_mask):
+  def __call__(self, carry, prefix, cos, sin, write_index, attn_mask, prefix_mask, deltas=None):
     cfg = self.config
     x, caches, layer = carry
+    own = None
+    if deltas is not None:
+      at = layer if self.unrolled_index is None else self.unrolled_index
+      own = (row_deltas.layer_deltas(deltas, at, cfg.num_layers), deltas.index)
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x)
     attn_out, caches = Attention(cfg, self.dtype, self.param_dtype, name="attn")(
-        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask
+        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask, own
     )
     x = x + attn_out
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
-    x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed)
+    x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed, own)
     return (x, caches, None if layer is None else layer + 1), None
 
 
@@ -266,6 +292,7 @@ class Llama(nn.Module):
       logits_index=None,
       prefix: KVCache | None = None,
       prefix_mask=None,
+      deltas: row_deltas.RowDeltas | None = None,
   ):
     cfg = self.config
     embed = nn.Embed(
@@ -292,18 +319,20 @@ class Llama(nn.Module):
           DecoderLayer,
           variable_axes={"params": 0},
           split_rngs={"params": True},
-          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          in_axes=(0,) + (nn.broadcast,) * 6,
           length=cfg.num_layers,
       )(cfg, self.dtype, self.param_dtype, name=layer_layout.STACKED)
       carry = (x, (cache.k, cache.v), jnp.zeros((), jnp.int32))
-      (x, (k, v), _), _ = layers(carry, shared, cos, sin, write_index, attn_mask, prefix_mask)
+      (x, (k, v), _), _ = layers(
+          carry, shared, cos, sin, write_index, attn_mask, prefix_mask, deltas
+      )
     else:
       ks, vs = list(cache.k), list(cache.v)  # one buffer per layer, each written in place
       for i in range(cfg.num_layers):
-        layer = DecoderLayer(cfg, self.dtype, self.param_dtype, name=layer_layout.layer_name(i))
+        layer = DecoderLayer(cfg, self.dtype, self.param_dtype, i, name=layer_layout.layer_name(i))
         own = None if prefix is None else prefix.layer(i)
         (x, (ks[i], vs[i]), _), _ = layer(
-            (x, (ks[i], vs[i]), None), own, cos, sin, write_index, attn_mask, prefix_mask
+            (x, (ks[i], vs[i]), None), own, cos, sin, write_index, attn_mask, prefix_mask, deltas
         )
       k, v = tuple(ks), tuple(vs)
     if logits_index is not None:
