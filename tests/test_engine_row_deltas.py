@@ -158,3 +158,23 @@ def test_held_bytes_come_off_the_rows_of_an_edited_call(tiny):
   tight = engine.generate(prompts, deltas=tables, prompt_edits=edits, held_bytes_per_device=held)
   assert [r.ids for r in tight] == [r.ids for r in roomy]
   assert min(batches()) <= 2
+
+
+def test_bfloat16_rows_do_not_depend_on_their_batch(tiny):
+  """At bfloat16 (the fast mode) too, a row's answer is its own edit's, whatever shares its batch:
+  the mixed call equals each edit's prompts asked alone."""
+  config, params, delta = tiny
+  prompts, edits = _prompts(3, seed=23)
+  engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8, dtype=jnp.bfloat16)
+  mixed = engine.generate(
+      prompts, deltas=delta_lib.row_tables(delta, config.num_layers), prompt_edits=edits
+  )
+  for e in range(EDITS):
+    mine = [i for i, x in enumerate(edits) if x == e]
+    alone = engine.generate(
+        [prompts[i] for i in mine],
+        deltas=delta_lib.row_tables(_one(delta, e), config.num_layers),
+        prompt_edits=[0] * len(mine),
+    )
+    assert [r.ids for r in alone] == [mixed[i].ids for i in mine]
+  assert [r.ids for r in mixed] != [r.ids for r in engine.generate(prompts)]

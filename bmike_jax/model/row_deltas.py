@@ -80,22 +80,23 @@ def layer_deltas(deltas: RowDeltas | None, layer, num_layers: int) -> dict:
 
 def add_delta(y, x, entry, index, precision):
   """`y` [B, T, out] plus each row's `x @ Δ[index[b]]` (x [B, T, in]); entry from layer_deltas
-  (None: y unchanged). The delta's product runs in float32 and is cast to y's dtype."""
+  (None: y unchanged). The delta is cast to x's dtype (at bfloat16 it is rounded relative to
+  itself, not swallowed by the weights' larger entries, and x is not copied to float32); the
+  products accumulate in float32 and are added to y in float32, then cast to y's dtype."""
   if entry is None:
     return y
   present, a, b = entry
   dot = dict(precision=precision, preferred_element_type=jnp.float32)
 
   def product():
-    xf = x.astype(jnp.float32)
     if b is not None:  # factors: per row gathered
-      h = jnp.einsum("bti,bir->btr", xf, a[index].astype(jnp.float32), **dot)
+      h = jnp.einsum("bti,bir->btr", x, a[index].astype(x.dtype), **dot)  # [B, T, r] float32
       return jnp.einsum("btr,bro->bto", h, b[index].astype(jnp.float32), **dot)
 
     def one(acc, e):  # dense: edit e's product kept on its rows only
-      d = jax.lax.dynamic_index_in_dim(a, e, 0, keepdims=False).astype(jnp.float32)
+      d = jax.lax.dynamic_index_in_dim(a, e, 0, keepdims=False).astype(x.dtype)
       mine = (index == e)[:, None, None]
-      return jnp.where(mine, jnp.einsum("bti,io->bto", xf, d, **dot), acc), None
+      return jnp.where(mine, jnp.einsum("bti,io->bto", x, d, **dot), acc), None
 
     zero = jnp.zeros(y.shape, jnp.float32)
     return jax.lax.scan(one, zero, jnp.arange(a.shape[0], dtype=jnp.int32))[0]
