@@ -78,20 +78,22 @@ def run(config, meshes) -> dict:
       ]
       run_[f"{name}_programs"] = sum(k[0] == "generate_stemmed" for k in engine.programs.compiles)
   # Rows of 3 edited models in shared batches, each with its own weight delta (the tables
-  # replicated, each row's edit index over the data axis), scanned and unrolled.
+  # replicated, each row's edit index over the data axis); unrolled on the largest mesh only.
   from bmike_jax.editing import delta as delta_lib
 
   tables = delta_lib.row_tables(engine_tiny.random_deltas(config, 3, seed=4), config.num_layers)
   edited = engine_tiny.group_prompts(seed=15, n=10, prefix_len=6)
   for data, model in meshes:
     mesh = make_mesh(data, model, devices=jax.devices()[: data * model])
-    for scan in (True, False):
+    for scan in (True, False) if (data, model) == meshes[-1] else (True,):
       engine = Engine(
           config, params, engine_tiny.FakeTokenizer(), mesh=mesh, batch_size=8, scan_layers=scan
       )
-      got = engine.generate(edited, deltas=tables, prompt_edits=[i % 3 for i in range(10)])
+      got = engine.generate(edited, tables=tables, prompt_edits=[i % 3 for i in range(10)])
       name = "delta_ids" if scan else "unrolled_delta_ids"
       out[f"{data}x{model}"][name] = [list(r.ids) for r in got]
+      if (data, model) == (1, 1):
+        out["1x1"]["delta_unedited_ids"] = [list(r.ids) for r in engine.generate(edited)]
   # A batch of 16 whose decode loop shrinks to 8 and 4 rows (rows gathered across data devices).
   many = engine_tiny.group_prompts(seed=13, n=14, prefix_len=40, suffix_range=(1, 30))
   for data, model in meshes:

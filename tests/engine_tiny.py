@@ -110,8 +110,9 @@ def naive_greedy(
 
 def random_deltas(config: LlamaConfig, edits: int, seed: int = 0, scale: float = 0.3) -> dict:
   """A batched weight delta of `edits` edits (editing/delta.py's form, leading [E] axis) touching
-  the three structures the editing methods produce: a dense `down` matrix at layer 1 (FT-L), rank-2
-  factors of `v` on every layer (LoRA), a rank-1 pair of `q` at layer 0 (ROME)."""
+  the structures the editing methods produce: a dense `down` matrix at layer 1 (FT-L), rank-2
+  factors of `v` on every layer (LoRA), a rank-1 pair of `q` at layer 0 (ROME), rank-1 pairs of
+  `up` at layers 0 and 1 (MEMIT's form: several single layers of one projection)."""
   from bmike_jax.editing import delta as delta_lib
 
   rng = np.random.default_rng(seed)
@@ -124,4 +125,5 @@ def random_deltas(config: LlamaConfig, edits: int, seed: int = 0, scale: float =
           delta_lib.ALL_LAYERS: (normal(edits, layers, d, 2), normal(edits, layers, 2, kv))
       },
       "attn/q/kernel": {0: (normal(edits, d, 1), normal(edits, 1, q))},
+      "mlp/up/kernel": {l: (normal(edits, d, 1), normal(edits, 1, f)) for l in (0, 1)},
   }

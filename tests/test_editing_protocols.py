@@ -170,9 +170,10 @@ def test_comparable_answers_read_by_the_engine_equal_the_float32_read(setup):
   """The runner reads the comparable protocol with the in-context runs' engine, the rows of a
   batch of edits together, each with its own edit's delta in the forward pass: the same answers
   as the independent float32 read without KV cache on each edit's weights (fp32), the same
-  whether the edits are read together or one per call, and the engine's own params untouched."""
+  whether the edits are read together or one per call, and the engine's own params untouched.
+  A last batch of fewer edits runs the programs of the full batches (tables padded)."""
   config, params, tok, _ = setup
-  files = [data.load_file(data.SAMPLE_DATA_DIR, "zsre", lang, limit=2) for lang in LANGS]
+  files = [data.load_file(data.SAMPLE_DATA_DIR, "zsre", lang, limit=3) for lang in LANGS]
   kw = dict(
       config=config,
       params=params,
@@ -187,9 +188,15 @@ def test_comparable_answers_read_by_the_engine_equal_the_float32_read(setup):
   base = engine.params
   unedited, _ = protocols.run_method(method=protocols.UNEDITED, engine=engine, **kw)
   read, stats = protocols.run_method(method="ft", engine=engine, **kw)
-  assert stats["edits"] == 2 and engine.params is base
+  assert stats["edits"] == 3 and engine.params is base
   assert read == direct
   one_per_call, _ = protocols.run_method(method="ft", engine=engine, batch_size=1, **kw)
   assert one_per_call == read
+  before = set(engine.programs.compiles)
+  in_twos, _ = protocols.run_method(method="ft", engine=engine, batch_size=2, **kw)
+  assert in_twos == read
+  edits_of = lambda key: key[-1][0][2][0][1]  # delta_key: (name, layers, (a shape, dtype))
+  new = [k for k in engine.programs.compiles if k not in before]
+  assert new and {edits_of(k) for k in new} == {2}  # 2 edits, then 1 padded to 2
   # the edits reached the engine: some answers differ from the unedited model's
   assert [r["prediction"] for r in read] != [r["prediction"] for r in unedited]

@@ -1,5 +1,5 @@
 """Each row's own weight delta in the forward pass (model/row_deltas.py) and in the engine
-(`Engine.generate(deltas=..., prompt_edits=...)`): the rows of several edited models share
+(`Engine.generate(tables=..., prompt_edits=...)`): the rows of several edited models share
 batches, and each row's answer is its own edited model's, whatever shares its batch."""
 
 from __future__ import annotations
@@ -65,6 +65,21 @@ def test_forward_with_row_deltas_equals_the_edited_weights(tiny, scan):
   assert not np.allclose(base, mixed, atol=1e-3)  # the edits reach the logits
 
 
+def _each_alone(engine, config, delta, prompts, edits) -> list:
+  """The answers of `prompts`, each edit's prompts asked in a call of their own (E = 1)."""
+  out = [None] * len(prompts)
+  for e in range(EDITS):
+    mine = [i for i, x in enumerate(edits) if x == e]
+    alone = engine.generate(
+        [prompts[i] for i in mine],
+        tables=delta_lib.row_tables(_one(delta, e), config.num_layers),
+        prompt_edits=[0] * len(mine),
+    )
+    for i, r in zip(mine, alone):
+      out[i] = r.ids
+  return out
+
+
 def _prompts(n_per_edit: int, seed: int):
   prompts = engine_tiny.group_prompts(seed=seed, n=EDITS * n_per_edit, prefix_len=6)
   edits = [i % EDITS for i in range(len(prompts))]  # interleaved: batches mix the edits
@@ -87,25 +102,25 @@ def test_engine_answers_of_mixed_edits(tiny, scan):
   ]
   unedited = [engine_tiny.naive_greedy(config, params, p) for p in prompts]
   assert reference != unedited  # the edits change answers
+  # and differ from each other: a row on another edit's delta would be seen
+  first = [
+      engine_tiny.naive_greedy(config, delta_lib.apply_delta(params, delta_lib.row(delta, e)), p)
+      for e in range(EDITS)
+      for p in prompts[:2]
+  ]
+  assert len(set(first[0::2])) > 1 or len(set(first[1::2])) > 1
   assert any(len(r) < 15 for r in reference)
   for batch, halvings in ((4, 0), (16, 2), (16, 0)):
     engine = Engine(
         config, params, tok, batch_size=batch, decode_halvings=halvings, scan_layers=scan
     )
-    got = engine.generate(prompts, deltas=tables, prompt_edits=edits)
+    got = engine.generate(prompts, tables=tables, prompt_edits=edits)
     assert [r.ids for r in got] == reference, (batch, halvings)
     assert engine._kept is None  # an edited model's prompt KV is not kept
     compiled = engine.compile_count
-    engine.generate(prompts, deltas=tables, prompt_edits=edits)
+    engine.generate(prompts, tables=tables, prompt_edits=edits)
     assert engine.compile_count == compiled
-    for e in range(EDITS):
-      mine = [i for i, x in enumerate(edits) if x == e]
-      alone = engine.generate(
-          [prompts[i] for i in mine],
-          deltas=delta_lib.row_tables(_one(delta, e), config.num_layers),
-          prompt_edits=[0] * len(mine),
-      )
-      assert [r.ids for r in alone] == [reference[i] for i in mine]
+    assert _each_alone(engine, config, delta, prompts, edits) == reference
     # the base programs still answer the unedited model
     assert [r.ids for r in engine.generate(prompts)] == unedited
 
@@ -116,10 +131,10 @@ def test_engine_row_delta_errors(tiny):
   engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=4)
   prompts = [[1, 5, 6], [1, 7]]
   with pytest.raises(ValueError, match="one edit index per prompt"):
-    engine.generate(prompts, deltas=tables)
+    engine.generate(prompts, tables=tables)
   with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
-    engine.generate(prompts, deltas=tables, prompt_edits=[0, 3])
-  with pytest.raises(ValueError, match="prompt_edits without deltas"):
+    engine.generate(prompts, tables=tables, prompt_edits=[0, 3])
+  with pytest.raises(ValueError, match="prompt_edits without tables"):
     engine.generate(prompts, prompt_edits=[0, 1])
 
 
@@ -131,6 +146,20 @@ def test_row_tables_refuses_mixed_forms():
     delta_lib.row_tables({"mlp/down/kernel": {0: value, delta_lib.ALL_LAYERS: value}}, 2)
   with pytest.raises(ValueError, match="not a projection"):
     delta_lib.row_tables({"embed/embedding": {0: value}}, 2)
+  with pytest.raises(ValueError, match=r"layers \[2\] outside the model's 2"):
+    delta_lib.row_tables({"mlp/down/kernel": {2: value}}, 2)
+  with pytest.raises(ValueError, match="one number of edits"):
+    delta_lib.row_tables({"mlp/down/kernel": {0: value}, "attn/q/kernel": {0: value[:1]}}, 2)
+
+
+def test_pad_edits_appends_zero_edits():
+  delta = {"mlp/down/kernel": {0: (jnp.ones((2, 4, 1)), jnp.ones((2, 1, 3)))}}
+  padded = delta_lib.pad_edits(delta, 5)
+  a, b = padded["mlp/down/kernel"][0]
+  assert a.shape == (5, 4, 1) and b.shape == (5, 1, 3)
+  np.testing.assert_array_equal(a[:2], 1.0)
+  np.testing.assert_array_equal(a[2:], 0.0)
+  assert delta_lib.pad_edits(delta, 2) is delta
 
 
 def test_held_bytes_come_off_the_rows_of_an_edited_call(tiny):
@@ -144,7 +173,7 @@ def test_held_bytes_come_off_the_rows_of_an_edited_call(tiny):
       config, params, engine_tiny.FakeTokenizer(), batch_size=16, row_memory_bytes=budget
   )
   batches = lambda: {k[1] for k in engine.programs.compiles if k[0] == "generate"}
-  roomy = engine.generate(prompts, deltas=tables, prompt_edits=edits)
+  roomy = engine.generate(prompts, tables=tables, prompt_edits=edits)
   assert batches() == {16}
   assert engine.max_rows(0, 32, 15, budget=None) == 16  # no bound: the batch size
   # leave room for about 2 rows of the largest shape
@@ -155,7 +184,7 @@ def test_held_bytes_come_off_the_rows_of_an_edited_call(tiny):
       config, 4, prefix_bucket=0, suffix_bucket=32, slots=cache_length(32, 15), model_axis=1
   )
   held = budget - memory.device_bytes(tables) - 2 * row - row // 2
-  tight = engine.generate(prompts, deltas=tables, prompt_edits=edits, held_bytes_per_device=held)
+  tight = engine.generate(prompts, tables=tables, prompt_edits=edits, held_bytes_per_device=held)
   assert [r.ids for r in tight] == [r.ids for r in roomy]
   assert min(batches()) <= 2
 
@@ -167,14 +196,7 @@ def test_bfloat16_rows_do_not_depend_on_their_batch(tiny):
   prompts, edits = _prompts(3, seed=23)
   engine = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8, dtype=jnp.bfloat16)
   mixed = engine.generate(
-      prompts, deltas=delta_lib.row_tables(delta, config.num_layers), prompt_edits=edits
+      prompts, tables=delta_lib.row_tables(delta, config.num_layers), prompt_edits=edits
   )
-  for e in range(EDITS):
-    mine = [i for i, x in enumerate(edits) if x == e]
-    alone = engine.generate(
-        [prompts[i] for i in mine],
-        deltas=delta_lib.row_tables(_one(delta, e), config.num_layers),
-        prompt_edits=[0] * len(mine),
-    )
-    assert [r.ids for r in alone] == [mixed[i].ids for i in mine]
+  assert _each_alone(engine, config, delta, prompts, edits) == [r.ids for r in mixed]
   assert [r.ids for r in mixed] != [r.ids for r in engine.generate(prompts)]

@@ -33,6 +33,7 @@ import platform
 import time
 
 import jax
+import numpy as np
 from absl import app, flags
 
 from bmike_jax import checkpoints
@@ -110,7 +111,7 @@ def time_reads(config, params, tokenizer, langs, records: int) -> dict:
             engine,
             tokenizer,
             p,
-            deltas=delta_lib.row_tables(
+            tables=delta_lib.row_tables(
                 jax.tree_util.tree_map(lambda a, i=i: a[i][None], delta), config.num_layers
             ),
             prompt_edits=[0] * len(p),
@@ -123,10 +124,11 @@ def time_reads(config, params, tokenizer, langs, records: int) -> dict:
         engine,
         tokenizer,
         [x for p in prompts for x in p],
-        deltas=delta_lib.row_tables(delta, config.num_layers),
+        tables=delta_lib.row_tables(delta, config.num_layers),
         prompt_edits=[i for i, p in enumerate(prompts) for _ in p],
     )
-    return [flat[i * len(prompts[0]) : (i + 1) * len(prompts[0])] for i in range(len(prompts))]
+    ends = np.cumsum([len(p) for p in prompts])
+    return [flat[end - len(p) : end] for p, end in zip(prompts, ends)]
 
   out = {"edits": len(groups), "rows_per_edit": len(prompts[0]), "langs": list(langs)}
   got = {}

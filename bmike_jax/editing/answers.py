@@ -90,21 +90,21 @@ def engine_greedy(
     tokenizer,
     prompts: Sequence[str],
     *,
-    deltas=None,
+    tables=None,
     prompt_edits: Sequence[int] | None = None,
     held_bytes_per_device: int = 0,
 ) -> list[list[int]]:
   """Greedy continuations of tokenizer(prompt) read by the in-context runs' engine (its KV cache,
-  batches, buckets, sharding, dtype and stop rule): on its own params, or with `deltas` (the E
-  edits' per-row tables, delta.row_tables) prompt i on edit prompt_edits[i], the prompts of all
+  batches, buckets, sharding, dtype and stop rule): on its own params, or with `tables` (the E
+  edits' per-row delta tables, delta.row_tables) prompt i on edit prompt_edits[i], the prompts of all
   E edited models in the same batches (Engine.generate). held_bytes_per_device: what the caller
   holds on each device meanwhile."""
   ids = [tokenizer.encode(p) for p in prompts]
   if not ids:
     return []
-  if deltas is None:
+  if tables is None:
     return [list(r.ids) for r in engine.generate(ids)]
   out = engine.generate(
-      ids, deltas=deltas, prompt_edits=prompt_edits, held_bytes_per_device=held_bytes_per_device
+      ids, tables=tables, prompt_edits=prompt_edits, held_bytes_per_device=held_bytes_per_device
   )
   return [list(r.ids) for r in out]

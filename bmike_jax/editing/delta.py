@@ -99,6 +99,16 @@ def num_rows(delta: Delta) -> int:
   return int(leaves[0].shape[0]) if leaves else 0
 
 
+def pad_edits(delta: Delta, edits: int) -> Delta:
+  """A batched delta with zero edits appended up to `edits` (unchanged when it holds as many)."""
+  have = num_rows(delta)
+  if have >= edits:
+    return delta
+  return jax.tree_util.tree_map(
+      lambda a: jnp.concatenate([a, jnp.zeros((edits - have,) + a.shape[1:], a.dtype)]), delta
+  )
+
+
 def row_tables(delta: Delta, num_layers: int) -> dict:
   """A batched delta (E edits, every array with a leading [E] axis) as the forward pass's per-row
   tables (model/row_deltas.py): {projection: DeltaTable} with the touched layers first
@@ -123,6 +133,21 @@ def row_tables(delta: Delta, num_layers: int) -> dict:
       values = [per_layer[l] for l in layers]
       values = [tuple(v) if isinstance(v, (tuple, list)) else (v,) for v in values]
       parts = tuple(jnp.stack([v[i] for v in values]) for i in range(len(values[0])))
+    bad = [l for l in layers if not 0 <= l < num_layers]
+    if bad:
+      raise ValueError(f"delta path {path!r}: layers {bad} outside the model's {num_layers}")
+    if any(p.shape[0] != len(layers) for p in parts):
+      raise ValueError(
+          f"delta path {path!r}: {[p.shape[0] for p in parts]} layer slices, "
+          f"{len(layers)} layers"
+      )
     a, b = (parts[0], parts[1]) if len(parts) == 2 else (parts[0], None)
     out[projection] = row_deltas.DeltaTable(layers=layers, a=a, b=b)
+  edits = {t.a.shape[1] for t in out.values()} | {
+      t.b.shape[1] for t in out.values() if t.b is not None
+  }
+  if len(edits) != 1:
+    raise ValueError(
+        f"a batched delta needs one number of edits on every array, got {edits or 'none'}"
+    )
   return out

@@ -16,8 +16,9 @@ one empty 0; locality compares the post-edit answer with the pre-edit answer
 `"`, the model's own tokenizer) after the zero-shot query line `Question: "{L.query}" Answer: "`
 with no New Fact line, scored exactly as the in-context runs (runner/evaluate.score_sample),
 locality against `loc_ans`. In the runner the answers are read by the in-context runs' engine on
-the edited engine params (one engine call per edit: its languages x query types are the rows);
-without an engine, by answers.greedy (float32, no KV cache: the tests' independent read).
+its own params, a batch of edits in one call, each row with its own edit's delta in the forward
+pass (model/row_deltas.py); without an engine, by answers.greedy on each edit's float32 weights
+(no KV cache: the tests' independent read).
 
 `setup` holds the protocol's name (these rows have no demonstrations).
 """
@@ -172,6 +173,7 @@ def comparable_rows(
     max_new_tokens: int = 15,
     delta=None,
     record_edits: Sequence[int] | None = None,
+    edit_slots: int = 0,
     engine=None,
     engine_held_bytes: int = 0,
 ) -> list[dict]:
@@ -179,21 +181,27 @@ def comparable_rows(
   record_edits[i] of the batched `delta` (E edits; None: the unedited model). Read by `engine`
   when given (the in-context runs' engine on its own params, each row with its own edit's delta
   in the forward pass, the records of all E edits in the same batches; max_new_tokens is the
-  engine's; engine_held_bytes: what the caller holds on each device beside it), else by
+  engine's; edit_slots: the engine's delta tables are padded with zero edits to at least this
+  many, so that batches of fewer edits run the same programs (a row's answer does not depend on
+  the number of edits); engine_held_bytes: what the caller holds on each device beside it), else by
   answers.greedy on the float32 `params` with each edit applied (delta.apply_delta; no KV cache:
   the tests' independent read)."""
   queries = [(i, r, qt) for i, r in enumerate(records) for qt in query_types]
   prompts = [comparable_prompt(r, qt) for _, r, qt in queries]
   edits = [0 if delta is None else int(record_edits[i]) for i, _, _ in queries]
   if engine is not None:
+    tables = None
+    if delta is not None:
+      tables = delta_lib.row_tables(delta_lib.pad_edits(delta, edit_slots), config.num_layers)
     outs = answers.engine_greedy(
         engine,
         tokenizer,
         prompts,
-        deltas=None if delta is None else delta_lib.row_tables(delta, config.num_layers),
+        tables=tables,
         prompt_edits=None if delta is None else edits,
-        held_bytes_per_device=engine_held_bytes,
+        held_bytes_per_device=engine_held_bytes + memory.device_bytes(tables),
     )
+    del tables
   else:
     outs = [None] * len(prompts)
     for e in sorted(set(edits)):
@@ -273,11 +281,12 @@ def run_method(
       stats["edits"] += len(usable)
     if "reference" in protocols:
       for r, group in enumerate(usable):
-        edited = params if delta is None else delta_lib.apply_delta(params, delta_lib.row(delta, r))
-        rows += reference_rows(
+        rows += reference_rows(  # the edited copy is freed when the call returns
             method=method,
             config=config,
-            params=edited,
+            params=params
+            if delta is None
+            else delta_lib.apply_delta(params, delta_lib.row(delta, r)),
             base_params=params,
             tokenizer=tokenizer,
             records=group.records,
@@ -297,6 +306,8 @@ def run_method(
           query_types=query_types,
           delta=delta,
           record_edits=[r for r, g in enumerate(usable) for _ in g.records],
+          # every batch's tables padded to one number of edits: one program set per method
+          edit_slots=min(batch_size, len(groups)),
           engine=engine,
           # the batch's delta stays on the devices while the engine reads it
           engine_held_bytes=engine_held_bytes + memory.device_bytes(delta),

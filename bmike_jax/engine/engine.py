@@ -45,6 +45,7 @@ from bmike_jax.model.row_deltas import DeltaTable, RowDeltas
 
 MAX_DEFAULT_BUCKET = 8192  # default largest length bucket (capped by the model's context)
 MAX_IN_FLIGHT = 2  # batches dispatched ahead of the host reading results
+_ENGINE_BUDGET = object()  # max_rows' default: the engine's own row_memory_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,11 +298,13 @@ class Engine:
     """Programs compiled so far (each distinct shape bucket combination compiles once)."""
     return self.programs.compile_count
 
-  def max_rows(self, prefix_bucket: int, suffix_bucket: int, extra: int, budget="engine") -> int:
+  def max_rows(
+      self, prefix_bucket: int, suffix_bucket: int, extra: int, budget=_ENGINE_BUDGET
+  ) -> int:
     """The most rows a batch of this shape may hold: the batch size, lowered where the estimated
     memory of its rows (engine/memory.py) passes `row_memory_bytes` (or `budget`, bytes per
     device); the same for every batch of the shape, so it adds no program."""
-    budget = self.row_memory_bytes if budget == "engine" else budget
+    budget = self.row_memory_bytes if budget is _ENGINE_BUDGET else budget
     if budget is None:
       return self.batch_size
     per_row = memory.row_bytes(
@@ -377,14 +380,14 @@ class Engine:
       prompt_names: Sequence[str] | None = None,
       group_prefix: bool | None = None,
       *,
-      deltas: Mapping[str, DeltaTable] | None = None,
+      tables: Mapping[str, DeltaTable] | None = None,
       prompt_edits: Sequence[int] | None = None,
       held_bytes_per_device: int = 0,
   ) -> list[GenerationResult]:
     """Greedy answers (at most max_new_tokens, stopped at EOS or a quote token) for one group.
 
-    deltas, prompt_edits: prompt i is asked on the engine's params plus edit prompt_edits[i] of
-    the E edits' per-row weight deltas `deltas` (editing/delta.row_tables; model/row_deltas.py),
+    tables, prompt_edits: prompt i is asked on the engine's params plus edit prompt_edits[i] of
+    the E edits' per-row weight delta tables (editing/delta.row_tables; model/row_deltas.py),
     so prompts of several edited models share batches. Such a call shares no prefix or stem
     between prompts (their KV depends on the edit) and keeps no prompt KV (nothing scores an
     edited model's prompts); what the caller holds on each device meanwhile
@@ -396,9 +399,9 @@ class Engine:
     compiled_before = self.compile_count
     self._kept = None  # the previous group's KV is not scored any more: free it first
     prompts = self._fit(prompts_ids, prompt_names, [self.max_new_tokens] * len(prompts_ids))
-    settings, budget, edits = self.plan_settings, "engine", None
-    if deltas is not None:
-      edits = self._edits(deltas, prompt_edits, len(prompts))
+    settings, budget, edits = self.plan_settings, _ENGINE_BUDGET, None
+    if tables is not None:
+      edits = self._edits(tables, prompt_edits, len(prompts))
       group_prefix = False
       settings = dataclasses.replace(settings, stem_reuse=False)
       if self.row_memory_bytes is not None:
@@ -409,7 +412,7 @@ class Engine:
             - memory.device_bytes(edits[0])
         )
     elif prompt_edits is not None:
-      raise ValueError("prompt_edits without deltas")
+      raise ValueError("prompt_edits without tables")
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     plen, pb = group.prefix_length, group.prefix_bucket
     plans = layout_lib.plan_generate(
@@ -477,21 +480,23 @@ class Engine:
     logging.info("engine throughput: %s", self.stats.summary())
     return results
 
-  def _edits(self, deltas, prompt_edits, count: int):
+  def _edits(self, tables, prompt_edits, count: int):
     """(the tables placed on the mesh, replicated; each prompt's edit [count] int32), checked."""
     if prompt_edits is None or len(prompt_edits) != count:
       raise ValueError(
-          f"deltas need one edit index per prompt: {count} prompts, "
+          f"delta tables need one edit index per prompt: {count} prompts, "
           f"{None if prompt_edits is None else len(prompt_edits)} indices"
       )
-    sizes = {t.num_edits for t in deltas.values()}
+    if not tables:
+      raise ValueError("no delta tables: pass tables=None to ask the unedited model")
+    sizes = {t.num_edits for t in tables.values()}
     if len(sizes) != 1:
       raise ValueError(f"delta tables of different edit counts {sorted(sizes)}")
     (num,) = sizes
     edits = np.asarray(prompt_edits, np.int32)
     if edits.size and (edits.min() < 0 or edits.max() >= num):
       raise ValueError(f"prompt_edits must lie in [0, {num}), got {edits.min()}..{edits.max()}")
-    return jax.device_put(dict(deltas), sh.replicated(self.mesh)), edits
+    return jax.device_put(dict(tables), sh.replicated(self.mesh)), edits
 
   def _run_generate(
       self, plan: layout_lib.BatchPlan, suffixes, prefix: SharedPrefix, pb: int, edits=None
@@ -500,7 +505,9 @@ class Engine:
     prompts' KV (B rows, plan.prompt_slots), decode steps per phase), on device. edits: (placed
     delta tables, each prompt's edit) or None."""
     slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
-    if not plan.stem_rows:  # always so with edits: plan_generate ran with stem_reuse off
+    if edits is not None and plan.stem_rows:
+      raise AssertionError("a plan with stems in a call with delta tables")
+    if not plan.stem_rows:
       tokens, lengths, active = layout_lib.pad_rows(
           [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
       )
@@ -518,7 +525,7 @@ class Engine:
       row_deltas = RowDeltas(
           tables=tables, index=sh.to_global(index, sh.batch_sharding(self.mesh, 1, plan.batch))
       )
-      call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots, deltas=tables)
+      call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots, tables=tables)
       return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop, deltas=row_deltas)
     stem_tokens, stem_lengths, _ = layout_lib.pad_rows(
         [suffixes[i][:n] for i, n in plan.stems], plan.stem_rows, plan.stem_bucket

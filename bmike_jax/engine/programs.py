@@ -160,22 +160,23 @@ class Programs:
 
     return self._get(key, build)
 
-  def generate(self, batch: int, pb: int, sb: int, slots: int, deltas=None):
+  def generate(self, batch: int, pb: int, sb: int, slots: int, tables=None):
     """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop[, deltas: RowDeltas]) ->
     (answers [B, N] int32, their lengths [B] int32, the prompts' KV (B rows, Sb slots), decode
     steps per phase [phases] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`.
-    deltas: the per-row weight deltas' tables (model/row_deltas.py: one program per delta
-    structure, `delta_key`), each row asked on its own edit; None: every row on `params`."""
+    tables: the per-row weight delta tables the call's `deltas` will hold (model/row_deltas.py:
+    one program per delta structure, `delta_key`), each row asked on its own edit; None: every
+    row on `params`."""
     key = ("generate", batch, pb, sb)
     return self._generate(
-        key if deltas is None else key + (delta_key(deltas),),
+        key if tables is None else key + (delta_key(tables),),
         batch=batch,
         pb=pb,
         prompt_slots=sb,
         slots=slots,
         spec=SuffixBatch.spec(batch=batch, suffix_bucket=sb),
         first_pass=prefill,
-        deltas=deltas,
+        tables=tables,
     )
 
   def generate_stemmed(self, batch: int, pb: int, stem_rows: int, tb: int, sb: int, slots: int):
@@ -191,7 +192,7 @@ class Programs:
         first_pass=prefill_stemmed,
     )
 
-  def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, deltas=None):
+  def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, tables=None):
     def build():
       phases = self.decode_phases(batch)
 
@@ -200,9 +201,9 @@ class Programs:
             state, self.state_shardings(state.last_token.shape[0])
         )
 
-      def fn(params, prefix, rows, stop, *own):
+      def fn(params, prefix, rows, stop, *optional):
         self._traced(key)
-        row_deltas = own[0] if own else None
+        row_deltas = optional[0] if optional else None
         extra = {} if row_deltas is None else {"deltas": row_deltas}
         state = place(
             first_pass(
@@ -235,8 +236,8 @@ class Programs:
           batch_lib.row_shardings(spec, self.mesh),
           self.stop_shardings(),
       )
-      if deltas is not None:
-        in_shardings += (self.delta_shardings(deltas, batch),)
+      if tables is not None:
+        in_shardings += (self.delta_shardings(tables, batch),)
       jitted = jax.jit(
           fn,
           in_shardings=in_shardings,

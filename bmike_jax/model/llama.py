@@ -261,17 +261,17 @@ class DecoderLayer(nn.Module):
   def __call__(self, carry, prefix, cos, sin, write_index, attn_mask, prefix_mask, deltas=None):
     cfg = self.config
     x, caches, layer = carry
-    own = None
+    this_layer = None  # (this layer's deltas by projection, each row's edit [B])
     if deltas is not None:
       at = layer if self.unrolled_index is None else self.unrolled_index
-      own = (row_deltas.layer_deltas(deltas, at, cfg.num_layers), deltas.index)
+      this_layer = (row_deltas.layer_deltas(deltas, at, cfg.num_layers), deltas.index)
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x)
     attn_out, caches = Attention(cfg, self.dtype, self.param_dtype, name="attn")(
-        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask, own
+        normed, cos, sin, caches, layer, write_index, attn_mask, prefix, prefix_mask, this_layer
     )
     x = x + attn_out
     normed = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x)
-    x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed, own)
+    x = x + MLP(cfg, self.dtype, self.param_dtype, name="mlp")(normed, this_layer)
     return (x, caches, None if layer is None else layer + 1), None
 
 

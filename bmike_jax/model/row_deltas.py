@@ -80,9 +80,11 @@ def layer_deltas(deltas: RowDeltas | None, layer, num_layers: int) -> dict:
 
 def add_delta(y, x, entry, index, precision):
   """`y` [B, T, out] plus each row's `x @ Δ[index[b]]` (x [B, T, in]); entry from layer_deltas
-  (None: y unchanged). The delta is cast to x's dtype (at bfloat16 it is rounded relative to
-  itself, not swallowed by the weights' larger entries, and x is not copied to float32); the
-  products accumulate in float32 and are added to y in float32, then cast to y's dtype."""
+  (None: y unchanged). The factor that meets x (a dense delta, or a pair's `a`) is cast to x's
+  dtype (at bfloat16 it is rounded relative to itself, not swallowed by the weights' larger
+  entries, and x is not copied to float32); a pair's `b` meets the float32 [B, T, r] product in
+  float32. The products accumulate in float32 and are added to y in float32, then cast to y's
+  dtype."""
   if entry is None:
     return y
   present, a, b = entry

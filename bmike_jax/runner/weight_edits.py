@@ -4,10 +4,11 @@ Each record's edit (en.src -> en.alt, subject en.subject) is made once and read 
 language under every requested protocol (editing/protocols.run_method); the runner's units are
 (method, dataset, language, protocol), and the pending units of one method and dataset are computed
 together, so that they share their edits. The edited models are never kept: each edit is a delta
-applied to the base params (editing/delta.py): to the Editor's float32 copy for the edit's
-optimisation and the reference protocol's teacher-forced read, and to the engine's own placed
-params for the comparable protocol, whose answers the engine reads as it reads the in-context
-runs' (same dtype, KV cache, batches and programs; its throughput counters in results.json
+(editing/delta.py), applied to the Editor's float32 copy of the base params for the edit's
+optimisation and the reference protocol's teacher-forced read, and added per row in the engine's
+forward pass for the comparable protocol (model/row_deltas.py: the rows of a batch of edits share
+the engine's batches, on its own params), whose answers the engine reads as it reads the
+in-context runs' (same dtype, KV cache, batches and mesh; its throughput counters in results.json
 include these reads).
 """
 
