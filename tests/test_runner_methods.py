@@ -476,3 +476,19 @@ def test_a_methods_settings_bind_once_it_has_a_finished_unit(tmp_path):
   store.write_unit(Unit("zsre", "de", "reference", "ft"), [], {"unit": {}})
   with pytest.raises(store_lib.OutputError, match="ft hparams: was"):
     store.prepare(first)
+
+
+def test_a_folder_of_the_earlier_comparable_read_is_refused(tmp_path):
+  """A folder whose comparable answers were read the way before 2026-12-07 (`engine`: each edit
+  added into a copy of the engine's weights, one call per edit) is refused, not mixed with the
+  per-row-delta read."""
+  from bmike_jax.runner.units import Unit
+
+  store = store_lib.OutputStore(str(tmp_path / "out"))
+  now = _flag_values("--methods=ike,ft").result_identity()
+  earlier = json.loads(json.dumps(now))
+  earlier["weight_edits"]["ft"]["comparable_read"] = "engine"
+  assert store.prepare(earlier) == ["ft"]
+  store.write_unit(Unit("zsre", "de", "comparable", "ft"), [], {"unit": {}})
+  with pytest.raises(store_lib.OutputError, match="comparable_read"):
+    store.prepare(now)
