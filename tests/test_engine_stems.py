@@ -138,7 +138,7 @@ def test_plan_takes_stems_only_where_they_run_fewer_slots(prompts):
     built = layout.plan_settings(
         batch_size=8, batch_shapes="buckets", length_buckets=length_buckets, stem_reuse=True
     )
-    assert built.batch_buckets == built.stem_row_buckets == buckets.batch_buckets(8)
+    assert built.batch_buckets == built.block_row_buckets == buckets.batch_buckets(8)
     return dataclasses.replace(built, stem_buckets=stem_buckets)
 
   for length_buckets, stem_buckets in ((fine, fine), (coarse, coarse), (coarse, fine)):

@@ -80,6 +80,64 @@ class StemmedBatch:
 
 
 @flax.struct.dataclass
+class PackedBatch:
+  """One batch of the group's prompts after the shared prefix, prefilled packed: the suffixes are
+  segments of R rows of T tokens (layout.pack_batch), each attending the prefix and its own
+  earlier tokens only; then each prompt's KV is gathered into its own row of Sb prompt slots,
+  the layout a `SuffixBatch` prefill leaves (decode and the kept KV go on unchanged)."""
+
+  tokens: jax.Array  # [R, T] int32: the segments, back to back; padding after the last
+  offsets: jax.Array  # [R, T] int32: each token's index in its suffix (true position P + offset)
+  segments: jax.Array  # [R, T] int32: each token's prompt (its row in the batch), -1 padding
+  rows: jax.Array  # [B] int32: the packed row holding each prompt (dummies: 0)
+  slots: jax.Array  # [B, Sb] int32: the packed token of each prompt slot (clipped into [0, T))
+  lengths: jax.Array  # [B] int32: real suffix tokens of each prompt (>= 1; dummies 1)
+  active: jax.Array  # [B] bool: real rows
+
+  @staticmethod
+  def spec(*, batch: int, suffix_bucket: int, packed_rows: int, packed_length: int):
+    i32 = jnp.int32
+    return PackedBatch(
+        tokens=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
+        offsets=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
+        segments=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
+        rows=jax.ShapeDtypeStruct((batch,), i32),
+        slots=jax.ShapeDtypeStruct((batch, suffix_bucket), i32),
+        lengths=jax.ShapeDtypeStruct((batch,), i32),
+        active=jax.ShapeDtypeStruct((batch,), jnp.bool_),
+    )
+
+  @staticmethod
+  def build(
+      suffixes, segments, *, batch: int, suffix_bucket: int, packed_rows: int, packed_length: int
+  ) -> "PackedBatch":
+    """Host arrays of `suffixes` (the batch's real rows, in order) placed at `segments`
+    [(packed row, first token)] (layout.pack_batch); rows past len(suffixes) are dummies."""
+    shape = (packed_rows, packed_length)
+    tokens, offsets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    owner = np.full(shape, -1, np.int32)
+    rows = np.zeros((batch,), np.int32)
+    slots = np.zeros((batch, suffix_bucket), np.int32)
+    lengths, active = np.ones((batch,), np.int32), np.zeros((batch,), bool)
+    for b, (ids, (r, first)) in enumerate(zip(suffixes, segments)):
+      n = len(ids)
+      tokens[r, first : first + n] = ids
+      offsets[r, first : first + n] = np.arange(n)
+      owner[r, first : first + n] = b
+      rows[b], lengths[b], active[b] = r, n, True
+      slots[b] = np.minimum(first + np.arange(suffix_bucket), packed_length - 1)
+    return PackedBatch(
+        tokens=tokens,
+        offsets=offsets,
+        segments=owner,
+        rows=rows,
+        slots=slots,
+        lengths=lengths,
+        active=active,
+    )
+
+
+@flax.struct.dataclass
 class ScoreBatch:
   """One batch of prompt suffixes with the continuations whose log-probs are scored."""
 

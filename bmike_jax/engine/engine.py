@@ -32,6 +32,7 @@ from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.answer import answer_text
 from bmike_jax.engine.batch import (
     KeptScoreBatch,
+    PackedBatch,
     ScoreBatch,
     SharedPrefix,
     StemmedBatch,
@@ -150,6 +151,11 @@ class Engine:
   prompts of a batch sharing it, where that runs fewer token slots (layout.plan_generate); answers
   do not depend on it. Off by default: at bucketed shapes it computes ~14% fewer tokens but saves
   ~1-7% of the padded slots, for more programs (BENCHMARKS.md "Record stems").
+  suffix_packing: prefill a batch's suffixes (the rows run whole, without stems) back to back in
+  rows of packed_length tokens (at least the batch's suffix bucket), each attending the shared
+  prefix and itself only, then gather each one's KV into its own decode row, where that runs
+  fewer token slots than padding every suffix to the bucket (layout.pack_batch); answers do not
+  depend on it (BENCHMARKS.md "Packed suffix rows").
   """
 
   def __init__(
@@ -174,6 +180,8 @@ class Engine:
       row_memory_bytes: int | str | None = "auto",
       stem_reuse: bool = False,
       min_stem: int = 4,
+      suffix_packing: bool = False,
+      packed_length: int = 256,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -223,6 +231,8 @@ class Engine:
         data_axis=data,
         stem_reuse=stem_reuse,
         min_stem=min_stem,
+        suffix_packing=suffix_packing,
+        packed_length=packed_length,
     )
     self.batch_buckets = self.plan_settings.batch_buckets
     # the decode loop's shrinking sizes live inside one program, whatever the batch shapes
@@ -403,7 +413,7 @@ class Engine:
     if tables is not None:
       edits = self._edits(tables, prompt_edits, len(prompts))
       group_prefix = False
-      settings = dataclasses.replace(settings, stem_reuse=False)
+      settings = dataclasses.replace(settings, stem_reuse=False, suffix_packing=False)
       if self.row_memory_bytes is not None:
         budget = (
             self.row_memory_bytes
@@ -419,6 +429,7 @@ class Engine:
         suffixes,
         settings,
         max_rows=lambda sb, _: self.max_rows(pb, sb, self.max_new_tokens, budget),
+        prefix_bucket=pb,
     )
     results: list[GenerationResult | None] = [None] * len(prompts)
     pending, kept, kept_bytes = [], [], 0
@@ -501,12 +512,34 @@ class Engine:
   def _run_generate(
       self, plan: layout_lib.BatchPlan, suffixes, prefix: SharedPrefix, pb: int, edits=None
   ):
-    """Dispatch one batch (whole suffixes, or stems and rests): (answers, their lengths, the
+    """Dispatch one batch (whole suffixes, stems and rests, or packed suffixes): (answers, their lengths, the
     prompts' KV (B rows, plan.prompt_slots), decode steps per phase), on device. edits: (placed
     delta tables, each prompt's edit) or None."""
     slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
-    if edits is not None and plan.stem_rows:
-      raise AssertionError("a plan with stems in a call with delta tables")
+    if edits is not None and (plan.stem_rows or plan.packed_rows):
+      raise AssertionError("a plan with stems or packed rows in a call with delta tables")
+    if plan.packed_rows:
+      rows = batch_lib.place(
+          PackedBatch.build(
+              [suffixes[i] for i in plan.rows],
+              plan.segments,
+              batch=plan.batch,
+              suffix_bucket=plan.suffix_bucket,
+              packed_rows=plan.packed_rows,
+              packed_length=plan.packed_length,
+          ),
+          PackedBatch.spec(
+              batch=plan.batch,
+              suffix_bucket=plan.suffix_bucket,
+              packed_rows=plan.packed_rows,
+              packed_length=plan.packed_length,
+          ),
+          self.mesh,
+      )
+      call = self.programs.generate_packed(
+          plan.batch, pb, plan.packed_rows, plan.packed_length, plan.suffix_bucket, slots
+      )
+      return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
     if not plan.stem_rows:
       tokens, lengths, active = layout_lib.pad_rows(
           [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket

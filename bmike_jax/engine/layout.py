@@ -67,7 +67,9 @@ def plan_group(
 class BatchPlan:
   """One batch of rows. With stems (stem_bucket > 0) each row's suffix is its record stem, run
   once per stem in a block of `stem_rows` rows, then its rest, run in its own row (`suffix_bucket`
-  then bounds the rests); see `plan_generate`."""
+  then bounds the rests). Packed (packed_rows > 0), the suffixes are prefilled as segments of
+  `packed_rows` rows of `packed_length` tokens, then each one's KV is gathered into its own row
+  of `suffix_bucket` prompt slots; see `plan_generate`."""
 
   rows: tuple[int, ...]  # indices of the real rows (into the caller's list), <= batch
   batch: int  # B: a batch bucket (rows beyond len(rows) are inactive dummies)
@@ -77,6 +79,9 @@ class BatchPlan:
   stem_bucket: int = 0  # Tb: a stem bucket >= every stem's length
   stems: tuple[tuple[int, int], ...] = ()  # per stem: (a row i holding it, its length)
   row_stems: tuple[int, ...] = ()  # per row (as `rows`): its stem's index, -1 for none
+  packed_rows: int = 0  # R: rows of the packed prefill (0: one padded row per prompt)
+  packed_length: int = 0  # T: tokens of each packed row (>= suffix_bucket)
+  segments: tuple[tuple[int, int], ...] = ()  # per row (as `rows`): (packed row, first token)
 
   @property
   def prompt_slots(self) -> int:
@@ -84,8 +89,32 @@ class BatchPlan:
     return self.stem_bucket + self.suffix_bucket
 
   def padded_slots(self) -> int:
-    """Token slots the prefill runs: B x Sb, plus R x Tb for the stems."""
+    """Token slots the prefill runs: B x Sb, plus R x Tb for the stems; packed, R x T."""
+    if self.packed_rows:
+      return self.packed_rows * self.packed_length
     return self.batch * self.suffix_bucket + self.stem_rows * self.stem_bucket
+
+  def program_key(self, prefix_bucket: int) -> tuple:
+    """The key of the generate program this batch runs (engine/programs.py; tools/sweep_plan)."""
+    if self.stem_rows:
+      return (
+          "generate_stemmed",
+          self.batch,
+          prefix_bucket,
+          self.stem_rows,
+          self.stem_bucket,
+          self.suffix_bucket,
+      )
+    if self.packed_rows:
+      return (
+          "generate_packed",
+          self.batch,
+          prefix_bucket,
+          self.packed_rows,
+          self.packed_length,
+          self.suffix_bucket,
+      )
+    return ("generate", self.batch, prefix_bucket, self.suffix_bucket)
 
   def stem_tokens(self) -> int:
     """The stems' tokens, each run once."""
@@ -212,17 +241,23 @@ def stem_clusters(
 class PlanSettings:
   """How `plan_generate` cuts a call's prompts into batches. Built by `plan_settings`, once, for
   the engine and tools/sweep_plan alike (so the sweep's plan is the engine's); tests may replace
-  fields. batch_buckets: the batch sizes programs run (buckets.row_buckets); stem_row_buckets: a
-  stem block's row counts (powers of two, multiples of the data axis); stem_buckets: the lengths
-  stems and rests pad to (buckets.stem_buckets)."""
+  fields. batch_buckets: the batch sizes programs run (buckets.row_buckets); block_row_buckets:
+  the row counts of a block run apart from the batch's own rows, a stem block or packed suffix
+  rows (powers of two, multiples of the data axis); stem_buckets: the lengths stems and rests pad
+  to (buckets.stem_buckets); suffix_packing, packed_length: prefill the suffixes packed into rows
+  of packed_length tokens (at least the batch's suffix bucket) where that runs fewer slots, in
+  one of `packed_row_buckets` rows (buckets.packed_row_buckets)."""
 
   batch_size: int
   batch_buckets: tuple[int, ...]
   length_buckets: tuple[int, ...]
   stem_reuse: bool
   min_stem: int
-  stem_row_buckets: tuple[int, ...]
+  block_row_buckets: tuple[int, ...]
   stem_buckets: tuple[int, ...]
+  suffix_packing: bool = False
+  packed_length: int = 256
+  packed_row_buckets: tuple[int, ...] = ()
 
 
 def plan_settings(
@@ -233,9 +268,13 @@ def plan_settings(
     data_axis: int = 1,
     stem_reuse: bool = False,
     min_stem: int = 4,
+    suffix_packing: bool = False,
+    packed_length: int = 256,
 ) -> PlanSettings:
   """The settings of an engine of `batch_size` rows (a multiple of `data_axis`), resolved
   `batch_shapes` ("fixed" / "buckets") and `length_buckets`."""
+  if packed_length < 1:
+    raise ValueError(f"packed_length must be >= 1, got {packed_length}")
   length_buckets = tuple(sorted(length_buckets))
   return PlanSettings(
       batch_size=batch_size,
@@ -243,8 +282,11 @@ def plan_settings(
       length_buckets=length_buckets,
       stem_reuse=stem_reuse,
       min_stem=min_stem,
-      stem_row_buckets=buckets_lib.batch_buckets(batch_size, multiple_of=data_axis),
+      block_row_buckets=buckets_lib.batch_buckets(batch_size, multiple_of=data_axis),
       stem_buckets=buckets_lib.stem_buckets(length_buckets),
+      suffix_packing=suffix_packing,
+      packed_length=packed_length,
+      packed_row_buckets=buckets_lib.packed_row_buckets(batch_size, multiple_of=data_axis),
   )
 
 
@@ -253,6 +295,7 @@ def plan_generate(
     settings: PlanSettings,
     *,
     max_rows: Callable[[int, int], int] | None = None,
+    prefix_bucket: int = 0,
 ) -> list[BatchPlan]:
   """The batches of one `generate` call (one rule for the engine and tools/sweep_plan).
 
@@ -261,7 +304,53 @@ def plan_generate(
   span two batches is run in both, so there are as many batches as without stems), and each
   batch runs its stems once (R rows of Tb slots) and its
   rows' rests on them, or, where that computes more token slots (R x Tb + B x Sb_rest against B x
-  Sb_whole: short stems), its rows whole as `plan_batches` would."""
+  Sb_whole: short stems), its rows whole as `plan_batches` would. With suffix packing, each batch
+  run whole is then packed where `pack_batch` finds that pays (`prefix_bucket`: Pb, for its
+  attention-score bound)."""
+  plans = _stems_or_whole(suffixes, settings, max_rows)
+  if settings.suffix_packing:
+    plans = [p if p.stem_rows else pack_batch(p, suffixes, settings, prefix_bucket) for p in plans]
+  return plans
+
+
+def pack_segments(lengths: Sequence[int], row_length: int) -> list[tuple[int, int]]:
+  """(packed row, first token) of each of `lengths` (each <= row_length): first fit, in the given
+  order (the batch's rows come longest first, so this is first-fit decreasing)."""
+  used: list[int] = []  # tokens taken in each packed row
+  out = []
+  for n in lengths:
+    if n > row_length:
+      raise ValueError(f"a segment of {n} tokens does not fit a packed row of {row_length}")
+    r = next((k for k, u in enumerate(used) if u + n <= row_length), len(used))
+    if r == len(used):
+      used.append(0)
+    out.append((r, used[r]))
+    used[r] += n
+  return out
+
+
+def pack_batch(
+    plan: BatchPlan, suffixes: Sequence[Sequence[int]], settings: PlanSettings, prefix_bucket: int
+) -> BatchPlan:
+  """`plan` with its suffixes packed into R rows of T = max(packed_length, Sb) tokens, R the
+  smallest of `packed_row_buckets` holding the first-fit packing, where that runs fewer token
+  slots (R x T < B x Sb) and its float32 attention scores are no larger than the padded batch's
+  (R x T x (Pb + T) <= B x Sb x (Pb + Sb), so the rows' memory estimate still bounds it);
+  else `plan` unchanged."""
+  t = max(settings.packed_length, plan.suffix_bucket)
+  segments = pack_segments([len(suffixes[i]) for i in plan.rows], t)
+  used = 1 + max(r for r, _ in segments)
+  sizes = [b for b in settings.packed_row_buckets if b >= used]
+  if not sizes:
+    return plan
+  r = sizes[0]
+  b, sb, pb = plan.batch, plan.suffix_bucket, prefix_bucket
+  if r * t >= b * sb or r * t * (pb + t) > b * sb * (pb + sb):
+    return plan
+  return dataclasses.replace(plan, packed_rows=r, packed_length=t, segments=tuple(segments))
+
+
+def _stems_or_whole(suffixes, settings: PlanSettings, max_rows) -> list[BatchPlan]:
   batch_size, length_buckets = settings.batch_size, settings.length_buckets
   if not settings.stem_reuse:
     return plan_batches(
@@ -297,7 +386,7 @@ def plan_generate(
             suffixes,
             cap=cap,
             batch_buckets=settings.batch_buckets,
-            stem_row_buckets=settings.stem_row_buckets,
+            block_row_buckets=settings.block_row_buckets,
             length_buckets=length_buckets,
             stem_buckets=settings.stem_buckets,
             max_rows=max_rows,
@@ -307,7 +396,15 @@ def plan_generate(
 
 
 def _stem_or_whole(
-    units, suffixes, *, cap, batch_buckets, stem_row_buckets, length_buckets, stem_buckets, max_rows
+    units,
+    suffixes,
+    *,
+    cap,
+    batch_buckets,
+    block_row_buckets,
+    length_buckets,
+    stem_buckets,
+    max_rows,
 ) -> BatchPlan:
   """One batch of `units` [(rows, stem length)]: with its stems, or whole, whichever runs fewer
   token slots (ties: whole, one program kind less); with its stems only where its rows' longer
@@ -332,7 +429,7 @@ def _stem_or_whole(
       rows=rows,
       batch=batch,
       suffix_bucket=buckets_lib.pick_bucket(max(lengths), stem_buckets),
-      stem_rows=buckets_lib.pick_bucket(len(stems), stem_row_buckets),
+      stem_rows=buckets_lib.pick_bucket(len(stems), block_row_buckets),
       stem_bucket=buckets_lib.pick_bucket(max(n for _, n in stems), stem_buckets),
       stems=tuple(stems),
       row_stems=tuple(row_stems),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from bmike_jax.engine.batch import SharedPrefix, StemmedBatch, SuffixBatch
+from bmike_jax.engine.batch import PackedBatch, SharedPrefix, StemmedBatch, SuffixBatch
 from bmike_jax.engine.state import DecodeState, StopRule, record_token
 from bmike_jax.model import KVCache, Llama
 from bmike_jax.model.row_deltas import RowDeltas
@@ -206,6 +206,55 @@ def prefill_stemmed(
       key_valid=slot < lengths[:, None],
       next_position=prefix.length + lengths,
       write_index=tb + sb,
+      active=batch.active,
+      stop=stop,
+      max_new_tokens=max_new_tokens,
+  )
+
+
+def prefill_packed(
+    model: Llama,
+    params,
+    *,
+    prefix: SharedPrefix,
+    batch: PackedBatch,
+    stop: StopRule,
+    slots: int,
+    max_new_tokens: int,
+) -> DecodeState:
+  """`prefill` of suffixes packed into R rows of T tokens (layout.pack_batch).
+
+  A packed token attends the shared prefix and the earlier tokens of its own segment (its
+  prompt) only, at its true position P + offset, so each prompt's KV and last logits are those of
+  its own row in `prefill`. Then each prompt's KV is gathered into its own row: slots [0, Sb) <-
+  its segment's tokens (real up to its length), S slots in all, and decoding goes on from the
+  state `prefill` leaves (write_index Sb). Returns the DecodeState after one generated token."""
+  r, t = batch.tokens.shape
+  b, sb = batch.slots.shape
+  seg = batch.segments  # [R, T]
+  index = jnp.arange(t, dtype=jnp.int32)
+  causal = index[:, None] >= index[None, :]  # [T, T]
+  mask = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]  # [R,T,T]
+  cache = KVCache.zeros(model.config, r, t, model.dtype, per_layer=not model.scan_layers)
+  last = jnp.take_along_axis(batch.slots, (batch.lengths - 1)[:, None], axis=1)[:, 0]  # [B]
+  logits, cache = model.apply(  # logits [B, V] at each prompt's last token
+      {"params": params},
+      batch.tokens,
+      prefix.length + batch.offsets,
+      cache,
+      0,
+      mask,
+      logits_index=(batch.rows, last),
+      prefix=prefix.kv,
+      prefix_mask=prefix.mask(),
+  )
+  slot = jnp.arange(slots, dtype=jnp.int32)[None, :]  # [1, S]
+  return _first_token(
+      logits,
+      cache=cache.gather(batch.rows, batch.slots).pad_slots(slots - sb),  # B rows, S slots
+      key_valid=slot < batch.lengths[:, None],
+      next_position=prefix.length + batch.lengths,
+      write_index=sb,
       active=batch.active,
       stop=stop,
       max_new_tokens=max_new_tokens,

@@ -16,6 +16,9 @@ buckets; a row's own cache has S = Sb + N slots, derived):
     generate_stemmed(B, Pb, R, Tb, Sb)  the same for a StemmedBatch: R record stems of Tb slots
                            run once each, every row's rest (Sb) on its stem; prompts' KV of
                            Tb + Sb slots a row
+    generate_packed(B, Pb, R, T, Sb)  the same for a PackedBatch: the suffixes prefilled as
+                           segments of R rows of T tokens, then gathered into B rows of Sb
+                           prompt slots (decode and the kept KV as `generate`)
     score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
     score_kept(B, Pb, Sb, Rb, Bk)  SharedPrefix + a generate batch's kept KV (Bk rows, Sb
                            slots) + KeptScoreBatch of B rows -> log-probs [B, Rb] (B:
@@ -40,13 +43,14 @@ from bmike_jax.engine import batch as batch_lib
 from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.batch import (
     KeptScoreBatch,
+    PackedBatch,
     ScoreBatch,
     SharedPrefix,
     StemmedBatch,
     SuffixBatch,
 )
 from bmike_jax.engine.decode import greedy_decode
-from bmike_jax.engine.prefill import prefill, prefill_stemmed, prefix_cache
+from bmike_jax.engine.prefill import prefill, prefill_packed, prefill_stemmed, prefix_cache
 from bmike_jax.engine.scoring import score_continuations, score_on_kept
 from bmike_jax.engine.state import DecodeState, StopRule
 from bmike_jax.model import KVCache, Llama
@@ -190,6 +194,21 @@ class Programs:
         slots=slots,
         spec=StemmedBatch.spec(batch=batch, suffix_bucket=sb, stem_rows=stem_rows, stem_bucket=tb),
         first_pass=prefill_stemmed,
+    )
+
+  def generate_packed(self, batch: int, pb: int, packed_rows: int, t: int, sb: int, slots: int):
+    """`generate` of rows whose suffixes are prefilled packed (prefill.prefill_packed): rows as
+    `PackedBatch.spec(...)`; the prompts' KV it returns holds Sb slots a row, as `generate`'s."""
+    return self._generate(
+        ("generate_packed", batch, pb, packed_rows, t, sb),
+        batch=batch,
+        pb=pb,
+        prompt_slots=sb,
+        slots=slots,
+        spec=PackedBatch.spec(
+            batch=batch, suffix_bucket=sb, packed_rows=packed_rows, packed_length=t
+        ),
+        first_pass=prefill_packed,
     )
 
   def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, tables=None):

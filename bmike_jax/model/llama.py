@@ -7,7 +7,8 @@ Call convention (the engine relies on it; see DESIGN.md):
          of L buffers [B, KVH, S, Dh] (unrolled layers); the T new entries are written at slots
          [write_index, write_index + T) for every row
   attn_mask: [B, T, S] bool, True where query t may attend cache slot s (after the write)
-  logits_index: None -> logits [B, T, V]; [B] int32 -> logits of those positions only [B, V]
+  logits_index: None -> logits [B, T, V]; [B] int32 -> logits of those positions only [B, V];
+                (rows [B'], positions [B']) -> the logits of those (row, position) pairs [B', V]
   prefix: optional KVCache (k, v [L, 1, KVH, P, Dh] or L x [1, KVH, P, Dh]) shared by every row
           (the group's demonstrations),
           attended by every query before its own cache; prefix_mask: [P] bool, its real slots
@@ -113,6 +114,19 @@ class KVCache:
       return jnp.take_along_axis(a, jnp.broadcast_to(idx, shape), axis=axis)
 
     return self._map(gather)
+
+  def gather(self, rows, index) -> "KVCache":
+    """Row b's slot s <- row rows[b]'s slot index[b, s] (rows [B'], index [B', S'] int32): B' rows
+    of S' slots, every layer; one gather of the slots read (no [B', all slots] copy first)."""
+    r, i = rows[:, None], index  # [B', 1], [B', S']: broadcast to the B' x S' entries read
+
+    def pick(a):
+      if self.per_layer:  # [B, KVH, S, Dh] -> [B', S', KVH, Dh] -> [B', KVH, S', Dh]
+        return a[r, :, i, :].transpose(0, 2, 1, 3)
+      # [L, B, KVH, S, Dh] -> [B', S', L, KVH, Dh] -> [L, B', KVH, S', Dh]
+      return a[:, r, :, i, :].transpose(2, 0, 3, 1, 4)
+
+    return self._map(pick)
 
   def pad_slots(self, extra: int) -> "KVCache":
     """`extra` empty slots appended to every row."""
@@ -335,7 +349,9 @@ class Llama(nn.Module):
             (x, (ks[i], vs[i]), None), own, cos, sin, write_index, attn_mask, prefix_mask, deltas
         )
       k, v = tuple(ks), tuple(vs)
-    if logits_index is not None:
+    if isinstance(logits_index, tuple):  # (rows [B'], positions [B']): one position each
+      x = x[logits_index[0], logits_index[1]]  # [B', D]
+    elif logits_index is not None:
       x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)[:, 0]  # [B, D]
     x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
     if cfg.tie_word_embeddings:  # embed.attend, at the model's matmul precision
