@@ -77,6 +77,23 @@ def run(config, meshes) -> dict:
           lp.tolist() for lp in engine.continuation_logprobs(records, stem_conts)
       ]
       run_[f"{name}_programs"] = sum(k[0] == "generate_stemmed" for k in engine.programs.compiles)
+    # Packed suffix rows: R packed rows over the data axis, each prompt's KV gathered into its
+    # decode row (on another device where the packing put it elsewhere).
+    engine = Engine(
+        config,
+        params,
+        engine_tiny.FakeTokenizer(),
+        mesh=mesh,
+        batch_size=16,
+        length_buckets=(64, 128),
+        suffix_packing=True,
+        packed_length=128,
+    )
+    run_["packed_ids"] = [list(r.ids) for r in engine.generate(records)]
+    run_["packed_logprobs"] = [
+        lp.tolist() for lp in engine.continuation_logprobs(records, stem_conts)
+    ]
+    run_["packed_programs"] = sum(k[0] == "generate_packed" for k in engine.programs.compiles)
   # Rows of 3 edited models in shared batches, each with its own weight delta (the tables
   # replicated, each row's edit index over the data axis); unrolled on the largest mesh only.
   from bmike_jax.editing import delta as delta_lib

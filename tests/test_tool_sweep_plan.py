@@ -31,9 +31,15 @@ SAME = (
 
 
 @pytest.mark.parametrize(
-    "batch_shapes, stems", [("fixed", False), ("buckets", False), ("buckets", True)]
+    "batch_shapes, stems, packing",
+    [
+        ("fixed", False, False),
+        ("buckets", False, False),
+        ("buckets", True, False),
+        ("fixed", False, True),
+    ],
 )
-def test_plan_equals_the_engines_own_account(batch_shapes, stems):
+def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing):
   try:
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
   except checkpoints.CheckpointError as e:
@@ -51,6 +57,10 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems):
       batch_size=4,
       batch_shapes=batch_shapes,
       stem_reuse=stems,
+      # packed: configs/8b.flags' coarse buckets, where suffixes pad most
+      length_buckets=(64, 128, 256, 512, 1024, 2048) if packing else None,
+      suffix_packing=packing,
+      packed_length=128,
   )
   data_dir = data.default_data_dir()
   for dataset in DATASETS:
@@ -71,6 +81,8 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems):
       max_new_tokens=engine.max_new_tokens,
       batch_shapes=batch_shapes,
       stem_reuse=stems,
+      suffix_packing=packing,
+      packed_length=128,
   )
   stats = engine.stats.as_dict()
   print(plan["account"], stats)
@@ -78,6 +90,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems):
   assert plan["program_count"] == engine.compile_count
   assert set(plan["programs"]) == {" ".join(map(str, k)) for k in engine.programs.compiles}
   assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles) == stems
+  assert any(k[0] == "generate_packed" for k in engine.programs.compiles) == packing
   if batch_shapes == "fixed":  # one row count: the batch size
     assert {k[1] for k in engine.programs.compiles if k[0] != "prefix"} == {4}
   assert engine.stats.decode_steps <= plan["account"]["decode_steps_at_most"]

@@ -53,6 +53,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("max_new_tokens", 15, "Answer tokens at most.")
   flags.DEFINE_string("out", "", "Write the account as JSON here too.")
   flags.DEFINE_boolean("stem_reuse", False, "The engine's stem_reuse (record stems run once).")
+  flags.DEFINE_boolean("suffix_packing", False, "The engine's suffix_packing (packed suffix rows).")
+  flags.DEFINE_integer("packed_length", 256, "The engine's packed_length (tokens a packed row).")
 
 
 def plan_run(
@@ -70,6 +72,8 @@ def plan_run(
     likelihood=True,
     stem_reuse=False,
     min_stem=4,
+    suffix_packing=False,
+    packed_length=256,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
   length_buckets = tuple(sorted(length_buckets))
@@ -80,6 +84,8 @@ def plan_run(
       length_buckets=length_buckets,
       stem_reuse=stem_reuse,
       min_stem=min_stem,
+      suffix_packing=suffix_packing,
+      packed_length=packed_length,
   )
   batch_buckets = generation.batch_buckets
   programs = collections.Counter()
@@ -191,14 +197,10 @@ def _plan_group(
     acc["prefill_padded_tokens"] += pb
     last_prefix["ids"] = group.prefix
   suffixes = [x[p:] for x in ids]
-  plans = layout.plan_generate(suffixes, generation)
+  plans = layout.plan_generate(suffixes, generation, prefix_bucket=pb)
   places = [None] * len(ids)
   for j, plan in enumerate(plans):
-    if plan.stem_rows:
-      key = ("generate_stemmed", plan.batch, pb, plan.stem_rows, plan.stem_bucket)
-      programs[key + (plan.suffix_bucket,)] += 1
-    else:
-      programs[("generate", plan.batch, pb, plan.suffix_bucket)] += 1
+    programs[plan.program_key(pb)] += 1
     acc["prefill_padded_tokens"] += plan.padded_slots()
     acc["decode_steps_at_most"] += max_new_tokens - 1
     for r, i in enumerate(plan.rows):
@@ -282,6 +284,8 @@ def main(argv):
       max_new_tokens=FLAGS.max_new_tokens,
       batch_shapes=FLAGS.batch_shapes,
       stem_reuse=FLAGS.stem_reuse,
+      suffix_packing=FLAGS.suffix_packing,
+      packed_length=FLAGS.packed_length,
   )
   text = json.dumps(out, indent=1)
   if FLAGS.out:

@@ -109,6 +109,8 @@ def build_engine(cfg: RunConfig):
       max_new_tokens=cfg.max_new_tokens,
       prefix_reuse=cfg.prefix_reuse,
       stem_reuse=cfg.stem_reuse,
+      suffix_packing=cfg.suffix_packing,
+      packed_length=cfg.packed_length,
       decode_halvings=cfg.decode_halvings,
       batch_shapes=cfg.batch_shapes,
       scan_layers=scan_layers,

@@ -383,6 +383,20 @@ class RunConfig:
       "measured slower on CPU and more programs than slots saved at configs/8b.flags' shapes "
       '(BENCHMARKS.md "Record stems").',
   )
+  suffix_packing: bool = _flag(
+      "boolean",
+      False,
+      "Prefill a batch's suffixes back to back in rows of --packed_length tokens (each attends "
+      "the shared prefix and itself only), then gather each one's KV into its own decode row, "
+      "where that runs fewer token slots than padding each to its length bucket (answers are "
+      'identical either way; BENCHMARKS.md "Packed suffix rows").',
+  )
+  packed_length: int = _flag(
+      "integer",
+      256,
+      "Tokens of a packed suffix row (at least the batch's suffix bucket is used).",
+      parse=_positive,
+  )
   decode_halvings: int = _flag(
       "integer",
       2,
