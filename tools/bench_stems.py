@@ -1,4 +1,5 @@
-"""python -m tools.bench_stems: the engine with and without record stems (`stem_reuse`), side by
+"""python -m tools.bench_stems: the engine with and without one of its answer-neutral sharing
+options (`--option`: record stems, `stem_reuse`, or packed suffix rows, `suffix_packing`), side by
 side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
 token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
 
@@ -8,6 +9,7 @@ groups once cold (compiles), then --passes timed warm passes; the configurations
 configurations are compared (they must be identical in float32).
 
     python -m tools.bench_stems --records=16 --langs=de,zh --setups=zero_shot,few_shot_mixed
+    python -m tools.bench_stems --option=suffix_packing --length_buckets=64,128,256,512,1024
 """
 
 from __future__ import annotations
@@ -42,9 +44,27 @@ def define_flags() -> None:
   flags.DEFINE_integer("batch_size", 16, "Engine batch size.")
   flags.DEFINE_integer("passes", 2, "Timed warm passes per configuration.")
   flags.DEFINE_string("out", "", "Write the numbers as JSON here too.")
+  flags.DEFINE_enum(
+      "option", "stem_reuse", ["stem_reuse", "suffix_packing"], "The Engine option compared."
+  )
+  flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
+  flags.DEFINE_integer("packed_length", 256, "The engine's packed_length (with suffix_packing).")
 
 
-def measure(*, data_dir, checkpoint, dataset, records, langs, setups, batch_size, passes) -> dict:
+def measure(
+    *,
+    data_dir,
+    checkpoint,
+    dataset,
+    records,
+    langs,
+    setups,
+    batch_size,
+    passes,
+    option="stem_reuse",
+    length_buckets=None,
+    packed_length=256,
+) -> dict:
   config, params = checkpoints.load_model(checkpoint)
   tok = tokenizer_lib.load_tokenizer(checkpoint)
   pool = data.load_pool(data_dir, dataset)
@@ -57,22 +77,36 @@ def measure(*, data_dir, checkpoint, dataset, records, langs, setups, batch_size
       ):
         groups.append((g.key, tok.encode_batch(g.prompts, add_bos=True)))
   engines = {
-      stems: Engine(config, params, tok, batch_size=batch_size, stem_reuse=stems)
-      for stems in (False, True)
+      on: Engine(
+          config,
+          params,
+          tok,
+          batch_size=batch_size,
+          length_buckets=length_buckets,
+          packed_length=packed_length,
+          **{option: on},
+      )
+      for on in (False, True)
   }
-  out = {"groups": [k for k, _ in groups], "runs": {}}
-  for stems, engine in engines.items():  # cold pass: compiles every shape
+  out = {
+      "option": option,
+      "length_buckets": list(engines[False].length_buckets),
+      "packed_length": packed_length,
+      "groups": [k for k, _ in groups],
+      "runs": {},
+  }
+  for on, engine in engines.items():  # cold pass: compiles every shape
     answers = [[r.ids for r in engine.generate(ids)] for _, ids in groups]
-    out["runs"][str(stems)] = {
+    out["runs"][str(on)] = {
         "programs": engine.compile_count,
         "answers": answers,
         "seconds": [],
         "group_seconds": [],
     }
   for _ in range(passes):
-    for stems, engine in engines.items():
+    for on, engine in engines.items():
       engine.reset_stats()
-      run, per = out["runs"][str(stems)], []
+      run, per = out["runs"][str(on)], []
       t0 = time.perf_counter()
       for _, ids in groups:
         t = time.perf_counter()
@@ -91,7 +125,9 @@ def measure(*, data_dir, checkpoint, dataset, records, langs, setups, batch_size
 
 def table(out: dict) -> str:
   lines = [
-      "| stem_reuse | warm seconds (each pass) | programs | " + " | ".join(ACCOUNT) + " |",
+      f"| {out.get('option', 'stem_reuse')} | warm seconds (each pass) | programs | "
+      + " | ".join(ACCOUNT)
+      + " |",
       "| --- | --- | --- | " + " | ".join("---" for _ in ACCOUNT) + " |",
   ]
   for name, run in out["runs"].items():
@@ -117,6 +153,9 @@ def main(argv):
       setups=FLAGS.setups,
       batch_size=FLAGS.batch_size,
       passes=FLAGS.passes,
+      option=FLAGS.option,
+      length_buckets=[int(x) for x in FLAGS.length_buckets] if FLAGS.length_buckets else None,
+      packed_length=FLAGS.packed_length,
   )
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:
