@@ -1,8 +1,9 @@
 """Packed suffix rows (DESIGN.md "Packed suffix rows"): a batch's suffixes are prefilled back to
-back in rows of T tokens, each segment attending the shared prefix and itself only, then each
-one's KV is gathered into its own decode row. Answers equal the whole prompts run one at a time
-(fp32), log-probs scored off the kept KV of packed batches equal the fresh path's to float32
-rounding, and the plan packs only where it runs fewer token slots."""
+back in rows of T tokens, R rows at a time in a loop over the blocks they fill, each segment
+attending the shared prefix and itself only, then each one's KV is gathered into its own decode
+row. Answers equal the whole prompts run one at a time (fp32), log-probs scored off the kept KV
+of packed batches equal the fresh path's to float32 rounding, and the plan gives one block shape
+per batch shape."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from bmike_jax.editing import delta as delta_lib
-from bmike_jax.engine import Engine, buckets, layout
+from bmike_jax.engine import Engine, layout
 from tests import engine_tiny
 
 CONFIG = engine_tiny.tiny_config()
@@ -67,7 +68,7 @@ def test_pack_segments_first_fit():
         dict(batch_size=8, scan_layers=False),
         dict(batch_size=8, prefix_reuse=False),
         dict(batch_size=16, decode_halvings=0),
-        dict(batch_size=16, packed_length=64),
+        dict(batch_size=16, packed_length=64, packed_rows=4),
     ],
     ids=["b8", "b16", "b8-fixed", "b8-unrolled", "b8-no-prefix", "b16-no-shrink", "b16-t64"],
 )
@@ -79,8 +80,14 @@ def test_answers_identical_with_and_without_packing(prompts, baseline, kw):
   assert [r.ids for r in whole.generate(prompts)] == baseline
   assert _packed_programs(engine) > 0 and _packed_programs(whole) == 0
   got, ref = engine.stats, whole.stats
-  assert got.prefill_tokens == ref.prefill_tokens  # the same tokens, in fewer slots
-  assert got.prefill_padded_tokens < ref.prefill_padded_tokens
+  assert got.prefill_tokens == ref.prefill_tokens  # the same tokens, in no more slots
+  assert got.prefill_padded_tokens <= ref.prefill_padded_tokens
+  if kw.get("prefix_reuse", True):  # ~10-50-token suffixes pad to 64: packed, fewer slots
+    assert got.prefill_padded_tokens < ref.prefill_padded_tokens
+  # one program per batch shape, as without packing
+  assert {k[1:3] + k[-1:] for k in engine.programs.compiles if k[0] == "generate_packed"} == {
+      k[1:] for k in whole.programs.compiles if k[0] == "generate"
+  }
   assert got.generated_tokens == ref.generated_tokens
 
 
@@ -111,47 +118,60 @@ def test_scoring_off_packed_prompts(prompts, batch_shapes):
   assert worst <= KEPT_TOL, worst
 
 
-def test_plan_packs_only_where_it_runs_fewer_slots(prompts):
+def test_plan_packs_each_batch_in_blocks(prompts):
   suffixes = [p[PREFIX:] for p in prompts]
-  for length_buckets, packed_length, prefix_bucket in (
-      (COARSE, 128, 0),
-      (COARSE, 128, 64),
-      ((16, 24, 32, 48, 64), 64, 64),
-      (COARSE, 32, 0),  # T is at least the batch's suffix bucket
+  for length_buckets, packed_length, packed_rows, prefix_bucket, data_axis in (
+      (COARSE, 128, 16, 0, 1),
+      (COARSE, 128, 16, 64, 2),
+      ((16, 24, 32, 48, 64), 64, 4, 64, 1),
+      (COARSE, 32, 2, 0, 1),  # T is at least the batch's suffix bucket
   ):
     settings = layout.plan_settings(
         batch_size=8,
         batch_shapes="buckets",
         length_buckets=length_buckets,
+        data_axis=data_axis,
         suffix_packing=True,
         packed_length=packed_length,
+        packed_rows=packed_rows,
     )
     plans = layout.plan_generate(suffixes, settings, prefix_bucket=prefix_bucket)
     unpacked = layout.plan_generate(
         suffixes,
-        layout.plan_settings(batch_size=8, batch_shapes="buckets", length_buckets=length_buckets),
+        layout.plan_settings(
+            batch_size=8, batch_shapes="buckets", length_buckets=length_buckets, data_axis=data_axis
+        ),
     )
     assert [p.rows for p in plans] == [p.rows for p in unpacked]  # packing keeps the batches
+    shapes = {}
     for plan, whole in zip(plans, unpacked):
       assert (plan.batch, plan.suffix_bucket) == (whole.batch, whole.suffix_bucket)
-      if not plan.packed_rows:
-        assert plan == whole
-        continue
-      t, b, sb, pb = plan.packed_length, plan.batch, plan.suffix_bucket, prefix_bucket
-      assert t == max(packed_length, sb)
-      assert plan.padded_slots() == plan.packed_rows * t < b * sb
-      assert plan.packed_rows * t * (pb + t) <= b * sb * (pb + sb)
-      assert plan.packed_rows in settings.packed_row_buckets
+      t, r, b, sb, pb = (
+          plan.packed_length,
+          plan.packed_rows,
+          plan.batch,
+          plan.suffix_bucket,
+          prefix_bucket,
+      )
+      assert t == max(sb, min(packed_length, b * sb))
+      assert r % data_axis == 0 and r <= max(packed_rows, data_axis)
+      assert r == data_axis or r * t * (pb + t) <= b * sb * (pb + sb)  # scores within padded
+      # one program per (B, Sb): the block shape follows from them
+      assert shapes.setdefault((b, sb), (r, t)) == (r, t)
+      rows_used = set()
       ends = {}
-      for i, (r, first) in zip(plan.rows, plan.segments):
-        assert r < plan.packed_rows and first + len(suffixes[i]) <= t
-        ends.setdefault(r, []).append((first, first + len(suffixes[i])))
+      for i, (row, first) in zip(plan.rows, plan.segments):
+        assert first + len(suffixes[i]) <= t
+        rows_used.add(row)
+        ends.setdefault(row, []).append((first, first + len(suffixes[i])))
+      assert plan.packed_blocks == -(-(max(rows_used) + 1) // r)
+      assert max(rows_used) < layout.packed_row_count(b, r)
+      assert plan.padded_slots() == plan.packed_blocks * r * t
       for spans in ends.values():  # segments of a row do not overlap
         spans.sort()
-        assert all(a[1] <= b_[0] for a, b_ in zip(spans, spans[1:]))
+        assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
     if length_buckets == COARSE and packed_length == 128:
-      assert any(p.packed_rows for p in plans)
-  assert buckets.packed_row_buckets(16, multiple_of=2) == (2, 4, 6, 8, 12, 16)
+      assert sum(p.padded_slots() for p in plans) < sum(p.padded_slots() for p in unpacked)
 
 
 def test_edited_calls_do_not_pack():

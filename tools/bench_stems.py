@@ -31,6 +31,7 @@ ACCOUNT = (
     "prefill_padded_tokens",
     "decode_steps",
     "decode_row_steps",
+    "generated_tokens",
 )
 
 
@@ -49,6 +50,7 @@ def define_flags() -> None:
   )
   flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
   flags.DEFINE_integer("packed_length", 256, "The engine's packed_length (with suffix_packing).")
+  flags.DEFINE_integer("packed_rows", 16, "The engine's packed_rows (with suffix_packing).")
 
 
 def measure(
@@ -64,6 +66,7 @@ def measure(
     option="stem_reuse",
     length_buckets=None,
     packed_length=256,
+    packed_rows=16,
 ) -> dict:
   config, params = checkpoints.load_model(checkpoint)
   tok = tokenizer_lib.load_tokenizer(checkpoint)
@@ -84,6 +87,7 @@ def measure(
           batch_size=batch_size,
           length_buckets=length_buckets,
           packed_length=packed_length,
+          packed_rows=packed_rows,
           **{option: on},
       )
       for on in (False, True)
@@ -92,6 +96,7 @@ def measure(
       "option": option,
       "length_buckets": list(engines[False].length_buckets),
       "packed_length": packed_length,
+      "packed_rows": packed_rows,
       "groups": [k for k, _ in groups],
       "runs": {},
   }
@@ -156,6 +161,7 @@ def main(argv):
       option=FLAGS.option,
       length_buckets=[int(x) for x in FLAGS.length_buckets] if FLAGS.length_buckets else None,
       packed_length=FLAGS.packed_length,
+      packed_rows=FLAGS.packed_rows,
   )
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:

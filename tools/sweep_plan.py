@@ -55,6 +55,7 @@ def define_flags() -> None:
   flags.DEFINE_boolean("stem_reuse", False, "The engine's stem_reuse (record stems run once).")
   flags.DEFINE_boolean("suffix_packing", False, "The engine's suffix_packing (packed suffix rows).")
   flags.DEFINE_integer("packed_length", 256, "The engine's packed_length (tokens a packed row).")
+  flags.DEFINE_integer("packed_rows", 16, "The engine's packed_rows (packed rows a block).")
 
 
 def plan_run(
@@ -74,6 +75,7 @@ def plan_run(
     min_stem=4,
     suffix_packing=False,
     packed_length=256,
+    packed_rows=16,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
   length_buckets = tuple(sorted(length_buckets))
@@ -86,6 +88,7 @@ def plan_run(
       min_stem=min_stem,
       suffix_packing=suffix_packing,
       packed_length=packed_length,
+      packed_rows=packed_rows,
   )
   batch_buckets = generation.batch_buckets
   programs = collections.Counter()
@@ -286,6 +289,7 @@ def main(argv):
       stem_reuse=FLAGS.stem_reuse,
       suffix_packing=FLAGS.suffix_packing,
       packed_length=FLAGS.packed_length,
+      packed_rows=FLAGS.packed_rows,
   )
   text = json.dumps(out, indent=1)
   if FLAGS.out:

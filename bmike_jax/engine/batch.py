@@ -81,14 +81,16 @@ class StemmedBatch:
 
 @flax.struct.dataclass
 class PackedBatch:
-  """One batch of the group's prompts after the shared prefix, prefilled packed: the suffixes are
-  segments of R rows of T tokens (layout.pack_batch), each attending the prefix and its own
-  earlier tokens only; then each prompt's KV is gathered into its own row of Sb prompt slots,
-  the layout a `SuffixBatch` prefill leaves (decode and the kept KV go on unchanged)."""
+  """One batch of the group's prompts after the shared prefix, prefilled packed
+  (layout.pack_batch): the suffixes are segments of rows of T tokens, run R rows (one block) at a
+  time, each token attending the prefix and its own segment's earlier tokens only; each prompt's
+  KV is gathered into its own row of Sb prompt slots, the layout a `SuffixBatch` prefill leaves
+  (decode and the kept KV go on unchanged). Rt = R x the blocks B suffixes may need (one row
+  each at most, layout.packed_row_count); the loop runs the blocks holding a prompt only."""
 
-  tokens: jax.Array  # [R, T] int32: the segments, back to back; padding after the last
-  offsets: jax.Array  # [R, T] int32: each token's index in its suffix (true position P + offset)
-  segments: jax.Array  # [R, T] int32: each token's prompt (its row in the batch), -1 padding
+  tokens: jax.Array  # [Rt, T] int32: the segments, back to back; padding after the last
+  offsets: jax.Array  # [Rt, T] int32: each token's index in its suffix (true position P + offset)
+  segments: jax.Array  # [Rt, T] int32: each token's prompt (its row in the batch), -1 padding
   rows: jax.Array  # [B] int32: the packed row holding each prompt (dummies: 0)
   slots: jax.Array  # [B, Sb] int32: the packed token of each prompt slot (clipped into [0, T))
   lengths: jax.Array  # [B] int32: real suffix tokens of each prompt (>= 1; dummies 1)
@@ -96,6 +98,7 @@ class PackedBatch:
 
   @staticmethod
   def spec(*, batch: int, suffix_bucket: int, packed_rows: int, packed_length: int):
+    """packed_rows: Rt, all rows of the token arrays (not one block's)."""
     i32 = jnp.int32
     return PackedBatch(
         tokens=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
@@ -112,7 +115,8 @@ class PackedBatch:
       suffixes, segments, *, batch: int, suffix_bucket: int, packed_rows: int, packed_length: int
   ) -> "PackedBatch":
     """Host arrays of `suffixes` (the batch's real rows, in order) placed at `segments`
-    [(packed row, first token)] (layout.pack_batch); rows past len(suffixes) are dummies."""
+    [(packed row, first token)] (layout.pack_batch) in Rt = packed_rows rows; rows past
+    len(suffixes) are dummies."""
     shape = (packed_rows, packed_length)
     tokens, offsets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     owner = np.full(shape, -1, np.int32)

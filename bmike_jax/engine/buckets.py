@@ -83,14 +83,6 @@ def row_buckets(batch_size: int, shapes: str, multiple_of: int = 1) -> tuple[int
 CONTINUATION_BUCKET = 16
 
 
-def packed_row_buckets(batch_size: int, multiple_of: int = 1) -> tuple[int, ...]:
-  """Row counts of a batch's packed suffix rows (layout.pack_batch): 1, 2, 3, 4, 6, 8, 12, ...
-  up to batch_size (1.5x steps, as the length buckets: a packing rounds up by a third at most, a
-  power of two would waste up to half), each a multiple of `multiple_of` (the data axis)."""
-  sizes = default_length_buckets(batch_size, smallest=1)
-  return tuple(sorted({-(-s // multiple_of) * multiple_of for s in sizes}))
-
-
 def continuation_buckets(largest: int, smallest: int = CONTINUATION_BUCKET) -> tuple[int, ...]:
   """smallest, 2x, 4x, ... up to and including `largest` (the largest length bucket)."""
   out, r = [], min(smallest, largest)

@@ -152,10 +152,11 @@ class Engine:
   do not depend on it. Off by default: at bucketed shapes it computes ~14% fewer tokens but saves
   ~1-7% of the padded slots, for more programs (BENCHMARKS.md "Record stems").
   suffix_packing: prefill a batch's suffixes (the rows run whole, without stems) back to back in
-  rows of packed_length tokens (at least the batch's suffix bucket), each attending the shared
-  prefix and itself only, then gather each one's KV into its own decode row, where that runs
-  fewer token slots than padding every suffix to the bucket (layout.pack_batch); answers do not
-  depend on it (BENCHMARKS.md "Packed suffix rows").
+  rows of packed_length tokens (at least the batch's suffix bucket), packed_rows rows at a time
+  in a loop over the blocks the packing fills, each suffix attending the shared prefix and
+  itself only, then gather each one's KV into its own decode row (layout.pack_batch): the
+  prefill runs about the suffixes' tokens instead of B x Sb slots, with one program per batch
+  shape as without it; answers do not depend on it (BENCHMARKS.md "Packed suffix rows").
   """
 
   def __init__(
@@ -182,6 +183,7 @@ class Engine:
       min_stem: int = 4,
       suffix_packing: bool = False,
       packed_length: int = 256,
+      packed_rows: int = 16,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -233,6 +235,7 @@ class Engine:
         min_stem=min_stem,
         suffix_packing=suffix_packing,
         packed_length=packed_length,
+        packed_rows=packed_rows,
     )
     self.batch_buckets = self.plan_settings.batch_buckets
     # the decode loop's shrinking sizes live inside one program, whatever the batch shapes
@@ -519,19 +522,20 @@ class Engine:
     if edits is not None and (plan.stem_rows or plan.packed_rows):
       raise AssertionError("a plan with stems or packed rows in a call with delta tables")
     if plan.packed_rows:
+      total_rows = layout_lib.packed_row_count(plan.batch, plan.packed_rows)
       rows = batch_lib.place(
           PackedBatch.build(
               [suffixes[i] for i in plan.rows],
               plan.segments,
               batch=plan.batch,
               suffix_bucket=plan.suffix_bucket,
-              packed_rows=plan.packed_rows,
+              packed_rows=total_rows,
               packed_length=plan.packed_length,
           ),
           PackedBatch.spec(
               batch=plan.batch,
               suffix_bucket=plan.suffix_bucket,
-              packed_rows=plan.packed_rows,
+              packed_rows=total_rows,
               packed_length=plan.packed_length,
           ),
           self.mesh,

@@ -67,9 +67,10 @@ def plan_group(
 class BatchPlan:
   """One batch of rows. With stems (stem_bucket > 0) each row's suffix is its record stem, run
   once per stem in a block of `stem_rows` rows, then its rest, run in its own row (`suffix_bucket`
-  then bounds the rests). Packed (packed_rows > 0), the suffixes are prefilled as segments of
-  `packed_rows` rows of `packed_length` tokens, then each one's KV is gathered into its own row
-  of `suffix_bucket` prompt slots; see `plan_generate`."""
+  then bounds the rests). Packed (packed_rows > 0), the suffixes are segments of rows of
+  `packed_length` tokens, prefilled `packed_rows` rows (one block) at a time in one loop of
+  `packed_blocks` iterations, each one's KV gathered into its own row of `suffix_bucket` prompt
+  slots; see `pack_batch`."""
 
   rows: tuple[int, ...]  # indices of the real rows (into the caller's list), <= batch
   batch: int  # B: a batch bucket (rows beyond len(rows) are inactive dummies)
@@ -79,8 +80,9 @@ class BatchPlan:
   stem_bucket: int = 0  # Tb: a stem bucket >= every stem's length
   stems: tuple[tuple[int, int], ...] = ()  # per stem: (a row i holding it, its length)
   row_stems: tuple[int, ...] = ()  # per row (as `rows`): its stem's index, -1 for none
-  packed_rows: int = 0  # R: rows of the packed prefill (0: one padded row per prompt)
+  packed_rows: int = 0  # R: rows of one packed block (0: one padded row per prompt)
   packed_length: int = 0  # T: tokens of each packed row (>= suffix_bucket)
+  packed_blocks: int = 0  # blocks of R rows the packing fills (the loop's iterations)
   segments: tuple[tuple[int, int], ...] = ()  # per row (as `rows`): (packed row, first token)
 
   @property
@@ -89,9 +91,9 @@ class BatchPlan:
     return self.stem_bucket + self.suffix_bucket
 
   def padded_slots(self) -> int:
-    """Token slots the prefill runs: B x Sb, plus R x Tb for the stems; packed, R x T."""
+    """Token slots the prefill runs: B x Sb, plus R x Tb for the stems; packed, blocks x R x T."""
     if self.packed_rows:
-      return self.packed_rows * self.packed_length
+      return self.packed_blocks * self.packed_rows * self.packed_length
     return self.batch * self.suffix_bucket + self.stem_rows * self.stem_bucket
 
   def program_key(self, prefix_bucket: int) -> tuple:
@@ -244,9 +246,9 @@ class PlanSettings:
   fields. batch_buckets: the batch sizes programs run (buckets.row_buckets); block_row_buckets:
   the row counts of a block run apart from the batch's own rows, a stem block or packed suffix
   rows (powers of two, multiples of the data axis); stem_buckets: the lengths stems and rests pad
-  to (buckets.stem_buckets); suffix_packing, packed_length: prefill the suffixes packed into rows
-  of packed_length tokens (at least the batch's suffix bucket) where that runs fewer slots, in
-  one of `packed_row_buckets` rows (buckets.packed_row_buckets)."""
+  to (buckets.stem_buckets); suffix_packing, packed_length, packed_rows: prefill the suffixes
+  packed into rows of packed_length tokens (at least the batch's suffix bucket), packed_rows
+  rows at a time (at most; `pack_batch`)."""
 
   batch_size: int
   batch_buckets: tuple[int, ...]
@@ -257,7 +259,8 @@ class PlanSettings:
   stem_buckets: tuple[int, ...]
   suffix_packing: bool = False
   packed_length: int = 256
-  packed_row_buckets: tuple[int, ...] = ()
+  packed_rows: int = 16
+  data_axis: int = 1
 
 
 def plan_settings(
@@ -270,11 +273,14 @@ def plan_settings(
     min_stem: int = 4,
     suffix_packing: bool = False,
     packed_length: int = 256,
+    packed_rows: int = 16,
 ) -> PlanSettings:
   """The settings of an engine of `batch_size` rows (a multiple of `data_axis`), resolved
   `batch_shapes` ("fixed" / "buckets") and `length_buckets`."""
-  if packed_length < 1:
-    raise ValueError(f"packed_length must be >= 1, got {packed_length}")
+  if packed_length < 1 or packed_rows < 1:
+    raise ValueError(
+        f"packed_length and packed_rows must be >= 1, got {packed_length}, {packed_rows}"
+    )
   length_buckets = tuple(sorted(length_buckets))
   return PlanSettings(
       batch_size=batch_size,
@@ -286,7 +292,8 @@ def plan_settings(
       stem_buckets=buckets_lib.stem_buckets(length_buckets),
       suffix_packing=suffix_packing,
       packed_length=packed_length,
-      packed_row_buckets=buckets_lib.packed_row_buckets(batch_size, multiple_of=data_axis),
+      packed_rows=packed_rows,
+      data_axis=data_axis,
   )
 
 
@@ -305,8 +312,7 @@ def plan_generate(
   batch runs its stems once (R rows of Tb slots) and its
   rows' rests on them, or, where that computes more token slots (R x Tb + B x Sb_rest against B x
   Sb_whole: short stems), its rows whole as `plan_batches` would. With suffix packing, each batch
-  run whole is then packed where `pack_batch` finds that pays (`prefix_bucket`: Pb, for its
-  attention-score bound)."""
+  run whole is then packed (`pack_batch`; `prefix_bucket`: Pb, for its attention-score bound)."""
   plans = _stems_or_whole(suffixes, settings, max_rows)
   if settings.suffix_packing:
     plans = [p if p.stem_rows else pack_batch(p, suffixes, settings, prefix_bucket) for p in plans]
@@ -330,24 +336,40 @@ def pack_segments(lengths: Sequence[int], row_length: int) -> list[tuple[int, in
 
 
 def pack_batch(
-    plan: BatchPlan, suffixes: Sequence[Sequence[int]], settings: PlanSettings, prefix_bucket: int
+    plan: BatchPlan,
+    suffixes: Sequence[Sequence[int]],
+    settings: PlanSettings,
+    prefix_bucket: int,
 ) -> BatchPlan:
-  """`plan` with its suffixes packed into R rows of T = max(packed_length, Sb) tokens, R the
-  smallest of `packed_row_buckets` holding the first-fit packing, where that runs fewer token
-  slots (R x T < B x Sb) and its float32 attention scores are no larger than the padded batch's
-  (R x T x (Pb + T) <= B x Sb x (Pb + Sb), so the rows' memory estimate still bounds it);
-  else `plan` unchanged."""
-  t = max(settings.packed_length, plan.suffix_bucket)
-  segments = pack_segments([len(suffixes[i]) for i in plan.rows], t)
-  used = 1 + max(r for r, _ in segments)
-  sizes = [b for b in settings.packed_row_buckets if b >= used]
-  if not sizes:
-    return plan
-  r = sizes[0]
+  """`plan` with its suffixes packed first-fit (`pack_segments`, longest first) into rows of
+  T = max(Sb, min(packed_length, B x Sb)) tokens, prefilled in blocks of R rows: R = packed_rows,
+  lowered to the rows of B x Sb slots (a small batch runs no larger block than its padded rows:
+  a batch of one is its padded row) and to what
+  keeps a block's float32 attention scores within the padded batch's (R x T x (Pb + T) <=
+  B x Sb x (Pb + Sb), so the rows' memory estimate still bounds it), a multiple of the data axis.
+  T and R depend on (B, Sb) only, so a packed batch runs one program per (B, Pb, Sb), as padded
+  rows do; the loop runs only the blocks the packing fills."""
   b, sb, pb = plan.batch, plan.suffix_bucket, prefix_bucket
-  if r * t >= b * sb or r * t * (pb + t) > b * sb * (pb + sb):
-    return plan
-  return dataclasses.replace(plan, packed_rows=r, packed_length=t, segments=tuple(segments))
+  t = max(sb, min(settings.packed_length, b * sb))
+  r = min(settings.packed_rows, -(-b * sb // t))
+  while r > 1 and r * t * (pb + t) > b * sb * (pb + sb):
+    r -= 1
+  r = -(-r // settings.data_axis) * settings.data_axis
+  segments = pack_segments([len(suffixes[i]) for i in plan.rows], t)
+  used = 1 + max(row for row, _ in segments)
+  return dataclasses.replace(
+      plan,
+      packed_rows=r,
+      packed_length=t,
+      packed_blocks=-(-used // r),
+      segments=tuple(segments),
+  )
+
+
+def packed_row_count(batch: int, packed_rows: int) -> int:
+  """Rows of a packed batch's token arrays: the most rows B suffixes can take (one each),
+  rounded up to whole blocks of `packed_rows`."""
+  return -(-batch // packed_rows) * packed_rows
 
 
 def _stems_or_whole(suffixes, settings: PlanSettings, max_rows) -> list[BatchPlan]:

@@ -11,6 +11,7 @@ continuations all go through it, so masks and positions are built in one place.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from bmike_jax.engine.batch import PackedBatch, SharedPrefix, StemmedBatch, SuffixBatch
@@ -150,7 +151,7 @@ def prefill(
       deltas=deltas,
   )
   return _first_token(
-      logits,
+      jnp.argmax(logits, axis=-1),
       cache=cache,
       key_valid=key_valid,
       next_position=prefix.length + batch.lengths,
@@ -201,7 +202,7 @@ def prefill_stemmed(
   source = jnp.clip(jnp.where(slot < stem, slot, slot - stem + tb), 0, slots - 1)  # [B, S]
   lengths = batch.row_stem_lengths + batch.lengths  # [B]
   return _first_token(
-      logits,
+      jnp.argmax(logits, axis=-1),
       cache=cache.gather_slots(source),
       key_valid=slot < lengths[:, None],
       next_position=prefix.length + lengths,
@@ -221,37 +222,56 @@ def prefill_packed(
     stop: StopRule,
     slots: int,
     max_new_tokens: int,
+    block_rows: int,
 ) -> DecodeState:
-  """`prefill` of suffixes packed into R rows of T tokens (layout.pack_batch).
+  """`prefill` of suffixes packed into rows of T tokens (layout.pack_batch), `block_rows` (R)
+  rows at a time: a `lax.while_loop` over the blocks holding a prompt (a dynamic count, so one
+  program serves every packing of a (B, Pb, Sb) batch).
 
   A packed token attends the shared prefix and the earlier tokens of its own segment (its
   prompt) only, at its true position P + offset, so each prompt's KV and last logits are those of
-  its own row in `prefill`. Then each prompt's KV is gathered into its own row: slots [0, Sb) <-
-  its segment's tokens (real up to its length), S slots in all, and decoding goes on from the
-  state `prefill` leaves (write_index Sb). Returns the DecodeState after one generated token."""
-  r, t = batch.tokens.shape
+  its own row in `prefill`. After each block, the KV of its prompts is gathered into their rows
+  (slots [0, Sb), real up to each length) and their first tokens picked; then the rows get S
+  slots and decoding goes on from the state `prefill` leaves (write_index Sb). Returns the
+  DecodeState after one generated token."""
+  _, t = batch.tokens.shape
   b, sb = batch.slots.shape
-  seg = batch.segments  # [R, T]
   index = jnp.arange(t, dtype=jnp.int32)
   causal = index[:, None] >= index[None, :]  # [T, T]
-  mask = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]  # [R,T,T]
-  cache = KVCache.zeros(model.config, r, t, model.dtype, per_layer=not model.scan_layers)
+  block_of = batch.rows // block_rows  # [B]
+  local = batch.rows % block_rows  # [B]: its row in its block
   last = jnp.take_along_axis(batch.slots, (batch.lengths - 1)[:, None], axis=1)[:, 0]  # [B]
-  logits, cache = model.apply(  # logits [B, V] at each prompt's last token
-      {"params": params},
-      batch.tokens,
-      prefix.length + batch.offsets,
-      cache,
-      0,
-      mask,
-      logits_index=(batch.rows, last),
-      prefix=prefix.kv,
-      prefix_mask=prefix.mask(),
-  )
+  blocks = jnp.max(jnp.where(batch.active, block_of, 0)) + 1
+  per_layer = not model.scan_layers
+
+  def block(i, carry):
+    rows_kv, first = carry  # B rows x Sb slots; [B] int32
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * block_rows, block_rows, axis=0)
+    seg = take(batch.segments)  # [R, T]
+    mask = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]
+    logits, kv = model.apply(  # logits [B, V]: each prompt's last token, read in this block
+        {"params": params},
+        take(batch.tokens),
+        prefix.length + take(batch.offsets),
+        KVCache.zeros(model.config, block_rows, t, model.dtype, per_layer=per_layer),
+        0,
+        mask,
+        logits_index=(local, last),
+        prefix=prefix.kv,
+        prefix_mask=prefix.mask(),
+    )
+    mine = block_of == i  # [B]: the prompts of this block
+    gathered = kv.gather(local, batch.slots)  # B rows, Sb slots
+    rows_kv = rows_kv.where_rows(mine, gathered)
+    first = jnp.where(mine, jnp.argmax(logits, axis=-1).astype(jnp.int32), first)
+    return rows_kv, first
+
+  start = KVCache.zeros(model.config, b, sb, model.dtype, per_layer=per_layer)
+  rows_kv, first = jax.lax.fori_loop(0, blocks, block, (start, jnp.zeros((b,), jnp.int32)))
   slot = jnp.arange(slots, dtype=jnp.int32)[None, :]  # [1, S]
   return _first_token(
-      logits,
-      cache=cache.gather(batch.rows, batch.slots).pad_slots(slots - sb),  # B rows, S slots
+      first,
+      cache=rows_kv.pad_slots(slots - sb),  # B rows, S slots
       key_valid=slot < batch.lengths[:, None],
       next_position=prefix.length + batch.lengths,
       write_index=sb,
@@ -262,11 +282,11 @@ def prefill_packed(
 
 
 def _first_token(
-    logits, *, cache, key_valid, next_position, write_index, active, stop, max_new_tokens
+    token, *, cache, key_valid, next_position, write_index, active, stop, max_new_tokens
 ) -> DecodeState:
-  """The DecodeState of prefilled rows (logits [B, V] at each row's last prompt token) after
-  recording its first generated token."""
-  b = logits.shape[0]
+  """The DecodeState of prefilled rows after recording their first generated token [B] int32
+  (the argmax of the logits at each row's last prompt token)."""
+  b = token.shape[0]
   state = DecodeState(
       cache=cache,
       key_valid=key_valid,
@@ -278,4 +298,4 @@ def _first_token(
       done=~active,
       step=jnp.asarray(0, jnp.int32),
   )
-  return record_token(state, jnp.argmax(logits, axis=-1).astype(jnp.int32), stop)
+  return record_token(state, token.astype(jnp.int32), stop)

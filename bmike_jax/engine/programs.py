@@ -17,8 +17,10 @@ buckets; a row's own cache has S = Sb + N slots, derived):
                            run once each, every row's rest (Sb) on its stem; prompts' KV of
                            Tb + Sb slots a row
     generate_packed(B, Pb, R, T, Sb)  the same for a PackedBatch: the suffixes prefilled as
-                           segments of R rows of T tokens, then gathered into B rows of Sb
-                           prompt slots (decode and the kept KV as `generate`)
+                           segments of rows of T tokens, R rows a loop iteration, then gathered
+                           into B rows of Sb prompt slots (decode and the kept KV as
+                           `generate`); R and T follow from (B, Sb) (layout.pack_batch), so one
+                           program per (B, Pb, Sb), as `generate`
     score(B, Pb, Sb, Cb)   SharedPrefix + ScoreBatch -> log-probs [B, Cb]
     score_kept(B, Pb, Sb, Rb, Bk)  SharedPrefix + a generate batch's kept KV (Bk rows, Sb
                            slots) + KeptScoreBatch of B rows -> log-probs [B, Rb] (B:
@@ -34,12 +36,14 @@ including any unexpected retrace.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 
 import jax
 from jax.sharding import Mesh
 
 from bmike_jax.engine import batch as batch_lib
+from bmike_jax.engine import layout
 from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.batch import (
     KeptScoreBatch,
@@ -196,19 +200,24 @@ class Programs:
         first_pass=prefill_stemmed,
     )
 
-  def generate_packed(self, batch: int, pb: int, packed_rows: int, t: int, sb: int, slots: int):
-    """`generate` of rows whose suffixes are prefilled packed (prefill.prefill_packed): rows as
-    `PackedBatch.spec(...)`; the prompts' KV it returns holds Sb slots a row, as `generate`'s."""
+  def generate_packed(self, batch: int, pb: int, block_rows: int, t: int, sb: int, slots: int):
+    """`generate` of rows whose suffixes are prefilled packed, `block_rows` rows of T tokens at a
+    time (prefill.prefill_packed): rows as `PackedBatch.spec(...)` with
+    `layout.packed_row_count(batch, block_rows)` rows of tokens; the prompts' KV it returns holds
+    Sb slots a row, as `generate`'s."""
     return self._generate(
-        ("generate_packed", batch, pb, packed_rows, t, sb),
+        ("generate_packed", batch, pb, block_rows, t, sb),
         batch=batch,
         pb=pb,
         prompt_slots=sb,
         slots=slots,
         spec=PackedBatch.spec(
-            batch=batch, suffix_bucket=sb, packed_rows=packed_rows, packed_length=t
+            batch=batch,
+            suffix_bucket=sb,
+            packed_rows=layout.packed_row_count(batch, block_rows),
+            packed_length=t,
         ),
-        first_pass=prefill_packed,
+        first_pass=functools.partial(prefill_packed, block_rows=block_rows),
     )
 
   def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, tables=None):

@@ -128,6 +128,16 @@ class KVCache:
 
     return self._map(pick)
 
+  def where_rows(self, take, other: "KVCache") -> "KVCache":
+    """Row b from `other` where take[b] ([B] bool), else from self (same shapes)."""
+
+    def pick(a, o):
+      shape = [1] * a.ndim
+      shape[self._row_axis] = take.shape[0]
+      return jnp.where(take.reshape(shape), o, a)
+
+    return jax.tree_util.tree_map(pick, self, other)
+
   def pad_slots(self, extra: int) -> "KVCache":
     """`extra` empty slots appended to every row."""
     axis = self._row_axis + 2

@@ -111,6 +111,7 @@ def build_engine(cfg: RunConfig):
       stem_reuse=cfg.stem_reuse,
       suffix_packing=cfg.suffix_packing,
       packed_length=cfg.packed_length,
+      packed_rows=cfg.packed_rows,
       decode_halvings=cfg.decode_halvings,
       batch_shapes=cfg.batch_shapes,
       scan_layers=scan_layers,

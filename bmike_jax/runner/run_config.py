@@ -386,15 +386,22 @@ class RunConfig:
   suffix_packing: bool = _flag(
       "boolean",
       False,
-      "Prefill a batch's suffixes back to back in rows of --packed_length tokens (each attends "
-      "the shared prefix and itself only), then gather each one's KV into its own decode row, "
-      "where that runs fewer token slots than padding each to its length bucket (answers are "
+      "Prefill a batch's suffixes back to back in rows of --packed_length tokens, "
+      "--packed_rows rows at a time (each suffix attends the shared prefix and itself only), "
+      "then gather each one's KV into its own decode row: about the suffixes' tokens are run "
+      "instead of every suffix padded to its length bucket, with as many programs (answers are "
       'identical either way; BENCHMARKS.md "Packed suffix rows").',
   )
   packed_length: int = _flag(
       "integer",
       256,
       "Tokens of a packed suffix row (at least the batch's suffix bucket is used).",
+      parse=_positive,
+  )
+  packed_rows: int = _flag(
+      "integer",
+      16,
+      "Packed rows prefilled at a time (one loop iteration; fewer for small batches).",
       parse=_positive,
   )
   decode_halvings: int = _flag(
