@@ -231,9 +231,8 @@ def prefill_packed(
   A packed token attends the shared prefix and the earlier tokens of its own segment (its
   prompt) only, at its true position P + offset, so each prompt's KV and last logits are those of
   its own row in `prefill`. After each block, the KV of its prompts is gathered into their rows
-  (slots [0, Sb), real up to each length) and their first tokens picked; then the rows get S
-  slots and decoding goes on from the state `prefill` leaves (write_index Sb). Returns the
-  DecodeState after one generated token."""
+  of S slots (real up to each length) and their first tokens picked; decoding goes on from the
+  state `prefill` leaves (write_index Sb). Returns the DecodeState after one generated token."""
   _, t = batch.tokens.shape
   b, sb = batch.slots.shape
   index = jnp.arange(t, dtype=jnp.int32)
@@ -245,7 +244,7 @@ def prefill_packed(
   per_layer = not model.scan_layers
 
   def block(i, carry):
-    rows_kv, first = carry  # B rows x Sb slots; [B] int32
+    rows_kv, first = carry  # B rows x S slots; [B] int32
     take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * block_rows, block_rows, axis=0)
     seg = take(batch.segments)  # [R, T]
     mask = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]
@@ -261,17 +260,18 @@ def prefill_packed(
         prefix_mask=prefix.mask(),
     )
     mine = block_of == i  # [B]: the prompts of this block
-    gathered = kv.gather(local, batch.slots)  # B rows, Sb slots
-    rows_kv = rows_kv.where_rows(mine, gathered)
+    rows_kv = rows_kv.where_rows(mine, kv.gather(local, source))  # B rows, S slots
     first = jnp.where(mine, jnp.argmax(logits, axis=-1).astype(jnp.int32), first)
     return rows_kv, first
 
-  start = KVCache.zeros(model.config, b, sb, model.dtype, per_layer=per_layer)
+  # Slots past Sb read the last packed token too: masked (key_valid) until decode writes them.
+  source = jnp.pad(batch.slots, ((0, 0), (0, slots - sb)), mode="edge")  # [B, S]
+  start = KVCache.zeros(model.config, b, slots, model.dtype, per_layer=per_layer)
   rows_kv, first = jax.lax.fori_loop(0, blocks, block, (start, jnp.zeros((b,), jnp.int32)))
   slot = jnp.arange(slots, dtype=jnp.int32)[None, :]  # [1, S]
   return _first_token(
       first,
-      cache=rows_kv.pad_slots(slots - sb),  # B rows, S slots
+      cache=rows_kv,  # B rows, S slots
       key_valid=slot < batch.lengths[:, None],
       next_position=prefix.length + batch.lengths,
       write_index=sb,
