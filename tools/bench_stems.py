@@ -49,8 +49,8 @@ def define_flags() -> None:
       "option", "stem_reuse", ["stem_reuse", "suffix_packing"], "The Engine option compared."
   )
   flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
-  flags.DEFINE_integer("packed_length", 256, "The engine's packed_length (with suffix_packing).")
-  flags.DEFINE_integer("packed_rows", 16, "The engine's packed_rows (with suffix_packing).")
+  flags.DEFINE_integer("packed_length", 512, "The engine's packed_length (with suffix_packing).")
+  flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (with suffix_packing).")
 
 
 def measure(
@@ -65,8 +65,8 @@ def measure(
     passes,
     option="stem_reuse",
     length_buckets=None,
-    packed_length=256,
-    packed_rows=16,
+    packed_length=512,
+    packed_rows=4,
 ) -> dict:
   config, params = checkpoints.load_model(checkpoint)
   tok = tokenizer_lib.load_tokenizer(checkpoint)

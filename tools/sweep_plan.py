@@ -54,8 +54,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "", "Write the account as JSON here too.")
   flags.DEFINE_boolean("stem_reuse", False, "The engine's stem_reuse (record stems run once).")
   flags.DEFINE_boolean("suffix_packing", False, "The engine's suffix_packing (packed suffix rows).")
-  flags.DEFINE_integer("packed_length", 256, "The engine's packed_length (tokens a packed row).")
-  flags.DEFINE_integer("packed_rows", 16, "The engine's packed_rows (packed rows a block).")
+  flags.DEFINE_integer("packed_length", 512, "The engine's packed_length (tokens a packed row).")
+  flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (packed rows a block).")
 
 
 def plan_run(
@@ -74,8 +74,8 @@ def plan_run(
     stem_reuse=False,
     min_stem=4,
     suffix_packing=False,
-    packed_length=256,
-    packed_rows=16,
+    packed_length=512,
+    packed_rows=4,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
   length_buckets = tuple(sorted(length_buckets))

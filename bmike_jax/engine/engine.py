@@ -182,8 +182,8 @@ class Engine:
       stem_reuse: bool = False,
       min_stem: int = 4,
       suffix_packing: bool = False,
-      packed_length: int = 256,
-      packed_rows: int = 16,
+      packed_length: int = 512,
+      packed_rows: int = 4,
   ):
     if isinstance(config, Llama):
       config = config.config

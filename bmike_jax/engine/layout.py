@@ -258,8 +258,8 @@ class PlanSettings:
   block_row_buckets: tuple[int, ...]
   stem_buckets: tuple[int, ...]
   suffix_packing: bool = False
-  packed_length: int = 256
-  packed_rows: int = 16
+  packed_length: int = 512
+  packed_rows: int = 4
   data_axis: int = 1
 
 
@@ -272,8 +272,8 @@ def plan_settings(
     stem_reuse: bool = False,
     min_stem: int = 4,
     suffix_packing: bool = False,
-    packed_length: int = 256,
-    packed_rows: int = 16,
+    packed_length: int = 512,
+    packed_rows: int = 4,
 ) -> PlanSettings:
   """The settings of an engine of `batch_size` rows (a multiple of `data_axis`), resolved
   `batch_shapes` ("fixed" / "buckets") and `length_buckets`."""

@@ -394,13 +394,13 @@ class RunConfig:
   )
   packed_length: int = _flag(
       "integer",
-      256,
+      512,
       "Tokens of a packed suffix row (at least the batch's suffix bucket is used).",
       parse=_positive,
   )
   packed_rows: int = _flag(
       "integer",
-      16,
+      4,
       "Packed rows prefilled at a time (one loop iteration; fewer for small batches).",
       parse=_positive,
   )
