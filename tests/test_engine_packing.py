@@ -121,8 +121,8 @@ def test_scoring_off_packed_prompts(prompts, batch_shapes):
 def test_plan_packs_each_batch_in_blocks(prompts):
   suffixes = [p[PREFIX:] for p in prompts]
   for length_buckets, packed_length, packed_rows, prefix_bucket, data_axis in (
-      (COARSE, 128, 16, 0, 1),
-      (COARSE, 128, 16, 64, 2),
+      (COARSE, 128, 2, 0, 1),
+      (COARSE, 128, 2, 64, 2),
       ((16, 24, 32, 48, 64), 64, 4, 64, 1),
       (COARSE, 32, 2, 0, 1),  # T is at least the batch's suffix bucket
   ):
@@ -153,9 +153,14 @@ def test_plan_packs_each_batch_in_blocks(prompts):
           plan.suffix_bucket,
           prefix_bucket,
       )
-      assert t == max(sb, min(packed_length, b * sb))
+      if not plan.packed_rows:  # no block fits the bounds below: padded rows
+        assert plan == whole and layout.packed_block(b, sb, pb, settings, 8) is None
+        continue
+      assert sb <= t <= max(sb, min(packed_length, b * sb))
       assert r % data_axis == 0 and r <= max(packed_rows, data_axis)
-      assert r == data_axis or r * t * (pb + t) <= b * sb * (pb + sb)  # scores within padded
+      assert r * t <= b * sb  # a block runs no more slots than the padded batch
+      # nor attention scores beyond those the memory estimate allows a batch of this shape
+      assert r * t * (pb + t) <= settings.batch_size * sb * (pb + sb)
       # one program per (B, Sb): the block shape follows from them
       assert shapes.setdefault((b, sb), (r, t)) == (r, t)
       rows_used = set()
@@ -172,6 +177,38 @@ def test_plan_packs_each_batch_in_blocks(prompts):
         assert all(x[1] <= y[0] for x, y in zip(spans, spans[1:]))
     if length_buckets == COARSE and packed_length == 128:
       assert sum(p.padded_slots() for p in plans) < sum(p.padded_slots() for p in unpacked)
+
+
+@pytest.mark.parametrize(
+    "b, sb, pb, data_axis, cap",
+    [
+        (8, 64, 64, 1, None),
+        (8, 64, 64, 1, 16),
+        (2, 64, 64, 2, None),
+        (8, 64, 64, 8, None),
+        (256, 64, 512, 1, None),
+        (1, 32, 0, 1, None),
+        (16, 64, 0, 4, 16),
+    ],
+)
+def test_packed_block_stays_within_the_padded_batch(b, sb, pb, data_axis, cap):
+  settings = layout.plan_settings(
+      batch_size=max(b, data_axis),
+      batch_shapes="buckets",
+      length_buckets=(32, 64, 128),
+      data_axis=data_axis,
+      suffix_packing=True,
+  )
+  shape = layout.packed_block(b, sb, pb, settings, cap)
+  if shape is None:  # only where even rows of Sb tokens, a data-axis multiple of them, do not fit
+    assert data_axis * sb > b * sb
+    return
+  r, t = shape
+  assert r % data_axis == 0 and t >= sb
+  # no more slots than the padded batch, no larger scores than the memory estimate allows
+  assert r * t <= b * sb and r * t * (pb + t) <= max(b, cap or b) * sb * (pb + sb)
+  if b * sb >= 2 * settings.packed_length and pb == 0:  # room for long rows: they are taken
+    assert t > sb
 
 
 def test_edited_calls_do_not_pack():

@@ -51,6 +51,7 @@ def define_flags() -> None:
   flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
   flags.DEFINE_integer("packed_length", 512, "The engine's packed_length (with suffix_packing).")
   flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (with suffix_packing).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (bf16 on a GPU).")
 
 
 def measure(
@@ -67,8 +68,9 @@ def measure(
     length_buckets=None,
     packed_length=512,
     packed_rows=4,
+    dtype="float32",
 ) -> dict:
-  config, params = checkpoints.load_model(checkpoint)
+  config, params = checkpoints.load_model(checkpoint, dtype)
   tok = tokenizer_lib.load_tokenizer(checkpoint)
   pool = data.load_pool(data_dir, dataset)
   groups = []  # (key, prompt ids): the runner's engine calls
@@ -88,6 +90,7 @@ def measure(
           length_buckets=length_buckets,
           packed_length=packed_length,
           packed_rows=packed_rows,
+          dtype=dtype,
           **{option: on},
       )
       for on in (False, True)
@@ -97,6 +100,7 @@ def measure(
       "length_buckets": list(engines[False].length_buckets),
       "packed_length": packed_length,
       "packed_rows": packed_rows,
+      "dtype": dtype,
       "groups": [k for k, _ in groups],
       "runs": {},
   }
@@ -162,6 +166,7 @@ def main(argv):
       length_buckets=[int(x) for x in FLAGS.length_buckets] if FLAGS.length_buckets else None,
       packed_length=FLAGS.packed_length,
       packed_rows=FLAGS.packed_rows,
+      dtype=FLAGS.dtype,
   )
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:

@@ -85,25 +85,28 @@ class PackedBatch:
   (layout.pack_batch): the suffixes are segments of rows of T tokens, run R rows (one block) at a
   time, each token attending the prefix and its own segment's earlier tokens only; each prompt's
   KV is gathered into its own row of Sb prompt slots, the layout a `SuffixBatch` prefill leaves
-  (decode and the kept KV go on unchanged). Rt = R x the blocks B suffixes may need (one row
-  each at most, layout.packed_row_count); the loop runs the blocks holding a prompt only."""
+  (decode and the kept KV go on unchanged). The token arrays are block-minor, [R, NB, T]: packed
+  row g is [g % R, g // R], so block i ([:, i]) has its R rows split over the data axis like any
+  batch's rows, and NB x R is the most rows B suffixes may take (layout.packed_row_count); the
+  loop runs the blocks holding a prompt only."""
 
-  tokens: jax.Array  # [Rt, T] int32: the segments, back to back; padding after the last
-  offsets: jax.Array  # [Rt, T] int32: each token's index in its suffix (true position P + offset)
-  segments: jax.Array  # [Rt, T] int32: each token's prompt (its row in the batch), -1 padding
-  rows: jax.Array  # [B] int32: the packed row holding each prompt (dummies: 0)
+  tokens: jax.Array  # [R, NB, T] int32: the segments, back to back; padding after the last
+  offsets: jax.Array  # [R, NB, T] int32: each token's index in its suffix (position P + offset)
+  segments: jax.Array  # [R, NB, T] int32: each token's prompt (its row in the batch), -1 padding
+  rows: jax.Array  # [B] int32: the packed row g holding each prompt (dummies: 0)
   slots: jax.Array  # [B, Sb] int32: the packed token of each prompt slot (clipped into [0, T))
   lengths: jax.Array  # [B] int32: real suffix tokens of each prompt (>= 1; dummies 1)
   active: jax.Array  # [B] bool: real rows
 
   @staticmethod
-  def spec(*, batch: int, suffix_bucket: int, packed_rows: int, packed_length: int):
-    """packed_rows: Rt, all rows of the token arrays (not one block's)."""
+  def spec(*, batch: int, suffix_bucket: int, packed_rows: int, blocks: int, packed_length: int):
+    """packed_rows: R, the rows of one block; blocks: NB, the blocks the arrays hold."""
     i32 = jnp.int32
+    grid = (packed_rows, blocks, packed_length)
     return PackedBatch(
-        tokens=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
-        offsets=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
-        segments=jax.ShapeDtypeStruct((packed_rows, packed_length), i32),
+        tokens=jax.ShapeDtypeStruct(grid, i32),
+        offsets=jax.ShapeDtypeStruct(grid, i32),
+        segments=jax.ShapeDtypeStruct(grid, i32),
         rows=jax.ShapeDtypeStruct((batch,), i32),
         slots=jax.ShapeDtypeStruct((batch, suffix_bucket), i32),
         lengths=jax.ShapeDtypeStruct((batch,), i32),
@@ -112,23 +115,29 @@ class PackedBatch:
 
   @staticmethod
   def build(
-      suffixes, segments, *, batch: int, suffix_bucket: int, packed_rows: int, packed_length: int
+      suffixes,
+      segments,
+      *,
+      batch: int,
+      suffix_bucket: int,
+      packed_rows: int,
+      blocks: int,
+      packed_length: int,
   ) -> "PackedBatch":
     """Host arrays of `suffixes` (the batch's real rows, in order) placed at `segments`
-    [(packed row, first token)] (layout.pack_batch) in Rt = packed_rows rows; rows past
-    len(suffixes) are dummies."""
-    shape = (packed_rows, packed_length)
+    [(packed row g, first token)] (layout.pack_batch); rows past len(suffixes) are dummies."""
+    shape = (packed_rows, blocks, packed_length)
     tokens, offsets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
     owner = np.full(shape, -1, np.int32)
     rows = np.zeros((batch,), np.int32)
     slots = np.zeros((batch, suffix_bucket), np.int32)
     lengths, active = np.ones((batch,), np.int32), np.zeros((batch,), bool)
-    for b, (ids, (r, first)) in enumerate(zip(suffixes, segments)):
-      n = len(ids)
-      tokens[r, first : first + n] = ids
-      offsets[r, first : first + n] = np.arange(n)
-      owner[r, first : first + n] = b
-      rows[b], lengths[b], active[b] = r, n, True
+    for b, (ids, (g, first)) in enumerate(zip(suffixes, segments)):
+      n, at = len(ids), (g % packed_rows, g // packed_rows)
+      tokens[at][first : first + n] = ids
+      offsets[at][first : first + n] = np.arange(n)
+      owner[at][first : first + n] = b
+      rows[b], lengths[b], active[b] = g, n, True
       slots[b] = np.minimum(first + np.arange(suffix_bucket), packed_length - 1)
     return PackedBatch(
         tokens=tokens,

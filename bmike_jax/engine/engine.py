@@ -327,6 +327,7 @@ class Engine:
         suffix_bucket=suffix_bucket,
         slots=layout_lib.cache_length(suffix_bucket, extra),
         model_axis=self.mesh.shape[sh.MODEL],
+        packed=self.plan_settings.suffix_packing,
     )
     return memory.rows_that_fit(self._row_sizes, per_row, budget, self.mesh.shape[sh.DATA])
 
@@ -522,20 +523,22 @@ class Engine:
     if edits is not None and (plan.stem_rows or plan.packed_rows):
       raise AssertionError("a plan with stems or packed rows in a call with delta tables")
     if plan.packed_rows:
-      total_rows = layout_lib.packed_row_count(plan.batch, plan.packed_rows)
+      blocks = layout_lib.packed_row_count(plan.batch, plan.packed_rows) // plan.packed_rows
       rows = batch_lib.place(
           PackedBatch.build(
               [suffixes[i] for i in plan.rows],
               plan.segments,
               batch=plan.batch,
               suffix_bucket=plan.suffix_bucket,
-              packed_rows=total_rows,
+              packed_rows=plan.packed_rows,
+              blocks=blocks,
               packed_length=plan.packed_length,
           ),
           PackedBatch.spec(
               batch=plan.batch,
               suffix_bucket=plan.suffix_bucket,
-              packed_rows=total_rows,
+              packed_rows=plan.packed_rows,
+              blocks=blocks,
               packed_length=plan.packed_length,
           ),
           self.mesh,

@@ -315,7 +315,11 @@ def plan_generate(
   run whole is then packed (`pack_batch`; `prefix_bucket`: Pb, for its attention-score bound)."""
   plans = _stems_or_whole(suffixes, settings, max_rows)
   if settings.suffix_packing:
-    plans = [p if p.stem_rows else pack_batch(p, suffixes, settings, prefix_bucket) for p in plans]
+    cap = lambda sb: settings.batch_size if max_rows is None else max_rows(sb, 0)
+    plans = [
+        p if p.stem_rows else pack_batch(p, suffixes, settings, prefix_bucket, cap(p.suffix_bucket))
+        for p in plans
+    ]
   return plans
 
 
@@ -340,21 +344,17 @@ def pack_batch(
     suffixes: Sequence[Sequence[int]],
     settings: PlanSettings,
     prefix_bucket: int,
+    row_cap: int | None = None,
 ) -> BatchPlan:
-  """`plan` with its suffixes packed first-fit (`pack_segments`, longest first) into rows of
-  T = max(Sb, min(packed_length, B x Sb)) tokens, prefilled in blocks of R rows: R = packed_rows,
-  lowered to the rows of B x Sb slots (a small batch runs no larger block than its padded rows:
-  a batch of one is its padded row) and to what
-  keeps a block's float32 attention scores within the padded batch's (R x T x (Pb + T) <=
-  B x Sb x (Pb + Sb), so the rows' memory estimate still bounds it), a multiple of the data axis.
-  T and R depend on (B, Sb) only, so a packed batch runs one program per (B, Pb, Sb), as padded
-  rows do; the loop runs only the blocks the packing fills."""
-  b, sb, pb = plan.batch, plan.suffix_bucket, prefix_bucket
-  t = max(sb, min(settings.packed_length, b * sb))
-  r = min(settings.packed_rows, -(-b * sb // t))
-  while r > 1 and r * t * (pb + t) > b * sb * (pb + sb):
-    r -= 1
-  r = -(-r // settings.data_axis) * settings.data_axis
+  """`plan` with its suffixes packed first-fit (`pack_segments`, longest first) into rows of T
+  tokens, prefilled in blocks of R rows (`packed_block`; row_cap: the most rows a batch of its
+  shape may hold, `plan_batches`' max_rows); `plan` unchanged where no block fits its bounds.
+  T and R depend on (B, Pb, Sb) only, so a packed batch runs one program per (B, Pb, Sb), as
+  padded rows do; the loop runs only the blocks the packing fills."""
+  shape = packed_block(plan.batch, plan.suffix_bucket, prefix_bucket, settings, row_cap)
+  if shape is None:
+    return plan
+  r, t = shape
   segments = pack_segments([len(suffixes[i]) for i in plan.rows], t)
   used = 1 + max(row for row, _ in segments)
   return dataclasses.replace(
@@ -364,6 +364,31 @@ def pack_batch(
       packed_blocks=-(-used // r),
       segments=tuple(segments),
   )
+
+
+def packed_block(
+    batch: int,
+    suffix_bucket: int,
+    prefix_bucket: int,
+    settings: PlanSettings,
+    row_cap: int | None = None,
+) -> tuple[int, int] | None:
+  """(R, T) of a packed (B, Pb, Sb) batch's blocks, or None (run it padded). T starts at
+  max(Sb, min(packed_length, B x Sb)), R at min(packed_rows, B x Sb / T) rounded up to the data
+  axis; T halves (not below Sb) until one block runs no more token slots than the padded batch
+  (R x T <= B x Sb) and its float32 attention scores are no larger than those the rows' memory
+  estimate allows a batch of this shape (R x T x (Pb + T) <= C x Sb x (Pb + Sb), C = row_cap,
+  default B), so that estimate still bounds the prefill; None where even T = Sb does not fit."""
+  b, sb, pb, d = batch, suffix_bucket, prefix_bucket, settings.data_axis
+  cap = max(b, row_cap or b)
+  t = max(sb, min(settings.packed_length, b * sb))
+  while True:
+    r = -(-min(settings.packed_rows, -(-b * sb // t)) // d) * d
+    if r * t <= b * sb and r * t * (pb + t) <= cap * sb * (pb + sb):
+      return r, t
+    if t == sb:
+      return None
+    t = max(sb, t // 2)
 
 
 def packed_row_count(batch: int, packed_rows: int) -> int:

@@ -8,7 +8,8 @@ The row estimate is an upper bound of what one row of a `generate` program keeps
 device at its peak (the prefill of the suffix, one layer at a time; the decode loop holds less):
 
     KV cache      2 (K, V) x L x KVH/m x (S + Sb) x Dh x dtype bytes  (the row's S slots, plus the
-                  Sb-slot copy kept for scoring that the program returns)
+                  Sb-slot copy kept for scoring that the program returns; packed suffix rows:
+                  S more, a block's gathered rows beside the cache)
     scores        2 x H/m x Sb x (Pb + S) x 4        (float32 scores and probabilities of a layer)
     activations   Sb x (4 D + 3 F/m) x 4             (residual, norms, q/k/v/o; gate, up, product)
     logits        2 x V x 4                          (the last position's float32 logits)
@@ -100,11 +101,22 @@ def kv_slot_bytes(config, dtype_bytes: int, model_axis: int = 1) -> int:
 
 
 def row_bytes(
-    config, dtype_bytes: int, *, prefix_bucket: int, suffix_bucket: int, slots: int, model_axis: int
+    config,
+    dtype_bytes: int,
+    *,
+    prefix_bucket: int,
+    suffix_bucket: int,
+    slots: int,
+    model_axis: int,
+    packed: bool = False,
 ) -> int:
-  """Upper estimate of one row's live bytes on one device (module docstring)."""
+  """Upper estimate of one row's live bytes on one device (module docstring); packed: the packed
+  prefill's rows (prefill.prefill_packed) hold S more slots (a block's gathered rows beside the
+  cache; the block's own KV is within the Sb counted for the kept copy, made after it)."""
   heads = max(config.num_heads // model_axis, 1)
-  kv = kv_slot_bytes(config, dtype_bytes, model_axis) * (slots + suffix_bucket)
+  kv = kv_slot_bytes(config, dtype_bytes, model_axis) * (
+      slots * (2 if packed else 1) + suffix_bucket
+  )
   scores = 2 * heads * suffix_bucket * (prefix_bucket + slots) * 4
   acts = suffix_bucket * (4 * config.hidden_size + 3 * config.intermediate_size // model_axis) * 4
   return kv + scores + acts + 2 * config.vocab_size * 4

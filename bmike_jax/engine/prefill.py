@@ -223,6 +223,8 @@ def prefill_packed(
     slots: int,
     max_new_tokens: int,
     block_rows: int,
+    place_block=lambda kv: kv,
+    place_rows=lambda kv: kv,
 ) -> DecodeState:
   """`prefill` of suffixes packed into rows of T tokens (layout.pack_batch), `block_rows` (R)
   rows at a time: a `lax.while_loop` over the blocks holding a prompt (a dynamic count, so one
@@ -232,8 +234,10 @@ def prefill_packed(
   prompt) only, at its true position P + offset, so each prompt's KV and last logits are those of
   its own row in `prefill`. After each block, the KV of its prompts is gathered into their rows
   of S slots (real up to each length) and their first tokens picked; decoding goes on from the
-  state `prefill` leaves (write_index Sb). Returns the DecodeState after one generated token."""
-  _, t = batch.tokens.shape
+  state `prefill` leaves (write_index Sb). place_block / place_rows: put a block's KV (R rows)
+  and the rows' cache (B rows) on the mesh (rows over the data axis). Returns the DecodeState
+  after one generated token."""
+  _, _, t = batch.tokens.shape  # [R, NB, T]
   b, sb = batch.slots.shape
   index = jnp.arange(t, dtype=jnp.int32)
   causal = index[:, None] >= index[None, :]  # [T, T]
@@ -245,14 +249,14 @@ def prefill_packed(
 
   def block(i, carry):
     rows_kv, first = carry  # B rows x S slots; [B] int32
-    take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * block_rows, block_rows, axis=0)
-    seg = take(batch.segments)  # [R, T]
+    take = lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)  # [R, T]
+    seg = take(batch.segments)  # [R, T]: rows over the data axis, as the input's
     mask = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]
     logits, kv = model.apply(  # logits [B, V]: each prompt's last token, read in this block
         {"params": params},
         take(batch.tokens),
         prefix.length + take(batch.offsets),
-        KVCache.zeros(model.config, block_rows, t, model.dtype, per_layer=per_layer),
+        place_block(KVCache.zeros(model.config, block_rows, t, model.dtype, per_layer=per_layer)),
         0,
         mask,
         logits_index=(local, last),
@@ -260,7 +264,7 @@ def prefill_packed(
         prefix_mask=prefix.mask(),
     )
     mine = block_of == i  # [B]: the prompts of this block
-    rows_kv = rows_kv.where_rows(mine, kv.gather(local, source))  # B rows, S slots
+    rows_kv = place_rows(rows_kv.where_rows(mine, kv.gather(local, source)))  # B rows, S slots
     first = jnp.where(mine, jnp.argmax(logits, axis=-1).astype(jnp.int32), first)
     return rows_kv, first
 

@@ -203,8 +203,8 @@ class Programs:
   def generate_packed(self, batch: int, pb: int, block_rows: int, t: int, sb: int, slots: int):
     """`generate` of rows whose suffixes are prefilled packed, `block_rows` rows of T tokens at a
     time (prefill.prefill_packed): rows as `PackedBatch.spec(...)` with
-    `layout.packed_row_count(batch, block_rows)` rows of tokens; the prompts' KV it returns holds
-    Sb slots a row, as `generate`'s."""
+    `layout.packed_row_count(batch, block_rows)` rows of tokens in blocks; a block's rows and
+    KV over the data axis; the prompts' KV it returns holds Sb slots a row, as `generate`'s."""
     return self._generate(
         ("generate_packed", batch, pb, block_rows, t, sb),
         batch=batch,
@@ -214,10 +214,18 @@ class Programs:
         spec=PackedBatch.spec(
             batch=batch,
             suffix_bucket=sb,
-            packed_rows=layout.packed_row_count(batch, block_rows),
+            packed_rows=block_rows,
+            blocks=layout.packed_row_count(batch, block_rows) // block_rows,
             packed_length=t,
         ),
-        first_pass=functools.partial(prefill_packed, block_rows=block_rows),
+        first_pass=functools.partial(
+            prefill_packed,
+            block_rows=block_rows,
+            place_block=lambda kv: jax.lax.with_sharding_constraint(
+                kv, self.cache_shardings(block_rows)
+            ),
+            place_rows=lambda kv: jax.lax.with_sharding_constraint(kv, self.cache_shardings(batch)),
+        ),
     )
 
   def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, tables=None):
