@@ -296,13 +296,16 @@ def test_decode_probe_runs_every_variant_on_a_toy_model(tmp_path):
   assert "model_unrolled" in proc.stdout
 
 
-def test_stems_bench_runs_both_engines_side_by_side(tiny_ckpt, tmp_path):
-  out = str(tmp_path / "stems.json")
+def _bench_option(tiny_ckpt, tmp_path, option, *extra):
+  """tools.bench_stems on the sample, off and on side by side: (its table, its JSON)."""
+  out = str(tmp_path / f"{option}.json")
   proc = run_tool(
       "tools.bench_stems",
       [
           f"--checkpoint={tiny_ckpt}",
           f"--data_dir={SAMPLE_DIR}",
+          f"--option={option}",
+          *extra,
           "--records=2",
           "--langs=de,zh",
           "--setups=zero_shot",
@@ -312,43 +315,31 @@ def test_stems_bench_runs_both_engines_side_by_side(tiny_ckpt, tmp_path):
       ],
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "| stem_reuse |" in proc.stdout
   with open(out, encoding="utf-8") as f:
     raw = json.load(f)
+  assert f"| {option} |" in proc.stdout and raw["option"] == option
   off, on = raw["runs"]["False"], raw["runs"]["True"]
   assert raw["identical_answers"] is True
   assert off["account"]["prompt_tokens"] == on["account"]["prompt_tokens"] > 0
-  assert off["account"]["stem_tokens"] == 0
-  assert on["account"]["prefill_tokens"] <= off["account"]["prefill_tokens"]
   assert off["warm_compiles"] == on["warm_compiles"] == 0
   assert len(off["seconds"]) == len(on["seconds"]) == 1
+  return off, on
+
+
+def test_stems_bench_runs_both_engines_side_by_side(tiny_ckpt, tmp_path):
+  off, on = _bench_option(tiny_ckpt, tmp_path, "stem_reuse")
+  assert off["account"]["stem_tokens"] == 0
+  assert on["account"]["prefill_tokens"] <= off["account"]["prefill_tokens"]
 
 
 def test_stems_bench_compares_packing_too(tiny_ckpt, tmp_path):
-  out = str(tmp_path / "packing.json")
-  proc = run_tool(
-      "tools.bench_stems",
-      [
-          f"--checkpoint={tiny_ckpt}",
-          f"--data_dir={SAMPLE_DIR}",
-          "--option=suffix_packing",
-          "--length_buckets=64,128,256,512,1024",
-          "--packed_length=128",
-          "--records=2",
-          "--langs=de,zh",
-          "--setups=zero_shot",
-          "--batch_size=8",
-          "--passes=1",
-          f"--out={out}",
-      ],
+  off, on = _bench_option(
+      tiny_ckpt,
+      tmp_path,
+      "suffix_packing",
+      "--length_buckets=64,128,256,512,1024",
+      "--packed_length=128",
   )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "| suffix_packing |" in proc.stdout
-  with open(out, encoding="utf-8") as f:
-    raw = json.load(f)
-  off, on = raw["runs"]["False"], raw["runs"]["True"]
-  assert raw["identical_answers"] is True and raw["option"] == "suffix_packing"
   assert off["account"]["prefill_tokens"] == on["account"]["prefill_tokens"] > 0
   # zero-shot suffixes of ~20-40 tokens padded to 64 slots each, packed 3-5 to a 128-token row
   assert on["account"]["prefill_padded_tokens"] < off["account"]["prefill_padded_tokens"]
-  assert off["warm_compiles"] == on["warm_compiles"] == 0
