@@ -148,6 +148,10 @@ def define_flags():
   flags.DEFINE_string("checkpoint", None, "Model (default: the embedded SmolLM2-135M GGUF).")
   flags.DEFINE_integer("batch_size", 8, "Engine batch size.")
   flags.DEFINE_bool("prefix_reuse", True, "Engine shared-prefix reuse.")
+  flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
+  flags.DEFINE_bool("suffix_packing", False, "Engine packed suffix rows.")
+  flags.DEFINE_integer("packed_length", 512, "Engine packed_length (with --suffix_packing).")
+  flags.DEFINE_integer("packed_rows", 4, "Engine packed_rows (with --suffix_packing).")
 
 
 def main(argv):
@@ -170,13 +174,24 @@ def main(argv):
   groups = build_groups(
       data_dir, f.datasets, f.setups, f.langs, f.limit, f.query_types, tokenizer, hf_tokenizer
   )
-  engine = Engine(config, params, tokenizer, batch_size=f.batch_size, prefix_reuse=f.prefix_reuse)
+  engine = Engine(
+      config,
+      params,
+      tokenizer,
+      batch_size=f.batch_size,
+      prefix_reuse=f.prefix_reuse,
+      length_buckets=[int(x) for x in f.length_buckets] if f.length_buckets else None,
+      suffix_packing=f.suffix_packing,
+      packed_length=f.packed_length,
+      packed_rows=f.packed_rows,
+  )
   engine_groups, engine_s = run_engine(engine, groups)
   reference_groups, reference_s = run_reference(hf_model, hf_tokenizer, groups)
   cases = merge(engine_groups, reference_groups)
   print(report(cases))
+  packed = sum(k[0] == "generate_packed" for k in engine.programs.compiles)
   print(
-      f"engine: {engine_s:.1f}s ({engine.compile_count} programs compiled); "
+      f"engine: {engine_s:.1f}s ({engine.compile_count} programs compiled, {packed} packed); "
       f"HF one at a time: {reference_s:.1f}s; {len(cases)} prompts"
   )
 
