@@ -227,7 +227,7 @@ def prefill_packed(
     place_rows=lambda kv: kv,
 ) -> DecodeState:
   """`prefill` of suffixes packed into rows of T tokens (layout.pack_batch), `block_rows` (R)
-  rows at a time: a `lax.while_loop` over the blocks holding a prompt (a dynamic count, so one
+  rows at a time: a `fori_loop` with a traced bound over the blocks holding a prompt (so one
   program serves every packing of a (B, Pb, Sb) batch).
 
   A packed token attends the shared prefix and the earlier tokens of its own segment (its
@@ -246,6 +246,7 @@ def prefill_packed(
   last = jnp.take_along_axis(batch.slots, (batch.lengths - 1)[:, None], axis=1)[:, 0]  # [B]
   blocks = jnp.max(jnp.where(batch.active, block_of, 0)) + 1
   per_layer = not model.scan_layers
+  prefix_mask = prefix.mask()  # [Pb] or None: the same for every block
 
   def block(i, carry):
     rows_kv, first = carry  # B rows x S slots; [B] int32
@@ -261,7 +262,7 @@ def prefill_packed(
         mask,
         logits_index=(local, last),
         prefix=prefix.kv,
-        prefix_mask=prefix.mask(),
+        prefix_mask=prefix_mask,
     )
     mine = block_of == i  # [B]: the prompts of this block
     rows_kv = place_rows(rows_kv.where_rows(mine, kv.gather(local, source)))  # B rows, S slots
