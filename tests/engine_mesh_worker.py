@@ -78,7 +78,8 @@ def run(config, meshes) -> dict:
       ]
       run_[f"{name}_programs"] = sum(k[0] == "generate_stemmed" for k in engine.programs.compiles)
     # Packed suffix rows: R packed rows over the data axis, each prompt's KV gathered into its
-    # decode row (on another device where the packing put it elsewhere).
+    # decode row (on another device where the packing put it elsewhere); then packed scoring
+    # rests, two a prompt, a block's rows over the data axis, each gathering its kept row.
     engine = Engine(
         config,
         params,
@@ -88,12 +89,16 @@ def run(config, meshes) -> dict:
         length_buckets=(64, 128),
         suffix_packing=True,
         packed_length=128,
+        rest_packing=True,
+        rest_row_length=8,
     )
     run_["packed_ids"] = [list(r.ids) for r in engine.generate(records)]
+    other_conts = [[4 + k % 5] * (1 + k % 3) for k in range(len(records))]
     run_["packed_logprobs"] = [
-        lp.tolist() for lp in engine.continuation_logprobs(records, stem_conts)
+        lp.tolist() for lp in engine.continuation_logprobs(records * 2, stem_conts + other_conts)
     ]
     run_["packed_programs"] = sum(k[0] == "generate_packed" for k in engine.programs.compiles)
+    run_["rest_programs"] = sum(k[0] == "score_packed" for k in engine.programs.compiles)
   # Rows of 3 edited models in shared batches, each with its own weight delta (the tables
   # replicated, each row's edit index over the data axis); unrolled on the largest mesh only.
   from bmike_jax.editing import delta as delta_lib

@@ -187,6 +187,67 @@ def test_scoring_calls_off_a_large_kept_batch_take_about_a_token_budget():
   assert buckets.scoring_rows(256, 16, multiple_of=3) % 3 == 0
 
 
+def test_plan_scoring_packs_each_kept_rows_rests_into_rows():
+  """Rests of at most Rb tokens are packed back to back, each packed row the rests of one kept
+  row (they attend its KV), first fit longest first, every rest once; longer rests go one a row
+  (plan_kept_scoring's calls) and the rest of the routing is plan_kept_scoring's."""
+  prefix = [1, 9, 9, 9]
+  prompts = [prefix + [5, 100 + i] for i in range(40)]
+  places = [(i // 32, i % 32) for i in range(40)]
+  kept = layout.KeptPrompts.build(prompts, places)
+  rng = np.random.default_rng(0)
+  contexts, conts = [], []
+  for i, p in enumerate(prompts):  # three sequences a prompt (alt, loc_ans, old), 1-7 tokens
+    for _ in range(3):
+      contexts.append(p)
+      conts.append([7] * int(rng.integers(1, 8)))
+  contexts += [prompts[3], prefix[:2] + [7], prompts[5]]
+  conts += [[8] * 12, [9], []]  # a rest longer than Rb; one leaving the prefix; an empty one
+  packed, calls, fresh = layout.plan_scoring(
+      contexts,
+      conts,
+      kept=kept,
+      prefix_length=4,
+      batches=[32, 8],
+      rest_buckets=(16, 32),
+      rest_row_length=8,
+      multiple_of=2,
+  )
+  assert fresh == [121, 122]
+  assert [c.indices for c in calls] == [(120,)] and calls[0].rest_bucket == 16
+  placed = sorted(x.index for rp in packed for x in rp.rests)
+  assert placed == list(range(120))
+  for rp in packed:
+    r, nb = layout.rest_blocks(rp.kept_batch, 8, 2)
+    assert (rp.block_rows, rp.blocks, rp.row_length) == (r, nb, 8)
+    assert r % 2 == 0 and r * nb <= rp.kept_batch and len(rp.row_sources) <= r * nb
+    used = {}
+    for x, (g, first) in zip(rp.rests, rp.places):
+      j, row = places[x.index // 3]
+      assert (rp.source_batch, rp.row_sources[g]) == (j, row)  # the row it continues
+      assert first + len(x.tokens) <= 8
+      taken = used.setdefault(g, set())
+      span = set(range(first, first + len(x.tokens)))
+      assert not taken & span
+      taken |= span
+      # the prompt's last token on (it predicts the first scored one)
+      assert x.tokens == (100 + x.index // 3,) + (7,) * (len(conts[x.index]) - 1)
+    assert sorted(used) == list(range(len(rp.row_sources)))  # no empty row
+  # fewer rows than rests: packing put several rests in a row
+  rows = sum(len(rp.row_sources) for rp in packed)
+  assert rows < 120
+  # off: plan_kept_scoring's calls alone, one rest a row padded to its bucket: more slots
+  off = layout.plan_scoring(
+      contexts, conts, kept=kept, prefix_length=4, batches=[32, 8], rest_buckets=(16, 32)
+  )
+  want = layout.plan_kept_scoring(
+      contexts, conts, kept=kept, prefix_length=4, batches=[32, 8], rest_buckets=(16, 32)
+  )
+  assert off == ([], *want)
+  one_a_row = sum(c.batch * c.rest_bucket for c in want[0])
+  assert sum(rp.padded_slots() for rp in packed) + 16 < one_a_row
+
+
 def _trie_size(seqs) -> int:
   """The nodes of the sequences' token trie, built as nested dicts (an independent count)."""
   root, nodes = {}, 0

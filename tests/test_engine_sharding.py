@@ -56,11 +56,14 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
       assert run["stem_ids"] == base["whole_ids"], (name, mesh)
       for got, ref in zip(run["stem_logprobs"], base["whole_logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} stems")
-      # packed suffix rows, sharded: the same answers and log-probs
-      assert run["packed_programs"] >= 1, (name, mesh)
+      # packed suffix rows and packed scoring rests, sharded: the same answers and log-probs
+      assert run["packed_programs"] >= 1 and run["rest_programs"] >= 1, (name, mesh)
       assert run["packed_ids"] == base["whole_ids"], (name, mesh)
+      half = len(base["whole_logprobs"])
       for got, ref in zip(run["packed_logprobs"], base["whole_logprobs"]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed")
+      for got, ref in zip(run["packed_logprobs"][half:], base["packed_logprobs"][half:]):
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed rests")
     assert base["whole_programs"] == 0
     assert base["delta_ids"] != base["delta_unedited_ids"], name  # the deltas reach the answers
     assert "unrolled_delta_ids" in runs[list(runs)[-1]], name

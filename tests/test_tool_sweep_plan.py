@@ -31,15 +31,16 @@ SAME = (
 
 
 @pytest.mark.parametrize(
-    "batch_shapes, stems, packing",
+    "batch_shapes, stems, packing, rests",
     [
-        ("fixed", False, False),
-        ("buckets", False, False),
-        ("buckets", True, False),
-        ("fixed", False, True),
+        ("fixed", False, False, False),
+        ("buckets", False, False, False),
+        ("buckets", True, False, False),
+        ("fixed", False, True, False),
+        ("buckets", False, True, True),
     ],
 )
-def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing):
+def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests):
   try:
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
   except checkpoints.CheckpointError as e:
@@ -61,6 +62,8 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing):
       length_buckets=(64, 128, 256, 512, 1024, 2048) if packing else None,
       suffix_packing=packing,
       packed_length=128,
+      rest_packing=rests,
+      rest_row_length=16,  # some rests longer: scored one a row
   )
   data_dir = data.default_data_dir()
   for dataset in DATASETS:
@@ -83,6 +86,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing):
       stem_reuse=stems,
       suffix_packing=packing,
       packed_length=128,
+      rest_row_length=16 if rests else 0,
   )
   stats = engine.stats.as_dict()
   print(plan["account"], stats)
@@ -91,6 +95,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing):
   assert set(plan["programs"]) == {" ".join(map(str, k)) for k in engine.programs.compiles}
   assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles) == stems
   assert any(k[0] == "generate_packed" for k in engine.programs.compiles) == packing
+  assert any(k[0] == "score_packed" for k in engine.programs.compiles) == rests
   if batch_shapes == "fixed":  # one row count: the batch size
     assert {k[1] for k in engine.programs.compiles if k[0] != "prefix"} == {4}
   assert engine.stats.decode_steps <= plan["account"]["decode_steps_at_most"]

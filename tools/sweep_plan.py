@@ -56,6 +56,8 @@ def define_flags() -> None:
   flags.DEFINE_boolean("suffix_packing", False, "The engine's suffix_packing (packed suffix rows).")
   flags.DEFINE_integer("packed_length", 512, "The engine's packed_length (tokens a packed row).")
   flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (packed rows a block).")
+  flags.DEFINE_boolean("rest_packing", False, "The engine's rest_packing (packed scoring rests).")
+  flags.DEFINE_integer("rest_row_length", 64, "The engine's rest_row_length (with rest_packing).")
 
 
 def plan_run(
@@ -76,8 +78,10 @@ def plan_run(
     suffix_packing=False,
     packed_length=512,
     packed_rows=4,
+    rest_row_length=0,
 ) -> dict:
-  """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group)."""
+  """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group).
+  rest_row_length: the engine's with rest_packing (0: off)."""
   length_buckets = tuple(sorted(length_buckets))
   continuation_buckets = buckets_lib.continuation_buckets(length_buckets[-1])
   generation = layout.plan_settings(  # the engine's rule (one data device)
@@ -169,6 +173,7 @@ def plan_run(
               length_buckets=length_buckets,
               continuation_buckets=continuation_buckets,
               max_new_tokens=max_new_tokens,
+              rest_row_length=rest_row_length,
           )
   return {
       "programs": {" ".join(map(str, k)): v for k, v in sorted(programs.items())},
@@ -190,6 +195,7 @@ def _plan_group(
     length_buckets,
     continuation_buckets,
     max_new_tokens,
+    rest_row_length,
 ):
   """The engine's generate + continuation_logprobs of one group, replayed on the host."""
   group = layout.plan_group(ids, reuse=True, length_buckets=length_buckets)
@@ -223,16 +229,24 @@ def _plan_group(
   if not contexts:
     return
   kept = layout.KeptPrompts.build(ids, places)
-  kplans, fresh = layout.plan_kept_scoring(
+  packed, kplans, fresh = layout.plan_scoring(
       contexts,
       conts,
       kept=kept,
       prefix_length=p,
       batches=[plan.batch for plan in plans],
       rest_buckets=continuation_buckets,
+      rest_row_length=rest_row_length,
   )
   acc["scored_sequences"] += len(contexts)
   acc["scored_tokens"] += sum(len(x) + len(c) for x, c in zip(contexts, conts))
+  for rp in packed:
+    sb = plans[rp.source_batch].prompt_slots
+    key = ("score_packed", rp.kept_batch, pb, sb, rp.block_rows, rp.blocks, rp.row_length)
+    programs[key] += 1
+    acc["scored_on_kept"] += len(rp.rests)
+    acc["scored_run_tokens"] += sum(len(x.tokens) for x in rp.rests)
+    acc["scoring_padded_tokens"] += rp.padded_slots()
   for kp in kplans:
     sb = plans[kp.source_batch].prompt_slots
     programs[("score_kept", kp.batch, pb, sb, kp.rest_bucket, kp.kept_batch)] += 1
@@ -290,6 +304,7 @@ def main(argv):
       suffix_packing=FLAGS.suffix_packing,
       packed_length=FLAGS.packed_length,
       packed_rows=FLAGS.packed_rows,
+      rest_row_length=FLAGS.rest_row_length if FLAGS.rest_packing else 0,
   )
   text = json.dumps(out, indent=1)
   if FLAGS.out:

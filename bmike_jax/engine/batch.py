@@ -6,7 +6,8 @@ a call cannot pass two arrays in each other's place: the fields are named, and a
 fields fails on their shape or dtype on any number of devices.
 
 B: batch bucket, Sb: suffix length bucket, Cb: continuation length bucket, Pb: prefix bucket,
-Rb: length bucket of the tokens a scored sequence computes past a generated prompt's kept KV.
+Rb: length bucket of the tokens a scored sequence computes past a generated prompt's kept KV
+(or, packed, the tokens of a row of such rests).
 """
 
 from __future__ import annotations
@@ -188,6 +189,59 @@ class KeptScoreBatch:
         tokens=jax.ShapeDtypeStruct((batch, rest_bucket), jnp.int32),
         targets=jax.ShapeDtypeStruct((batch, rest_bucket), jnp.int32),
         lengths=jax.ShapeDtypeStruct((batch,), jnp.int32),
+    )
+
+
+@flax.struct.dataclass
+class PackedRests:
+  """Scored sequences continuing rows of one generated batch, their rests packed
+  (layout.plan_packed_rests): rows of Rb tokens, each row's rests continuing one kept row (its
+  `sources` entry), back to back; a token attends the shared prefix, its kept row's first
+  `reused` slots and its own rest's earlier tokens, at its true position P + `positions`. Block-
+  minor as `PackedBatch`: packed row g is [g % R, g // R], so a block's R rows split over the data
+  axis; the loop runs the blocks holding a rest only."""
+
+  tokens: jax.Array  # [R, NB, Rb] int32: each rest's tokens, but its last one; 0 padding
+  targets: jax.Array  # [R, NB, Rb] int32: the token after each
+  positions: jax.Array  # [R, NB, Rb] int32: each token's position after the prefix
+  reused: jax.Array  # [R, NB, Rb] int32: the kept slots each token attends ([0, reused))
+  segments: jax.Array  # [R, NB, Rb] int32: each token's rest (its index in the call), -1 padding
+  sources: jax.Array  # [R, NB] int32: the kept row of each packed row (unused rows: 0)
+
+  @staticmethod
+  def spec(*, block_rows: int, blocks: int, row_length: int) -> "PackedRests":
+    grid = jax.ShapeDtypeStruct((block_rows, blocks, row_length), jnp.int32)
+    return PackedRests(
+        tokens=grid,
+        targets=grid,
+        positions=grid,
+        reused=grid,
+        segments=grid,
+        sources=jax.ShapeDtypeStruct((block_rows, blocks), jnp.int32),
+    )
+
+  @staticmethod
+  def build(plan) -> "PackedRests":
+    """Host arrays of a layout.PackedRestPlan."""
+    r, nb, rb = plan.block_rows, plan.blocks, plan.row_length
+    tokens, targets, positions, reused = (np.zeros((r, nb, rb), np.int32) for _ in range(4))
+    segments = np.full((r, nb, rb), -1, np.int32)
+    sources = np.zeros((r, nb), np.int32)
+    for g, row in enumerate(plan.row_sources):
+      sources[g % r, g // r] = row
+    for k, (x, (g, first)) in enumerate(zip(plan.rests, plan.places)):
+      at, n = (g % r, g // r), len(x.tokens)
+      span = slice(first, first + n)
+      tokens[at][span], targets[at][span] = x.tokens, x.targets
+      positions[at][span] = x.reused + np.arange(n)
+      reused[at][span], segments[at][span] = x.reused, k
+    return PackedRests(
+        tokens=tokens,
+        targets=targets,
+        positions=positions,
+        reused=reused,
+        segments=segments,
+        sources=sources,
     )
 
 

@@ -33,6 +33,7 @@ from bmike_jax.engine.answer import answer_text
 from bmike_jax.engine.batch import (
     KeptScoreBatch,
     PackedBatch,
+    PackedRests,
     ScoreBatch,
     SharedPrefix,
     StemmedBatch,
@@ -157,6 +158,12 @@ class Engine:
   itself only, then gather each one's KV into its own decode row (layout.pack_batch): the
   prefill runs about the suffixes' tokens instead of B x Sb slots, with one program per batch
   shape as without it; answers do not depend on it (BENCHMARKS.md "Packed suffix rows").
+  rest_packing: score the sequences continuing a kept prompt with their rests (the tokens past
+  the prompt KV they reuse) packed back to back into rows of rest_row_length tokens, each row
+  the rests of one kept prompt (layout.plan_packed_rests): one scoring program per kept batch
+  shape instead of one per (rows, rest bucket), and rows filled instead of one rest padded to
+  its bucket each; a longer rest is scored one a row as without it. Log-probs equal to float32
+  rounding either way (BENCHMARKS.md "Packed scoring rests").
   """
 
   def __init__(
@@ -184,6 +191,8 @@ class Engine:
       suffix_packing: bool = False,
       packed_length: int = 512,
       packed_rows: int = 4,
+      rest_packing: bool = False,
+      rest_row_length: int = 64,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -216,6 +225,9 @@ class Engine:
         )
     )
     self.continuation_buckets = buckets_lib.continuation_buckets(self.length_buckets[-1])
+    if rest_packing and rest_row_length < 1:
+      raise ValueError(f"rest_row_length must be >= 1, got {rest_row_length}")
+    self.rest_row_length = rest_row_length if rest_packing else 0  # Rb of packed rests; 0: off
     data = self.mesh.shape[sh.DATA]
     self.batch_size = -(-batch_size // data) * data
     platform = self.mesh.devices.flat[0].platform
@@ -705,15 +717,30 @@ class Engine:
     """Score the sequences that continue a kept prompt (into `out`; layout.plan_kept_scoring
     says which and how); return the indices of the others."""
     kept = self._kept
-    plans, fresh = layout_lib.plan_kept_scoring(
+    packed, plans, fresh = layout_lib.plan_scoring(
         prompts,
         conts,
         kept=kept.prompts,
         prefix_length=kept.prefix_length,
         batches=[b for b, _, _ in kept.batches],
         rest_buckets=self.continuation_buckets,
+        rest_row_length=self.rest_row_length,
         multiple_of=self.mesh.shape[sh.DATA],
     )
+    packed_pending = []
+    for plan in packed:
+      bk, sb, kv = kept.batches[plan.source_batch]
+      rb, r, nb = plan.row_length, plan.block_rows, plan.blocks
+      rows = batch_lib.place(
+          PackedRests.build(plan),
+          PackedRests.spec(block_rows=r, blocks=nb, row_length=rb),
+          self.mesh,
+      )
+      logp = self.programs.score_packed(bk, kept.prefix_bucket, sb, r, nb, rb)(
+          params=self.params, prefix=kept.prefix, kept=kv, rows=rows
+      )
+      packed_pending.append((plan, logp))
+      self.stats.scoring_padded_tokens += plan.padded_slots()
     pending = []
     for plan in plans:
       bk, sb, kv = kept.batches[plan.source_batch]
@@ -744,6 +771,13 @@ class Engine:
       for r, (i, tokens) in enumerate(zip(plan.indices, plan.tokens)):
         m, n = len(tokens), len(conts[i])
         out[i] = logp[r, m - n : m].astype(np.float32)
+        self.stats.scored_on_kept += 1
+        self.stats.scored_run_tokens += m
+    for plan, logp in packed_pending:
+      logp = np.asarray(logp)
+      for x, (g, first) in zip(plan.rests, plan.places):
+        at, m, n = (g % plan.block_rows, g // plan.block_rows), len(x.tokens), len(conts[x.index])
+        out[x.index] = logp[at][first + m - n : first + m].astype(np.float32)
         self.stats.scored_on_kept += 1
         self.stats.scored_run_tokens += m
     return fresh

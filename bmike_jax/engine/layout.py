@@ -557,6 +557,42 @@ class KeptPrompts:
 
 
 @dataclasses.dataclass(frozen=True)
+class KeptRest:
+  """A scored sequence's tokens past the kept prompt KV it reuses (plan_kept_scoring's rule)."""
+
+  index: int  # the sequence (into the caller's list)
+  row: int  # the row of its generated batch whose kept KV it reuses
+  reused: int  # kept suffix slots it reuses: its tokens [P, P + reused)
+  tokens: tuple[int, ...]  # its tokens from P + reused on, but its last one
+  targets: tuple[int, ...]  # the token after each of `tokens`
+
+
+def kept_rests(
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    kept: KeptPrompts,
+    prefix_length: int,
+    longest: int,
+) -> tuple[dict[int, list[KeptRest]], list[int]]:
+  """({generated batch: the sequences continuing its prompts}, indices left to the fresh path):
+  the rule of `plan_kept_scoring`, for rests of at most `longest` tokens."""
+  per_batch: dict[int, list[KeptRest]] = {}
+  fresh = []
+  for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
+    seq = list(ctx) + list(cont)
+    j, row, shared = kept.match(seq)
+    start = min(shared, len(ctx) - 1)
+    if not cont or start < prefix_length or len(seq) - 1 - start > longest:
+      fresh.append(i)
+      continue
+    per_batch.setdefault(j, []).append(
+        KeptRest(i, row, start - prefix_length, tuple(seq[start:-1]), tuple(seq[start + 1 :]))
+    )
+  return per_batch, fresh
+
+
+@dataclasses.dataclass(frozen=True)
 class KeptScorePlan:
   """Scored sequences that continue rows of one generated batch, scored in one call."""
 
@@ -593,38 +629,154 @@ def plan_kept_scoring(
   sequences of one batch, longest first, as many as `buckets.scoring_rows` gives for that batch
   and the call's rest bucket (the bucket of its longest sequence; rows a multiple of
   `multiple_of`, the data axis)."""
-  per_batch: dict[int, list] = {}
-  fresh = []
-  for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
-    seq = list(ctx) + list(cont)
-    j, row, shared = kept.match(seq)
-    start = min(shared, len(ctx) - 1)
-    if not cont or start < prefix_length or len(seq) - 1 - start > rest_buckets[-1]:
-      fresh.append(i)
-      continue
-    per_batch.setdefault(j, []).append(
-        (i, row, start - prefix_length, tuple(seq[start:-1]), tuple(seq[start + 1 :]))
-    )
+  per_batch, fresh = kept_rests(
+      contexts, continuations, kept=kept, prefix_length=prefix_length, longest=rest_buckets[-1]
+  )
+  return (
+      kept_score_calls(
+          per_batch, batches=batches, rest_buckets=rest_buckets, multiple_of=multiple_of
+      ),
+      fresh,
+  )
+
+
+def kept_score_calls(
+    per_batch: dict[int, list[KeptRest]],
+    *,
+    batches: Sequence[int],
+    rest_buckets: Sequence[int],
+    multiple_of: int = 1,
+) -> list[KeptScorePlan]:
+  """plan_kept_scoring's calls of the rests `per_batch` (`kept_rests`), one rest a row."""
   plans = []
   for j, items in sorted(per_batch.items()):
-    items.sort(key=lambda x: -len(x[3]))
+    items.sort(key=lambda x: -len(x.tokens))
     c = 0
     while c < len(items):
-      rb = buckets_lib.pick_bucket(len(items[c][3]), rest_buckets)  # the longest left
+      rb = buckets_lib.pick_bucket(len(items[c].tokens), rest_buckets)  # the longest left
       rows = buckets_lib.scoring_rows(batches[j], rb, multiple_of)
       chunk = items[c : c + rows]
       c += len(chunk)
       plans.append(
           KeptScorePlan(
               source_batch=j,
-              indices=tuple(x[0] for x in chunk),
-              source_rows=tuple(x[1] for x in chunk),
-              reused=tuple(x[2] for x in chunk),
-              tokens=tuple(x[3] for x in chunk),
-              targets=tuple(x[4] for x in chunk),
+              indices=tuple(x.index for x in chunk),
+              source_rows=tuple(x.row for x in chunk),
+              reused=tuple(x.reused for x in chunk),
+              tokens=tuple(x.tokens for x in chunk),
+              targets=tuple(x.targets for x in chunk),
               batch=rows,
               kept_batch=batches[j],
               rest_bucket=rb,
           )
       )
-  return plans, fresh
+  return plans
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedRestPlan:
+  """Scored sequences continuing rows of one generated batch, their rests packed into rows of
+  `row_length` (Rb) tokens, one call: each packed row holds rests of one kept row only (they
+  attend that row's kept KV), back to back, first fit, longest first. The rows run `block_rows`
+  (R) at a time; the call's arrays hold `blocks` (NB) blocks, R x NB <= Bk rows."""
+
+  source_batch: int  # the generated batch whose kept prompt KV they reuse
+  kept_batch: int  # Bk: its rows
+  block_rows: int  # R
+  blocks: int  # NB
+  row_length: int  # Rb
+  row_sources: tuple[int, ...]  # the kept row of each packed row in use
+  rests: tuple[KeptRest, ...]  # the sequences
+  places: tuple[tuple[int, int], ...]  # (packed row, first token) of each
+
+  @property
+  def blocks_used(self) -> int:
+    return -(-len(self.row_sources) // self.block_rows)
+
+  def padded_slots(self) -> int:
+    """Token slots the call computes: the blocks holding a rest, R rows of Rb tokens each."""
+    return self.blocks_used * self.block_rows * self.row_length
+
+
+def rest_blocks(kept_batch: int, row_length: int, multiple_of: int = 1) -> tuple[int, int]:
+  """(R, NB) of a packed-rest call off a kept batch of Bk rows: R rows of Rb tokens a block (about
+  buckets.SCORING_TOKENS_PER_CALL tokens, at most Bk, a multiple of the data axis) and as many
+  blocks as Bk rows fill (at least one)."""
+  r = buckets_lib.scoring_rows(kept_batch, row_length, multiple_of)
+  return r, max(kept_batch // r, 1)
+
+
+def plan_packed_rests(
+    per_batch: dict[int, list[KeptRest]],
+    *,
+    batches: Sequence[int],
+    row_length: int,
+    multiple_of: int = 1,
+) -> tuple[list[PackedRestPlan], dict[int, list[KeptRest]]]:
+  """(the calls of packed rests, {generated batch: its rests longer than a row}, left to
+  `kept_score_calls`). per_batch: `kept_rests`; batches: the batch bucket of each generated
+  batch."""
+  plans, long = [], {}
+  for j, items in sorted(per_batch.items()):
+    fit = [x for x in items if len(x.tokens) <= row_length]
+    if len(fit) < len(items):
+      long[j] = [x for x in items if len(x.tokens) > row_length]
+    by_row: dict[int, list[KeptRest]] = {}
+    for x in fit:
+      by_row.setdefault(x.row, []).append(x)
+    rows_of: list[int] = []  # the kept row of each packed row, in order
+    placed: list[tuple[KeptRest, int, int]] = []
+    for row, xs in sorted(by_row.items()):
+      xs.sort(key=lambda x: -len(x.tokens))
+      first_row = len(rows_of)
+      for x, (g, first) in zip(xs, pack_segments([len(x.tokens) for x in xs], row_length)):
+        if first_row + g == len(rows_of):
+          rows_of.append(row)
+        placed.append((x, first_row + g, first))
+    r, nb = rest_blocks(batches[j], row_length, multiple_of)
+    per_call = r * nb
+    for c0 in range(0, len(rows_of), per_call):
+      mine = [(x, g - c0, f) for x, g, f in placed if c0 <= g < c0 + per_call]
+      plans.append(
+          PackedRestPlan(
+              source_batch=j,
+              kept_batch=batches[j],
+              block_rows=r,
+              blocks=nb,
+              row_length=row_length,
+              row_sources=tuple(rows_of[c0 : c0 + per_call]),
+              rests=tuple(x for x, _, _ in mine),
+              places=tuple((g, f) for _, g, f in mine),
+          )
+      )
+  return plans, long
+
+
+def plan_scoring(
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    kept: KeptPrompts,
+    prefix_length: int,
+    batches: Sequence[int],
+    rest_buckets: Sequence[int],
+    rest_row_length: int = 0,
+    multiple_of: int = 1,
+) -> tuple[list[PackedRestPlan], list[KeptScorePlan], list[int]]:
+  """(packed-rest calls, one-rest-a-row calls, indices left to the fresh path) of sequences
+  scored after a generated group: `plan_kept_scoring`'s routing, then, with rest_row_length
+  (Rb) > 0, the rests of at most Rb tokens packed (plan_packed_rests) and only the longer ones
+  one a row."""
+  per_batch, fresh = kept_rests(
+      contexts, continuations, kept=kept, prefix_length=prefix_length, longest=rest_buckets[-1]
+  )
+  packed = []
+  if rest_row_length:
+    packed, long = plan_packed_rests(
+        per_batch, batches=batches, row_length=rest_row_length, multiple_of=multiple_of
+    )
+    per_batch = long
+  calls = kept_score_calls(
+      per_batch, batches=batches, rest_buckets=rest_buckets, multiple_of=multiple_of
+  )
+  return packed, calls, fresh

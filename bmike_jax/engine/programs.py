@@ -25,6 +25,10 @@ buckets; a row's own cache has S = Sb + N slots, derived):
     score_kept(B, Pb, Sb, Rb, Bk)  SharedPrefix + a generate batch's kept KV (Bk rows, Sb
                            slots) + KeptScoreBatch of B rows -> log-probs [B, Rb] (B:
                            buckets.scoring_rows, ~2048 token slots a call, at most Bk)
+    score_packed(Bk, Pb, Sb, R, NB, Rb)  SharedPrefix + a generate batch's kept KV + PackedRests
+                           -> log-probs [R, NB, Rb]: rests packed into rows of Rb tokens, R rows
+                           a loop iteration; R and NB follow from (Bk, Rb) (layout.rest_blocks)
+                           and Rb is the engine's, so one program per kept batch shape
 
 Each program is called with keywords only; its inputs are the named structures of batch.py, whose
 shardings are built from the same structures (a swapped argument fails on structure or shape).
@@ -48,6 +52,7 @@ from bmike_jax.engine import sharding as sh
 from bmike_jax.engine.batch import (
     KeptScoreBatch,
     PackedBatch,
+    PackedRests,
     ScoreBatch,
     SharedPrefix,
     StemmedBatch,
@@ -55,7 +60,7 @@ from bmike_jax.engine.batch import (
 )
 from bmike_jax.engine.decode import greedy_decode
 from bmike_jax.engine.prefill import prefill, prefill_packed, prefill_stemmed, prefix_cache
-from bmike_jax.engine.scoring import score_continuations, score_on_kept
+from bmike_jax.engine.scoring import score_continuations, score_on_kept, score_packed_rests
 from bmike_jax.engine.state import DecodeState, StopRule
 from bmike_jax.model import KVCache, Llama
 from bmike_jax.model.row_deltas import RowDeltas
@@ -341,6 +346,45 @@ class Programs:
       )
 
       def call(*, params, prefix: SharedPrefix, kept: KVCache, rows: KeptScoreBatch):
+        return jitted(params, prefix, kept, rows)
+
+      return call
+
+    return self._get(key, build)
+
+  def score_packed(self, kept_batch: int, pb: int, sb: int, block_rows: int, blocks: int, rb: int):
+    """call(*, params, prefix: SharedPrefix, kept: KVCache (Bk rows, Sb slots), rows: PackedRests)
+    -> log-probs [R, NB, Rb] float32; `kept` is a generate(Bk, Pb, Sb) batch's KV, rows as
+    `PackedRests.spec(block_rows=R, blocks=NB, row_length=Rb)`."""
+    key = ("score_packed", kept_batch, pb, sb, block_rows, blocks, rb)
+
+    def build():
+      def fn(params, prefix, kept, rows):
+        self._traced(key)
+        return score_packed_rests(
+            self.model,
+            params,
+            prefix=prefix,
+            kept=kept,
+            batch=rows,
+            place_block=lambda kv: jax.lax.with_sharding_constraint(
+                kv, self.cache_shardings(block_rows)
+            ),
+        )
+
+      spec = PackedRests.spec(block_rows=block_rows, blocks=blocks, row_length=rb)
+      jitted = jax.jit(
+          fn,
+          in_shardings=(
+              self.params_shardings,
+              self.prefix_shardings(pb),
+              self.cache_shardings(kept_batch),
+              batch_lib.row_shardings(spec, self.mesh),
+          ),
+          out_shardings=self._repl(),
+      )
+
+      def call(*, params, prefix: SharedPrefix, kept: KVCache, rows: PackedRests):
         return jitted(params, prefix, kept, rows)
 
       return call

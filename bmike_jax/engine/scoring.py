@@ -7,6 +7,8 @@ Two ways in, the same arithmetic per token:
 - `score_on_kept`: the sequence continues a prompt that `generate` has just run: its row's prompt
   KV was kept (programs.py), so the sequence reuses it up to their longest common token prefix
   and computes only its own tokens after it (layout.KeptPrompts finds the row).
+- `score_packed_rests`: the same, with the rests of a kept row's sequences packed back to back
+  into rows of Rb tokens (one program per kept batch shape, whatever the rests' lengths).
 
 Same layout as generation (shared prefix, right-padded suffixes, per-row true positions). Full-vocab
 logits are computed only where they are needed: the prompt pass asks for the last prompt position
@@ -19,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bmike_jax.engine.batch import KeptScoreBatch, ScoreBatch, SharedPrefix
+from bmike_jax.engine.batch import KeptScoreBatch, PackedRests, ScoreBatch, SharedPrefix
 from bmike_jax.engine.prefill import append_tokens, suffixes_on_prefix
 from bmike_jax.model import KVCache, Llama
 
@@ -127,3 +129,53 @@ def _chunked_logprobs(
     )  # [B, c, V]
     parts.append(_token_logprobs(logits, targets[:, c0:c1]))
   return jnp.concatenate(parts, axis=1)
+
+
+def score_packed_rests(
+    model: Llama,
+    params,
+    *,
+    prefix: SharedPrefix,
+    kept: KVCache,
+    batch: PackedRests,
+    place_block=lambda kv: kv,
+):
+  """Per-token log-probs of packed rests (layout.plan_packed_rests) continuing the prompts of one
+  generated batch, R packed rows at a time: a `fori_loop` with a traced bound over the blocks
+  holding a rest, so one program serves every packing off a kept batch of (Bk rows, Sb slots).
+
+  kept: that batch's prompt-suffix KV (on `prefix`). A block gathers its rows' kept rows, appends
+  Rb slots for its own tokens, and runs them with a mask: the prefix, the kept slots
+  [0, reused) of the token's rest, and its rest's earlier tokens. place_block: put a block's
+  KV (R rows) on the mesh. Returns [R, NB, Rb] float32: log p(targets | the sequence up to the
+  token), 0 at padding.
+
+  Recompiles per (Bk, Pb, Sb) and the (R, NB, Rb) that Bk and Rb give (layout.rest_blocks)."""
+  r, nb, rb = batch.tokens.shape
+  sb = kept.length
+  index = jnp.arange(rb, dtype=jnp.int32)
+  causal = index[:, None] >= index[None, :]  # [Rb, Rb]
+  kept_slot = jnp.arange(sb, dtype=jnp.int32)  # [Sb]
+  blocks = jnp.sum(jnp.any(batch.segments >= 0, axis=(0, 2)).astype(jnp.int32))
+  prefix_mask = prefix.mask()  # [Pb] or None: the same for every block
+
+  def block(i, out):
+    take = lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)  # [R, ...]
+    seg = take(batch.segments)  # [R, Rb]
+    own = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]
+    old = kept_slot[None, None, :] < take(batch.reused)[:, :, None]  # [R, Rb, Sb]
+    cache = place_block(kept.take_rows(take(batch.sources)).pad_slots(rb))  # R rows, Sb + Rb
+    logits, _ = model.apply(
+        {"params": params},
+        take(batch.tokens),
+        prefix.length + take(batch.positions),
+        cache,
+        sb,
+        jnp.concatenate([old, own], axis=-1),  # [R, Rb, Sb + Rb]
+        prefix=prefix.kv,
+        prefix_mask=prefix_mask,
+    )  # [R, Rb, V]
+    logprobs = jnp.where(seg >= 0, _token_logprobs(logits, take(batch.targets)), 0.0)
+    return jax.lax.dynamic_update_index_in_dim(out, logprobs.astype(jnp.float32), i, axis=1)
+
+  return jax.lax.fori_loop(0, blocks, block, jnp.zeros((r, nb, rb), jnp.float32))

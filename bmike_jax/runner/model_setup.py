@@ -112,6 +112,8 @@ def build_engine(cfg: RunConfig):
       suffix_packing=cfg.suffix_packing,
       packed_length=cfg.packed_length,
       packed_rows=cfg.packed_rows,
+      rest_packing=cfg.rest_packing,
+      rest_row_length=cfg.rest_row_length,
       decode_halvings=cfg.decode_halvings,
       batch_shapes=cfg.batch_shapes,
       scan_layers=scan_layers,

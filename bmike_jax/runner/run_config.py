@@ -404,6 +404,21 @@ class RunConfig:
       "Packed rows prefilled at a time (one loop iteration; fewer for small batches).",
       parse=_positive,
   )
+  rest_packing: bool = _flag(
+      "boolean",
+      False,
+      "Score the likelihood sequences that continue a generated prompt with their rests (the "
+      "tokens past the prompt KV they reuse) packed back to back into rows of "
+      "--rest_row_length tokens, the rests of one prompt a row: one scoring program per "
+      "generated batch shape instead of one per rows and rest bucket (log-probs equal to "
+      'float32 rounding either way; BENCHMARKS.md "Packed scoring rests").',
+  )
+  rest_row_length: int = _flag(
+      "integer",
+      64,
+      "Tokens of a packed rest row (with --rest_packing; a longer rest is scored one a row).",
+      parse=_positive,
+  )
   decode_halvings: int = _flag(
       "integer",
       2,
