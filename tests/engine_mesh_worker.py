@@ -90,7 +90,7 @@ def run(config, meshes) -> dict:
         suffix_packing=True,
         packed_length=128,
         rest_packing=True,
-        rest_row_length=8,
+        rest_row_length=32,  # K = 2 prompts a packed row
     )
     run_["packed_ids"] = [list(r.ids) for r in engine.generate(records)]
     other_conts = [[4 + k % 5] * (1 + k % 3) for k in range(len(records))]

@@ -167,6 +167,26 @@ def test_fixed_batch_shape_compiles_one_row_count():
     _engine(batch_shapes="some")
 
 
+def test_fresh_scoring_calls_take_few_rows_under_fixed_shapes():
+  """Fresh scoring (contexts computed afresh) under batch_shapes="fixed" runs calls of
+  buckets.FRESH_SCORING_ROWS rows, not batch_size: after a generated group only a few sequences
+  take this path. Log-probs as the bucketed engine's (another row count: float32 rounding)."""
+  from bmike_jax.engine import buckets
+
+  prompts = engine_tiny.group_prompts(seed=31, n=20, prefix_len=40, suffix_range=(5, 25))
+  conts = [[3 + k % 5] * (1 + k % 4) for k in range(20)]
+  fixed = _engine(batch_size=64, batch_shapes="fixed")
+  bucketed = _engine(batch_size=64, batch_shapes="buckets")
+  got, want = (e.continuation_logprobs(prompts, conts) for e in (fixed, bucketed))
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=2e-5)
+  rows = lambda e: sorted(k[1] for k in e.programs.compiles if k[0] == "score")
+  assert rows(fixed) == [buckets.FRESH_SCORING_ROWS] * len(rows(fixed))  # 20 rows: two calls
+  assert 32 in rows(bucketed)
+  assert buckets.fresh_scoring_rows(8, "fixed") == (8,)
+  assert buckets.fresh_scoring_rows(64, "buckets") == buckets.batch_buckets(64)
+
+
 def test_overlong_prompt_error_and_truncate_left():
   long_prompt = engine_tiny.group_prompts(seed=4, n=1, prefix_len=60, suffix_range=(10, 11))[0]
   assert len(long_prompt) == 70

@@ -187,10 +187,12 @@ def test_scoring_calls_off_a_large_kept_batch_take_about_a_token_budget():
   assert buckets.scoring_rows(256, 16, multiple_of=3) % 3 == 0
 
 
-def test_plan_scoring_packs_each_kept_rows_rests_into_rows():
-  """Rests of at most Rb tokens are packed back to back, each packed row the rests of one kept
-  row (they attend its KV), first fit longest first, every rest once; longer rests go one a row
-  (plan_kept_scoring's calls) and the rest of the routing is plan_kept_scoring's."""
+@pytest.mark.parametrize("row_length", [8, 32])
+def test_plan_scoring_packs_rests_into_rows(row_length):
+  """Rests of at most Rb tokens are packed back to back: a kept row's rests into pieces of at most
+  Rb tokens, pieces into rows, at most K = Rb / 16 pieces (kept rows attended) a row, every rest
+  once, no overlap; longer rests go one a row (plan_kept_scoring's calls) and the rest of the
+  routing is plan_kept_scoring's."""
   prefix = [1, 9, 9, 9]
   prompts = [prefix + [5, 100 + i] for i in range(40)]
   places = [(i // 32, i % 32) for i in range(40)]
@@ -202,30 +204,32 @@ def test_plan_scoring_packs_each_kept_rows_rests_into_rows():
       contexts.append(p)
       conts.append([7] * int(rng.integers(1, 8)))
   contexts += [prompts[3], prefix[:2] + [7], prompts[5]]
-  conts += [[8] * 12, [9], []]  # a rest longer than Rb; one leaving the prefix; an empty one
+  conts += [[8] * 40, [9], []]  # a rest longer than Rb; one leaving the prefix; an empty one
   packed, calls, fresh = layout.plan_scoring(
       contexts,
       conts,
       kept=kept,
       prefix_length=4,
       batches=[32, 8],
-      rest_buckets=(16, 32),
-      rest_row_length=8,
+      rest_buckets=(16, 32, 64),
+      rest_row_length=row_length,
       multiple_of=2,
   )
+  k = layout.rest_row_sources(row_length)
+  assert k == max(1, row_length // 16)
   assert fresh == [121, 122]
-  assert [c.indices for c in calls] == [(120,)] and calls[0].rest_bucket == 16
-  placed = sorted(x.index for rp in packed for x in rp.rests)
-  assert placed == list(range(120))
+  assert [c.indices for c in calls] == [(120,)] and calls[0].rest_bucket == 64
+  assert sorted(x.index for rp in packed for x in rp.rests) == list(range(120))
   for rp in packed:
-    r, nb = layout.rest_blocks(rp.kept_batch, 8, 2)
-    assert (rp.block_rows, rp.blocks, rp.row_length) == (r, nb, 8)
+    r, nb = layout.rest_blocks(rp.kept_batch, row_length, 2)
+    assert (rp.block_rows, rp.blocks, rp.row_length, rp.sources_per_row) == (r, nb, row_length, k)
     assert r % 2 == 0 and r * nb <= rp.kept_batch and len(rp.row_sources) <= r * nb
     used = {}
-    for x, (g, first) in zip(rp.rests, rp.places):
+    for x, (g, first, source) in zip(rp.rests, rp.places):
+      assert 1 <= len(rp.row_sources[g]) <= k
       j, row = places[x.index // 3]
-      assert (rp.source_batch, rp.row_sources[g]) == (j, row)  # the row it continues
-      assert first + len(x.tokens) <= 8
+      assert (rp.source_batch, rp.row_sources[g][source]) == (j, row)  # the row it continues
+      assert first + len(x.tokens) <= row_length
       taken = used.setdefault(g, set())
       span = set(range(first, first + len(x.tokens)))
       assert not taken & span
@@ -233,19 +237,19 @@ def test_plan_scoring_packs_each_kept_rows_rests_into_rows():
       # the prompt's last token on (it predicts the first scored one)
       assert x.tokens == (100 + x.index // 3,) + (7,) * (len(conts[x.index]) - 1)
     assert sorted(used) == list(range(len(rp.row_sources)))  # no empty row
-  # fewer rows than rests: packing put several rests in a row
   rows = sum(len(rp.row_sources) for rp in packed)
-  assert rows < 120
+  # several rests a row: fewer rows than rests; with K > 1 fewer than prompts
+  assert rows < (120 if k == 1 else 40)
   # off: plan_kept_scoring's calls alone, one rest a row padded to its bucket: more slots
   off = layout.plan_scoring(
-      contexts, conts, kept=kept, prefix_length=4, batches=[32, 8], rest_buckets=(16, 32)
+      contexts, conts, kept=kept, prefix_length=4, batches=[32, 8], rest_buckets=(16, 32, 64)
   )
   want = layout.plan_kept_scoring(
-      contexts, conts, kept=kept, prefix_length=4, batches=[32, 8], rest_buckets=(16, 32)
+      contexts, conts, kept=kept, prefix_length=4, batches=[32, 8], rest_buckets=(16, 32, 64)
   )
   assert off == ([], *want)
-  one_a_row = sum(c.batch * c.rest_bucket for c in want[0])
-  assert sum(rp.padded_slots() for rp in packed) + 16 < one_a_row
+  one_a_row = sum(c.batch * c.rest_bucket for c in want[0] if c.rest_bucket < 64)
+  assert sum(rp.padded_slots() for rp in packed) < one_a_row
 
 
 def _trie_size(seqs) -> int:

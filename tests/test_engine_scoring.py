@@ -138,10 +138,10 @@ def test_scoring_after_generation_reuses_the_prompt_kv(models, cases, batch_shap
 
 @pytest.mark.parametrize("batch_shapes", ["buckets", "fixed"])
 def test_packed_rests_score_as_one_a_row_and_as_hf(models, cases, batch_shapes):
-  """rest_packing: the rests of each kept prompt's sequences (three a prompt here, as the runner's
-  alt / loc_ans / old) packed back to back into rows of Rb tokens score as the fresh path to
-  float32 rounding (KEPT_TOL) and as HF within TOL; a rest longer than Rb is scored one a row;
-  one packed program per kept batch shape, and fewer scoring slots than one a row."""
+  """rest_packing: the rests of the kept prompts' sequences (three a prompt here, as the runner's
+  alt / loc_ans / old) packed back to back into rows of Rb tokens (K = Rb / 16 prompts a row)
+  score as the fresh path to float32 rounding (KEPT_TOL) and as HF within TOL; a rest longer
+  than Rb is scored one a row; one packed program per kept batch shape, fewer scoring slots."""
   hf, config, params = models
   prompts, _ = cases
   contexts, conts = [], []
@@ -149,21 +149,21 @@ def test_packed_rests_score_as_one_a_row_and_as_hf(models, cases, batch_shapes):
     c, k = _joint_cases(prompts, seed=seed)
     contexts += c
     conts += k
-  contexts.append(list(prompts[1]))  # a rest past Rb: one a row, as without packing
+  contexts.append(list(prompts[1]))  # a 20-token rest: past Rb = 16, within Rb = 64
   conts.append(np.random.default_rng(4).integers(3, engine_tiny.VOCAB, 20).tolist())
   fresh = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8, keep_prompt_kv=False)
   fresh.generate(prompts)
   want = fresh.continuation_logprobs(contexts, conts)
   engines = {}
-  for packing in (False, True):
+  for rb in (0, 16, 64):
     engine = Engine(
         config,
         params,
         engine_tiny.FakeTokenizer(),
         batch_size=8,
         batch_shapes=batch_shapes,
-        rest_packing=packing,
-        rest_row_length=16,
+        rest_packing=rb > 0,
+        rest_row_length=rb or 64,
     )
     engine.generate(prompts)
     got = engine.continuation_logprobs(contexts, conts)
@@ -173,14 +173,16 @@ def test_packed_rests_score_as_one_a_row_and_as_hf(models, cases, batch_shapes):
         float(np.max(np.abs(g - reference_hf.reference_logprobs(hf, c, k))))
         for g, c, k in zip(got, contexts, conts)
     )
-    print(f"packing {packing}: vs fresh {worst:.2e}; vs HF {worst_hf:.2e}")
+    print(f"rest rows of {rb}: vs fresh {worst:.2e}; vs HF {worst_hf:.2e}")
     assert worst <= KEPT_TOL and worst_hf < TOL
-    engines[packing] = engine
-  on, off = engines[True], engines[False]
-  packed = [k for k in on.programs.compiles if k[0] == "score_packed"]
-  generated = {(k[1], k[3]) for k in on.programs.compiles if k[0] == "generate"}  # (B, Sb)
-  assert packed and {(k[1], k[3]) for k in packed} <= generated  # one per kept batch shape
-  assert all(k[-1] == 16 for k in packed)
-  assert [k[4] for k in on.programs.compiles if k[0] == "score_kept"] == [32]  # the long rest
-  assert on.stats.scored_run_tokens == off.stats.scored_run_tokens
-  assert on.stats.scoring_padded_tokens < off.stats.scoring_padded_tokens
+    engines[rb] = engine
+  generated = {(k[1], k[3]) for k in engines[0].programs.compiles if k[0] == "generate"}
+  for rb, sources in ((16, 1), (64, 4)):
+    on = engines[rb]
+    packed = [k for k in on.programs.compiles if k[0] == "score_packed"]
+    assert packed and {(k[1], k[3]) for k in packed} <= generated  # one per kept batch shape
+    assert {k[-2:] for k in packed} == {(rb, sources)}
+    # the 20-token rest one a row at its bucket where it does not fit a packed row
+    assert [k[4] for k in on.programs.compiles if k[0] == "score_kept"] == ([32] if rb < 20 else [])
+    assert on.stats.scored_run_tokens == engines[0].stats.scored_run_tokens
+    assert on.stats.scoring_padded_tokens < engines[0].stats.scoring_padded_tokens

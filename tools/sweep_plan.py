@@ -94,7 +94,6 @@ def plan_run(
       packed_length=packed_length,
       packed_rows=packed_rows,
   )
-  batch_buckets = generation.batch_buckets
   programs = collections.Counter()
   acc = collections.Counter()
   last_prefix = {}  # "ids": the prefix whose KV the engine holds
@@ -168,12 +167,11 @@ def plan_run(
               acc=acc,
               last_prefix=last_prefix,
               generation=generation,
-              batch_size=batch_size,
-              batch_buckets=batch_buckets,
               length_buckets=length_buckets,
               continuation_buckets=continuation_buckets,
               max_new_tokens=max_new_tokens,
               rest_row_length=rest_row_length,
+              fresh_rows=buckets_lib.fresh_scoring_rows(batch_size, batch_shapes),
           )
   return {
       "programs": {" ".join(map(str, k)): v for k, v in sorted(programs.items())},
@@ -190,12 +188,11 @@ def _plan_group(
     acc,
     last_prefix,
     generation,
-    batch_size,
-    batch_buckets,
     length_buckets,
     continuation_buckets,
     max_new_tokens,
     rest_row_length,
+    fresh_rows,
 ):
   """The engine's generate + continuation_logprobs of one group, replayed on the host."""
   group = layout.plan_group(ids, reuse=True, length_buckets=length_buckets)
@@ -243,6 +240,7 @@ def _plan_group(
   for rp in packed:
     sb = plans[rp.source_batch].prompt_slots
     key = ("score_packed", rp.kept_batch, pb, sb, rp.block_rows, rp.blocks, rp.row_length)
+    key += (rp.sources_per_row,)
     programs[key] += 1
     acc["scored_on_kept"] += len(rp.rests)
     acc["scored_run_tokens"] += sum(len(x.tokens) for x in rp.rests)
@@ -264,8 +262,8 @@ def _plan_group(
       last_prefix["ids"] = fgroup.prefix
     for plan in layout.plan_batches(
         [len(c) - fp for c in fc],
-        batch_size=batch_size,
-        batch_buckets=batch_buckets,
+        batch_size=fresh_rows[-1],
+        batch_buckets=fresh_rows,
         length_buckets=length_buckets,
         extra_lengths=[len(conts[i]) for i in fresh],
         extra_buckets=continuation_buckets,

@@ -195,21 +195,23 @@ class KeptScoreBatch:
 @flax.struct.dataclass
 class PackedRests:
   """Scored sequences continuing rows of one generated batch, their rests packed
-  (layout.plan_packed_rests): rows of Rb tokens, each row's rests continuing one kept row (its
-  `sources` entry), back to back; a token attends the shared prefix, its kept row's first
-  `reused` slots and its own rest's earlier tokens, at its true position P + `positions`. Block-
-  minor as `PackedBatch`: packed row g is [g % R, g // R], so a block's R rows split over the data
-  axis; the loop runs the blocks holding a rest only."""
+  (layout.plan_packed_rests): rows of Rb tokens, each row holding the rests of at most K kept
+  rows (its `sources`), back to back; a token attends the shared prefix, the first `reused`
+  slots of its own kept row (`source_slots`: which of the row's K) and its own rest's earlier
+  tokens, at its true position P + `positions`. Block-minor as `PackedBatch`: packed row g is
+  [g % R, g // R], so a block's R rows split over the data axis; the loop runs the blocks holding
+  a rest only."""
 
   tokens: jax.Array  # [R, NB, Rb] int32: each rest's tokens, but its last one; 0 padding
   targets: jax.Array  # [R, NB, Rb] int32: the token after each
   positions: jax.Array  # [R, NB, Rb] int32: each token's position after the prefix
   reused: jax.Array  # [R, NB, Rb] int32: the kept slots each token attends ([0, reused))
   segments: jax.Array  # [R, NB, Rb] int32: each token's rest (its index in the call), -1 padding
-  sources: jax.Array  # [R, NB] int32: the kept row of each packed row (unused rows: 0)
+  source_slots: jax.Array  # [R, NB, Rb] int32: which of its row's K sources each token continues
+  sources: jax.Array  # [R, NB, K] int32: the kept rows each packed row continues (unused: 0)
 
   @staticmethod
-  def spec(*, block_rows: int, blocks: int, row_length: int) -> "PackedRests":
+  def spec(*, block_rows: int, blocks: int, row_length: int, sources: int) -> "PackedRests":
     grid = jax.ShapeDtypeStruct((block_rows, blocks, row_length), jnp.int32)
     return PackedRests(
         tokens=grid,
@@ -217,30 +219,33 @@ class PackedRests:
         positions=grid,
         reused=grid,
         segments=grid,
-        sources=jax.ShapeDtypeStruct((block_rows, blocks), jnp.int32),
+        source_slots=grid,
+        sources=jax.ShapeDtypeStruct((block_rows, blocks, sources), jnp.int32),
     )
 
   @staticmethod
   def build(plan) -> "PackedRests":
     """Host arrays of a layout.PackedRestPlan."""
     r, nb, rb = plan.block_rows, plan.blocks, plan.row_length
-    tokens, targets, positions, reused = (np.zeros((r, nb, rb), np.int32) for _ in range(4))
+    grid = lambda: np.zeros((r, nb, rb), np.int32)
+    tokens, targets, positions, reused, source_slots = grid(), grid(), grid(), grid(), grid()
     segments = np.full((r, nb, rb), -1, np.int32)
-    sources = np.zeros((r, nb), np.int32)
-    for g, row in enumerate(plan.row_sources):
-      sources[g % r, g // r] = row
-    for k, (x, (g, first)) in enumerate(zip(plan.rests, plan.places)):
+    sources = np.zeros((r, nb, plan.sources_per_row), np.int32)
+    for g, rows in enumerate(plan.row_sources):
+      sources[g % r, g // r, : len(rows)] = rows
+    for k, (x, (g, first, source)) in enumerate(zip(plan.rests, plan.places)):
       at, n = (g % r, g // r), len(x.tokens)
       span = slice(first, first + n)
       tokens[at][span], targets[at][span] = x.tokens, x.targets
       positions[at][span] = x.reused + np.arange(n)
-      reused[at][span], segments[at][span] = x.reused, k
+      reused[at][span], segments[at][span], source_slots[at][span] = x.reused, k, source
     return PackedRests(
         tokens=tokens,
         targets=targets,
         positions=positions,
         reused=reused,
         segments=segments,
+        source_slots=source_slots,
         sources=sources,
     )
 

@@ -74,6 +74,21 @@ def row_buckets(batch_size: int, shapes: str, multiple_of: int = 1) -> tuple[int
   return sizes[-1:] if shapes == "fixed" else sizes
 
 
+FRESH_SCORING_ROWS = 16  # rows of a fresh scoring call under fixed batch shapes
+
+
+def fresh_scoring_rows(batch_size: int, shapes: str, multiple_of: int = 1) -> tuple[int, ...]:
+  """The batch sizes of scoring calls that compute their contexts afresh: under "fixed" shapes
+  one size, FRESH_SCORING_ROWS (at most batch_size), not batch_size; under "buckets" the
+  generation's. After a generated group only a few sequences take this path (empty targets,
+  whose scored tokens are the whole prompt; sequences leaving the prompts inside their shared
+  prefix), about 10 a group on BMIKE-53: at a fixed 256 rows their calls were ~30M of the ~77M
+  scoring slots of the full sweep (tools/sweep_plan), for as many programs."""
+  if shapes == "fixed":
+    return row_buckets(min(batch_size, FRESH_SCORING_ROWS), "fixed", multiple_of)
+  return row_buckets(batch_size, shapes, multiple_of)
+
+
 # A scored continuation runs, per sequence, the tokens after what it shares with its prompt (off
 # the kept prompt KV) or its whole continuation (afresh): a target of a few tokens (BMIKE-53's
 # targets are entity names) plus the one or two the joint tokenization merges. One bucket holds

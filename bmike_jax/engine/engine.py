@@ -669,10 +669,13 @@ class Engine:
     """Each context computed on the group's shared prefix, then its continuation."""
     group, prefix, suffixes = self._prefix(prompts, group_prefix)
     pb = group.prefix_bucket
+    rows = buckets_lib.fresh_scoring_rows(
+        self.batch_size, self.batch_shapes, self.mesh.shape[sh.DATA]
+    )
     plans = layout_lib.plan_batches(
         [len(s) for s in suffixes],
-        batch_size=self.batch_size,
-        batch_buckets=self.batch_buckets,
+        batch_size=rows[-1],
+        batch_buckets=rows,
         length_buckets=self.length_buckets,
         extra_lengths=[len(c) for c in conts],
         extra_buckets=self.continuation_buckets,
@@ -730,13 +733,13 @@ class Engine:
     packed_pending = []
     for plan in packed:
       bk, sb, kv = kept.batches[plan.source_batch]
-      rb, r, nb = plan.row_length, plan.block_rows, plan.blocks
+      rb, r, nb, k = plan.row_length, plan.block_rows, plan.blocks, plan.sources_per_row
       rows = batch_lib.place(
           PackedRests.build(plan),
-          PackedRests.spec(block_rows=r, blocks=nb, row_length=rb),
+          PackedRests.spec(block_rows=r, blocks=nb, row_length=rb, sources=k),
           self.mesh,
       )
-      logp = self.programs.score_packed(bk, kept.prefix_bucket, sb, r, nb, rb)(
+      logp = self.programs.score_packed(bk, kept.prefix_bucket, sb, r, nb, rb, k)(
           params=self.params, prefix=kept.prefix, kept=kv, rows=rows
       )
       packed_pending.append((plan, logp))
@@ -775,7 +778,7 @@ class Engine:
         self.stats.scored_run_tokens += m
     for plan, logp in packed_pending:
       logp = np.asarray(logp)
-      for x, (g, first) in zip(plan.rests, plan.places):
+      for x, (g, first, _) in zip(plan.rests, plan.places):
         at, m, n = (g % plan.block_rows, g // plan.block_rows), len(x.tokens), len(conts[x.index])
         out[x.index] = logp[at][first + m - n : first + m].astype(np.float32)
         self.stats.scored_on_kept += 1

@@ -676,18 +676,21 @@ def kept_score_calls(
 @dataclasses.dataclass(frozen=True)
 class PackedRestPlan:
   """Scored sequences continuing rows of one generated batch, their rests packed into rows of
-  `row_length` (Rb) tokens, one call: each packed row holds rests of one kept row only (they
-  attend that row's kept KV), back to back, first fit, longest first. The rows run `block_rows`
-  (R) at a time; the call's arrays hold `blocks` (NB) blocks, R x NB <= Bk rows."""
+  `row_length` (Rb) tokens, one call. A kept row's rests go back to back into pieces of at most
+  Rb tokens (first fit, longest first); pieces go into rows (first fit, longest first), at most
+  `sources_per_row` (K) pieces a row, since a row attends the kept KV of each of its pieces' rows.
+  The rows run `block_rows` (R) at a time; the call's arrays hold `blocks` (NB) blocks,
+  R x NB <= Bk rows."""
 
   source_batch: int  # the generated batch whose kept prompt KV they reuse
   kept_batch: int  # Bk: its rows
   block_rows: int  # R
   blocks: int  # NB
   row_length: int  # Rb
-  row_sources: tuple[int, ...]  # the kept row of each packed row in use
+  sources_per_row: int  # K
+  row_sources: tuple[tuple[int, ...], ...]  # the kept rows (<= K) of each packed row in use
   rests: tuple[KeptRest, ...]  # the sequences
-  places: tuple[tuple[int, int], ...]  # (packed row, first token) of each
+  places: tuple[tuple[int, int, int], ...]  # (packed row, first token, its source in the row)
 
   @property
   def blocks_used(self) -> int:
@@ -698,11 +701,20 @@ class PackedRestPlan:
     return self.blocks_used * self.block_rows * self.row_length
 
 
+def rest_row_sources(row_length: int) -> int:
+  """K, the kept rows one packed rest row may continue: one per CONTINUATION_BUCKET (16) tokens
+  (a prompt's three rests are ~15 tokens); each is Sb more key slots for the row's tokens."""
+  return max(1, row_length // buckets_lib.CONTINUATION_BUCKET)
+
+
 def rest_blocks(kept_batch: int, row_length: int, multiple_of: int = 1) -> tuple[int, int]:
   """(R, NB) of a packed-rest call off a kept batch of Bk rows: R rows of Rb tokens a block (about
-  buckets.SCORING_TOKENS_PER_CALL tokens, at most Bk, a multiple of the data axis) and as many
-  blocks as Bk rows fill (at least one)."""
-  r = buckets_lib.scoring_rows(kept_batch, row_length, multiple_of)
+  buckets.SCORING_TOKENS_PER_CALL tokens, at most Bk / K: rows of K prompts each hold a whole
+  batch's rests in one block where they fit; a multiple of the data axis) and as many blocks as
+  Bk rows fill (at least one)."""
+  r = buckets_lib.scoring_rows(
+      max(kept_batch // rest_row_sources(row_length), 1), row_length, multiple_of
+  )
   return r, max(kept_batch // r, 1)
 
 
@@ -716,6 +728,7 @@ def plan_packed_rests(
   """(the calls of packed rests, {generated batch: its rests longer than a row}, left to
   `kept_score_calls`). per_batch: `kept_rests`; batches: the batch bucket of each generated
   batch."""
+  k = rest_row_sources(row_length)
   plans, long = [], {}
   for j, items in sorted(per_batch.items()):
     fit = [x for x in items if len(x.tokens) <= row_length]
@@ -724,19 +737,31 @@ def plan_packed_rests(
     by_row: dict[int, list[KeptRest]] = {}
     for x in fit:
       by_row.setdefault(x.row, []).append(x)
-    rows_of: list[int] = []  # the kept row of each packed row, in order
-    placed: list[tuple[KeptRest, int, int]] = []
+    pieces = []  # (kept row, [(rest, offset in the piece)], tokens)
     for row, xs in sorted(by_row.items()):
       xs.sort(key=lambda x: -len(x.tokens))
-      first_row = len(rows_of)
-      for x, (g, first) in zip(xs, pack_segments([len(x.tokens) for x in xs], row_length)):
-        if first_row + g == len(rows_of):
-          rows_of.append(row)
-        placed.append((x, first_row + g, first))
+      per_piece: dict[int, list] = {}
+      for x, (q, first) in zip(xs, pack_segments([len(x.tokens) for x in xs], row_length)):
+        per_piece.setdefault(q, []).append((x, first))
+      for q in sorted(per_piece):
+        pieces.append((row, per_piece[q], sum(len(x.tokens) for x, _ in per_piece[q])))
+    pieces.sort(key=lambda p: -p[2])  # stable: kept row order among equal lengths
+    rows: list[tuple[int, list[int]]] = []  # (tokens used, kept rows) of each packed row
+    placed: list[tuple[KeptRest, int, int, int]] = []  # rest, packed row, first token, source
+    for row, members, n in pieces:
+      g = next(
+          (i for i, (u, src) in enumerate(rows) if u + n <= row_length and len(src) < k),
+          len(rows),
+      )
+      if g == len(rows):
+        rows.append((0, []))
+      used, src = rows[g]
+      placed += [(x, g, used + first, len(src)) for x, first in members]
+      rows[g] = (used + n, src + [row])
     r, nb = rest_blocks(batches[j], row_length, multiple_of)
     per_call = r * nb
-    for c0 in range(0, len(rows_of), per_call):
-      mine = [(x, g - c0, f) for x, g, f in placed if c0 <= g < c0 + per_call]
+    for c0 in range(0, len(rows), per_call):
+      mine = [(x, g - c0, f, s) for x, g, f, s in placed if c0 <= g < c0 + per_call]
       plans.append(
           PackedRestPlan(
               source_batch=j,
@@ -744,9 +769,10 @@ def plan_packed_rests(
               block_rows=r,
               blocks=nb,
               row_length=row_length,
-              row_sources=tuple(rows_of[c0 : c0 + per_call]),
-              rests=tuple(x for x, _, _ in mine),
-              places=tuple((g, f) for _, g, f in mine),
+              sources_per_row=k,
+              row_sources=tuple(tuple(src) for _, src in rows[c0 : c0 + per_call]),
+              rests=tuple(x for x, _, _, _ in mine),
+              places=tuple((g, f, s) for _, g, f, s in mine),
           )
       )
   return plans, long

@@ -25,10 +25,12 @@ buckets; a row's own cache has S = Sb + N slots, derived):
     score_kept(B, Pb, Sb, Rb, Bk)  SharedPrefix + a generate batch's kept KV (Bk rows, Sb
                            slots) + KeptScoreBatch of B rows -> log-probs [B, Rb] (B:
                            buckets.scoring_rows, ~2048 token slots a call, at most Bk)
-    score_packed(Bk, Pb, Sb, R, NB, Rb)  SharedPrefix + a generate batch's kept KV + PackedRests
-                           -> log-probs [R, NB, Rb]: rests packed into rows of Rb tokens, R rows
-                           a loop iteration; R and NB follow from (Bk, Rb) (layout.rest_blocks)
-                           and Rb is the engine's, so one program per kept batch shape
+    score_packed(Bk, Pb, Sb, R, NB, Rb, K)  SharedPrefix + a generate batch's kept KV +
+                           PackedRests -> log-probs [R, NB, Rb]: rests packed into rows of Rb
+                           tokens continuing at most K kept rows each, R rows a loop iteration;
+                           R, NB and K follow from (Bk, Rb) (layout.rest_blocks,
+                           rest_row_sources) and Rb is the engine's, so one program per kept
+                           batch shape
 
 Each program is called with keywords only; its inputs are the named structures of batch.py, whose
 shardings are built from the same structures (a swapped argument fails on structure or shape).
@@ -352,11 +354,13 @@ class Programs:
 
     return self._get(key, build)
 
-  def score_packed(self, kept_batch: int, pb: int, sb: int, block_rows: int, blocks: int, rb: int):
+  def score_packed(
+      self, kept_batch: int, pb: int, sb: int, block_rows: int, blocks: int, rb: int, sources: int
+  ):
     """call(*, params, prefix: SharedPrefix, kept: KVCache (Bk rows, Sb slots), rows: PackedRests)
     -> log-probs [R, NB, Rb] float32; `kept` is a generate(Bk, Pb, Sb) batch's KV, rows as
-    `PackedRests.spec(block_rows=R, blocks=NB, row_length=Rb)`."""
-    key = ("score_packed", kept_batch, pb, sb, block_rows, blocks, rb)
+    `PackedRests.spec(block_rows=R, blocks=NB, row_length=Rb, sources=K)`."""
+    key = ("score_packed", kept_batch, pb, sb, block_rows, blocks, rb, sources)
 
     def build():
       def fn(params, prefix, kept, rows):
@@ -372,7 +376,7 @@ class Programs:
             ),
         )
 
-      spec = PackedRests.spec(block_rows=block_rows, blocks=blocks, row_length=rb)
+      spec = PackedRests.spec(block_rows=block_rows, blocks=blocks, row_length=rb, sources=sources)
       jitted = jax.jit(
           fn,
           in_shardings=(

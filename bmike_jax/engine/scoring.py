@@ -144,18 +144,20 @@ def score_packed_rests(
   generated batch, R packed rows at a time: a `fori_loop` with a traced bound over the blocks
   holding a rest, so one program serves every packing off a kept batch of (Bk rows, Sb slots).
 
-  kept: that batch's prompt-suffix KV (on `prefix`). A block gathers its rows' kept rows, appends
-  Rb slots for its own tokens, and runs them with a mask: the prefix, the kept slots
-  [0, reused) of the token's rest, and its rest's earlier tokens. place_block: put a block's
-  KV (R rows) on the mesh. Returns [R, NB, Rb] float32: log p(targets | the sequence up to the
-  token), 0 at padding.
+  kept: that batch's prompt-suffix KV (on `prefix`). A block gathers, for each of its rows, the
+  kept rows of its K sources side by side (K x Sb slots), appends Rb slots for its own tokens,
+  and runs them with a mask: the prefix, the slots [0, reused) of the token's own source, and its
+  rest's earlier tokens. place_block: put a block's KV (R rows) on the mesh. Returns
+  [R, NB, Rb] float32: log p(targets | the sequence up to the token), 0 at padding.
 
-  Recompiles per (Bk, Pb, Sb) and the (R, NB, Rb) that Bk and Rb give (layout.rest_blocks)."""
+  Recompiles per (Bk, Pb, Sb) and the (R, NB, Rb, K) that Bk and Rb give (layout.rest_blocks,
+  layout.rest_row_sources)."""
   r, nb, rb = batch.tokens.shape
-  sb = kept.length
+  k, sb = batch.sources.shape[-1], kept.length
   index = jnp.arange(rb, dtype=jnp.int32)
   causal = index[:, None] >= index[None, :]  # [Rb, Rb]
-  kept_slot = jnp.arange(sb, dtype=jnp.int32)  # [Sb]
+  slot = jnp.arange(k * sb, dtype=jnp.int32)  # the K sources' kept slots, side by side
+  section, within = slot // sb, slot % sb  # [K x Sb]: which source, which of its slots
   blocks = jnp.sum(jnp.any(batch.segments >= 0, axis=(0, 2)).astype(jnp.int32))
   prefix_mask = prefix.mask()  # [Pb] or None: the same for every block
 
@@ -163,15 +165,20 @@ def score_packed_rests(
     take = lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)  # [R, ...]
     seg = take(batch.segments)  # [R, Rb]
     own = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]
-    old = kept_slot[None, None, :] < take(batch.reused)[:, :, None]  # [R, Rb, Sb]
-    cache = place_block(kept.take_rows(take(batch.sources)).pad_slots(rb))  # R rows, Sb + Rb
+    old = (section[None, None, :] == take(batch.source_slots)[:, :, None]) & (
+        within[None, None, :] < take(batch.reused)[:, :, None]
+    )  # [R, Rb, K x Sb]
+    rows = jnp.take(take(batch.sources), section, axis=1)  # [R, K x Sb]: each slot's kept row
+    cache = place_block(
+        kept.gather(rows, jnp.broadcast_to(within, rows.shape)).pad_slots(rb)
+    )  # R rows, K x Sb + Rb slots
     logits, _ = model.apply(
         {"params": params},
         take(batch.tokens),
         prefix.length + take(batch.positions),
         cache,
-        sb,
-        jnp.concatenate([old, own], axis=-1),  # [R, Rb, Sb + Rb]
+        k * sb,
+        jnp.concatenate([old, own], axis=-1),  # [R, Rb, K x Sb + Rb]
         prefix=prefix.kv,
         prefix_mask=prefix_mask,
     )  # [R, Rb, V]

@@ -117,8 +117,9 @@ class KVCache:
 
   def gather(self, rows, index) -> "KVCache":
     """Row b's slot s <- row rows[b]'s slot index[b, s] (rows [B'], index [B', S'] int32): B' rows
-    of S' slots, every layer; one gather of the slots read (no [B', all slots] copy first)."""
-    r, i = rows[:, None], index  # [B', 1], [B', S']: broadcast to the B' x S' entries read
+    of S' slots, every layer; one gather of the slots read (no [B', all slots] copy first).
+    rows may also be [B', S']: each slot from a row of its own (row rows[b, s])."""
+    r, i = (rows if rows.ndim == 2 else rows[:, None]), index  # broadcast to B' x S' entries
 
     def pick(a):
       if self.per_layer:  # [B, KVH, S, Dh] -> [B', S', KVH, Dh] -> [B', KVH, S', Dh]
