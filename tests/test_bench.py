@@ -306,7 +306,7 @@ def _bench_option(tiny_ckpt, tmp_path, option, *extra):
           f"--data_dir={SAMPLE_DIR}",
           f"--option={option}",
           *extra,
-          "--records=2",
+          "--records=2" if option != "rest_packing" else "--records=3",
           "--langs=de,zh",
           "--setups=zero_shot",
           "--batch_size=8",
@@ -320,7 +320,8 @@ def _bench_option(tiny_ckpt, tmp_path, option, *extra):
   assert f"| {option} |" in proc.stdout and raw["option"] == option
   off, on = raw["runs"]["False"], raw["runs"]["True"]
   assert raw["identical_answers"] is True
-  assert off["account"]["prompt_tokens"] == on["account"]["prompt_tokens"] > 0
+  counted = "scored_run_tokens" if option == "rest_packing" else "prompt_tokens"
+  assert off["account"][counted] == on["account"][counted] > 0
   assert off["warm_compiles"] == on["warm_compiles"] == 0
   assert len(off["seconds"]) == len(on["seconds"]) == 1
   return off, on
@@ -343,3 +344,17 @@ def test_stems_bench_compares_packing_too(tiny_ckpt, tmp_path):
   assert off["account"]["prefill_tokens"] == on["account"]["prefill_tokens"] > 0
   # zero-shot suffixes of ~20-40 tokens padded to 64 slots each, packed 3-5 to a 128-token row
   assert on["account"]["prefill_padded_tokens"] < off["account"]["prefill_padded_tokens"]
+
+
+def test_stems_bench_compares_rest_packing(tiny_ckpt, tmp_path):
+  """--option=rest_packing runs the runner's units (generation, then the likelihoods) with rest
+  packing off and on: same rows, 1/PPL to float32 rounding, fewer scoring slots, the scoring
+  calls timed apart."""
+  off, on = _bench_option(
+      tiny_ckpt, tmp_path, "rest_packing", "--dataset=counterfact", "--rest_row_length=64"
+  )
+  assert off["account"]["scored_sequences"] == on["account"]["scored_sequences"] > 0
+  assert on["account"]["scoring_padded_tokens"] < off["account"]["scoring_padded_tokens"]
+  assert 0 < on["scoring_seconds"][0] < on["seconds"][0]
+  with open(tmp_path / "rest_packing.json", encoding="utf-8") as f:
+    assert json.load(f)["max_relative_inv_ppl_difference"] < 1e-4

@@ -31,16 +31,17 @@ SAME = (
 
 
 @pytest.mark.parametrize(
-    "batch_shapes, stems, packing, rests",
+    "batch_shapes, stems, packing, rests, batch",
     [
-        ("fixed", False, False, False),
-        ("buckets", False, False, False),
-        ("buckets", True, False, False),
-        ("fixed", False, True, False),
-        ("buckets", False, True, True),
+        ("fixed", False, False, False, 4),
+        ("buckets", False, False, False, 4),
+        ("buckets", True, False, False, 4),
+        ("fixed", False, True, False, 4),
+        ("buckets", False, True, True, 4),
+        ("fixed", False, True, True, 32),  # a batch of more rows than a fresh scoring call
     ],
 )
-def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests):
+def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests, batch):
   try:
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
   except checkpoints.CheckpointError as e:
@@ -55,7 +56,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
       config,
       engine_tiny.tiny_params(config),
       tok,
-      batch_size=4,
+      batch_size=batch,
       batch_shapes=batch_shapes,
       stem_reuse=stems,
       # packed: configs/8b.flags' coarse buckets, where suffixes pad most
@@ -79,7 +80,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
       langs=LANGS,
       setups=SETUPS,
       limit=2,
-      batch_size=4,
+      batch_size=batch,
       length_buckets=engine.length_buckets,
       max_new_tokens=engine.max_new_tokens,
       batch_shapes=batch_shapes,
@@ -97,5 +98,6 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
   assert any(k[0] == "generate_packed" for k in engine.programs.compiles) == packing
   assert any(k[0] == "score_packed" for k in engine.programs.compiles) == rests
   if batch_shapes == "fixed":  # one row count: the batch size
-    assert {k[1] for k in engine.programs.compiles if k[0] != "prefix"} == {4}
+    generated = ("generate", "generate_packed", "score_packed")
+    assert {k[1] for k in engine.programs.compiles if k[0] in generated} == {batch}
   assert engine.stats.decode_steps <= plan["account"]["decode_steps_at_most"]

@@ -2,6 +2,9 @@
 options (`--option`: record stems, `stem_reuse`, or packed suffix rows, `suffix_packing`), side by
 side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
 token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
+`--option=rest_packing` (packed scoring rests) runs the runner's own units instead
+(`evaluate.evaluate_unit`: generation, then the likelihood comparison; CounterFact or
+WikiFactDiff) and times the scoring calls apart.
 
 Model: SmolLM2-135M (the embedded GGUF, float32) unless --checkpoint. Each engine runs the
 groups once cold (compiles), then --passes timed warm passes; the configurations alternate
@@ -10,6 +13,7 @@ configurations are compared (they must be identical in float32).
 
     python -m tools.bench_stems --records=16 --langs=de,zh --setups=zero_shot,few_shot_mixed
     python -m tools.bench_stems --option=suffix_packing --length_buckets=64,128,256,512,1024
+    python -m tools.bench_stems --option=rest_packing --dataset=counterfact --rest_row_length=64
 """
 
 from __future__ import annotations
@@ -46,8 +50,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("passes", 2, "Timed warm passes per configuration.")
   flags.DEFINE_string("out", "", "Write the numbers as JSON here too.")
   flags.DEFINE_enum(
-      "option", "stem_reuse", ["stem_reuse", "suffix_packing"], "The Engine option compared."
+      "option",
+      "stem_reuse",
+      ["stem_reuse", "suffix_packing", "rest_packing"],
+      "The Engine option compared.",
   )
+  flags.DEFINE_integer("rest_row_length", 64, "The engine's rest_row_length (with rest_packing).")
   flags.DEFINE_list("length_buckets", None, "Engine length buckets (default: the engine's).")
   flags.DEFINE_integer("packed_length", 512, "The engine's packed_length (with suffix_packing).")
   flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (with suffix_packing).")
@@ -149,10 +157,148 @@ def table(out: dict) -> str:
   return "\n".join(lines)
 
 
+SCORING_ACCOUNT = (
+    "scored_sequences",
+    "scored_on_kept",
+    "scored_run_tokens",
+    "scoring_padded_tokens",
+)
+INV_PPL = ("inv_ppl_alt", "inv_ppl_loc_ans", "inv_ppl_old")
+
+
+def measure_scoring(
+    *,
+    data_dir,
+    checkpoint,
+    dataset,
+    records,
+    langs,
+    setups,
+    batch_size,
+    passes,
+    length_buckets=None,
+    rest_row_length=64,
+    dtype="float32",
+) -> dict:
+  """`measure` for rest_packing: the runner's units (generation, then the likelihoods) with the
+  engine's rest packing off and on; the scoring calls (`continuation_logprobs`) timed apart."""
+  from bmike_jax.runner import evaluate
+
+  if dataset not in evaluate.LIKELIHOOD_DATASETS:
+    raise ValueError(f"--option=rest_packing scores {evaluate.LIKELIHOOD_DATASETS}, not {dataset}")
+  config, params = checkpoints.load_model(checkpoint, dtype)
+  tok = tokenizer_lib.load_tokenizer(checkpoint)
+  pool = data.load_pool(data_dir, dataset)
+  units = [
+      (lang, setup, data.load_file(data_dir, dataset, lang, limit=records))
+      for lang in langs
+      for setup in setups
+  ]
+  engines, scoring = {}, {}
+  for on in (False, True):
+    engine = Engine(
+        config,
+        params,
+        tok,
+        batch_size=batch_size,
+        length_buckets=length_buckets,
+        dtype=dtype,
+        rest_packing=on,
+        rest_row_length=rest_row_length,
+    )
+    score, spent = engine.continuation_logprobs, [0.0]
+
+    def timed(*args, _score=score, _spent=spent, **kw):
+      t = time.perf_counter()
+      out = _score(*args, **kw)
+      _spent[0] += time.perf_counter() - t
+      return out
+
+    engine.continuation_logprobs = timed
+    engines[on], scoring[on] = engine, spent
+
+  def run(engine):
+    rows = []
+    for _, setup, loaded in units:
+      rows += evaluate.evaluate_unit(
+          engine, tok, loaded, pool, setup, data.QUERY_TYPES, likelihood=True
+      )
+    return rows
+
+  out = {"option": "rest_packing", "rest_row_length": rest_row_length, "dtype": dtype, "runs": {}}
+  rows = {}
+  for on, engine in engines.items():  # cold pass: compiles every shape
+    rows[on] = run(engine)
+    out["runs"][str(on)] = {"programs": engine.compile_count, "seconds": [], "scoring_seconds": []}
+  for _ in range(passes):
+    for on, engine in engines.items():
+      engine.reset_stats()
+      scoring[on][0] = 0.0
+      t0 = time.perf_counter()
+      run(engine)
+      entry = out["runs"][str(on)]
+      entry["seconds"].append(round(time.perf_counter() - t0, 3))
+      entry["scoring_seconds"].append(round(scoring[on][0], 3))
+      entry["account"] = {k: getattr(engine.stats, k) for k in SCORING_ACCOUNT}
+      entry["warm_compiles"] = engine.compile_count - entry["programs"]
+  strip = lambda r: {k: v for k, v in r.items() if k not in INV_PPL}
+  out["identical_answers"] = [strip(r) for r in rows[False]] == [strip(r) for r in rows[True]]
+  out["max_relative_inv_ppl_difference"] = max(
+      (
+          abs(a[k] - b[k]) / abs(a[k])
+          for a, b in zip(rows[False], rows[True])
+          for k in INV_PPL
+          if a.get(k)
+      ),
+      default=0.0,
+  )
+  return out
+
+
+def scoring_table(out: dict) -> str:
+  lines = [
+      "| rest_packing | warm seconds (each pass) | of which scoring | programs | "
+      + " | ".join(SCORING_ACCOUNT)
+      + " |",
+      "| --- | --- | --- | --- | " + " | ".join("---" for _ in SCORING_ACCOUNT) + " |",
+  ]
+  for name, run in out["runs"].items():
+    lines.append(
+        f"| {name} | {', '.join(f'{s:.2f}' for s in run['seconds'])} | "
+        f"{', '.join(f'{s:.2f}' for s in run['scoring_seconds'])} | {run['programs']} | "
+        + " | ".join(f"{run['account'][k]:,}" for k in SCORING_ACCOUNT)
+        + " |"
+    )
+  lines.append(
+      f"\nanswers identical: {out['identical_answers']}; 1/PPL at most "
+      f"{out['max_relative_inv_ppl_difference']:.1e} apart (relative)"
+  )
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   from tools import paths
 
+  if FLAGS.option == "rest_packing":
+    out = measure_scoring(
+        data_dir=FLAGS.data_dir or paths.default_data_dir(),
+        checkpoint=FLAGS.checkpoint or checkpoints.default_gguf_path(),
+        dataset=FLAGS.dataset,
+        records=FLAGS.records,
+        langs=FLAGS.langs,
+        setups=FLAGS.setups,
+        batch_size=FLAGS.batch_size,
+        passes=FLAGS.passes,
+        length_buckets=[int(x) for x in FLAGS.length_buckets] if FLAGS.length_buckets else None,
+        rest_row_length=FLAGS.rest_row_length,
+        dtype=FLAGS.dtype,
+    )
+    if FLAGS.out:
+      with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    print(scoring_table(out))
+    return
   out = measure(
       data_dir=FLAGS.data_dir or paths.default_data_dir(),
       checkpoint=FLAGS.checkpoint or checkpoints.default_gguf_path(),

@@ -234,6 +234,7 @@ def _plan_group(
       batches=[plan.batch for plan in plans],
       rest_buckets=continuation_buckets,
       rest_row_length=rest_row_length,
+      slots=[plan.prompt_slots for plan in plans],
   )
   acc["scored_sequences"] += len(contexts)
   acc["scored_tokens"] += sum(len(x) + len(c) for x, c in zip(contexts, conts))

@@ -142,7 +142,8 @@ class Engine:
   another kept prompt sharing their tokens); default (None): a fifth of the mesh's device memory,
   or 4 GiB where the backend does not say (CPU). An 8B CounterFact group at batch 32 would
   otherwise keep ~64 GiB. batch_shapes: "buckets" (a batch of n rows runs at the smallest of 1, 2,
-  4, ... batch_size holding them), "fixed" (always batch_size rows: fewer programs), "auto"
+  4, ... batch_size holding them), "fixed" (always batch_size rows: fewer programs; scoring calls
+  that compute their contexts afresh take buckets.FRESH_SCORING_ROWS rows), "auto"
   (buckets on CPU, fixed on GPU / TPU; buckets.BATCH_SHAPES). Answers do not depend on it.
   row_memory_bytes: what the rows of one batch may use on one device; a shape whose estimated rows
   (engine/memory.py) pass it runs fewer rows (`max_rows`: one count per shape, no extra program).
@@ -160,10 +161,11 @@ class Engine:
   shape as without it; answers do not depend on it (BENCHMARKS.md "Packed suffix rows").
   rest_packing: score the sequences continuing a kept prompt with their rests (the tokens past
   the prompt KV they reuse) packed back to back into rows of rest_row_length tokens, each row
-  the rests of one kept prompt (layout.plan_packed_rests): one scoring program per kept batch
-  shape instead of one per (rows, rest bucket), and rows filled instead of one rest padded to
-  its bucket each; a longer rest is scored one a row as without it. Log-probs equal to float32
-  rounding either way (BENCHMARKS.md "Packed scoring rests").
+  the rests of up to K kept prompts (layout.plan_packed_rests, rest_row_sources: Rb / 16, at
+  most 512 / Sb): one scoring program per kept batch shape instead of one per (rows, rest
+  bucket), and rows filled instead of one rest padded to its bucket each; a longer rest is
+  scored one a row as without it. Log-probs equal to float32 rounding either way (BENCHMARKS.md
+  "Packed scoring rests").
   """
 
   def __init__(
@@ -728,6 +730,7 @@ class Engine:
         batches=[b for b, _, _ in kept.batches],
         rest_buckets=self.continuation_buckets,
         rest_row_length=self.rest_row_length,
+        slots=[sb for _, sb, _ in kept.batches],
         multiple_of=self.mesh.shape[sh.DATA],
     )
     packed_pending = []

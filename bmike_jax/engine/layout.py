@@ -701,20 +701,26 @@ class PackedRestPlan:
     return self.blocks_used * self.block_rows * self.row_length
 
 
-def rest_row_sources(row_length: int) -> int:
-  """K, the kept rows one packed rest row may continue: one per CONTINUATION_BUCKET (16) tokens
-  (a prompt's three rests are ~15 tokens); each is Sb more key slots for the row's tokens."""
-  return max(1, row_length // buckets_lib.CONTINUATION_BUCKET)
+REST_KEPT_KEYS = 512  # kept slots a packed rest row attends at most (K x Sb), unless K = 1
 
 
-def rest_blocks(kept_batch: int, row_length: int, multiple_of: int = 1) -> tuple[int, int]:
-  """(R, NB) of a packed-rest call off a kept batch of Bk rows: R rows of Rb tokens a block (about
-  buckets.SCORING_TOKENS_PER_CALL tokens, at most Bk / K: rows of K prompts each hold a whole
-  batch's rests in one block where they fit; a multiple of the data axis) and as many blocks as
-  Bk rows fill (at least one)."""
-  r = buckets_lib.scoring_rows(
-      max(kept_batch // rest_row_sources(row_length), 1), row_length, multiple_of
-  )
+def rest_row_sources(row_length: int, suffix_slots: int) -> int:
+  """K, the kept rows one packed rest row may continue, for a kept batch of Sb prompt slots: one
+  per CONTINUATION_BUCKET (16) tokens (a prompt's three rests are ~15 tokens), and at most
+  REST_KEPT_KEYS / Sb, since each is Sb more key slots for every token of the row (the float32
+  attention scores of a block grow with K x Sb; at Sb >= 512 a row continues one prompt, whose
+  block attends as many keys as a one-a-row call). Sb is in the program's key: no program more."""
+  return max(1, min(row_length // buckets_lib.CONTINUATION_BUCKET, REST_KEPT_KEYS // suffix_slots))
+
+
+def rest_blocks(
+    kept_batch: int, row_length: int, sources: int, multiple_of: int = 1
+) -> tuple[int, int]:
+  """(R, NB) of a packed-rest call off a kept batch of Bk rows, K sources a row: R rows of Rb
+  tokens a block (about buckets.SCORING_TOKENS_PER_CALL tokens, at most Bk / K: rows of K prompts
+  each hold a whole batch's rests in one block where they fit; a multiple of the data axis) and
+  as many blocks as Bk rows fill (at least one)."""
+  r = buckets_lib.scoring_rows(max(kept_batch // sources, 1), row_length, multiple_of)
   return r, max(kept_batch // r, 1)
 
 
@@ -722,15 +728,16 @@ def plan_packed_rests(
     per_batch: dict[int, list[KeptRest]],
     *,
     batches: Sequence[int],
+    slots: Sequence[int],
     row_length: int,
     multiple_of: int = 1,
 ) -> tuple[list[PackedRestPlan], dict[int, list[KeptRest]]]:
   """(the calls of packed rests, {generated batch: its rests longer than a row}, left to
-  `kept_score_calls`). per_batch: `kept_rests`; batches: the batch bucket of each generated
-  batch."""
-  k = rest_row_sources(row_length)
+  `kept_score_calls`). per_batch: `kept_rests`; batches, slots: the batch bucket and the prompt
+  slots (Sb) of each generated batch."""
   plans, long = [], {}
   for j, items in sorted(per_batch.items()):
+    k = rest_row_sources(row_length, slots[j])
     fit = [x for x in items if len(x.tokens) <= row_length]
     if len(fit) < len(items):
       long[j] = [x for x in items if len(x.tokens) > row_length]
@@ -758,7 +765,7 @@ def plan_packed_rests(
       used, src = rows[g]
       placed += [(x, g, used + first, len(src)) for x, first in members]
       rows[g] = (used + n, src + [row])
-    r, nb = rest_blocks(batches[j], row_length, multiple_of)
+    r, nb = rest_blocks(batches[j], row_length, k, multiple_of)
     per_call = r * nb
     for c0 in range(0, len(rows), per_call):
       mine = [(x, g - c0, f, s) for x, g, f, s in placed if c0 <= g < c0 + per_call]
@@ -787,19 +794,24 @@ def plan_scoring(
     batches: Sequence[int],
     rest_buckets: Sequence[int],
     rest_row_length: int = 0,
+    slots: Sequence[int] = (),
     multiple_of: int = 1,
 ) -> tuple[list[PackedRestPlan], list[KeptScorePlan], list[int]]:
   """(packed-rest calls, one-rest-a-row calls, indices left to the fresh path) of sequences
   scored after a generated group: `plan_kept_scoring`'s routing, then, with rest_row_length
-  (Rb) > 0, the rests of at most Rb tokens packed (plan_packed_rests) and only the longer ones
-  one a row."""
+  (Rb) > 0, the rests of at most Rb tokens packed (plan_packed_rests; slots: each generated
+  batch's prompt slots Sb) and only the longer ones one a row."""
   per_batch, fresh = kept_rests(
       contexts, continuations, kept=kept, prefix_length=prefix_length, longest=rest_buckets[-1]
   )
   packed = []
   if rest_row_length:
     packed, long = plan_packed_rests(
-        per_batch, batches=batches, row_length=rest_row_length, multiple_of=multiple_of
+        per_batch,
+        batches=batches,
+        slots=slots,
+        row_length=rest_row_length,
+        multiple_of=multiple_of,
     )
     per_batch = long
   calls = kept_score_calls(

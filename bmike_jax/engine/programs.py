@@ -28,7 +28,7 @@ buckets; a row's own cache has S = Sb + N slots, derived):
     score_packed(Bk, Pb, Sb, R, NB, Rb, K)  SharedPrefix + a generate batch's kept KV +
                            PackedRests -> log-probs [R, NB, Rb]: rests packed into rows of Rb
                            tokens continuing at most K kept rows each, R rows a loop iteration;
-                           R, NB and K follow from (Bk, Rb) (layout.rest_blocks,
+                           R, NB and K follow from (Bk, Sb, Rb) (layout.rest_blocks,
                            rest_row_sources) and Rb is the engine's, so one program per kept
                            batch shape
 

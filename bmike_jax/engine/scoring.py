@@ -150,8 +150,8 @@ def score_packed_rests(
   rest's earlier tokens. place_block: put a block's KV (R rows) on the mesh. Returns
   [R, NB, Rb] float32: log p(targets | the sequence up to the token), 0 at padding.
 
-  Recompiles per (Bk, Pb, Sb) and the (R, NB, Rb, K) that Bk and Rb give (layout.rest_blocks,
-  layout.rest_row_sources)."""
+  Recompiles per (Bk, Pb, Sb) and the (R, NB, Rb, K) that Bk, Sb and Rb give
+  (layout.rest_blocks, layout.rest_row_sources)."""
   r, nb, rb = batch.tokens.shape
   k, sb = batch.sources.shape[-1], kept.length
   index = jnp.arange(rb, dtype=jnp.int32)
