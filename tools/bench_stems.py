@@ -280,26 +280,7 @@ def main(argv):
   del argv
   from tools import paths
 
-  if FLAGS.option == "rest_packing":
-    out = measure_scoring(
-        data_dir=FLAGS.data_dir or paths.default_data_dir(),
-        checkpoint=FLAGS.checkpoint or checkpoints.default_gguf_path(),
-        dataset=FLAGS.dataset,
-        records=FLAGS.records,
-        langs=FLAGS.langs,
-        setups=FLAGS.setups,
-        batch_size=FLAGS.batch_size,
-        passes=FLAGS.passes,
-        length_buckets=[int(x) for x in FLAGS.length_buckets] if FLAGS.length_buckets else None,
-        rest_row_length=FLAGS.rest_row_length,
-        dtype=FLAGS.dtype,
-    )
-    if FLAGS.out:
-      with open(FLAGS.out, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-    print(scoring_table(out))
-    return
-  out = measure(
+  common = dict(
       data_dir=FLAGS.data_dir or paths.default_data_dir(),
       checkpoint=FLAGS.checkpoint or checkpoints.default_gguf_path(),
       dataset=FLAGS.dataset,
@@ -308,16 +289,22 @@ def main(argv):
       setups=FLAGS.setups,
       batch_size=FLAGS.batch_size,
       passes=FLAGS.passes,
-      option=FLAGS.option,
       length_buckets=[int(x) for x in FLAGS.length_buckets] if FLAGS.length_buckets else None,
-      packed_length=FLAGS.packed_length,
-      packed_rows=FLAGS.packed_rows,
       dtype=FLAGS.dtype,
   )
+  if FLAGS.option == "rest_packing":
+    out = measure_scoring(**common, rest_row_length=FLAGS.rest_row_length)
+  else:
+    out = measure(
+        **common,
+        option=FLAGS.option,
+        packed_length=FLAGS.packed_length,
+        packed_rows=FLAGS.packed_rows,
+    )
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:
       json.dump(out, f, indent=1)
-  print(table(out))
+  print(scoring_table(out) if FLAGS.option == "rest_packing" else table(out))
 
 
 if __name__ == "__main__":

@@ -629,15 +629,16 @@ def plan_kept_scoring(
   sequences of one batch, longest first, as many as `buckets.scoring_rows` gives for that batch
   and the call's rest bucket (the bucket of its longest sequence; rows a multiple of
   `multiple_of`, the data axis)."""
-  per_batch, fresh = kept_rests(
-      contexts, continuations, kept=kept, prefix_length=prefix_length, longest=rest_buckets[-1]
+  _, calls, fresh = plan_scoring(
+      contexts,
+      continuations,
+      kept=kept,
+      prefix_length=prefix_length,
+      batches=batches,
+      rest_buckets=rest_buckets,
+      multiple_of=multiple_of,
   )
-  return (
-      kept_score_calls(
-          per_batch, batches=batches, rest_buckets=rest_buckets, multiple_of=multiple_of
-      ),
-      fresh,
-  )
+  return calls, fresh
 
 
 def kept_score_calls(

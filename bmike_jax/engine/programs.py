@@ -329,30 +329,15 @@ class Programs:
     KeptScoreBatch) -> log-probs [B, Rb] float32; `kept` is a generate(Bk, Pb, Sb) batch's KV,
     rows as `KeptScoreBatch.spec(batch=batch, rest_bucket=rb)`."""
     key = ("score_kept", batch, pb, sb, rb, kept_batch)
-
-    def build():
-      def fn(params, prefix, kept, rows):
-        self._traced(key)
-        return score_on_kept(self.model, params, prefix=prefix, kept=kept, batch=rows, slots=slots)
-
-      spec = KeptScoreBatch.spec(batch=batch, rest_bucket=rb)
-      jitted = jax.jit(
-          fn,
-          in_shardings=(
-              self.params_shardings,
-              self.prefix_shardings(pb),
-              self.cache_shardings(kept_batch),
-              batch_lib.row_shardings(spec, self.mesh),
-          ),
-          out_shardings=self._repl(),
-      )
-
-      def call(*, params, prefix: SharedPrefix, kept: KVCache, rows: KeptScoreBatch):
-        return jitted(params, prefix, kept, rows)
-
-      return call
-
-    return self._get(key, build)
+    return self._on_kept(
+        key,
+        kept_batch=kept_batch,
+        pb=pb,
+        spec=KeptScoreBatch.spec(batch=batch, rest_bucket=rb),
+        body=lambda params, prefix, kept, rows: score_on_kept(
+            self.model, params, prefix=prefix, kept=kept, batch=rows, slots=slots
+        ),
+    )
 
   def score_packed(
       self, kept_batch: int, pb: int, sb: int, block_rows: int, blocks: int, rb: int, sources: int
@@ -361,11 +346,12 @@ class Programs:
     -> log-probs [R, NB, Rb] float32; `kept` is a generate(Bk, Pb, Sb) batch's KV, rows as
     `PackedRests.spec(block_rows=R, blocks=NB, row_length=Rb, sources=K)`."""
     key = ("score_packed", kept_batch, pb, sb, block_rows, blocks, rb, sources)
-
-    def build():
-      def fn(params, prefix, kept, rows):
-        self._traced(key)
-        return score_packed_rests(
+    return self._on_kept(
+        key,
+        kept_batch=kept_batch,
+        pb=pb,
+        spec=PackedRests.spec(block_rows=block_rows, blocks=blocks, row_length=rb, sources=sources),
+        body=lambda params, prefix, kept, rows: score_packed_rests(
             self.model,
             params,
             prefix=prefix,
@@ -374,9 +360,19 @@ class Programs:
             place_block=lambda kv: jax.lax.with_sharding_constraint(
                 kv, self.cache_shardings(block_rows)
             ),
-        )
+        ),
+    )
 
-      spec = PackedRests.spec(block_rows=block_rows, blocks=blocks, row_length=rb, sources=sources)
+  def _on_kept(self, key, *, kept_batch: int, pb: int, spec, body):
+    """A scoring program off a generate(Bk, Pb, .) batch's kept KV: call(*, params, prefix:
+    SharedPrefix, kept: KVCache (Bk rows), rows: `spec`'s structure) -> body(params, prefix,
+    kept, rows), replicated."""
+
+    def build():
+      def fn(params, prefix, kept, rows):
+        self._traced(key)
+        return body(params, prefix, kept, rows)
+
       jitted = jax.jit(
           fn,
           in_shardings=(
@@ -388,7 +384,7 @@ class Programs:
           out_shardings=self._repl(),
       )
 
-      def call(*, params, prefix: SharedPrefix, kept: KVCache, rows: PackedRests):
+      def call(*, params, prefix: SharedPrefix, kept: KVCache, rows):
         return jitted(params, prefix, kept, rows)
 
       return call
