@@ -323,19 +323,27 @@ def plan_generate(
   return plans
 
 
-def pack_segments(lengths: Sequence[int], row_length: int) -> list[tuple[int, int]]:
+def pack_segments(
+    lengths: Sequence[int], row_length: int, max_per_row: int | None = None
+) -> list[tuple[int, int]]:
   """(packed row, first token) of each of `lengths` (each <= row_length): first fit, in the given
-  order (the batch's rows come longest first, so this is first-fit decreasing)."""
+  order (the batch's rows come longest first, so this is first-fit decreasing); at most
+  `max_per_row` segments a row where given. A segment's index in its row is the number of
+  segments placed in that row before it."""
   used: list[int] = []  # tokens taken in each packed row
+  count: list[int] = []  # segments in each packed row
+  room = max_per_row or len(lengths) or 1
   out = []
   for n in lengths:
     if n > row_length:
       raise ValueError(f"a segment of {n} tokens does not fit a packed row of {row_length}")
-    r = next((k for k, u in enumerate(used) if u + n <= row_length), len(used))
+    r = next((k for k, u in enumerate(used) if u + n <= row_length and count[k] < room), len(used))
     if r == len(used):
       used.append(0)
+      count.append(0)
     out.append((r, used[r]))
     used[r] += n
+    count[r] += 1
   return out
 
 
@@ -754,18 +762,14 @@ def plan_packed_rests(
       for q in sorted(per_piece):
         pieces.append((row, per_piece[q], sum(len(x.tokens) for x, _ in per_piece[q])))
     pieces.sort(key=lambda p: -p[2])  # stable: kept row order among equal lengths
-    rows: list[tuple[int, list[int]]] = []  # (tokens used, kept rows) of each packed row
+    rows: list[list[int]] = []  # the kept rows of each packed row, in their order there
     placed: list[tuple[KeptRest, int, int, int]] = []  # rest, packed row, first token, source
-    for row, members, n in pieces:
-      g = next(
-          (i for i, (u, src) in enumerate(rows) if u + n <= row_length and len(src) < k),
-          len(rows),
-      )
+    at = pack_segments([n for _, _, n in pieces], row_length, max_per_row=k)
+    for (row, members, _), (g, start) in zip(pieces, at):
       if g == len(rows):
-        rows.append((0, []))
-      used, src = rows[g]
-      placed += [(x, g, used + first, len(src)) for x, first in members]
-      rows[g] = (used + n, src + [row])
+        rows.append([])
+      placed += [(x, g, start + first, len(rows[g])) for x, first in members]
+      rows[g].append(row)
     r, nb = rest_blocks(batches[j], row_length, k, multiple_of)
     per_call = r * nb
     for c0 in range(0, len(rows), per_call):
@@ -778,7 +782,7 @@ def plan_packed_rests(
               blocks=nb,
               row_length=row_length,
               sources_per_row=k,
-              row_sources=tuple(tuple(src) for _, src in rows[c0 : c0 + per_call]),
+              row_sources=tuple(tuple(src) for src in rows[c0 : c0 + per_call]),
               rests=tuple(x for x, _, _, _ in mine),
               places=tuple((g, f, s) for _, g, f, s in mine),
           )
