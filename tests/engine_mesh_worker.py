@@ -99,6 +99,24 @@ def run(config, meshes) -> dict:
     ]
     run_["packed_programs"] = sum(k[0] == "generate_packed" for k in engine.programs.compiles)
     run_["rest_programs"] = sum(k[0] == "score_packed" for k in engine.programs.compiles)
+    # Record stems as segments of the packed rows: a prompt's KV gathered from its stem's slots
+    # and its rest's, both in its packed row (on any device), then scored off it.
+    engine = Engine(
+        config,
+        params,
+        engine_tiny.FakeTokenizer(),
+        mesh=mesh,
+        batch_size=16,
+        length_buckets=(64, 128),
+        suffix_packing=True,
+        packed_length=128,
+        stem_reuse=True,
+    )
+    run_["packed_stem_ids"] = [list(r.ids) for r in engine.generate(records)]
+    run_["packed_stem_logprobs"] = [
+        lp.tolist() for lp in engine.continuation_logprobs(records, stem_conts)
+    ]
+    run_["packed_stem_tokens"] = engine.stats.stem_tokens
   # Rows of 3 edited models in shared batches, each with its own weight delta (the tables
   # replicated, each row's edit index over the data axis); unrolled on the largest mesh only.
   from bmike_jax.editing import delta as delta_lib

@@ -346,6 +346,20 @@ def test_stems_bench_compares_packing_too(tiny_ckpt, tmp_path):
   assert on["account"]["prefill_padded_tokens"] < off["account"]["prefill_padded_tokens"]
 
 
+def test_stems_bench_compares_stems_as_packed_segments(tiny_ckpt, tmp_path):
+  """--option=packed_stems: packing on both sides, record stems as segments on one."""
+  off, on = _bench_option(
+      tiny_ckpt,
+      tmp_path,
+      "packed_stems",
+      "--length_buckets=64,128,256,512,1024",
+      "--packed_length=128",
+  )
+  assert off["account"]["stem_tokens"] == 0 < on["account"]["stem_tokens"]
+  assert on["account"]["prefill_tokens"] < off["account"]["prefill_tokens"]
+  assert off["programs"] == on["programs"]
+
+
 def test_stems_bench_compares_rest_packing(tiny_ckpt, tmp_path):
   """--option=rest_packing runs the runner's units (generation, then the likelihoods) with rest
   packing off and on: same rows, 1/PPL to float32 rounding, fewer scoring slots, the scoring

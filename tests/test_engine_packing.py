@@ -225,3 +225,140 @@ def test_edited_calls_do_not_pack():
     runs.append([r.ids for r in engine.generate(prompts, tables=tables, prompt_edits=edits)])
     assert _packed_programs(engine) == 0
   assert runs[0] == runs[1]
+
+
+# Record stems as segments (suffix_packing + stem_reuse) --------------------------------------
+
+
+def _stem_truth(prompts):
+  """Each prompt's record stem length: the longest common start of its record's 4 suffixes."""
+  out = []
+  for r in range(0, len(prompts), 4):
+    out += [layout.common_prefix_length([p[PREFIX:] for p in prompts[r : r + 4]])] * 4
+  return out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_size=8),
+        dict(batch_size=32, batch_shapes="fixed"),
+        dict(batch_size=8, scan_layers=False),
+        dict(batch_size=8, prefix_reuse=False),
+        dict(batch_size=16, packed_length=64),  # some records' stem + rests pass 64: cut
+    ],
+    ids=["b8", "b32-fixed", "b8-unrolled", "b8-no-prefix", "b16-t64"],
+)
+def test_answers_identical_with_stems_as_segments(prompts, baseline, kw):
+  """A record's stem runs once in its packed row, its prompts' rests after it attending it:
+  the same answers as the whole prompts one at a time, fewer tokens than packing without stems,
+  and the same programs (no stem rows, no program more)."""
+  kw.setdefault("packed_length", 128)
+  stems = Engine(
+      CONFIG, PARAMS, TOK, length_buckets=COARSE, suffix_packing=True, stem_reuse=True, **kw
+  )
+  plain = Engine(CONFIG, PARAMS, TOK, length_buckets=COARSE, suffix_packing=True, **kw)
+  assert [r.ids for r in stems.generate(prompts)] == baseline
+  assert [r.ids for r in plain.generate(prompts)] == baseline
+  assert set(stems.programs.compiles) == set(plain.programs.compiles)
+  assert all(k[0] in ("prefix", "generate_packed") for k in stems.programs.compiles)
+  got, ref = stems.stats, plain.stats
+  assert got.stem_tokens > 0 and ref.stem_tokens == 0
+  assert got.prompt_tokens == ref.prompt_tokens
+  assert got.prefill_tokens < ref.prefill_tokens
+  assert got.prefill_padded_tokens <= ref.prefill_padded_tokens
+  assert got.generated_tokens == ref.generated_tokens
+
+
+def test_stem_segments_token_account(prompts):
+  """One batch, rows of 512 tokens: each record's stem is run exactly once."""
+  engine = Engine(
+      CONFIG,
+      PARAMS,
+      TOK,
+      batch_size=32,
+      length_buckets=COARSE,
+      suffix_packing=True,
+      packed_length=512,
+      stem_reuse=True,
+  )
+  engine.generate(prompts)
+  truth = _stem_truth(prompts)
+  suffix = sum(len(p) - PREFIX for p in prompts)
+  assert engine.stats.stem_tokens == sum(truth[::4])
+  assert engine.stats.suffix_tokens == suffix - 3 * sum(truth[::4])
+  assert engine.stats.prefill_tokens == PREFIX + engine.stats.suffix_tokens
+
+
+@pytest.mark.parametrize("batch_shapes", ["buckets", "fixed"])
+def test_scoring_off_prompts_packed_with_stems(prompts, batch_shapes):
+  """A prompt's kept KV gathered from its stem's and its rest's packed slots: sequences
+  continuing it score as closely as afresh."""
+  rng = np.random.default_rng(3)
+  conts = [rng.integers(3, engine_tiny.VOCAB, 1 + k % 4).tolist() for k in range(len(prompts))]
+  fresh = Engine(CONFIG, PARAMS, TOK, batch_size=8, keep_prompt_kv=False)
+  fresh.generate(prompts)
+  want = fresh.continuation_logprobs(prompts, conts)
+  engine = Engine(
+      CONFIG,
+      PARAMS,
+      TOK,
+      batch_size=8,
+      batch_shapes=batch_shapes,
+      length_buckets=COARSE,
+      suffix_packing=True,
+      packed_length=128,
+      stem_reuse=True,
+  )
+  engine.generate(prompts)
+  assert engine.stats.stem_tokens > 0
+  got = engine.continuation_logprobs(prompts, conts)
+  assert engine.stats.scored_on_kept == len(prompts)
+  worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
+  assert worst <= KEPT_TOL, worst
+
+
+@pytest.mark.parametrize("packed_length, batch_size", [(128, 8), (64, 16), (512, 32), (48, 8)])
+def test_plan_lays_each_stem_before_its_rests(prompts, packed_length, batch_size):
+  suffixes = [p[PREFIX:] for p in prompts]
+  settings = layout.plan_settings(
+      batch_size=batch_size,
+      batch_shapes="buckets",
+      length_buckets=(16, 32, 48, 64, 128),
+      suffix_packing=True,
+      packed_length=packed_length,
+      stem_reuse=True,
+  )
+  plans = layout.plan_generate(suffixes, settings, prefix_bucket=64)
+  assert sorted(i for p in plans for i in p.rows) == list(range(len(prompts)))
+  cuts = 0
+  for plan in plans:
+    assert not plan.stem_rows  # stems are segments of the packed rows, no stem rows
+    if not plan.packed_rows:  # no block fits: padded whole rows, no stems
+      assert not plan.stems and not plan.row_stems
+      continue
+    t = plan.packed_length
+    spans: dict[int, list] = {}
+    for k, ((src, n), (g, first)) in enumerate(zip(plan.stems, plan.stem_segments)):
+      spans.setdefault(g, []).append((first, first + n))
+      sharing = [i for i, s in zip(plan.rows, plan.row_stems) if s == k]
+      assert len(sharing) >= 2  # a stem of one row is its whole suffix, not a stem
+      for i in sharing:
+        assert suffixes[i][:n] == suffixes[src][:n] and len(suffixes[i]) > n
+    cuts += len(plan.stems) - len({src // 4 for src, _ in plan.stems})
+    for b, (i, (g, first)) in enumerate(zip(plan.rows, plan.segments)):
+      k = plan.row_stems[b] if plan.row_stems else -1
+      n = plan.stems[k][1] if k >= 0 else 0
+      if k >= 0:  # its stem in the same packed row, before its rest
+        g0, first0 = plan.stem_segments[k]
+        assert g0 == g and first0 + n <= first
+      spans.setdefault(g, []).append((first, first + len(suffixes[i]) - n))
+    for row in spans.values():  # every segment inside its row, none overlapping another
+      row.sort()
+      assert row[0][0] >= 0 and row[-1][1] <= t
+      assert all(x[1] <= y[0] for x, y in zip(row, row[1:]))
+    run = sum(len(suffixes[i]) for i in plan.rows) - plan.stem_tokens_saved()
+    assert run == sum(b - a for row in spans.values() for a, b in row)
+  assert sum(p.stem_tokens_saved() for p in plans) > 0
+  if packed_length == 48:  # a record's stem and 4 rests (up to ~110 tokens) are cut into pieces
+    assert cuts > 0

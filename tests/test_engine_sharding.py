@@ -64,6 +64,11 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed")
       for got, ref in zip(run["packed_logprobs"][half:], base["packed_logprobs"][half:]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed rests")
+      # record stems as segments of the packed rows, sharded
+      assert run["packed_stem_tokens"] > 0, (name, mesh)
+      assert run["packed_stem_ids"] == base["whole_ids"], (name, mesh)
+      for got, ref in zip(run["packed_stem_logprobs"], base["whole_logprobs"]):
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed stems")
     assert base["whole_programs"] == 0
     assert base["delta_ids"] != base["delta_unedited_ids"], name  # the deltas reach the answers
     assert "unrolled_delta_ids" in runs[list(runs)[-1]], name

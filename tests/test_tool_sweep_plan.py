@@ -39,6 +39,7 @@ SAME = (
         ("fixed", False, True, False, 4),
         ("buckets", False, True, True, 4),
         ("fixed", False, True, True, 32),  # a batch of more rows than a fresh scoring call
+        ("fixed", True, True, True, 32),  # record stems as segments of the packed rows
     ],
 )
 def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests, batch):
@@ -94,7 +95,11 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
   assert {k: plan["account"].get(k, 0) for k in SAME} == {k: stats[k] for k in SAME}
   assert plan["program_count"] == engine.compile_count
   assert set(plan["programs"]) == {" ".join(map(str, k)) for k in engine.programs.compiles}
-  assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles) == stems
+  # with packing, stems are segments of the packed rows: no stem rows, no program of their own
+  assert any(k[0] == "generate_stemmed" for k in engine.programs.compiles) == (
+      stems and not packing
+  )
+  assert (engine.stats.stem_tokens > 0) == stems
   assert any(k[0] == "generate_packed" for k in engine.programs.compiles) == packing
   assert any(k[0] == "score_packed" for k in engine.programs.compiles) == rests
   if batch_shapes == "fixed":  # one row count: the batch size

@@ -1,6 +1,7 @@
 """python -m tools.bench_stems: the engine with and without one of its answer-neutral sharing
-options (`--option`: record stems, `stem_reuse`, or packed suffix rows, `suffix_packing`), side by
-side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
+options (`--option`: record stems, `stem_reuse`; packed suffix rows, `suffix_packing`; or record
+stems as segments of packed rows, `packed_stems`: stem_reuse with suffix_packing on both sides),
+side by side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
 token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
 `--option=rest_packing` (packed scoring rests) runs the runner's own units instead
 (`evaluate.evaluate_unit`: generation, then the likelihood comparison; CounterFact or
@@ -13,6 +14,7 @@ configurations are compared (they must be identical in float32).
 
     python -m tools.bench_stems --records=16 --langs=de,zh --setups=zero_shot,few_shot_mixed
     python -m tools.bench_stems --option=suffix_packing --length_buckets=64,128,256,512,1024
+    python -m tools.bench_stems --option=packed_stems --length_buckets=64,128,256,512,1024
     python -m tools.bench_stems --option=rest_packing --dataset=counterfact --rest_row_length=64
 """
 
@@ -28,6 +30,12 @@ from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
 
 FLAGS = flags.FLAGS
+# --option -> (the Engine argument turned off and on, the arguments both engines take)
+OPTIONS = {
+    "stem_reuse": ("stem_reuse", {}),
+    "suffix_packing": ("suffix_packing", {}),
+    "packed_stems": ("stem_reuse", {"suffix_packing": True}),  # stems as packed segments
+}
 ACCOUNT = (
     "prompt_tokens",
     "prefill_tokens",
@@ -52,7 +60,7 @@ def define_flags() -> None:
   flags.DEFINE_enum(
       "option",
       "stem_reuse",
-      ["stem_reuse", "suffix_packing", "rest_packing"],
+      ["stem_reuse", "suffix_packing", "packed_stems", "rest_packing"],
       "The Engine option compared.",
   )
   flags.DEFINE_integer("rest_row_length", 64, "The engine's rest_row_length (with rest_packing).")
@@ -99,7 +107,8 @@ def measure(
           packed_length=packed_length,
           packed_rows=packed_rows,
           dtype=dtype,
-          **{option: on},
+          **OPTIONS[option][1],
+          **{OPTIONS[option][0]: on},
       )
       for on in (False, True)
   }

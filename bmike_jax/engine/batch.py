@@ -89,11 +89,16 @@ class PackedBatch:
   (decode and the kept KV go on unchanged). The token arrays are block-minor, [R, NB, T]: packed
   row g is [g % R, g // R], so block i ([:, i]) has its R rows split over the data axis like any
   batch's rows, and NB x R is the most rows B suffixes may take (layout.packed_row_count); the
-  loop runs the blocks holding a prompt only."""
+  loop runs the blocks holding a prompt only. With record stems (layout.pack_batch), a stem is a
+  segment of its own, once, before its rows' rests in the same packed row; a rest's tokens attend
+  the stem's too (`parents`), and its row's prompt slots gather the stem's KV, then the rest's."""
 
   tokens: jax.Array  # [R, NB, T] int32: the segments, back to back; padding after the last
   offsets: jax.Array  # [R, NB, T] int32: each token's index in its suffix (position P + offset)
-  segments: jax.Array  # [R, NB, T] int32: each token's prompt (its row in the batch), -1 padding
+  # [R, NB, T] int32: each token's segment: its prompt (its row in the batch) or, for a stem's
+  # tokens, B + the stem's index; -1 padding
+  segments: jax.Array
+  parents: jax.Array  # [R, NB, T] int32: the stem segment a rest's token also attends, else -1
   rows: jax.Array  # [B] int32: the packed row g holding each prompt (dummies: 0)
   slots: jax.Array  # [B, Sb] int32: the packed token of each prompt slot (clipped into [0, T))
   lengths: jax.Array  # [B] int32: real suffix tokens of each prompt (>= 1; dummies 1)
@@ -108,6 +113,7 @@ class PackedBatch:
         tokens=jax.ShapeDtypeStruct(grid, i32),
         offsets=jax.ShapeDtypeStruct(grid, i32),
         segments=jax.ShapeDtypeStruct(grid, i32),
+        parents=jax.ShapeDtypeStruct(grid, i32),
         rows=jax.ShapeDtypeStruct((batch,), i32),
         slots=jax.ShapeDtypeStruct((batch, suffix_bucket), i32),
         lengths=jax.ShapeDtypeStruct((batch,), i32),
@@ -124,26 +130,41 @@ class PackedBatch:
       packed_rows: int,
       blocks: int,
       packed_length: int,
+      row_stems=(),
+      stem_lengths=(),
+      stem_segments=(),
   ) -> "PackedBatch":
     """Host arrays of `suffixes` (the batch's real rows, in order) placed at `segments`
-    [(packed row g, first token)] (layout.pack_batch); rows past len(suffixes) are dummies."""
+    [(packed row g, first token)] (layout.pack_batch); rows past len(suffixes) are dummies.
+    With stems: row_stems (per row, its stem or -1), stem_lengths and stem_segments (per stem,
+    its tokens and its (g, first)); a stemmed row's segment then holds its rest only."""
     shape = (packed_rows, blocks, packed_length)
     tokens, offsets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    owner = np.full(shape, -1, np.int32)
+    owner, parents = np.full(shape, -1, np.int32), np.full(shape, -1, np.int32)
     rows = np.zeros((batch,), np.int32)
     slots = np.zeros((batch, suffix_bucket), np.int32)
     lengths, active = np.ones((batch,), np.int32), np.zeros((batch,), bool)
-    for b, (ids, (g, first)) in enumerate(zip(suffixes, segments)):
+    row_stems = row_stems or (-1,) * len(suffixes)
+    for b, (ids, (g, first), k) in enumerate(zip(suffixes, segments, row_stems)):
       n, at = len(ids), (g % packed_rows, g // packed_rows)
-      tokens[at][first : first + n] = ids
-      offsets[at][first : first + n] = np.arange(n)
-      owner[at][first : first + n] = b
+      m = stem_lengths[k] if k >= 0 else 0  # stem tokens before the row's own segment
+      span = slice(first, first + n - m)
+      tokens[at][span], offsets[at][span], owner[at][span] = ids[m:], np.arange(m, n), b
       rows[b], lengths[b], active[b] = g, n, True
-      slots[b] = np.minimum(first + np.arange(suffix_bucket), packed_length - 1)
+      own = first + np.arange(suffix_bucket - m)
+      if m:
+        g0, first0 = stem_segments[k]
+        assert g0 == g, "a stem and its rows' rests share one packed row"
+        stem = slice(first0, first0 + m)
+        tokens[at][stem], offsets[at][stem], owner[at][stem] = ids[:m], np.arange(m), batch + k
+        parents[at][span] = batch + k
+        own = np.concatenate([first0 + np.arange(m), own])
+      slots[b] = np.minimum(own, packed_length - 1)
     return PackedBatch(
         tokens=tokens,
         offsets=offsets,
         segments=owner,
+        parents=parents,
         rows=rows,
         slots=slots,
         lengths=lengths,

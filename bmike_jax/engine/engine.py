@@ -152,8 +152,11 @@ class Engine:
   prefix (a record's `New Fact` line, its 4 query types' common start) is computed once for the
   prompts of a batch sharing it, where that runs fewer token slots (layout.plan_generate); answers
   do not depend on it. Off by default: at bucketed shapes it computes ~14% fewer tokens but saves
-  ~1-7% of the padded slots, for more programs (BENCHMARKS.md "Record stems").
-  suffix_packing: prefill a batch's suffixes (the rows run whole, without stems) back to back in
+  ~1-7% of the padded slots, for more programs (BENCHMARKS.md "Record stems"). With
+  suffix_packing, a stem is instead a segment of a packed row, run once before its prompts'
+  rests, which attend it (layout.pack_batch): no stem rows and no program more than packing
+  alone (BENCHMARKS.md "Record stems as packed segments").
+  suffix_packing: prefill a batch's suffixes (the rows run whole, or stems and rests) back to back in
   rows of packed_length tokens (at least the batch's suffix bucket), packed_rows rows at a time
   in a loop over the blocks the packing fills, each suffix attending the shared prefix and
   itself only, then gather each one's KV into its own decode row (layout.pack_batch): the
@@ -547,6 +550,9 @@ class Engine:
               packed_rows=plan.packed_rows,
               blocks=blocks,
               packed_length=plan.packed_length,
+              row_stems=plan.row_stems,
+              stem_lengths=[n for _, n in plan.stems],
+              stem_segments=plan.stem_segments,
           ),
           PackedBatch.spec(
               batch=plan.batch,

@@ -84,6 +84,9 @@ class BatchPlan:
   packed_length: int = 0  # T: tokens of each packed row (>= suffix_bucket)
   packed_blocks: int = 0  # blocks of R rows the packing fills (the loop's iterations)
   segments: tuple[tuple[int, int], ...] = ()  # per row (as `rows`): (packed row, first token)
+  # packed with stems (stem_rows 0, `stems` given): per stem, (packed row, first token) of its one
+  # copy; each of its rows' `segments` then holds the row's rest only, after it in the same row
+  stem_segments: tuple[tuple[int, int], ...] = ()
 
   @property
   def prompt_slots(self) -> int:
@@ -312,8 +315,17 @@ def plan_generate(
   batch runs its stems once (R rows of Tb slots) and its
   rows' rests on them, or, where that computes more token slots (R x Tb + B x Sb_rest against B x
   Sb_whole: short stems), its rows whole as `plan_batches` would. With suffix packing, each batch
-  run whole is then packed (`pack_batch`; `prefix_bucket`: Pb, for its attention-score bound)."""
-  plans = _stems_or_whole(suffixes, settings, max_rows)
+  run whole is then packed (`pack_batch`; `prefix_bucket`: Pb, for its attention-score bound);
+  with suffix packing and stem reuse, the batches are the stems' as above (a stem costs its own
+  tokens, no bucket), each packed with its stems as segments (`pack_batch`): no stem rows, no
+  program more than packing alone."""
+  if settings.suffix_packing and settings.stem_reuse:
+    plans = [
+        _whole_with_stems(units, suffixes, cap, settings)
+        for units, cap in _stem_batches(suffixes, settings, max_rows, stem_buckets=())
+    ]
+  else:
+    plans = _stems_or_whole(suffixes, settings, max_rows)
   if settings.suffix_packing:
     cap = lambda sb: settings.batch_size if max_rows is None else max_rows(sb, 0)
     plans = [
@@ -356,22 +368,72 @@ def pack_batch(
 ) -> BatchPlan:
   """`plan` with its suffixes packed first-fit (`pack_segments`, longest first) into rows of T
   tokens, prefilled in blocks of R rows (`packed_block`; row_cap: the most rows a batch of its
-  shape may hold, `plan_batches`' max_rows); `plan` unchanged where no block fits its bounds.
-  T and R depend on (B, Pb, Sb) only, so a packed batch runs one program per (B, Pb, Sb), as
-  padded rows do; the loop runs only the blocks the packing fills."""
+  shape may hold, `plan_batches`' max_rows); `plan` unchanged (without stems) where no block fits
+  its bounds. T and R depend on (B, Pb, Sb) only, so a packed batch runs one program per
+  (B, Pb, Sb), as padded rows do; the loop runs only the blocks the packing fills.
+
+  With stems (`plan.stems`, stem_rows 0: `_whole_with_stems`), the packed unit is a stem and its
+  rows' rests, back to back in one row: the stem once, then each rest (which attends the stem and
+  itself, `PackedBatch.parents`). A stem whose rows do not fit one row of T is cut into pieces
+  that do, each with its own copy of the stem; a piece of one row is that row's whole suffix."""
   shape = packed_block(plan.batch, plan.suffix_bucket, prefix_bucket, settings, row_cap)
   if shape is None:
-    return plan
+    return dataclasses.replace(plan, stems=(), row_stems=())
   r, t = shape
-  segments = pack_segments([len(suffixes[i]) for i in plan.rows], t)
-  used = 1 + max(row for row, _ in segments)
+  units = _stem_pieces(plan, suffixes, t)  # [(stem length, [batch rows])]
+  units.sort(key=lambda u: -(u[0] + sum(len(suffixes[plan.rows[b]]) - u[0] for b in u[1])))
+  starts = pack_segments(
+      [n + sum(len(suffixes[plan.rows[b]]) - n for b in members) for n, members in units], t
+  )
+  segments = [(0, 0)] * len(plan.rows)
+  row_stems = [-1] * len(plan.rows)
+  stems, stem_segments = [], []
+  for (n, members), (g, first) in zip(units, starts):
+    k = -1
+    if n:  # the stem first, then its rows' rests
+      k = len(stems)
+      stems.append((plan.rows[members[0]], n))
+      stem_segments.append((g, first))
+      first += n
+    for b in members:
+      segments[b], row_stems[b] = (g, first), k
+      first += len(suffixes[plan.rows[b]]) - n
+  used = 1 + max(g for g, _ in starts)
   return dataclasses.replace(
       plan,
       packed_rows=r,
       packed_length=t,
       packed_blocks=-(-used // r),
       segments=tuple(segments),
+      stems=tuple(stems),
+      row_stems=tuple(row_stems) if stems else (),
+      stem_segments=tuple(stem_segments),
   )
+
+
+def _stem_pieces(plan: BatchPlan, suffixes, row_length: int) -> list[tuple[int, list[int]]]:
+  """A batch's packed units: (stem length, its batch rows (indices into plan.rows)), each unit's
+  stem plus rests at most `row_length` tokens; rows without a stem (or alone in their piece) are
+  units of stem length 0, their whole suffix."""
+  members: dict[int, list[int]] = {}
+  units: list[tuple[int, list[int]]] = []
+  for b, k in enumerate(plan.row_stems or (-1,) * len(plan.rows)):
+    if k < 0:
+      units.append((0, [b]))
+    else:
+      members.setdefault(k, []).append(b)
+  for k, rows in members.items():
+    n = plan.stems[k][1]
+    piece, used = [], n
+    for b in rows:
+      rest = len(suffixes[plan.rows[b]]) - n
+      if piece and used + rest > row_length:
+        units.append((n, piece) if len(piece) > 1 else (0, piece))
+        piece, used = [], n
+      piece.append(b)
+      used += rest
+    units.append((n, piece) if len(piece) > 1 else (0, piece))
+  return units
 
 
 def packed_block(
@@ -406,19 +468,39 @@ def packed_row_count(batch: int, packed_rows: int) -> int:
 
 
 def _stems_or_whole(suffixes, settings: PlanSettings, max_rows) -> list[BatchPlan]:
-  batch_size, length_buckets = settings.batch_size, settings.length_buckets
   if not settings.stem_reuse:
     return plan_batches(
         [len(s) for s in suffixes],
-        batch_size=batch_size,
+        batch_size=settings.batch_size,
         batch_buckets=settings.batch_buckets,
-        length_buckets=length_buckets,
+        length_buckets=settings.length_buckets,
         max_rows=max_rows,
     )
-  clusters = stem_clusters(suffixes, settings.min_stem, settings.stem_buckets)
+  return [
+      _stem_or_whole(
+          units,
+          suffixes,
+          cap=cap,
+          batch_buckets=settings.batch_buckets,
+          block_row_buckets=settings.block_row_buckets,
+          length_buckets=settings.length_buckets,
+          stem_buckets=settings.stem_buckets,
+          max_rows=max_rows,
+      )
+      for units, cap in _stem_batches(suffixes, settings, max_rows, settings.stem_buckets)
+  ]
+
+
+def _stem_batches(suffixes, settings: PlanSettings, max_rows, stem_buckets):
+  """The batches of stem reuse: [(units [(rows, stem length)], the most rows the batch may
+  hold)]; the rows of one stem (`stem_clusters`, a stem costing its bucket in `stem_buckets`)
+  go to one batch where they fit, stems ordered by their longest row, every batch filled (a stem
+  whose rows span two batches is in both)."""
+  batch_size, length_buckets = settings.batch_size, settings.length_buckets
+  clusters = stem_clusters(suffixes, settings.min_stem, stem_buckets)
   clusters.sort(key=lambda c: (-max(len(suffixes[i]) for i in c[0]), min(c[0])))
   units = [(sorted(m, key=lambda i: -len(suffixes[i])), stem) for m, stem in clusters]
-  plans, u = [], 0
+  batches, u = [], 0
   while u < len(units):
     first = max(len(suffixes[i]) for i in units[u][0])
     cap = batch_size
@@ -435,19 +517,29 @@ def _stems_or_whole(suffixes, settings: PlanSettings, max_rows) -> list[BatchPla
         taken.append((rows[:room], stem if room > 1 else 0))
         units[u] = (rows[room:], stem if len(rows) - room > 1 else 0)
         room = 0
-    plans.append(
-        _stem_or_whole(
-            taken,
-            suffixes,
-            cap=cap,
-            batch_buckets=settings.batch_buckets,
-            block_row_buckets=settings.block_row_buckets,
-            length_buckets=length_buckets,
-            stem_buckets=settings.stem_buckets,
-            max_rows=max_rows,
-        )
-    )
-  return plans
+    batches.append((taken, cap))
+  return batches
+
+
+def _whole_with_stems(units, suffixes, cap: int, settings: PlanSettings) -> BatchPlan:
+  """A batch of `units` [(rows, stem length)] run whole (padded shape: B, Sb of the whole
+  suffixes) with its stems noted (stem_rows 0), for `pack_batch` to lay out as segments."""
+  rows = tuple(i for r, _ in units for i in r)
+  sizes = [b for b in settings.batch_buckets if b <= cap] or [cap]
+  stems, row_stems = [], []
+  for r, stem in units:
+    row_stems += [len(stems) if stem else -1] * len(r)
+    if stem:
+      stems.append((r[0], stem))
+  return BatchPlan(
+      rows=rows,
+      batch=buckets_lib.pick_bucket(len(rows), sizes),
+      suffix_bucket=buckets_lib.pick_bucket(
+          max(len(suffixes[i]) for i in rows), settings.length_buckets
+      ),
+      stems=tuple(stems),
+      row_stems=tuple(row_stems) if stems else (),
+  )
 
 
 def _stem_or_whole(

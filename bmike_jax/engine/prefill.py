@@ -231,7 +231,8 @@ def prefill_packed(
   program serves every packing of a (B, Pb, Sb) batch).
 
   A packed token attends the shared prefix and the earlier tokens of its own segment (its
-  prompt) only, at its true position P + offset, so each prompt's KV and last logits are those of
+  prompt) only, and a rest's token its record stem's segment too (`PackedBatch.parents`), at its
+  true position P + offset, so each prompt's KV and last logits are those of
   its own row in `prefill`. After each block, the KV of its prompts is gathered into their rows
   of S slots (real up to each length) and their first tokens picked; decoding goes on from the
   state `prefill` leaves (write_index Sb). place_block / place_rows: put a block's KV (R rows)
@@ -251,8 +252,10 @@ def prefill_packed(
   def block(i, carry):
     rows_kv, first = carry  # B rows x S slots; [B] int32
     take = lambda a: jax.lax.dynamic_index_in_dim(a, i, axis=1, keepdims=False)  # [R, T]
-    seg = take(batch.segments)  # [R, T]: rows over the data axis, as the input's
-    mask = (seg[:, :, None] == seg[:, None, :]) & causal[None] & (seg >= 0)[:, None, :]
+    seg, par = take(batch.segments), take(batch.parents)  # [R, T]: rows over the data axis
+    # query q attends key k of its own segment or of its stem's, causally; never padding
+    own = (seg[:, :, None] == seg[:, None, :]) | (par[:, :, None] == seg[:, None, :])
+    mask = own & causal[None] & (seg >= 0)[:, None, :]  # [R, T, T]
     logits, kv = model.apply(  # logits [B, V]: each prompt's last token, read in this block
         {"params": params},
         take(batch.tokens),

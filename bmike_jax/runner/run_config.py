@@ -379,9 +379,11 @@ class RunConfig:
       "boolean",
       False,
       "Compute a record's stem (its New Fact line, shared by its query types' prompts) once "
-      "per batch where that runs fewer token slots (answers are identical either way). Off: "
+      "per batch where that runs fewer token slots (answers are identical either way). Alone: "
       "measured slower on CPU and more programs than slots saved at configs/8b.flags' shapes "
-      '(BENCHMARKS.md "Record stems").',
+      '(BENCHMARKS.md "Record stems"). With --suffix_packing, a stem is a segment of a packed '
+      "row, run once before its prompts' rests, for no program more "
+      '(BENCHMARKS.md "Record stems as packed segments").',
   )
   suffix_packing: bool = _flag(
       "boolean",
