@@ -1,7 +1,7 @@
 """python -m tools.bench_stems: the engine with and without one of its answer-neutral sharing
-options (`--option`: record stems, `stem_reuse`; packed suffix rows, `suffix_packing`; or record
-stems as segments of packed rows, `packed_stems`: stem_reuse with suffix_packing on both sides),
-side by side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
+options (`--option`: record stems, `stem_reuse`; packed suffix rows, `suffix_packing`; record
+stems as segments of packed rows, `packed_stems` (packing on both sides) or
+`packed_stems_vs_padded` (against neither)), side by side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
 token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
 `--option=rest_packing` (packed scoring rests) runs the runner's own units instead
 (`evaluate.evaluate_unit`: generation, then the likelihood comparison; CounterFact or
@@ -30,11 +30,13 @@ from bmike_jax import tokenizer as tokenizer_lib
 from bmike_jax.engine import Engine
 
 FLAGS = flags.FLAGS
-# --option -> (the Engine argument turned off and on, the arguments both engines take)
+_PACKED_STEMS = {"suffix_packing": True, "stem_reuse": True}  # stems as packed segments
+# --option -> the Engine arguments of its (off, on) configurations
 OPTIONS = {
-    "stem_reuse": ("stem_reuse", {}),
-    "suffix_packing": ("suffix_packing", {}),
-    "packed_stems": ("stem_reuse", {"suffix_packing": True}),  # stems as packed segments
+    "stem_reuse": ({}, {"stem_reuse": True}),
+    "suffix_packing": ({}, {"suffix_packing": True}),
+    "packed_stems": ({"suffix_packing": True}, _PACKED_STEMS),
+    "packed_stems_vs_padded": ({}, _PACKED_STEMS),
 }
 ACCOUNT = (
     "prompt_tokens",
@@ -60,7 +62,7 @@ def define_flags() -> None:
   flags.DEFINE_enum(
       "option",
       "stem_reuse",
-      ["stem_reuse", "suffix_packing", "packed_stems", "rest_packing"],
+      [*OPTIONS, "rest_packing"],
       "The Engine option compared.",
   )
   flags.DEFINE_integer("rest_row_length", 64, "The engine's rest_row_length (with rest_packing).")
@@ -107,8 +109,7 @@ def measure(
           packed_length=packed_length,
           packed_rows=packed_rows,
           dtype=dtype,
-          **OPTIONS[option][1],
-          **{OPTIONS[option][0]: on},
+          **OPTIONS[option][on],
       )
       for on in (False, True)
   }
