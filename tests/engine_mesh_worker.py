@@ -92,11 +92,15 @@ def run(config, meshes) -> dict:
         rest_packing=True,
         rest_row_length=32,  # K = 2 prompts a packed row
     )
-    run_["packed_ids"] = [list(r.ids) for r in engine.generate(records)]
     other_conts = [[4 + k % 5] * (1 + k % 3) for k in range(len(records))]
-    run_["packed_logprobs"] = [
-        lp.tolist() for lp in engine.continuation_logprobs(records * 2, stem_conts + other_conts)
-    ]
+    scored = (records * 2, stem_conts + other_conts)
+    # announced to generate: the rests scored inside the generate program, before decode
+    run_["packed_ids"] = [list(r.ids) for r in engine.generate(records, scoring=scored)]
+    run_["in_program_logprobs"] = [lp.tolist() for lp in engine.continuation_logprobs(*scored)]
+    run_["in_program_rest_programs"] = sum(k[0] == "score_packed" for k in engine.programs.compiles)
+    # not announced: scored after it, off the kept copy, by the score_packed program
+    engine.generate(records)
+    run_["packed_logprobs"] = [lp.tolist() for lp in engine.continuation_logprobs(*scored)]
     run_["packed_programs"] = sum(k[0] == "generate_packed" for k in engine.programs.compiles)
     run_["rest_programs"] = sum(k[0] == "score_packed" for k in engine.programs.compiles)
     # Record stems as segments of the packed rows: a prompt's KV gathered from its stem's slots

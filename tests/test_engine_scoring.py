@@ -186,3 +186,67 @@ def test_packed_rests_score_as_one_a_row_and_as_hf(models, cases, batch_shapes):
     assert [k[4] for k in on.programs.compiles if k[0] == "score_kept"] == ([32] if rb < 20 else [])
     assert on.stats.scored_run_tokens == engines[0].stats.scored_run_tokens
     assert on.stats.scoring_padded_tokens < engines[0].stats.scoring_padded_tokens
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_shapes="buckets"),
+        dict(batch_shapes="fixed", scan_layers=False),
+        dict(suffix_packing=True, stem_reuse=True, length_buckets=(64, 128), packed_length=128),
+    ],
+    ids=["buckets", "fixed-unrolled", "packed-stems"],
+)
+def test_rests_announced_to_generate_are_scored_inside_it(models, cases, kw):
+  """generate(..., scoring=...): the packed rests of the announced sequences run inside the
+  generate programs, off the prompts' KV before decode; continuation_logprobs returns them
+  unchanged and computes the others (here a rest longer than Rb, and one leaving the prompts in
+  their shared prefix). Values as the score_packed program's after generate (same arithmetic),
+  as the fresh path's to float32 rounding and HF's within TOL; answers and the token account
+  unchanged; no packed scoring program."""
+  hf, config, params = models
+  prompts, _ = cases
+  contexts, conts = [], []
+  for seed in (3, 4, 5):
+    c, k = _joint_cases(prompts, seed=seed)
+    contexts += c
+    conts += k
+  contexts.append(list(prompts[1]))  # a 20-token rest: past Rb = 16, one a row after generate
+  conts.append(np.random.default_rng(4).integers(3, engine_tiny.VOCAB, 20).tolist())
+  contexts.append(prompts[0][:20] + [7, 8, 9])  # leaves the prompts inside their shared prefix
+  conts.append([10, 11])
+  fresh = Engine(config, params, engine_tiny.FakeTokenizer(), batch_size=8, keep_prompt_kv=False)
+  fresh.generate(prompts)
+  want = fresh.continuation_logprobs(contexts, conts)
+  runs = {}
+  for announce in (False, True):
+    engine = Engine(
+        config,
+        params,
+        engine_tiny.FakeTokenizer(),
+        batch_size=8,
+        rest_packing=True,
+        rest_row_length=16,
+        **kw,
+    )
+    answers = [
+        r.ids for r in engine.generate(prompts, scoring=(contexts, conts) if announce else None)
+    ]
+    runs[announce] = (engine, answers, engine.continuation_logprobs(contexts, conts))
+  (after, ids_after, lp_after), (inside, ids_inside, lp_inside) = runs[False], runs[True]
+  assert ids_inside == ids_after
+  for g, w in zip(lp_inside, lp_after):
+    np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)
+  worst = max(float(np.max(np.abs(g - w))) for g, w in zip(lp_inside, want))
+  worst_hf = max(
+      float(np.max(np.abs(g - reference_hf.reference_logprobs(hf, c, k))))
+      for g, c, k in zip(lp_inside, contexts, conts)
+  )
+  assert worst <= KEPT_TOL and worst_hf < TOL, (worst, worst_hf)
+  kinds = lambda e: sorted(k[0] for k in e.programs.compiles)
+  assert "score_packed" in kinds(after) and "score_packed" not in kinds(inside)
+  assert [k for k in kinds(inside) if k.startswith("score")] == ["score", "score_kept"]
+  a, b = after.stats.as_dict(), inside.stats.as_dict()
+  for k in ("seconds", "compile_count"):
+    del a[k], b[k]
+  assert a == b  # the same sequences computed the same way, in another program

@@ -64,6 +64,10 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed")
       for got, ref in zip(run["packed_logprobs"][half:], base["packed_logprobs"][half:]):
         np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} packed rests")
+      # the same rests scored inside the generate program: equal to the score_packed program's
+      assert run["in_program_rest_programs"] == 0, (name, mesh)
+      for got, ref in zip(run["in_program_logprobs"], run["packed_logprobs"]):
+        np.testing.assert_allclose(got, ref, atol=1e-6, err_msg=f"{name} {mesh} in program")
       # record stems as segments of the packed rows, sharded
       assert run["packed_stem_tokens"] > 0, (name, mesh)
       assert run["packed_stem_ids"] == base["whole_ids"], (name, mesh)

@@ -38,10 +38,12 @@ class FakeEngine:
   def __init__(self):
     self.generate_calls: list[tuple[list[str], list[str]]] = []
     self.scored: list[tuple[str, str]] = []
+    self.announced: list = []  # each generate call's `scoring`
 
-  def generate(self, prompt_ids, prompt_names=None):
+  def generate(self, prompt_ids, prompt_names=None, *, scoring=None):
     texts = ["".join(map(chr, ids[1:])) for ids in prompt_ids]
     self.generate_calls.append((texts, list(prompt_names)))
+    self.announced.append(scoring)
     return [Answer(t.rsplit('Question: "', 1)[1].split(" ")[0]) for t in texts]
 
   def continuation_logprobs(self, prompt_ids, continuation_ids):
@@ -215,6 +217,10 @@ def test_likelihoods_by_hand():
   prompts = {row["prompt"] for row in rows}
   assert all(p in prompts for p, _ in engine.scored)
   assert len(engine.scored) == 2 * 3 + 2 * 2  # record 0: alt, loc_ans, old; record 1: no old
+  # generate was told, before it ran, exactly the sequences scored after it (its one call)
+  (announced,) = engine.announced
+  told = [("".join(map(chr, p[1:])), "".join(map(chr, c))) for p, c in zip(*announced)]
+  assert sorted(told) == sorted(engine.scored)
 
 
 def test_no_likelihoods_for_zsre():
@@ -224,3 +230,4 @@ def test_no_likelihoods_for_zsre():
       engine, CharTokenizer(), loaded, POOL, "zero_shot", data_lib.QUERY_TYPES, True
   )
   assert engine.scored == [] and not any("inv_ppl_alt" in r for r in rows)
+  assert engine.announced == [None]  # nothing to score: nothing announced

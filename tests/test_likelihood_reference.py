@@ -53,7 +53,7 @@ def test_inverse_ppl_matches_reference_formula(setup):
     for qt in ("reliability", "generality"):
       text = prompts.build_prompt(pool, "few_shot_mixed", "de", record, qt)
       queries.append(evaluate._Query(record, qt, text, tok.encode(text)))
-  ours = evaluate._likelihoods(engine, tok, queries)
+  ours = evaluate._likelihoods(engine, evaluate._likelihood_jobs(tok, queries))
   for i, q in enumerate(queries):
     for field in ("alt", "loc_ans", "old"):
       expected = reference_inverse_ppl(

@@ -64,7 +64,7 @@ def _pass(engine, tokenizer, groups):
     t0 = time.perf_counter()
     engine.generate([q.prompt_ids for q in queries], prompt_names=group.names)
     t1 = time.perf_counter()
-    rows.append(evaluate._likelihoods(engine, tokenizer, queries))
+    rows.append(evaluate._likelihoods(engine, evaluate._likelihood_jobs(tokenizer, queries)))
     gen, score = gen + t1 - t0, score + time.perf_counter() - t1
   return gen, score, rows
 

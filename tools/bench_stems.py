@@ -5,7 +5,10 @@ stems as segments of packed rows, `packed_stems` (packing on both sides) or
 token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
 `--option=rest_packing` (packed scoring rests) runs the runner's own units instead
 (`evaluate.evaluate_unit`: generation, then the likelihood comparison; CounterFact or
-WikiFactDiff) and times the scoring calls apart.
+WikiFactDiff) and times the scoring calls (`continuation_logprobs`) apart. With rest packing on,
+the runner announces its sequences to `generate`, whose programs score the packed rests before
+decode: the scoring calls then hold only what is left (longer rests, fresh sequences), and the
+whole pass is the fair comparison.
 
 Model: SmolLM2-135M (the embedded GGUF, float32) unless --checkpoint. Each engine runs the
 groups once cold (compiles), then --passes timed warm passes; the configurations alternate

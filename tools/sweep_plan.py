@@ -226,9 +226,7 @@ def _plan_group(
   if not contexts:
     return
   kept = layout.KeptPrompts.build(ids, places)
-  packed, kplans, fresh = layout.plan_scoring(
-      contexts,
-      conts,
+  shapes = dict(
       kept=kept,
       prefix_length=p,
       batches=[plan.batch for plan in plans],
@@ -238,6 +236,16 @@ def _plan_group(
   )
   acc["scored_sequences"] += len(contexts)
   acc["scored_tokens"] += sum(len(x) + len(c) for x, c in zip(contexts, conts))
+  if rest_row_length:  # the runner announces its sequences: packed rests scored in generate
+    done = set()
+    for rp in layout.in_program_rests(contexts, conts, **shapes).values():
+      acc["scored_on_kept"] += len(rp.rests)
+      acc["scored_run_tokens"] += sum(len(x.tokens) for x in rp.rests)
+      acc["scoring_padded_tokens"] += rp.padded_slots()
+      done |= {(tuple(contexts[x.index]), tuple(conts[x.index])) for x in rp.rests}
+    left = [i for i, pair in enumerate(zip(contexts, conts)) if tuple(map(tuple, pair)) not in done]
+    contexts, conts = [contexts[i] for i in left], [conts[i] for i in left]
+  packed, kplans, fresh = layout.plan_scoring(contexts, conts, **shapes)
   for rp in packed:
     sb = plans[rp.source_batch].prompt_slots
     key = ("score_packed", rp.kept_batch, pb, sb, rp.block_rows, rp.blocks, rp.row_length)

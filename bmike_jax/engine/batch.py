@@ -245,6 +245,21 @@ class PackedRests:
     )
 
   @staticmethod
+  def empty(spec: "PackedRests") -> "PackedRests":
+    """Host arrays of `spec`'s shapes holding no rest (a loop over them runs no block)."""
+    grid = spec.tokens.shape
+    zeros = np.zeros(grid, np.int32)
+    return PackedRests(
+        tokens=zeros,
+        targets=zeros,
+        positions=zeros,
+        reused=zeros,
+        segments=np.full(grid, -1, np.int32),
+        source_slots=zeros,
+        sources=np.zeros(spec.sources.shape, np.int32),
+    )
+
+  @staticmethod
   def build(plan) -> "PackedRests":
     """Host arrays of a layout.PackedRestPlan."""
     r, nb, rb = plan.block_rows, plan.blocks, plan.row_length

@@ -11,6 +11,8 @@ Answers do not depend on batch size, buckets, device count or prefix reuse (test
 generated batch hands back its prompts' KV (`keep_prompt_kv`), and a scored sequence reuses the
 KV of the prompt it shares the most leading tokens with, computing only the tokens after them.
 Sequences that share too little (or when nothing is kept) are scored afresh on the group prefix.
+With rest packing, sequences announced to `generate` (`scoring=`) are scored inside its
+programs, off the prompts' KV before decode, and `continuation_logprobs` hands them back.
 """
 
 from __future__ import annotations
@@ -168,7 +170,9 @@ class Engine:
   most 512 / Sb): one scoring program per kept batch shape instead of one per (rows, rest
   bucket), and rows filled instead of one rest padded to its bucket each; a longer rest is
   scored one a row as without it. Log-probs equal to float32 rounding either way (BENCHMARKS.md
-  "Packed scoring rests").
+  "Packed scoring rests"). Where the caller announces its sequences to `generate` (`scoring`,
+  as the runner does), the packed rests run inside the generate programs instead, before decode:
+  no scoring program at all for them.
   """
 
   def __init__(
@@ -303,6 +307,8 @@ class Engine:
         None  # (prefix ids, KV): a group scored right after it is generated reuses it
     )
     self._kept: _KeptGroup | None = None  # the last generated group's prompt KV
+    # log-probs scored inside the last generate call: (context, continuation) -> [len(cont)]
+    self._scored: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
 
   # Setup ---------------------------------------------------------------------------------------
 
@@ -414,6 +420,7 @@ class Engine:
       tables: Mapping[str, DeltaTable] | None = None,
       prompt_edits: Sequence[int] | None = None,
       held_bytes_per_device: int = 0,
+      scoring: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
   ) -> list[GenerationResult]:
     """Greedy answers (at most max_new_tokens, stopped at EOS or a quote token) for one group.
 
@@ -423,7 +430,15 @@ class Engine:
     between prompts (their KV depends on the edit) and keeps no prompt KV (nothing scores an
     edited model's prompts); what the caller holds on each device meanwhile
     (`held_bytes_per_device`, e.g. the weight editor's float32 copy) and the tables come off the
-    rows' memory share, and the kept KV's share goes to them."""
+    rows' memory share, and the kept KV's share goes to them.
+
+    scoring: (contexts, continuations) the caller will score with `continuation_logprobs` right
+    after this call. With rest packing, those continuing this call's prompts by at most Rb
+    tokens are scored inside the generate programs, off each batch's prompt KV after prefill and
+    before decode (no scoring program, no kept copy read back); `continuation_logprobs` then
+    returns them as they are and computes only the others. Values equal to float32 rounding
+    either way (the same arithmetic as the score_packed program)."""
+    self._scored = {}
     if not prompts_ids:
       return []
     t0 = time.perf_counter()
@@ -455,15 +470,21 @@ class Engine:
     results: list[GenerationResult | None] = [None] * len(prompts)
     pending, kept, kept_bytes = [], [], 0
     keep = self.keep_prompt_kv and edits is None
+    in_program, ctx, cc = {}, [], []  # generated batch -> the PackedRestPlan its program scores
+    if scoring is not None and self.rest_row_length and edits is None:
+      in_program, ctx, cc = self._plan_in_program(prompts, plans, plen, scoring)
     for j, plan in enumerate(plans):
-      out, num_out, kv, steps = self._run_generate(plan, suffixes, prefix, pb, edits)
+      rests = in_program.get(j) if edits is None and self.rest_row_length else False
+      out, num_out, kv, steps, *scored = self._run_generate(
+          plan, suffixes, prefix, pb, edits, rests
+      )
       self.stats.prefill_padded_tokens += plan.padded_slots()
       size = plan.batch * plan.prompt_slots * self._kv_slot_bytes
       if keep and len(kept) == j and kept_bytes + size <= self.kept_kv_bytes:
         kept.append((plan.batch, plan.prompt_slots, kv))  # batches 0..j-1 kept: j is the next
         kept_bytes += size
       del kv
-      pending.append((plan, out, num_out, steps))
+      pending.append((plan, out, num_out, steps, (rests, ctx, cc) if rests else None, *scored))
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
@@ -531,12 +552,24 @@ class Engine:
     return jax.device_put(dict(tables), sh.replicated(self.mesh)), edits
 
   def _run_generate(
-      self, plan: layout_lib.BatchPlan, suffixes, prefix: SharedPrefix, pb: int, edits=None
+      self,
+      plan: layout_lib.BatchPlan,
+      suffixes,
+      prefix: SharedPrefix,
+      pb: int,
+      edits=None,
+      rests: layout_lib.PackedRestPlan | None | bool = False,
   ):
-    """Dispatch one batch (whole suffixes, stems and rests, or packed suffixes): (answers, their lengths, the
-    prompts' KV (B rows, plan.prompt_slots), decode steps per phase), on device. edits: (placed
-    delta tables, each prompt's edit) or None."""
+    """Dispatch one batch (whole suffixes, stems and rests, or packed suffixes): (answers, their
+    lengths, the prompts' KV (B rows, plan.prompt_slots), decode steps per phase[, log-probs
+    of the rests scored inside the program]), on device. edits: (placed delta tables, each
+    prompt's edit) or None. rests: the PackedRestPlan the program scores, None (a program that
+    scores, given nothing: the engine's rest packing is on) or False (a program without)."""
     slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
+    extra, spec = {}, None
+    if rests is not False:
+      spec, built = self._packed_rests(plan.batch, plan.prompt_slots, rests)
+      extra = {"rests_in": batch_lib.place(built, spec, self.mesh)}
     if edits is not None and (plan.stem_rows or plan.packed_rows):
       raise AssertionError("a plan with stems or packed rows in a call with delta tables")
     if plan.packed_rows:
@@ -564,9 +597,9 @@ class Engine:
           self.mesh,
       )
       call = self.programs.generate_packed(
-          plan.batch, pb, plan.packed_rows, plan.packed_length, plan.suffix_bucket, slots
+          plan.batch, pb, plan.packed_rows, plan.packed_length, plan.suffix_bucket, slots, spec
       )
-      return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+      return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop, **extra)
     if not plan.stem_rows:
       tokens, lengths, active = layout_lib.pad_rows(
           [suffixes[i] for i in plan.rows], plan.batch, plan.suffix_bucket
@@ -577,8 +610,8 @@ class Engine:
           self.mesh,
       )
       if edits is None:
-        call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots)
-        return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+        call = self.programs.generate(plan.batch, pb, plan.suffix_bucket, slots, rests=spec)
+        return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop, **extra)
       tables, prompt_edits = edits
       index = np.zeros((plan.batch,), np.int32)  # dummy rows: edit 0
       index[: len(plan.rows)] = prompt_edits[list(plan.rows)]
@@ -617,12 +650,76 @@ class Engine:
         self.mesh,
     )
     call = self.programs.generate_stemmed(
-        plan.batch, pb, plan.stem_rows, plan.stem_bucket, plan.suffix_bucket, slots
+        plan.batch, pb, plan.stem_rows, plan.stem_bucket, plan.suffix_bucket, slots, spec
     )
-    return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop)
+    return call(params=self.params, prefix=prefix, rows=rows, stop=self.stop, **extra)
+
+  def _plan_in_program(self, prompts, plans, prefix_length: int, scoring):
+    """({generated batch: the PackedRestPlan its program scores}, the contexts (fitted) and
+    continuations its rests index) for the sequences of `scoring` that continue the call's
+    prompts (`layout.in_program_rests`); a sequence that does not fit (too long:
+    `continuation_logprobs` says so) is left to `continuation_logprobs`."""
+    contexts, conts = scoring
+    if len(contexts) != len(conts):
+      raise ValueError(f"scoring: {len(contexts)} contexts but {len(conts)} continuations")
+    ctx, cc = [], []
+    for x, c in zip(contexts, conts):
+      if len(c) > self.continuation_buckets[-1]:
+        continue
+      try:
+        (fitted,) = self._fit([x], None, [len(c)])
+      except buckets_lib.PromptTooLongError:
+        continue
+      ctx.append(fitted)
+      cc.append(list(c))
+    if not ctx:
+      return {}, ctx, cc
+    places = {i: (j, r) for j, plan in enumerate(plans) for r, i in enumerate(plan.rows)}
+    order = sorted(places)
+    kept = layout_lib.KeptPrompts.build([prompts[i] for i in order], [places[i] for i in order])
+    found = layout_lib.in_program_rests(
+        ctx,
+        cc,
+        kept=kept,
+        prefix_length=prefix_length,
+        batches=[p.batch for p in plans],
+        rest_buckets=self.continuation_buckets,
+        rest_row_length=self.rest_row_length,
+        slots=[p.prompt_slots for p in plans],
+        multiple_of=self.mesh.shape[sh.DATA],
+    )
+    return found, ctx, cc
+
+  def _packed_rests(self, batch: int, prompt_slots: int, plan=None):
+    """(spec, host arrays) of the PackedRests a kept batch of (B, Sb) takes: `plan`'s rests, or
+    none (its loop then runs no block)."""
+    rb = self.rest_row_length
+    k = layout_lib.rest_row_sources(rb, prompt_slots)
+    r, nb = layout_lib.rest_blocks(batch, rb, k, self.mesh.shape[sh.DATA])
+    spec = PackedRests.spec(block_rows=r, blocks=nb, row_length=rb, sources=k)
+    if plan is None:
+      return spec, PackedRests.empty(spec)
+    return spec, PackedRests.build(plan)
+
+  def _read_packed(self, plan: layout_lib.PackedRestPlan, logp, conts):
+    """[(sequence index, log-probs [len(cont)] float32)] of a packed-rests call's output
+    [R, NB, Rb] (conts: the continuations its rests index); counts them as scored off kept KV."""
+    logp = np.asarray(logp)
+    out = []
+    for x, (g, first, _) in zip(plan.rests, plan.places):
+      at, m, n = (g % plan.block_rows, g // plan.block_rows), len(x.tokens), len(conts[x.index])
+      out.append((x.index, logp[at][first + m - n : first + m].astype(np.float32)))
+      self.stats.scored_on_kept += 1
+      self.stats.scored_run_tokens += m
+    self.stats.scoring_padded_tokens += plan.padded_slots()
+    return out
 
   def _collect(self, item, results) -> None:
-    plan, out, num, steps = item
+    plan, out, num, steps, rests, *scored = item
+    if rests is not None:  # scored inside the program: kept for continuation_logprobs
+      rest_plan, ctx, cc = rests
+      for i, values in self._read_packed(rest_plan, scored[0], cc):
+        self._scored[tuple(ctx[i]), tuple(cc[i])] = values
     out, num, steps = np.asarray(out), np.asarray(num), np.asarray(steps)
     self.stats.decode_steps += int(steps.sum())
     phases = self.programs.decode_phases(plan.batch)
@@ -660,9 +757,18 @@ class Engine:
         )
     prompts = self._fit(prompt_ids_list, prompt_names, [len(c) for c in conts])
     out: list[np.ndarray | None] = [None] * len(prompts)
-    fresh = list(range(len(prompts)))
-    if self._kept is not None:
-      fresh = self._score_on_kept(prompts, conts, out)
+    for i, (x, c) in enumerate(zip(prompts, conts)):  # scored inside the last generate call
+      out[i] = self._scored.get((tuple(x), tuple(c)))
+    left = [i for i, lp in enumerate(out) if lp is None]
+    fresh = left
+    if self._kept is not None and left:
+      got: list[np.ndarray | None] = [None] * len(left)
+      fresh = [
+          left[i]
+          for i in self._score_on_kept([prompts[i] for i in left], [conts[i] for i in left], got)
+      ]
+      for i, lp in zip(left, got):
+        out[i] = lp
     if fresh:
       got = self._score_fresh([prompts[i] for i in fresh], [conts[i] for i in fresh], group_prefix)
       for i, lp in zip(fresh, got):
@@ -752,7 +858,6 @@ class Engine:
           params=self.params, prefix=kept.prefix, kept=kv, rows=rows
       )
       packed_pending.append((plan, logp))
-      self.stats.scoring_padded_tokens += plan.padded_slots()
     pending = []
     for plan in plans:
       bk, sb, kv = kept.batches[plan.source_batch]
@@ -786,10 +891,6 @@ class Engine:
         self.stats.scored_on_kept += 1
         self.stats.scored_run_tokens += m
     for plan, logp in packed_pending:
-      logp = np.asarray(logp)
-      for x, (g, first, _) in zip(plan.rests, plan.places):
-        at, m, n = (g % plan.block_rows, g // plan.block_rows), len(x.tokens), len(conts[x.index])
-        out[x.index] = logp[at][first + m - n : first + m].astype(np.float32)
-        self.stats.scored_on_kept += 1
-        self.stats.scored_run_tokens += m
+      for i, values in self._read_packed(plan, logp, conts):
+        out[i] = values
     return fresh

@@ -915,3 +915,38 @@ def plan_scoring(
       per_batch, batches=batches, rest_buckets=rest_buckets, multiple_of=multiple_of
   )
   return packed, calls, fresh
+
+
+def in_program_rests(
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    kept: KeptPrompts,
+    prefix_length: int,
+    batches: Sequence[int],
+    rest_buckets: Sequence[int],
+    rest_row_length: int,
+    slots: Sequence[int],
+    multiple_of: int = 1,
+) -> dict[int, PackedRestPlan]:
+  """{generated batch: the packed rests its generate program scores}: `plan_scoring`'s packed
+  calls over every batch of the call (`kept`: all of its prompts; the KV is live inside the
+  program, nothing is kept for it), the first call of each batch (a batch's rests fill one call
+  but where a prompt's rests take several pieces). The others, and the sequences no packed call
+  takes (longer rests, the fresh ones), are left to `continuation_logprobs`, which plans them
+  again by the same rules."""
+  packed, _, _ = plan_scoring(
+      contexts,
+      continuations,
+      kept=kept,
+      prefix_length=prefix_length,
+      batches=batches,
+      rest_buckets=rest_buckets,
+      rest_row_length=rest_row_length,
+      slots=slots,
+      multiple_of=multiple_of,
+  )
+  out: dict[int, PackedRestPlan] = {}
+  for plan in packed:
+    out.setdefault(plan.source_batch, plan)
+  return out

@@ -12,7 +12,10 @@ buckets; a row's own cache has S = Sb + N slots, derived):
                            the prompts' KV (B rows, Sb slots) as prefill left it (kept for
                            scoring: a copy of the suffix slots, made before decode writes on);
                            with per-row weight deltas (RowDeltas: tables + each row's edit), one
-                           program per delta structure (`delta_key`)
+                           program per delta structure (`delta_key`); or, with the engine's
+                           rest packing, PackedRests too, scored off the prompts' KV after
+                           prefill and before decode (log-probs [R, NB, Rb] returned last;
+                           R, NB, K follow from (B, Sb, Rb): no key more)
     generate_stemmed(B, Pb, R, Tb, Sb)  the same for a StemmedBatch: R record stems of Tb slots
                            run once each, every row's rest (Sb) on its stem; prompts' KV of
                            Tb + Sb slots a row
@@ -175,13 +178,14 @@ class Programs:
 
     return self._get(key, build)
 
-  def generate(self, batch: int, pb: int, sb: int, slots: int, tables=None):
+  def generate(self, batch: int, pb: int, sb: int, slots: int, tables=None, rests=None):
     """call(*, params, prefix: SharedPrefix, rows: SuffixBatch, stop[, deltas: RowDeltas]) ->
     (answers [B, N] int32, their lengths [B] int32, the prompts' KV (B rows, Sb slots), decode
     steps per phase [phases] int32); rows as `SuffixBatch.spec(batch=batch, suffix_bucket=sb)`.
     tables: the per-row weight delta tables the call's `deltas` will hold (model/row_deltas.py:
     one program per delta structure, `delta_key`), each row asked on its own edit; None: every
-    row on `params`."""
+    row on `params`. rests: the PackedRests spec the call's `rests` will have (scoring inside
+    the program, see `_generate`), or None."""
     key = ("generate", batch, pb, sb)
     return self._generate(
         key if tables is None else key + (delta_key(tables),),
@@ -192,9 +196,12 @@ class Programs:
         spec=SuffixBatch.spec(batch=batch, suffix_bucket=sb),
         first_pass=prefill,
         tables=tables,
+        rests=rests,
     )
 
-  def generate_stemmed(self, batch: int, pb: int, stem_rows: int, tb: int, sb: int, slots: int):
+  def generate_stemmed(
+      self, batch: int, pb: int, stem_rows: int, tb: int, sb: int, slots: int, rests=None
+  ):
     """`generate` of rows split into stems and rests (prefill.prefill_stemmed): rows as
     `StemmedBatch.spec(...)`; the prompts' KV it returns holds Tb + Sb slots a row."""
     return self._generate(
@@ -205,9 +212,12 @@ class Programs:
         slots=slots,
         spec=StemmedBatch.spec(batch=batch, suffix_bucket=sb, stem_rows=stem_rows, stem_bucket=tb),
         first_pass=prefill_stemmed,
+        rests=rests,
     )
 
-  def generate_packed(self, batch: int, pb: int, block_rows: int, t: int, sb: int, slots: int):
+  def generate_packed(
+      self, batch: int, pb: int, block_rows: int, t: int, sb: int, slots: int, rests=None
+  ):
     """`generate` of rows whose suffixes are prefilled packed, `block_rows` rows of T tokens at a
     time (prefill.prefill_packed): rows as `PackedBatch.spec(...)` with
     `layout.packed_row_count(batch, block_rows)` rows of tokens in blocks; a block's rows and
@@ -233,9 +243,21 @@ class Programs:
             ),
             place_rows=lambda kv: jax.lax.with_sharding_constraint(kv, self.cache_shardings(batch)),
         ),
+        rests=rests,
     )
 
-  def _generate(self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, tables=None):
+  def _generate(
+      self, key, *, batch, pb, prompt_slots, slots, spec, first_pass, tables=None, rests=None
+  ):
+    """The generate program of `key`. rests (a `PackedRests.spec`, or None): the call also takes
+    `rests` and scores them off the prompts' KV right after prefill, before decode
+    (`score_packed_rests`, as the score_packed program would off the kept copy), and returns
+    their log-probs [R, NB, Rb] float32 last; the spec follows from (B, Sb) and the engine's Rb,
+    so the key needs nothing more, and a batch with nothing to score passes an empty one (the
+    loop then runs no block)."""
+    if tables is not None and rests is not None:
+      raise ValueError(f"program {key}: per-row deltas and scored rests together")
+
     def build():
       phases = self.decode_phases(batch)
 
@@ -246,7 +268,7 @@ class Programs:
 
       def fn(params, prefix, rows, stop, *optional):
         self._traced(key)
-        row_deltas = optional[0] if optional else None
+        row_deltas = optional[0] if optional and tables is not None else None
         extra = {} if row_deltas is None else {"deltas": row_deltas}
         state = place(
             first_pass(
@@ -261,6 +283,9 @@ class Programs:
             )
         )
         kept = state.cache.slots(0, prompt_slots)  # the prompts' slots after the prefix
+        scored = ()
+        if rests is not None:  # [R, NB, Rb]: off the prompts' KV, before decode
+          scored = (self._score_rests(params, prefix, kept, optional[-1]),)
         out, num_out, steps = greedy_decode(
             self.model,
             params,
@@ -271,7 +296,7 @@ class Programs:
             constrain=place,
             **extra,
         )
-        return out, num_out, kept, steps
+        return (out, num_out, kept, steps) + scored
 
       in_shardings = (
           self.params_shardings,
@@ -281,16 +306,23 @@ class Programs:
       )
       if tables is not None:
         in_shardings += (self.delta_shardings(tables, batch),)
+      if rests is not None:
+        in_shardings += (batch_lib.row_shardings(rests, self.mesh),)
+      outs = (self._repl(), self._repl(), self.cache_shardings(batch), self._repl())
       jitted = jax.jit(
           fn,
           in_shardings=in_shardings,
-          out_shardings=(self._repl(), self._repl(), self.cache_shardings(batch), self._repl()),
+          out_shardings=outs + ((self._repl(),) if rests is not None else ()),
       )
 
-      def call(*, params, prefix: SharedPrefix, rows, stop: StopRule, deltas=None):
-        if (deltas is None) != (len(in_shardings) == 4):
-          raise ValueError(f"program {key}: deltas {'missing' if deltas is None else 'unexpected'}")
-        return jitted(params, prefix, rows, stop, *(() if deltas is None else (deltas,)))
+      def call(*, params, prefix: SharedPrefix, rows, stop: StopRule, deltas=None, rests_in=None):
+        for name, given, wanted in (("deltas", deltas, tables), ("rests", rests_in, rests)):
+          if (given is None) != (wanted is None):
+            raise ValueError(
+                f"program {key}: {name} {'missing' if given is None else 'unexpected'}"
+            )
+        optional = tuple(x for x in (deltas, rests_in) if x is not None)
+        return jitted(params, prefix, rows, stop, *optional)
 
       return call
 
@@ -351,15 +383,20 @@ class Programs:
         kept_batch=kept_batch,
         pb=pb,
         spec=PackedRests.spec(block_rows=block_rows, blocks=blocks, row_length=rb, sources=sources),
-        body=lambda params, prefix, kept, rows: score_packed_rests(
-            self.model,
-            params,
-            prefix=prefix,
-            kept=kept,
-            batch=rows,
-            place_block=lambda kv: jax.lax.with_sharding_constraint(
-                kv, self.cache_shardings(block_rows)
-            ),
+        body=self._score_rests,
+    )
+
+  def _score_rests(self, params, prefix, kept, rows: PackedRests):
+    """score_packed_rests of `rows` off `kept`, a block's rows over the data axis (traced)."""
+    block_rows = rows.tokens.shape[0]
+    return score_packed_rests(
+        self.model,
+        params,
+        prefix=prefix,
+        kept=kept,
+        batch=rows,
+        place_block=lambda kv: jax.lax.with_sharding_constraint(
+            kv, self.cache_shardings(block_rows)
         ),
     )
 

@@ -24,8 +24,14 @@ LIKELIHOOD_ALTERNATIVES = ("loc_ans", "old")
 class GenerationEngine(Protocol):
 
   def generate(
-      self, prompt_ids: Sequence[Sequence[int]], prompt_names: Sequence[str] | None = None
+      self,
+      prompt_ids: Sequence[Sequence[int]],
+      prompt_names: Sequence[str] | None = None,
+      *,
+      scoring: tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]] | None = None,
   ) -> list:
+    """Greedy answers; `scoring`: the (contexts, continuations) `continuation_logprobs` will be
+    asked right after (an engine may score them in the same pass)."""
     ...
 
   def continuation_logprobs(
@@ -98,10 +104,15 @@ def evaluate_unit(
   for group in workload.unit_groups(loaded=loaded, pool=pool, setup=setup, query_types=query_types):
     ids = encode_many(tokenizer, [q.prompt for q in group.queries], add_bos=True)
     queries = [_Query(q.record, q.query_type, q.prompt, i) for q, i in zip(group.queries, ids)]
-    results = engine.generate([q.prompt_ids for q in queries], prompt_names=group.names)
-    likelihoods = {}
+    jobs = []
     if likelihood and loaded.dataset in LIKELIHOOD_DATASETS:
-      likelihoods = _likelihoods(engine, tokenizer, queries)
+      jobs = _likelihood_jobs(tokenizer, queries)
+    results = engine.generate(
+        [q.prompt_ids for q in queries],
+        prompt_names=group.names,
+        scoring=([j[2] for j in jobs], [j[3] for j in jobs]) if jobs else None,
+    )
+    likelihoods = _likelihoods(engine, jobs) if jobs else {}
     for i, (q, result) in enumerate(zip(queries, results)):
       gold = q.record.gold(q.query_type)
       row = {
@@ -126,8 +137,8 @@ def evaluate_unit(
   return rows
 
 
-def _likelihoods(engine: GenerationEngine, tokenizer, queries: list[_Query]) -> dict[int, dict]:
-  """inv_ppl_alt / inv_ppl_loc_ans / inv_ppl_old for the queries the comparison applies to."""
+def _likelihood_jobs(tokenizer, queries: list[_Query]) -> list[tuple]:
+  """(query index, field, context ids, scored ids) of each likelihood the comparison asks."""
   wanted = []  # (query index, field, prompt, continuation)
   for i, q in enumerate(queries):
     if q.query_type not in LIKELIHOOD_QUERY_TYPES:
@@ -139,8 +150,12 @@ def _likelihoods(engine: GenerationEngine, tokenizer, queries: list[_Query]) -> 
         continue
       wanted.append((i, field, q.prompt, text))
   splits = likelihood_splits(tokenizer, [(p, c) for _, _, p, c in wanted])
-  # (query index, field, context ids, scored ids)
-  jobs = [(i, field, *split) for (i, field, _, _), split in zip(wanted, splits)]
+  return [(i, field, *split) for (i, field, _, _), split in zip(wanted, splits)]
+
+
+def _likelihoods(engine: GenerationEngine, jobs: list[tuple]) -> dict[int, dict]:
+  """inv_ppl_alt / inv_ppl_loc_ans / inv_ppl_old of the queries `jobs` (`_likelihood_jobs`)
+  ask them for."""
   out: dict[int, dict] = {
       i: {f"inv_ppl_{f}": None for f in ("alt",) + LIKELIHOOD_ALTERNATIVES}
       for i in {j[0] for j in jobs}
