@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bmike_jax.engine import Engine, PromptTooLongError, layout, memory
+from bmike_jax.engine import Engine, PromptTooLongError, buckets, layout, memory
 from bmike_jax.model import layer_layout
 from tests import engine_tiny
 
@@ -265,3 +265,34 @@ def probe_row_bytes(engine, suffix_bucket):
       slots=layout.cache_length(suffix_bucket, engine.max_new_tokens),
       model_axis=1,
   )
+
+
+def test_prefix_buckets_rule():
+  assert buckets.prefix_buckets(None, (32, 64, 128)) == (32, 64, 128)
+  assert buckets.prefix_buckets((64,), (32, 64, 128)) == (64, 128)  # the largest is always one
+  assert buckets.prefix_buckets((512, 64), (32, 64, 128)) == (64, 128)  # none past the largest
+  with pytest.raises(ValueError, match="positive"):
+    buckets.prefix_buckets((0, 64), (32, 64, 128))
+
+
+def test_coarse_prefix_buckets_same_answers_fewer_programs():
+  """Groups whose demonstrations pad to 48, 64 or 96 slots by default all pad to 128 with
+  prefix_buckets=(128,): the same answers and log-probs (fp32; the extra prefix slots are
+  masked), one prefix bucket in every program's key, fewer programs."""
+  groups = [
+      engine_tiny.group_prompts(seed=20 + k, n=6, prefix_len=n, suffix_range=(3, 20))
+      for k, n in enumerate((40, 60, 90))
+  ]
+  conts = [[5, 6, 7], [8], [9, 10]] * 2
+  coarse = _engine(batch_size=8, length_buckets=(32, 48, 64, 96, 128), prefix_buckets=(128,))
+  fine = _engine(batch_size=8, length_buckets=(32, 48, 64, 96, 128))
+  for prompts in groups:
+    assert [r.ids for r in coarse.generate(prompts)] == [r.ids for r in fine.generate(prompts)]
+    for g, w in zip(
+        coarse.continuation_logprobs(prompts, conts), fine.continuation_logprobs(prompts, conts)
+    ):
+      np.testing.assert_allclose(g, w, atol=2e-5, rtol=0)
+  assert {k[2] for k in coarse.programs.compiles if k[0] != "prefix"} == {128}
+  assert {k[1] for k in coarse.programs.compiles if k[0] == "prefix"} == {128}
+  assert len({k[2] for k in fine.programs.compiles if k[0] != "prefix"}) == 3
+  assert coarse.compile_count < fine.compile_count

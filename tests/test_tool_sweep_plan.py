@@ -31,18 +31,19 @@ SAME = (
 
 
 @pytest.mark.parametrize(
-    "batch_shapes, stems, packing, rests, batch",
+    "batch_shapes, stems, packing, rests, batch, prefix",
     [
-        ("fixed", False, False, False, 4),
-        ("buckets", False, False, False, 4),
-        ("buckets", True, False, False, 4),
-        ("fixed", False, True, False, 4),
-        ("buckets", False, True, True, 4),
-        ("fixed", False, True, True, 32),  # a batch of more rows than a fresh scoring call
-        ("fixed", True, True, True, 32),  # record stems as segments of the packed rows
+        ("fixed", False, False, False, 4, None),
+        ("buckets", False, False, False, 4, None),
+        ("buckets", True, False, False, 4, None),
+        ("fixed", False, True, False, 4, None),
+        ("buckets", False, True, True, 4, None),
+        ("fixed", False, True, True, 32, None),  # a batch of more rows than a fresh scoring call
+        # record stems as segments of the packed rows; every prefix padded to the largest bucket
+        ("fixed", True, True, True, 32, (2048,)),
     ],
 )
-def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests, batch):
+def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests, batch, prefix):
   try:
     tok = tokenizer_lib.load_tokenizer(checkpoints.default_gguf_path())
   except checkpoints.CheckpointError as e:
@@ -66,6 +67,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
       packed_length=128,
       rest_packing=rests,
       rest_row_length=16,  # some rests longer: scored one a row
+      prefix_buckets=prefix,
   )
   data_dir = data.default_data_dir()
   for dataset in DATASETS:
@@ -89,6 +91,7 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
       suffix_packing=packing,
       packed_length=128,
       rest_row_length=16 if rests else 0,
+      prefix_buckets=prefix,
   )
   stats = engine.stats.as_dict()
   print(plan["account"], stats)
@@ -106,6 +109,8 @@ def test_plan_equals_the_engines_own_account(batch_shapes, stems, packing, rests
   assert engine.stats.scored_on_kept > 0
   if batch == 32:
     assert not any(k[0] == "score_packed" for k in engine.programs.compiles)
+  if prefix:  # every shared prefix padded to the one bucket (zero-shot groups share none)
+    assert {k[2] for k in engine.programs.compiles if k[0] != "prefix"} <= {0, *prefix}
   if batch_shapes == "fixed":  # one row count: the batch size
     generated = ("generate", "generate_packed")
     assert {k[1] for k in engine.programs.compiles if k[0] in generated} == {batch}

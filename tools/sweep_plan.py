@@ -58,6 +58,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (packed rows a block).")
   flags.DEFINE_boolean("rest_packing", False, "The engine's rest_packing (packed scoring rests).")
   flags.DEFINE_integer("rest_row_length", 64, "The engine's rest_row_length (with rest_packing).")
+  flags.DEFINE_list("prefix_buckets", None, "The engine's prefix_buckets (default: its).")
 
 
 def plan_run(
@@ -79,10 +80,12 @@ def plan_run(
     packed_length=512,
     packed_rows=4,
     rest_row_length=0,
+    prefix_buckets=None,
 ) -> dict:
   """{"programs": {key: uses}, "account": {...}} for the run (one engine, every group).
   rest_row_length: the engine's with rest_packing (0: off)."""
   length_buckets = tuple(sorted(length_buckets))
+  prefix_buckets = buckets_lib.prefix_buckets(prefix_buckets, length_buckets)
   continuation_buckets = buckets_lib.continuation_buckets(length_buckets[-1])
   generation = layout.plan_settings(  # the engine's rule (one data device)
       batch_size=batch_size,
@@ -168,6 +171,7 @@ def plan_run(
               last_prefix=last_prefix,
               generation=generation,
               length_buckets=length_buckets,
+              prefix_buckets=prefix_buckets,
               continuation_buckets=continuation_buckets,
               max_new_tokens=max_new_tokens,
               rest_row_length=rest_row_length,
@@ -189,13 +193,14 @@ def _plan_group(
     last_prefix,
     generation,
     length_buckets,
+    prefix_buckets,
     continuation_buckets,
     max_new_tokens,
     rest_row_length,
     fresh_rows,
 ):
   """The engine's generate + continuation_logprobs of one group, replayed on the host."""
-  group = layout.plan_group(ids, reuse=True, length_buckets=length_buckets)
+  group = layout.plan_group(ids, reuse=True, length_buckets=prefix_buckets)
   p, pb = group.prefix_length, group.prefix_bucket
   if pb and last_prefix.get("ids") != group.prefix:  # the engine reuses the last prefix's KV
     programs[("prefix", pb)] += 1
@@ -262,7 +267,7 @@ def _plan_group(
     acc["scoring_padded_tokens"] += kp.batch * kp.rest_bucket
   if fresh:  # the runner scores these (the empty targets) in a call of their own
     fc = [contexts[i] for i in fresh]
-    fgroup = layout.plan_group(fc, reuse=True, length_buckets=length_buckets)
+    fgroup = layout.plan_group(fc, reuse=True, length_buckets=prefix_buckets)
     fp, fpb = fgroup.prefix_length, fgroup.prefix_bucket
     if fpb and last_prefix.get("ids") != fgroup.prefix:
       programs[("prefix", fpb)] += 1
@@ -312,6 +317,7 @@ def main(argv):
       packed_length=FLAGS.packed_length,
       packed_rows=FLAGS.packed_rows,
       rest_row_length=FLAGS.rest_row_length if FLAGS.rest_packing else 0,
+      prefix_buckets=[int(x) for x in FLAGS.prefix_buckets] if FLAGS.prefix_buckets else None,
   )
   text = json.dumps(out, indent=1)
   if FLAGS.out:

@@ -24,6 +24,20 @@ class PromptTooLongError(ValueError):
     )
 
 
+def prefix_buckets(given: Sequence[int] | None, length_buckets: Sequence[int]) -> tuple[int, ...]:
+  """The lengths a group's shared prefix pads to: `given` (those up to the largest length
+  bucket) plus the largest length bucket, so that every prefix fits one; None: the length
+  buckets. Fewer, coarser prefix buckets mean fewer programs (each generate program is keyed by
+  its prefix bucket Pb) for masked prefix slots every row attends: the prefix is one shared row,
+  so a padded slot costs each query one masked key, not a row's memory."""
+  top = max(length_buckets)
+  if given is None:
+    return tuple(sorted(length_buckets))
+  if any(b < 1 for b in given):
+    raise ValueError(f"prefix buckets must be positive, got {list(given)}")
+  return tuple(sorted({b for b in given if b <= top} | {top}))
+
+
 def default_length_buckets(max_length: int, smallest: int = 32) -> tuple[int, ...]:
   """smallest, 1.5x, 2x, 3x, 4x, ... (32, 48, 64, 96, 128, 192, ...) up to and including max_length.
 

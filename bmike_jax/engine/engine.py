@@ -170,7 +170,10 @@ class Engine:
   most 512 / Sb): one scoring program per kept batch shape instead of one per (rows, rest
   bucket), and rows filled instead of one rest padded to its bucket each; a longer rest is
   scored one a row as without it. Log-probs equal to float32 rounding either way (BENCHMARKS.md
-  "Packed scoring rests"). Where the caller announces its sequences to `generate` (`scoring`,
+  "Packed scoring rests"). prefix_buckets: the lengths a group's shared prefix pads to (default:
+  the length buckets; the largest length bucket is always one): fewer mean fewer programs, each
+  generate program being keyed by its prefix bucket, for masked prefix slots that every query
+  attends (buckets.prefix_buckets). Where the caller announces its sequences to `generate` (`scoring`,
   as the runner does), the packed rests run inside the generate programs instead, before decode:
   no scoring program at all for them.
   """
@@ -202,6 +205,7 @@ class Engine:
       packed_rows: int = 4,
       rest_packing: bool = False,
       rest_row_length: int = 64,
+      prefix_buckets: Sequence[int] | None = None,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -234,6 +238,7 @@ class Engine:
         )
     )
     self.continuation_buckets = buckets_lib.continuation_buckets(self.length_buckets[-1])
+    self.prefix_buckets = buckets_lib.prefix_buckets(prefix_buckets, self.length_buckets)
     if rest_packing and rest_row_length < 1:
       raise ValueError(f"rest_row_length must be >= 1, got {rest_row_length}")
     self.rest_row_length = rest_row_length if rest_packing else 0  # Rb of packed rests; 0: off
@@ -389,7 +394,7 @@ class Engine:
     (same demonstrations) does not recompute it; the KV is the same array, so are the results."""
     reuse = self.prefix_reuse if group_prefix is None else group_prefix
     group = layout_lib.plan_group(
-        prompts, reuse=reuse, length_buckets=self.length_buckets, min_prefix=self.min_prefix
+        prompts, reuse=reuse, length_buckets=self.prefix_buckets, min_prefix=self.min_prefix
     )
     pb = group.prefix_bucket
     repl = sh.replicated(self.mesh)

@@ -106,6 +106,7 @@ def build_engine(cfg: RunConfig):
       mesh=mesh,
       batch_size=cfg.batch_size or engine_memory.auto_batch_size(mesh.devices.flat[0].platform),
       length_buckets=cfg.length_buckets,
+      prefix_buckets=cfg.prefix_buckets,
       max_new_tokens=cfg.max_new_tokens,
       prefix_reuse=cfg.prefix_reuse,
       stem_reuse=cfg.stem_reuse,

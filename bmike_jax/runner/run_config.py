@@ -461,6 +461,15 @@ class RunConfig:
       "compile costs more).",
       parse=_buckets,
   )
+  prefix_buckets: tuple[int, ...] | None = _flag(
+      "string",
+      None,
+      "The lengths a group's shared demonstrations pad to (comma list, ascending; the largest "
+      "--length_buckets is always one). Default: the length buckets. Fewer mean fewer programs "
+      "(each generate program is keyed by its prefix bucket) for masked prefix slots every "
+      'query attends (BENCHMARKS.md "Prefix buckets").',
+      parse=lambda flag, v: None if v is None else _buckets(flag, v),
+  )
   overlong: str = _flag(
       "enum",
       "error",
