@@ -314,6 +314,7 @@ class Engine:
     self._kept: _KeptGroup | None = None  # the last generated group's prompt KV
     # log-probs scored inside the last generate call: (context, continuation) -> [len(cont)]
     self._scored: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
+    self._empty_rests: dict = {}  # (R, NB, Rb, K) -> an empty PackedRests on the mesh
 
   # Setup ---------------------------------------------------------------------------------------
 
@@ -573,8 +574,8 @@ class Engine:
     slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
     extra, spec = {}, None
     if rests is not False:
-      spec, built = self._packed_rests(plan.batch, plan.prompt_slots, rests)
-      extra = {"rests_in": batch_lib.place(built, spec, self.mesh)}
+      spec, placed = self._packed_rests(plan.batch, plan.prompt_slots, rests)
+      extra = {"rests_in": placed}
     if edits is not None and (plan.stem_rows or plan.packed_rows):
       raise AssertionError("a plan with stems or packed rows in a call with delta tables")
     if plan.packed_rows:
@@ -696,15 +697,18 @@ class Engine:
     return found, ctx, cc
 
   def _packed_rests(self, batch: int, prompt_slots: int, plan=None):
-    """(spec, host arrays) of the PackedRests a kept batch of (B, Sb) takes: `plan`'s rests, or
-    none (its loop then runs no block)."""
+    """(spec, arrays placed on the mesh) of the PackedRests a kept batch of (B, Sb) takes:
+    `plan`'s rests, or none (its loop then runs no block; placed once per shape, since every
+    batch of a group without likelihoods passes one)."""
     rb = self.rest_row_length
     k = layout_lib.rest_row_sources(rb, prompt_slots)
     r, nb = layout_lib.rest_blocks(batch, rb, k, self.mesh.shape[sh.DATA])
     spec = PackedRests.spec(block_rows=r, blocks=nb, row_length=rb, sources=k)
-    if plan is None:
-      return spec, PackedRests.empty(spec)
-    return spec, PackedRests.build(plan)
+    if plan is not None:
+      return spec, batch_lib.place(PackedRests.build(plan), spec, self.mesh)
+    if (r, nb, rb, k) not in self._empty_rests:
+      self._empty_rests[r, nb, rb, k] = batch_lib.place(PackedRests.empty(spec), spec, self.mesh)
+    return spec, self._empty_rests[r, nb, rb, k]
 
   def _read_packed(self, plan: layout_lib.PackedRestPlan, logp, conts):
     """[(sequence index, log-probs [len(cont)] float32)] of a packed-rests call's output
