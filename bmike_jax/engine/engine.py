@@ -858,11 +858,7 @@ class Engine:
     for plan in packed:
       bk, sb, kv = kept.batches[plan.source_batch]
       rb, r, nb, k = plan.row_length, plan.block_rows, plan.blocks, plan.sources_per_row
-      rows = batch_lib.place(
-          PackedRests.build(plan),
-          PackedRests.spec(block_rows=r, blocks=nb, row_length=rb, sources=k),
-          self.mesh,
-      )
+      _, rows = self._packed_rests(bk, sb, plan)  # the shapes (r, nb, rb, k) follow from bk, sb
       logp = self.programs.score_packed(bk, kept.prefix_bucket, sb, r, nb, rb, k)(
           params=self.params, prefix=kept.prefix, kept=kv, rows=rows
       )
