@@ -256,6 +256,32 @@ def test_rows_bounded_by_memory_per_shape(prompts, baseline):
   assert rows[short] == 16 and rows[long_] == engine.max_rows(48, long_, 15)
 
 
+def test_rows_bounded_by_memory_leave_room_for_scoring_inside_generate():
+  """With packed rests scored inside the generate programs, one block of rests is live beside
+  the batch's rows (memory.rest_block_bytes): a budget that holds 16 rows exactly holds fewer
+  once the engine scores inside its programs."""
+  sb = 32
+  probe = _engine(batch_size=16, row_memory_bytes=None)
+  budget = 16 * probe_row_bytes(probe, sb)
+  plain = _engine(batch_size=16, row_memory_bytes=budget)
+  scoring = _engine(batch_size=16, row_memory_bytes=budget, rest_packing=True, rest_row_length=16)
+  assert plain.max_rows(48, sb, 15) == 16
+  assert scoring.max_rows(48, sb, 15) < 16
+  block = memory.rest_block_bytes(
+      probe.config,
+      4,
+      prefix_bucket=48,
+      kept_slots=layout.rest_row_sources(16, sb) * sb,
+      tokens=16 * 16,
+      row_length=16,
+      model_axis=1,
+  )
+  roomy = _engine(
+      batch_size=16, row_memory_bytes=budget + block, rest_packing=True, rest_row_length=16
+  )
+  assert roomy.max_rows(48, sb, 15) == 16
+
+
 def probe_row_bytes(engine, suffix_bucket):
   return memory.row_bytes(
       engine.config,
@@ -268,11 +294,12 @@ def probe_row_bytes(engine, suffix_bucket):
 
 
 def test_prefix_buckets_rule():
-  assert buckets.prefix_buckets(None, (32, 64, 128)) == (32, 64, 128)
+  assert buckets.prefix_buckets(None, (32, 64, 128)) == (0, 32, 64, 128)  # 0: no prefix region
   assert buckets.prefix_buckets((64,), (32, 64, 128)) == (64, 128)  # the largest is always one
   assert buckets.prefix_buckets((512, 64), (32, 64, 128)) == (64, 128)  # none past the largest
-  with pytest.raises(ValueError, match="positive"):
-    buckets.prefix_buckets((0, 64), (32, 64, 128))
+  assert buckets.prefix_buckets((0, 64), (32, 64, 128)) == (0, 64, 128)
+  with pytest.raises(ValueError, match=">= 0"):
+    buckets.prefix_buckets((-1, 64), (32, 64, 128))
 
 
 def test_coarse_prefix_buckets_same_answers_fewer_programs():
@@ -296,3 +323,29 @@ def test_coarse_prefix_buckets_same_answers_fewer_programs():
   assert {k[1] for k in coarse.programs.compiles if k[0] == "prefix"} == {128}
   assert len({k[2] for k in fine.programs.compiles if k[0] != "prefix"}) == 3
   assert coarse.compile_count < fine.compile_count
+
+
+def test_group_without_prefix_on_an_empty_prefix_region():
+  """Without 0 among the prefix buckets, a group sharing no prefix (zero-shot's) runs on an empty
+  region of the smallest prefix bucket, every slot masked: the same answers as with no region
+  (fp32) and log-probs to float32 rounding, its programs keyed by that bucket (none by 0), and
+  no prefix program run for it. Batches of several sizes and a fixed shape, as the sweep runs."""
+  rng = np.random.default_rng(31)
+  prompts = [
+      [engine_tiny.BOS] + rng.integers(3, engine_tiny.VOCAB, int(n)).tolist()
+      for n in rng.integers(4, 40, 11)
+  ]
+  conts = [[5, 6, 7], [8], [9, 10, 11, 12]] * 3 + [[4], [13, 14]]
+  for kw in (dict(batch_size=4), dict(batch_size=8, batch_shapes="fixed")):
+    empty = _engine(length_buckets=(32, 48, 64), prefix_buckets=(48,), **kw)
+    none = _engine(length_buckets=(32, 48, 64), **kw)
+    got, want = empty.generate(prompts), none.generate(prompts)
+    assert [r.ids for r in got] == [r.ids for r in want]
+    for g, w in zip(
+        empty.continuation_logprobs(prompts, conts), none.continuation_logprobs(prompts, conts)
+    ):
+      np.testing.assert_allclose(g, w, atol=2e-5, rtol=0)
+    keys = set(empty.programs.compiles)
+    assert keys and not any(k[0] == "prefix" for k in keys)
+    assert {k[2] for k in keys} == {48}
+    assert {k[2] for k in none.programs.compiles} == {0}

@@ -74,10 +74,15 @@ def test_plan_group_reuse_threshold():
   prompts = [[1] * 40 + [2, 3], [1] * 40 + [4]]
   g = layout.plan_group(prompts, reuse=True, length_buckets=(32, 48, 64), min_prefix=16)
   assert g.prefix_length == 40 and g.prefix_bucket == 48 and g.prefix == tuple([1] * 40)
-  assert layout.plan_group(prompts, reuse=False, length_buckets=(32, 48)).prefix_bucket == 0
-  short = layout.plan_group(prompts, reuse=True, length_buckets=(32, 48), min_prefix=41)
+  assert layout.plan_group(prompts, reuse=False, length_buckets=(0, 32, 48)).prefix_bucket == 0
+  short = layout.plan_group(prompts, reuse=True, length_buckets=(0, 32, 48), min_prefix=41)
   assert short.prefix_length == 0 and short.prefix_bucket == 0
   assert layout.plan_group(prompts[:1], reuse=True, length_buckets=(32, 48)).prefix_length == 0
+  # Without 0 among the buckets, a group without a shared prefix takes an empty region of the
+  # smallest; one with a prefix is unchanged.
+  empty = layout.plan_group(prompts, reuse=False, length_buckets=(32, 48))
+  assert empty.prefix_length == 0 and empty.prefix_bucket == 32
+  assert layout.plan_group(prompts, reuse=True, length_buckets=(32, 48)).prefix_bucket == 48
 
 
 def test_plan_batches_sorted_bucketed_and_complete():

@@ -61,6 +61,27 @@ def test_one_80gb_gpu_runs_256_short_rows_and_fewer_long_ones():
   assert scores > per_long / 2
 
 
+def test_scoring_inside_generate_still_leaves_256_short_rows_on_an_80gb_gpu():
+  """configs/8b.flags' shapes: a block of packed rests (Rb 128, ~2,048 tokens, K x Sb kept slots)
+  scored inside a generate program of Pb 2048 is a few GB, its float32 logits the largest part (every token
+  is scored over the 128k vocabulary); 256 rows of short suffixes still fit beside it."""
+  h100 = FakeMesh(np.array([Chip(80 * GIB)]), {"data": 1, "model": 1})
+  sb, rb = 64, 128
+  block = memory.rest_block_bytes(
+      LLAMA_31_8B,
+      2,
+      prefix_bucket=2048,
+      kept_slots=layout.rest_row_sources(rb, sb) * sb,
+      tokens=2048,
+      row_length=rb,
+      model_axis=1,
+  )
+  logits = 2 * 2048 * LLAMA_31_8B.vocab_size * 4
+  assert logits < block < 8 * GIB
+  _, per_row, budget = _rows(h100, pb=2048, sb=sb)
+  assert 256 * per_row <= budget - block
+
+
 def test_a_model_axis_splits_heads_and_a_data_axis_rows():
   v5e8 = FakeMesh(np.array([Chip(16 * GIB)] * 8), {"data": 4, "model": 2})
   rows, per_row, budget = _rows(v5e8, pb=512, sb=64)

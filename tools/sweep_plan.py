@@ -202,7 +202,8 @@ def _plan_group(
   """The engine's generate + continuation_logprobs of one group, replayed on the host."""
   group = layout.plan_group(ids, reuse=True, length_buckets=prefix_buckets)
   p, pb = group.prefix_length, group.prefix_bucket
-  if pb and last_prefix.get("ids") != group.prefix:  # the engine reuses the last prefix's KV
+  # The engine reuses the last prefix's KV; an empty prefix region (p = 0 < Pb) runs no program.
+  if p and last_prefix.get("ids") != group.prefix:
     programs[("prefix", pb)] += 1
     acc["prefix_tokens"] += p
     acc["prefill_padded_tokens"] += pb
@@ -214,6 +215,10 @@ def _plan_group(
     programs[plan.program_key(pb)] += 1
     acc["prefill_padded_tokens"] += plan.padded_slots()
     acc["decode_steps_at_most"] += max_new_tokens - 1
+    # The cost of coarse prefix buckets: (query, key) pairs over masked prefix slots, each query
+    # slot of the prefill and each row of a decode step (at most) attending Pb - P of them.
+    acc["masked_prefix_pairs_prefill"] += plan.padded_slots() * (pb - p)
+    acc["masked_prefix_pairs_decode_at_most"] += (max_new_tokens - 1) * plan.batch * (pb - p)
     for r, i in enumerate(plan.rows):
       places[i] = (j, r)
   acc["prompts"] += len(ids)
@@ -269,7 +274,7 @@ def _plan_group(
     fc = [contexts[i] for i in fresh]
     fgroup = layout.plan_group(fc, reuse=True, length_buckets=prefix_buckets)
     fp, fpb = fgroup.prefix_length, fgroup.prefix_bucket
-    if fpb and last_prefix.get("ids") != fgroup.prefix:
+    if fp and last_prefix.get("ids") != fgroup.prefix:
       programs[("prefix", fpb)] += 1
       acc["prefix_tokens"] += fp
       acc["prefill_padded_tokens"] += fpb
@@ -280,7 +285,7 @@ def _plan_group(
         batch_buckets=fresh_rows,
         length_buckets=length_buckets,
         extra_lengths=[len(conts[i]) for i in fresh],
-        extra_buckets=continuation_buckets,
+        extra_buckets=buckets_lib.fresh_continuation_buckets(length_buckets),
     ):
       programs[("score", plan.batch, fpb, plan.suffix_bucket, plan.extra_bucket)] += 1
       acc["scoring_padded_tokens"] += plan.batch * (plan.suffix_bucket + plan.extra_bucket - 1)

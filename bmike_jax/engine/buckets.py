@@ -26,15 +26,19 @@ class PromptTooLongError(ValueError):
 
 def prefix_buckets(given: Sequence[int] | None, length_buckets: Sequence[int]) -> tuple[int, ...]:
   """The lengths a group's shared prefix pads to: `given` (those up to the largest length
-  bucket) plus the largest length bucket, so that every prefix fits one; None: the length
+  bucket) plus the largest length bucket, so that every prefix fits one; None: 0 and the length
   buckets. Fewer, coarser prefix buckets mean fewer programs (each generate program is keyed by
   its prefix bucket Pb) for masked prefix slots every row attends: the prefix is one shared row,
-  so a padded slot costs each query one masked key, not a row's memory."""
+  so a padded slot costs each query one masked key, not a row's memory.
+
+  0 is the bucket of a group without a shared prefix (no prefix region) only where it is listed;
+  without it such a group runs on an empty prefix region of the smallest bucket (every slot
+  masked, `layout.plan_group`), so that it compiles no programs of its own."""
   top = max(length_buckets)
   if given is None:
-    return tuple(sorted(length_buckets))
-  if any(b < 1 for b in given):
-    raise ValueError(f"prefix buckets must be positive, got {list(given)}")
+    return (0, *sorted(length_buckets))
+  if any(b < 0 for b in given):
+    raise ValueError(f"prefix buckets must be >= 0, got {list(given)}")
   return tuple(sorted({b for b in given if b <= top} | {top}))
 
 
@@ -101,6 +105,14 @@ def fresh_scoring_rows(batch_size: int, shapes: str, multiple_of: int = 1) -> tu
   if shapes == "fixed":
     return row_buckets(min(batch_size, FRESH_SCORING_ROWS), "fixed", multiple_of)
   return row_buckets(batch_size, shapes, multiple_of)
+
+
+def fresh_continuation_buckets(length_buckets: Sequence[int]) -> tuple[int, ...]:
+  """The lengths a continuation scored afresh pads to: the length buckets, as prompts do. Such a
+  continuation is mostly an empty target's whole prompt (~100 to ~4,000 tokens) and they are
+  rare (~10 a group): coarse buckets cost them little padding and keep their programs as few as
+  the prompts' lengths (the continuation buckets' doubling from 16 gave five on a full sweep)."""
+  return tuple(sorted(length_buckets))
 
 
 # A scored continuation runs, per sequence, the tokens after what it shares with its prompt (off

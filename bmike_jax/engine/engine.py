@@ -314,6 +314,7 @@ class Engine:
     self._kept: _KeptGroup | None = None  # the last generated group's prompt KV
     # log-probs scored inside the last generate call: (context, continuation) -> [len(cont)]
     self._scored: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
+    self._empty_prefixes: dict = {}  # Pb -> an empty prefix KV on the mesh (_empty_prefix)
     self._empty_rests: dict = {}  # (R, NB, Rb, K) -> an empty PackedRests on the mesh
 
   # Setup ---------------------------------------------------------------------------------------
@@ -349,6 +350,17 @@ class Engine:
     budget = self.row_memory_bytes if budget is _ENGINE_BUDGET else budget
     if budget is None:
       return self.batch_size
+    if self.rest_row_length:  # a block of packed rests scored inside the generate program
+      rb = self.rest_row_length
+      budget -= memory.rest_block_bytes(
+          self.config,
+          self._dtype_bytes,
+          prefix_bucket=prefix_bucket,
+          kept_slots=layout_lib.rest_row_sources(rb, suffix_bucket) * suffix_bucket,
+          tokens=buckets_lib.scoring_rows(self.batch_size, rb) * rb,
+          row_length=rb,
+          model_axis=self.mesh.shape[sh.MODEL],
+      )
     per_row = memory.row_bytes(
         self.config,
         self._dtype_bytes,
@@ -403,6 +415,8 @@ class Engine:
     suffixes = [ids[group.prefix_length :] for ids in prompts]
     if pb == 0:
       return group, SharedPrefix(kv=None, length=p), suffixes
+    if group.prefix_length == 0:  # an empty prefix region: every slot masked, no program run
+      return group, SharedPrefix(kv=self._empty_prefix(pb), length=p), suffixes
     if self._last_prefix is not None and self._last_prefix[0] == group.prefix:
       return group, SharedPrefix(kv=self._last_prefix[1], length=p), suffixes
     tokens, _, _ = layout_lib.pad_rows([group.prefix], 1, pb)
@@ -414,6 +428,22 @@ class Engine:
     self.stats.prefix_tokens += group.prefix_length
     self.stats.prefill_padded_tokens += pb
     return group, SharedPrefix(kv=kv, length=p), suffixes
+
+  def _empty_prefix(self, pb: int) -> KVCache:
+    """A prefix KV of Pb zero slots on the mesh (placed once per Pb): the region of a group
+    without a shared prefix where 0 is not a prefix bucket; its mask (length 0) hides every slot."""
+    if pb not in self._empty_prefixes:
+      shapes = jax.eval_shape(
+          lambda: KVCache.zeros(
+              self.model.config, 1, pb, self.model.dtype, per_layer=not self.model.scan_layers
+          )
+      )
+      self._empty_prefixes[pb] = jax.tree_util.tree_map(
+          lambda s, where: sh.to_global(np.zeros(s.shape, s.dtype), where),
+          shapes,
+          self.programs.prefix_shardings(pb).kv,
+      )
+    return self._empty_prefixes[pb]
 
   # Generation ----------------------------------------------------------------------------------
 
@@ -801,7 +831,7 @@ class Engine:
         batch_buckets=rows,
         length_buckets=self.length_buckets,
         extra_lengths=[len(c) for c in conts],
-        extra_buckets=self.continuation_buckets,
+        extra_buckets=buckets_lib.fresh_continuation_buckets(self.length_buckets),
         max_rows=lambda sb, cb: self.max_rows(pb, sb, cb),
     )
     pending = []

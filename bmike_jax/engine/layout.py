@@ -40,7 +40,7 @@ class GroupLayout:
   """The prefix shared by a group's prompts."""
 
   prefix: tuple[int, ...]  # [P] token ids computed once
-  prefix_bucket: int  # Pb >= P (0 without reuse)
+  prefix_bucket: int  # Pb >= P (0: no prefix region; P = 0 < Pb: an empty one, all masked)
 
   @property
   def prefix_length(self) -> int:
@@ -54,10 +54,13 @@ def plan_group(
     length_buckets: Sequence[int],
     min_prefix: int = 16,
 ) -> GroupLayout:
-  """Reuse the common prefix when asked and when it is at least `min_prefix` tokens long."""
+  """Reuse the common prefix when asked and when it is at least `min_prefix` tokens long.
+  length_buckets: the prefix buckets (`buckets.prefix_buckets`); a group without a shared prefix
+  takes the smallest, 0 (no prefix region) where it is one, else an empty region of that many
+  masked slots."""
   p = common_prefix_length(prompts) if reuse and len(prompts) > 1 else 0
   if p < max(min_prefix, 1):
-    return GroupLayout(prefix=(), prefix_bucket=0)
+    return GroupLayout(prefix=(), prefix_bucket=min(length_buckets))
   return GroupLayout(
       prefix=tuple(prompts[0][:p]), prefix_bucket=buckets_lib.pick_bucket(p, length_buckets)
   )

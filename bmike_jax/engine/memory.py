@@ -14,6 +14,9 @@ device at its peak (the prefill of the suffix, one layer at a time; the decode l
     activations   Sb x (4 D + 3 F/m) x 4             (residual, norms, q/k/v/o; gate, up, product)
     logits        2 x V x 4                          (the last position's float32 logits)
 
+With scoring inside the generate program (packed rests), one block of rests runs after the
+prefill beside all of it: `rest_block_bytes`, taken off the budget of every row together.
+
 with m the model axis (heads and F are split over it). Not measured against a GPU's allocator
 yet (BENCHMARKS.md says so); the budget leaves a margin for what the estimate leaves out.
 """
@@ -120,6 +123,34 @@ def row_bytes(
   scores = 2 * heads * suffix_bucket * (prefix_bucket + slots) * 4
   acts = suffix_bucket * (4 * config.hidden_size + 3 * config.intermediate_size // model_axis) * 4
   return kv + scores + acts + 2 * config.vocab_size * 4
+
+
+def rest_block_bytes(
+    config,
+    dtype_bytes: int,
+    *,
+    prefix_bucket: int,
+    kept_slots: int,
+    tokens: int,
+    row_length: int,
+    model_axis: int,
+) -> int:
+  """Upper estimate of the live bytes on one device of one block of packed scoring rests
+  (scoring.score_packed_rests), which a generate program with scoring inside runs after its
+  prefill, beside the batch's cache and kept copy: `tokens` (R x Rb) rows' tokens attending the
+  prefix (Pb), their rows' gathered kept slots (K x Sb = kept_slots) and their own row (Rb):
+
+      scores        2 x H/m x tokens x (Pb + kept_slots + Rb) x 4
+      gathered KV   kv_slot_bytes x (tokens / Rb) x kept_slots
+      activations   tokens x (4 D + 3 F/m) x 4
+      logits        2 x tokens x V x 4     (every token is scored: float32 logits, log-softmax)
+
+  The same for every batch of a program's shape, so it is taken off the row budget once."""
+  heads = max(config.num_heads // model_axis, 1)
+  scores = 2 * heads * tokens * (prefix_bucket + kept_slots + row_length) * 4
+  gathered = kv_slot_bytes(config, dtype_bytes, model_axis) * (tokens // row_length) * kept_slots
+  acts = tokens * (4 * config.hidden_size + 3 * config.intermediate_size // model_axis) * 4
+  return scores + gathered + acts + 2 * tokens * config.vocab_size * 4
 
 
 def rows_that_fit(sizes: Sequence[int], per_row: int, budget: int | None, data_axis: int) -> int:
