@@ -325,6 +325,31 @@ def test_coarse_prefix_buckets_same_answers_fewer_programs():
   assert coarse.compile_count < fine.compile_count
 
 
+def test_fresh_continuations_pad_to_the_prefix_buckets():
+  """Empty targets score their whole prompt afresh (context BOS, continuation the rest): their
+  continuations pad to the prefix buckets but 0 (coarse where those are), as the prompts'
+  demonstrations do. Log-probs as the fine engine's (float32 rounding), fewer score programs."""
+  prompts = [
+      p
+      for k, n in enumerate((20, 40, 60))
+      for p in engine_tiny.group_prompts(seed=40 + k, n=3, prefix_len=n, suffix_range=(3, 30))
+  ]
+  contexts, conts = [p[:1] for p in prompts], [p[1:] for p in prompts]
+  coarse = _engine(batch_size=4, length_buckets=(32, 48, 64, 96, 128), prefix_buckets=(128,))
+  fine = _engine(batch_size=4, length_buckets=(32, 48, 64, 96, 128))
+  got, want = (e.continuation_logprobs(contexts, conts) for e in (coarse, fine))
+  for g, w, c in zip(got, want, conts):
+    assert len(g) == len(c)
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=0)
+  cb = lambda e: {k[4] for k in e.programs.compiles if k[0] == "score"}
+  assert cb(coarse) == {128} and len(cb(fine)) > 1
+  assert buckets.fresh_continuation_buckets(buckets.prefix_buckets((512,), (64, 4096))) == (
+      512,
+      4096,
+  )
+  assert buckets.fresh_continuation_buckets(buckets.prefix_buckets(None, (32, 64))) == (32, 64)
+
+
 def test_group_without_prefix_on_an_empty_prefix_region():
   """Without 0 among the prefix buckets, a group sharing no prefix (zero-shot's) runs on an empty
   region of the smallest prefix bucket, every slot masked: the same answers as with no region

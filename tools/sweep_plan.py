@@ -285,7 +285,7 @@ def _plan_group(
         batch_buckets=fresh_rows,
         length_buckets=length_buckets,
         extra_lengths=[len(conts[i]) for i in fresh],
-        extra_buckets=buckets_lib.fresh_continuation_buckets(length_buckets),
+        extra_buckets=buckets_lib.fresh_continuation_buckets(prefix_buckets),
     ):
       programs[("score", plan.batch, fpb, plan.suffix_bucket, plan.extra_bucket)] += 1
       acc["scoring_padded_tokens"] += plan.batch * (plan.suffix_bucket + plan.extra_bucket - 1)

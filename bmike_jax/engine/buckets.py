@@ -107,12 +107,14 @@ def fresh_scoring_rows(batch_size: int, shapes: str, multiple_of: int = 1) -> tu
   return row_buckets(batch_size, shapes, multiple_of)
 
 
-def fresh_continuation_buckets(length_buckets: Sequence[int]) -> tuple[int, ...]:
-  """The lengths a continuation scored afresh pads to: the length buckets, as prompts do. Such a
-  continuation is mostly an empty target's whole prompt (~100 to ~4,000 tokens) and they are
-  rare (~10 a group): coarse buckets cost them little padding and keep their programs as few as
-  the prompts' lengths (the continuation buckets' doubling from 16 gave five on a full sweep)."""
-  return tuple(sorted(length_buckets))
+def fresh_continuation_buckets(prefix_buckets: Sequence[int]) -> tuple[int, ...]:
+  """The lengths a continuation scored afresh pads to: the prefix buckets but 0
+  (`prefix_buckets`, which always hold the largest length bucket). Such a continuation is
+  mostly an empty target's whole prompt, demonstrations and all (~100 to ~4,000 tokens), so it
+  pads as a group's demonstrations do; they are rare (~10 a group), so coarse buckets cost them
+  little padding and keep their programs as few as the prefixes' (the continuation buckets'
+  doubling from 16 gave five on a full sweep)."""
+  return tuple(b for b in sorted(prefix_buckets) if b > 0)
 
 
 # A scored continuation runs, per sequence, the tokens after what it shares with its prompt (off

@@ -831,7 +831,7 @@ class Engine:
         batch_buckets=rows,
         length_buckets=self.length_buckets,
         extra_lengths=[len(c) for c in conts],
-        extra_buckets=buckets_lib.fresh_continuation_buckets(self.length_buckets),
+        extra_buckets=buckets_lib.fresh_continuation_buckets(self.prefix_buckets),
         max_rows=lambda sb, cb: self.max_rows(pb, sb, cb),
     )
     pending = []
