@@ -47,6 +47,24 @@ def run(config, meshes) -> dict:
         "norm": _spec(engine, "final_norm", "scale"),
         "batch_buckets": list(engine.batch_buckets),
     }
+    # No prefix reuse and 0 not a prefix bucket: the prompts run on an empty prefix region of
+    # 64 slots (a zero KV placed on the mesh, every slot masked), sharded.
+    engine = Engine(
+        config,
+        params,
+        engine_tiny.FakeTokenizer(),
+        mesh=mesh,
+        batch_size=8,
+        prefix_reuse=False,
+        prefix_buckets=(64,),
+    )
+    out[f"{data}x{model}"]["empty_prefix_ids"] = [list(r.ids) for r in engine.generate(prompts)]
+    out[f"{data}x{model}"]["empty_prefix_logprobs"] = [
+        lp.tolist() for lp in engine.continuation_logprobs(prompts, conts)
+    ]
+    out[f"{data}x{model}"]["empty_prefix_buckets"] = sorted(
+        {k[2] for k in engine.programs.compiles}
+    )
   # Layers unrolled over per-layer params (the accelerator default): same answers, and each
   # layer's params follow the table without the stacked [L] axis.
   for data, model in meshes:

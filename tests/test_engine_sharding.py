@@ -44,6 +44,11 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
       assert run["ids"] == base["ids"], (name, mesh)
       assert run["shrink2_ids"] == base["shrink0_ids"], (name, mesh)
       assert run["unrolled_ids"] == base["ids"], (name, mesh)
+      # groups without a shared prefix on an empty prefix region, sharded
+      assert run["empty_prefix_buckets"] == [64], (name, mesh)
+      assert run["empty_prefix_ids"] == base["ids"], (name, mesh)
+      for got, ref in zip(run["empty_prefix_logprobs"], base["logprobs"]):
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {mesh} empty prefix")
       # rows of several edited models in one batch, each with its own weight delta
       assert run["delta_ids"] == base["delta_ids"], (name, mesh)
       assert run.get("unrolled_delta_ids", base["delta_ids"]) == base["delta_ids"], (name, mesh)
