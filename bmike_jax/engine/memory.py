@@ -14,11 +14,11 @@ device at its peak (the prefill of the suffix, one layer at a time; the decode l
     activations   Sb x (4 D + 3 F/m) x 4             (residual, norms, q/k/v/o; gate, up, product)
     logits        2 x V x 4                          (the last position's float32 logits)
 
-With scoring inside the generate program (packed rests), one block of rests runs after the
-prefill beside all of it: `rest_block_bytes`, taken off the budget of every row together.
-
 with m the model axis (heads and F are split over it). Not measured against a GPU's allocator
 yet (BENCHMARKS.md says so); the budget leaves a margin for what the estimate leaves out.
+
+With scoring inside the generate program (packed rests), one block of rests runs after the
+prefill beside all of it: `rest_block_bytes`, taken off the budget of every row together.
 """
 
 from __future__ import annotations
