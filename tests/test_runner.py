@@ -241,12 +241,27 @@ def _expect_user_error(proc, *fragments):
         ("--batch_size=0", ["--batch_size"]),
         ("--batch_size=big", ["--batch_size", "auto"]),
         ("--length_buckets=64,32", ["--length_buckets"]),
+        ("--prefix_buckets=-1,512", ["--prefix_buckets", ">= 0"]),
         ("--coordinator_address=localhost:1234", ["--coordinator_address", "--process_id"]),
     ],
 )
 def test_bad_flag_values(flag, fragments, tmp_path):
   proc = run_main(BASE_FLAGS + [flag, f"--output_dir={tmp_path}", "--checkpoint=unused"])
   _expect_user_error(proc, *fragments)
+
+
+def test_prefix_buckets_flag_takes_0():
+  """--prefix_buckets=0,512 lists 0 (zero-shot without a prefix region); 512 alone does not."""
+  from absl import flags as absl_flags
+
+  from bmike_jax.runner import run_config
+
+  for given, want in (("0,512", (0, 512)), ("512,2048", (512, 2048)), (None, None)):
+    values = absl_flags.FlagValues()
+    run_config.define_flags(values)
+    args = ["main", "--output_dir=o", "--checkpoint=c"]
+    values(args + ([f"--prefix_buckets={given}"] if given else []))
+    assert run_config.from_flags(values).prefix_buckets == want
 
 
 def test_missing_checkpoint(tmp_path):

@@ -171,9 +171,10 @@ class Engine:
   bucket), and rows filled instead of one rest padded to its bucket each; a longer rest is
   scored one a row as without it. Log-probs equal to float32 rounding either way (BENCHMARKS.md
   "Packed scoring rests"). prefix_buckets: the lengths a group's shared prefix pads to (default:
-  the length buckets; the largest length bucket is always one): fewer mean fewer programs, each
-  generate program being keyed by its prefix bucket, for masked prefix slots that every query
-  attends (buckets.prefix_buckets). Where the caller announces its sequences to `generate` (`scoring`,
+  0 and the length buckets; the largest length bucket is always one): fewer mean fewer programs,
+  each generate program being keyed by its prefix bucket, for masked prefix slots that every
+  query attends; without 0 a group sharing no prefix runs on an empty region of the smallest
+  (buckets.prefix_buckets). Where the caller announces its sequences to `generate` (`scoring`,
   as the runner does), the packed rests run inside the generate programs instead, before decode:
   no scoring program at all for them.
   """

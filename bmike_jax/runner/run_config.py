@@ -134,13 +134,14 @@ def _limit(flag: str, value: int) -> int | None:
   return value or None
 
 
-def _buckets(flag: str, value: str) -> tuple[int, ...]:
+def _buckets(flag: str, value: str, smallest: int = 1) -> tuple[int, ...]:
   try:
     buckets = tuple(int(v) for v in value.split(","))
   except ValueError:
     raise FlagError(f"--{flag} must be a comma list of integers, got {value!r}") from None
-  if not buckets or any(b <= 0 for b in buckets) or list(buckets) != sorted(set(buckets)):
-    raise FlagError(f"--{flag} must be positive and strictly ascending, got {value!r}")
+  if not buckets or any(b < smallest for b in buckets) or list(buckets) != sorted(set(buckets)):
+    bound = "positive" if smallest == 1 else f">= {smallest}"
+    raise FlagError(f"--{flag} must be {bound} and strictly ascending, got {value!r}")
   return buckets
 
 
@@ -465,10 +466,13 @@ class RunConfig:
       "string",
       None,
       "The lengths a group's shared demonstrations pad to (comma list, ascending; the largest "
-      "--length_buckets is always one). Default: the length buckets. Fewer mean fewer programs "
-      "(each generate program is keyed by its prefix bucket) for masked prefix slots every "
-      'query attends (BENCHMARKS.md "Prefix buckets").',
-      parse=lambda flag, v: None if v is None else _buckets(flag, v),
+      "--length_buckets is always one). Default: 0 and the length buckets. Fewer mean fewer "
+      "programs (each generate program is keyed by its prefix bucket) for masked prefix slots "
+      "every query attends. 0 (listed first) lets a group sharing no prefix (zero-shot) run "
+      "without a prefix region; without it, such a group runs on an empty region of the "
+      'smallest bucket and compiles no programs of its own (BENCHMARKS.md "Empty prefix '
+      'regions").',
+      parse=lambda flag, v: None if v is None else _buckets(flag, v, smallest=0),
   )
   overlong: str = _flag(
       "enum",
