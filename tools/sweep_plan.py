@@ -184,6 +184,18 @@ def plan_run(
   }
 
 
+def _prefix_of(seqs, prefix_buckets, *, programs, acc, last_prefix) -> layout.GroupLayout:
+  """A call's shared prefix (Engine._prefix's rule), counting its prefix program where it runs
+  one: the engine reuses the last prefix's KV, and an empty prefix region (P = 0 < Pb) runs none."""
+  group = layout.plan_group(seqs, reuse=True, length_buckets=prefix_buckets)
+  if group.prefix_length and last_prefix.get("ids") != group.prefix:
+    programs[("prefix", group.prefix_bucket)] += 1
+    acc["prefix_tokens"] += group.prefix_length
+    acc["prefill_padded_tokens"] += group.prefix_bucket
+    last_prefix["ids"] = group.prefix
+  return group
+
+
 def _plan_group(
     ids,
     jobs,
@@ -200,14 +212,8 @@ def _plan_group(
     fresh_rows,
 ):
   """The engine's generate + continuation_logprobs of one group, replayed on the host."""
-  group = layout.plan_group(ids, reuse=True, length_buckets=prefix_buckets)
+  group = _prefix_of(ids, prefix_buckets, programs=programs, acc=acc, last_prefix=last_prefix)
   p, pb = group.prefix_length, group.prefix_bucket
-  # The engine reuses the last prefix's KV; an empty prefix region (p = 0 < Pb) runs no program.
-  if p and last_prefix.get("ids") != group.prefix:
-    programs[("prefix", pb)] += 1
-    acc["prefix_tokens"] += p
-    acc["prefill_padded_tokens"] += pb
-    last_prefix["ids"] = group.prefix
   suffixes = [x[p:] for x in ids]
   plans = layout.plan_generate(suffixes, generation, prefix_bucket=pb)
   places = [None] * len(ids)
@@ -272,13 +278,8 @@ def _plan_group(
     acc["scoring_padded_tokens"] += kp.batch * kp.rest_bucket
   if fresh:  # the runner scores these (the empty targets) in a call of their own
     fc = [contexts[i] for i in fresh]
-    fgroup = layout.plan_group(fc, reuse=True, length_buckets=prefix_buckets)
+    fgroup = _prefix_of(fc, prefix_buckets, programs=programs, acc=acc, last_prefix=last_prefix)
     fp, fpb = fgroup.prefix_length, fgroup.prefix_bucket
-    if fp and last_prefix.get("ids") != fgroup.prefix:
-      programs[("prefix", fpb)] += 1
-      acc["prefix_tokens"] += fp
-      acc["prefill_padded_tokens"] += fpb
-      last_prefix["ids"] = fgroup.prefix
     for plan in layout.plan_batches(
         [len(c) - fp for c in fc],
         batch_size=fresh_rows[-1],
