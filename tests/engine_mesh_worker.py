@@ -170,6 +170,26 @@ def run(config, meshes) -> dict:
           decode_halvings=halvings,
       )
       out[f"{data}x{model}"][f"shrink{halvings}_ids"] = [list(r.ids) for r in engine.generate(many)]
+  # Decode rows carried from batch to batch (decode_carry): 4 batches of 4 rows of one program,
+  # the running rows handed on over the data axis (C = 2, or the data axis); unrolled on the
+  # largest mesh too.
+  for data, model in meshes:
+    mesh = make_mesh(data, model, devices=jax.devices()[: data * model])
+    for scan in (True, False) if (data, model) == meshes[-1] else (True,):
+      engine = Engine(
+          config,
+          params,
+          engine_tiny.FakeTokenizer(),
+          mesh=mesh,
+          batch_size=4,
+          batch_shapes="fixed",
+          length_buckets=(128,),
+          decode_carry=0.5,
+          scan_layers=scan,
+      )
+      name = "carry_ids" if scan else "unrolled_carry_ids"
+      out[f"{data}x{model}"][name] = [list(r.ids) for r in engine.generate(many)]
+      out[f"{data}x{model}"]["carry_steps"] = engine.stats.decode_steps
   return out
 
 

@@ -43,6 +43,9 @@ def test_same_answers_and_logprobs_on_every_mesh(mesh_runs):
     for mesh, run in runs.items():
       assert run["ids"] == base["ids"], (name, mesh)
       assert run["shrink2_ids"] == base["shrink0_ids"], (name, mesh)
+      # decode rows carried between batches, handed on over the data axis
+      assert run["carry_ids"] == base["shrink0_ids"], (name, mesh)
+      assert run.get("unrolled_carry_ids", base["shrink0_ids"]) == base["shrink0_ids"], mesh
       assert run["unrolled_ids"] == base["ids"], (name, mesh)
       # groups without a shared prefix on an empty prefix region, sharded
       assert run["empty_prefix_buckets"] == [64], (name, mesh)

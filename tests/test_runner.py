@@ -242,6 +242,7 @@ def _expect_user_error(proc, *fragments):
         ("--batch_size=big", ["--batch_size", "auto"]),
         ("--length_buckets=64,32", ["--length_buckets"]),
         ("--prefix_buckets=-1,512", ["--prefix_buckets", ">= 0"]),
+        ("--decode_carry=1.5", ["--decode_carry", "share"]),
         ("--coordinator_address=localhost:1234", ["--coordinator_address", "--process_id"]),
     ],
 )

@@ -8,6 +8,7 @@ the model's context) are an error unless the caller chose an explicit, logged tr
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 OVERLONG_POLICIES = ("error", "truncate_left")
@@ -202,6 +203,15 @@ def fit_prompt(
       reason,
   )
   return kept
+
+
+def carry_rows(batch: int, share: float, data_axis: int = 1) -> int:
+  """The rows a decode batch of `batch` rows carries into the next batch of its program
+  (decode.decode_carrying): `share` of it rounded up to the data axis, at most the batch; 0 for
+  share 0 (off)."""
+  if share <= 0:
+    return 0
+  return min(batch, -(-math.ceil(batch * share) // data_axis) * data_axis)
 
 
 def decode_phases(

@@ -65,15 +65,102 @@ def decode_step(
 
 def take_rows(state: DecodeState, rows) -> DecodeState:
   """The state of `rows` [R] int32 only."""
+  own = lambda x: x[rows] if jnp.ndim(x) else x  # write_index / step: per row, or shared
   return state.replace(
       cache=state.cache.take_rows(rows),
       key_valid=state.key_valid[rows],
       next_position=state.next_position[rows],
+      write_index=own(state.write_index),
       last_token=state.last_token[rows],
       out=state.out[rows],
       num_out=state.num_out[rows],
       done=state.done[rows],
+      step=own(state.step),
   )
+
+
+def per_row(state: DecodeState) -> DecodeState:
+  """The same state with write_index and step held per row ([B]), as carried rows need."""
+  b = state.last_token.shape[0]
+  return state.replace(
+      write_index=jnp.broadcast_to(state.write_index, (b,)).astype(jnp.int32),
+      step=jnp.broadcast_to(state.step, (b,)).astype(jnp.int32),
+  )
+
+
+def concat_rows(state: DecodeState, other: DecodeState) -> DecodeState:
+  """`state`'s rows, then `other`'s (both per row, the same slots and N)."""
+  cat = lambda a, o: jnp.concatenate([a, o], axis=0)
+  return state.replace(
+      cache=state.cache.concat_rows(other.cache),
+      **{
+          f: cat(getattr(state, f), getattr(other, f))
+          for f in (
+              "key_valid",
+              "next_position",
+              "write_index",
+              "last_token",
+              "out",
+              "num_out",
+              "done",
+              "step",
+          )
+      },
+  )
+
+
+def empty_carry(state: DecodeState) -> DecodeState:
+  """A carry of `state`'s shape holding no row: every row done, at slot 0 and step 0."""
+  zeros = lambda x: jnp.zeros_like(x)
+  return jax.tree_util.tree_map(zeros, state).replace(done=jnp.ones_like(state.done))
+
+
+def decode_carrying(
+    model: Llama,
+    params,
+    *,
+    prefix: SharedPrefix,
+    state: DecodeState,
+    carry_rows: int,
+    final,
+    stop: StopRule,
+    constrain: Callable[[DecodeState], DecodeState] | None = None,
+):
+  """Decode a batch's own rows and the rows carried into it (`state`, per row: `per_row`,
+  `concat_rows`) until at most `carry_rows` are still running, or none where `final` ([] bool,
+  traced: one program either way), then hand the running rows on.
+
+  Returns (state after the loop: its out / num_out / done hold every finished row's answer;
+  carry: a state of `carry_rows` rows, the running ones first, then finished ones as filler
+  (done, so they run no further and are never reported twice); lanes [carry_rows] int32: the
+  row of `state` each carry row is; iterations [] int32: decode steps run).
+
+  Each row's computation is that of a batch decoding to the end (rows never see each other; a
+  carried row keeps its own slots, positions and step: `write_index` and `step` are per row), so
+  answers do not depend on which batch finishes a row. The next batch of the same program takes
+  the carry (engine.py); a program's loop runs until its batch's short answers are done, not its
+  longest, and the long ones finish in the batches after it (continuous refill, one batch at a
+  time)."""
+  mask = prefix.mask()
+  limit = jnp.where(final, 0, carry_rows)
+
+  def running(c):
+    return jnp.sum(~c[0].done) > limit
+
+  def step(c):
+    s, n = c
+    s = decode_step(model, params, prefix=prefix.kv, prefix_mask=mask, state=s, stop=stop)
+    return s, n + 1
+
+  state, iterations = jax.lax.while_loop(running, step, (state, jnp.zeros((), jnp.int32)))
+  # Stable: the running rows (at most carry_rows) first, then finished ones as filler.
+  lanes = jnp.argsort(state.done, stable=True)[:carry_rows].astype(jnp.int32)
+  carry = take_rows(state, lanes)
+  # Filler rows restart at slot 0 (their writes are never read: done rows are never reported).
+  carry = carry.replace(write_index=jnp.where(carry.done, 0, carry.write_index))
+  if constrain is not None:
+    carry = constrain(carry)
+  return state, carry, lanes, iterations
 
 
 def greedy_decode(

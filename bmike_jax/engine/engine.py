@@ -42,7 +42,7 @@ from bmike_jax.engine.batch import (
     SuffixBatch,
 )
 from bmike_jax.engine.programs import Programs
-from bmike_jax.engine.state import StopRule
+from bmike_jax.engine.state import DecodeState, StopRule
 from bmike_jax.model import KVCache, Llama, LlamaConfig
 from bmike_jax.model import layer_layout
 from bmike_jax.model.row_deltas import DeltaTable, RowDeltas
@@ -177,6 +177,13 @@ class Engine:
   (buckets.prefix_buckets). Where the caller announces its sequences to `generate` (`scoring`,
   as the runner does), the packed rests run inside the generate programs instead, before decode:
   no scoring program at all for them.
+  decode_carry: continuous refill of the decode rows, one batch at a time (0: off). A batch's
+  decode loop stops once no more than C = this share of its rows (`buckets.carry_rows`) are
+  still running; those rows are carried into the next batch of the same program, whose loop runs
+  its own rows and them together (B + C rows), so a batch waits for its short answers, not its
+  longest; the group's last batch of a shape runs to the end (decode.decode_carrying). Answers
+  do not depend on it (rows never see each other; a carried row keeps its slots). Replaces the
+  shrinking loop (decode_halvings is then not used); not with per-row weight deltas.
   """
 
   def __init__(
@@ -207,6 +214,7 @@ class Engine:
       rest_packing: bool = False,
       rest_row_length: int = 64,
       prefix_buckets: Sequence[int] | None = None,
+      decode_carry: float = 0.0,
   ):
     if isinstance(config, Llama):
       config = config.config
@@ -300,12 +308,16 @@ class Engine:
     self.params, params_shardings = sh.shard_params(params, self.mesh, config)
     if decode_halvings < 0:
       raise ValueError(f"decode_halvings must be >= 0, got {decode_halvings}")
+    if not 0 <= decode_carry <= 1:
+      raise ValueError(f"decode_carry must be a share of a batch in [0, 1], got {decode_carry}")
+    self.decode_carry = float(decode_carry)
     self.programs = Programs(
         self.model,
         self.mesh,
         params_shardings,
         max_new_tokens,
         lambda b: buckets_lib.decode_phases(b, shrink_sizes, decode_halvings),
+        lambda b: buckets_lib.carry_rows(b, decode_carry, data),
     )
     self.stop = self._stop_rule(eos_ids)
     self.stats = ThroughputStats()
@@ -317,6 +329,8 @@ class Engine:
     self._scored: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray] = {}
     self._empty_prefixes: dict = {}  # Pb -> an empty prefix KV on the mesh (_empty_prefix)
     self._empty_rests: dict = {}  # (R, NB, Rb, K) -> an empty PackedRests on the mesh
+    self._empty_carries: dict = {}  # (C, S) -> a carry holding no row on the mesh
+    self._lane_prompts: list = []  # the prompt each row of the carry being collected holds
 
   # Setup ---------------------------------------------------------------------------------------
 
@@ -370,6 +384,7 @@ class Engine:
         slots=layout_lib.cache_length(suffix_bucket, extra),
         model_axis=self.mesh.shape[sh.MODEL],
         packed=self.plan_settings.suffix_packing,
+        carry_share=self.decode_carry,
     )
     return memory.rows_that_fit(self._row_sizes, per_row, budget, self.mesh.shape[sh.DATA])
 
@@ -476,6 +491,7 @@ class Engine:
     returns them as they are and computes only the others. Values equal to float32 rounding
     either way (the same arithmetic as the score_packed program)."""
     self._scored = {}
+    self._lane_prompts = []
     if not prompts_ids:
       return []
     t0 = time.perf_counter()
@@ -510,18 +526,33 @@ class Engine:
     in_program, ctx, cc = {}, [], []  # generated batch -> the PackedRestPlan its program scores
     if scoring is not None and self.rest_row_length and edits is None:
       in_program, ctx, cc = self._plan_in_program(prompts, plans, plen, scoring)
+    carry = None  # the rows the last batch carried on (decode_carry), on device
     for j, plan in enumerate(plans):
       rests = in_program.get(j) if edits is None and self.rest_row_length else False
+      carrying, continued = None, carry is not None
+      if edits is None and self.programs.carry_rows(plan.batch):
+        key = plan.program_key(pb)
+        final = j + 1 == len(plans) or plans[j + 1].program_key(pb) != key
+        if carry is None:
+          carry = self._empty_carry(plan)
+        carrying = (carry, final)
       out, num_out, kv, steps, *scored = self._run_generate(
-          plan, suffixes, prefix, pb, edits, rests
+          plan, suffixes, prefix, pb, edits, rests, carrying
       )
+      lanes = None
+      if carrying is not None:
+        *scored, carry_out, lane_rows = scored
+        lanes = (lane_rows, carry_out.done, continued)
+        carry = None if carrying[1] else carry_out
       self.stats.prefill_padded_tokens += plan.padded_slots()
       size = plan.batch * plan.prompt_slots * self._kv_slot_bytes
       if keep and len(kept) == j and kept_bytes + size <= self.kept_kv_bytes:
         kept.append((plan.batch, plan.prompt_slots, kv))  # batches 0..j-1 kept: j is the next
         kept_bytes += size
       del kv
-      pending.append((plan, out, num_out, steps, (rests, ctx, cc) if rests else None, *scored))
+      pending.append(
+          (plan, out, num_out, steps, (rests, ctx, cc) if rests else None, lanes, *scored)
+      )
       if len(pending) > MAX_IN_FLIGHT:
         self._collect(pending.pop(0), results)
     for item in pending:
@@ -596,17 +627,23 @@ class Engine:
       pb: int,
       edits=None,
       rests: layout_lib.PackedRestPlan | None | bool = False,
+      carrying=None,
   ):
     """Dispatch one batch (whole suffixes, stems and rests, or packed suffixes): (answers, their
     lengths, the prompts' KV (B rows, plan.prompt_slots), decode steps per phase[, log-probs
     of the rests scored inside the program]), on device. edits: (placed delta tables, each
     prompt's edit) or None. rests: the PackedRestPlan the program scores, None (a program that
-    scores, given nothing: the engine's rest packing is on) or False (a program without)."""
+    scores, given nothing: the engine's rest packing is on) or False (a program without).
+    carrying: (the rows carried into this batch, whether it is its program's last in the call:
+    decode to the end) or None (decode_carry off); the program then also returns the rows it
+    carries on and the rows of its state they are (decode.decode_carrying)."""
     slots = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
     extra, spec = {}, None
     if rests is not False:
       spec, placed = self._packed_rests(plan.batch, plan.prompt_slots, rests)
       extra = {"rests_in": placed}
+    if carrying is not None:
+      extra.update(carry=carrying[0], final=carrying[1])
     if edits is not None and (plan.stem_rows or plan.packed_rows):
       raise AssertionError("a plan with stems or packed rows in a call with delta tables")
     if plan.packed_rows:
@@ -754,8 +791,40 @@ class Engine:
     self.stats.scoring_padded_tokens += plan.padded_slots()
     return out
 
+  def _empty_carry(self, plan: layout_lib.BatchPlan) -> DecodeState:
+    """A carry of plan's program holding no row (every row done), placed once per (C, S)."""
+    c = self.programs.carry_rows(plan.batch)
+    s = layout_lib.cache_length(plan.prompt_slots, self.max_new_tokens)
+    if (c, s) not in self._empty_carries:
+      i32 = jnp.int32
+      shapes = jax.eval_shape(
+          lambda: DecodeState(
+              cache=KVCache.zeros(
+                  self.config, c, s, self.model.dtype, per_layer=not self.model.scan_layers
+              ),
+              key_valid=jnp.zeros((c, s), bool),
+              next_position=jnp.zeros((c,), i32),
+              write_index=jnp.zeros((c,), i32),
+              last_token=jnp.zeros((c,), i32),
+              out=jnp.zeros((c, self.max_new_tokens), i32),
+              num_out=jnp.zeros((c,), i32),
+              done=jnp.zeros((c,), bool),
+              step=jnp.zeros((c,), i32),
+          )
+      )
+      state = jax.tree_util.tree_map(
+          lambda x, where: sh.to_global(np.zeros(x.shape, x.dtype), where),
+          shapes,
+          self.programs.state_shardings(c, per_row=True),
+      )
+      done = np.ones((c,), bool)  # every row finished: run along, never reported
+      self._empty_carries[c, s] = state.replace(
+          done=sh.to_global(done, self.programs.state_shardings(c, per_row=True).done)
+      )
+    return self._empty_carries[c, s]
+
   def _collect(self, item, results) -> None:
-    plan, out, num, steps, rests, *scored = item
+    plan, out, num, steps, rests, lanes, *scored = item
     if rests is not None:  # scored inside the program: kept for continuation_logprobs
       rest_plan, ctx, cc = rests
       for i, values in self._read_packed(rest_plan, scored[0], cc):
@@ -763,10 +832,20 @@ class Engine:
     out, num, steps = np.asarray(out), np.asarray(num), np.asarray(steps)
     self.stats.decode_steps += int(steps.sum())
     phases = self.programs.decode_phases(plan.batch)
+    rows = list(plan.rows) + [None] * (plan.batch - len(plan.rows))  # the prompt of each row
+    carried = set()  # rows of the state still running, handed on to the next batch
+    if lanes is not None:  # decode_carry: the batch's rows, then the rows carried into it
+      lane_rows, lane_done, continued = (np.asarray(lanes[0]), np.asarray(lanes[1]), lanes[2])
+      incoming = self._lane_prompts if continued else [None] * len(lane_rows)
+      rows += incoming
+      phases = (len(rows),)
+      carried = {int(r) for r, done in zip(lane_rows, lane_done) if not done}
+      self._lane_prompts = [None if done else rows[r] for r, done in zip(lane_rows, lane_done)]
     self.stats.decode_row_steps += sum(int(b) * int(n) for b, n in zip(phases, steps))
-    for r, i in enumerate(plan.rows):
-      ids = tuple(int(x) for x in out[r, : num[r]])
-      results[i] = GenerationResult(ids=ids, text=answer_text(self.tokenizer, ids))
+    for r, i in enumerate(rows):
+      if i is not None and r not in carried:
+        ids = tuple(int(x) for x in out[r, : num[r]])
+        results[i] = GenerationResult(ids=ids, text=answer_text(self.tokenizer, ids))
 
   # Scoring -------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ prefill beside all of it: `rest_block_bytes`, taken off the budget of every row 
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -112,13 +113,17 @@ def row_bytes(
     slots: int,
     model_axis: int,
     packed: bool = False,
+    carry_share: float = 0.0,
 ) -> int:
   """Upper estimate of one row's live bytes on one device (module docstring); packed: the packed
   prefill's rows (prefill.prefill_packed) hold S more slots (a block's gathered rows beside the
-  cache; the block's own KV is within the Sb counted for the kept copy, made after it)."""
+  cache; the block's own KV is within the Sb counted for the kept copy, made after it).
+  carry_share: rows carried between decode batches (decode.decode_carrying), a share of the batch:
+  the B + C rows' state is built beside the batch's own and the carried-in rows' (2 C rows of S
+  slots more, per batch row 2 x share)."""
   heads = max(config.num_heads // model_axis, 1)
   kv = kv_slot_bytes(config, dtype_bytes, model_axis) * (
-      slots * (2 if packed else 1) + suffix_bucket
+      slots * (2 if packed else 1) + suffix_bucket + math.ceil(2 * carry_share * slots)
   )
   scores = 2 * heads * suffix_bucket * (prefix_bucket + slots) * 4
   acts = suffix_bucket * (4 * config.hidden_size + 3 * config.intermediate_size // model_axis) * 4

@@ -35,7 +35,8 @@ def append_tokens(
     prefix_mask=None,
     deltas: RowDeltas | None = None,
 ):
-  """Write `tokens` [B, T] at slots [write_index, write_index + T) of `cache` and run the model.
+  """Write `tokens` [B, T] at slots [write_index, write_index + T) of `cache` and run the model
+  (write_index [] for every row, or [B] each row's own).
 
   start_position: [B] int32, true position of tokens[:, 0] (token t is at start_position + t).
   num_valid: [B] int32, tokens[:, :num_valid] are real, the rest padding (masked as keys).
@@ -50,10 +51,11 @@ def append_tokens(
   offsets = jnp.arange(t, dtype=jnp.int32)  # [T]
   positions = start_position[:, None] + offsets[None, :]  # [B, T]
   slots = jnp.arange(s, dtype=jnp.int32)  # [S]
-  written = (slots[None, :] >= write_index) & (slots[None, :] < write_index + num_valid[:, None])
+  first = jnp.reshape(write_index, (-1, 1))  # [1, 1] (every row alike) or [B, 1] (a row's own)
+  written = (slots[None, :] >= first) & (slots[None, :] < first + num_valid[:, None])
   key_valid = key_valid | written  # [B, S]
-  causal = slots[None, :] <= write_index + offsets[:, None]  # [T, S]
-  mask = key_valid[:, None, :] & causal[None, :, :]  # [B, T, S]
+  causal = slots[None, None, :] <= (first + offsets[None, :])[:, :, None]  # [1 or B, T, S]
+  mask = key_valid[:, None, :] & causal  # [B, T, S]
   logits, cache = model.apply(
       {"params": params},
       tokens,

@@ -49,6 +49,7 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from bmike_jax.engine import batch as batch_lib
@@ -63,7 +64,7 @@ from bmike_jax.engine.batch import (
     StemmedBatch,
     SuffixBatch,
 )
-from bmike_jax.engine.decode import greedy_decode
+from bmike_jax.engine.decode import concat_rows, decode_carrying, greedy_decode, per_row
 from bmike_jax.engine.prefill import prefill, prefill_packed, prefill_stemmed, prefix_cache
 from bmike_jax.engine.scoring import score_continuations, score_on_kept, score_packed_rests
 from bmike_jax.engine.state import DecodeState, StopRule
@@ -90,9 +91,12 @@ class Programs:
       params_shardings,
       max_new_tokens: int,
       decode_phases=lambda batch: (batch,),
+      carry_rows=lambda batch: 0,
   ):
     self.model = model
     self.decode_phases = decode_phases  # batch -> the decode loop's shrinking batch sizes
+    # batch -> rows its generate programs carry into the next batch of the same program (0: off)
+    self.carry_rows = carry_rows
     self.mesh = mesh
     self.params_shardings = params_shardings
     self.max_new_tokens = max_new_tokens
@@ -137,7 +141,8 @@ class Programs:
   def stop_shardings(self):
     return StopRule(eos_ids=self._repl(), quote_mask=self._repl())
 
-  def state_shardings(self, batch: int) -> DecodeState:
+  def state_shardings(self, batch: int, per_row: bool = False) -> DecodeState:
+    """per_row: write_index and step are [B] (carried rows, decode.decode_carrying), else []."""
     cache = self.cache_shardings(batch)
     r1 = sh.batch_sharding(self.mesh, 1, batch)
     r2, repl = sh.batch_sharding(self.mesh, 2, batch), self._repl()
@@ -146,12 +151,12 @@ class Programs:
         cache=cache,
         key_valid=r2,
         next_position=r1,
-        write_index=repl,
+        write_index=r1 if per_row else repl,
         last_token=r1,
         out=repl,
         num_out=repl,
         done=r1,
-        step=repl,
+        step=r1 if per_row else repl,
     )
 
   # Programs: each returns a keyword-only call ---------------------------------------------------
@@ -258,16 +263,21 @@ class Programs:
     if tables is not None and rests is not None:
       raise ValueError(f"program {key}: per-row deltas and scored rests together")
 
+    carry_rows = self.carry_rows(batch) if tables is None else 0
+
     def build():
       phases = self.decode_phases(batch)
 
       def place(state):  # a state of any phase's batch size, rows over the data axis
         return jax.lax.with_sharding_constraint(
-            state, self.state_shardings(state.last_token.shape[0])
+            state,
+            self.state_shardings(state.last_token.shape[0], per_row=jnp.ndim(state.step) > 0),
         )
 
       def fn(params, prefix, rows, stop, *optional):
         self._traced(key)
+        if carry_rows:
+          (carry_in, final), optional = optional[:2], optional[2:]
         row_deltas = optional[0] if optional and tables is not None else None
         extra = {} if row_deltas is None else {"deltas": row_deltas}
         state = place(
@@ -286,6 +296,18 @@ class Programs:
         scored = ()
         if rests is not None:  # [R, NB, Rb]: off the prompts' KV, before decode
           scored = (self._score_rests(params, prefix, kept, optional[-1]),)
+        if carry_rows:  # the batch's rows and the carried ones; the running ones carried on
+          state, carry, lanes, iterations = decode_carrying(
+              self.model,
+              params,
+              prefix=prefix,
+              state=place(concat_rows(per_row(state), carry_in)),
+              carry_rows=carry_rows,
+              final=final,
+              stop=stop,
+              constrain=place,
+          )
+          return (state.out, state.num_out, kept, iterations[None]) + scored + (carry, lanes)
         out, num_out, steps = greedy_decode(
             self.model,
             params,
@@ -304,24 +326,48 @@ class Programs:
           batch_lib.row_shardings(spec, self.mesh),
           self.stop_shardings(),
       )
+      carried = ()
+      if carry_rows:
+        carried = (self.state_shardings(carry_rows, per_row=True),)
+        in_shardings += carried + (self._repl(),)
       if tables is not None:
         in_shardings += (self.delta_shardings(tables, batch),)
       if rests is not None:
         in_shardings += (batch_lib.row_shardings(rests, self.mesh),)
       outs = (self._repl(), self._repl(), self.cache_shardings(batch), self._repl())
+      if carry_rows:
+        outs = (self._repl(), self._repl()) + outs[2:]  # out / num_out of B + C rows
       jitted = jax.jit(
           fn,
           in_shardings=in_shardings,
-          out_shardings=outs + ((self._repl(),) if rests is not None else ()),
+          out_shardings=outs
+          + ((self._repl(),) if rests is not None else ())
+          + (carried + (self._repl(),) if carry_rows else ()),
       )
 
-      def call(*, params, prefix: SharedPrefix, rows, stop: StopRule, deltas=None, rests_in=None):
-        for name, given, wanted in (("deltas", deltas, tables), ("rests", rests_in, rests)):
+      def call(
+          *,
+          params,
+          prefix: SharedPrefix,
+          rows,
+          stop: StopRule,
+          deltas=None,
+          rests_in=None,
+          carry=None,
+          final=None,
+      ):
+        for name, given, wanted in (
+            ("deltas", deltas, tables),
+            ("rests", rests_in, rests),
+            ("carry", carry, carry_rows or None),
+        ):
           if (given is None) != (wanted is None):
             raise ValueError(
                 f"program {key}: {name} {'missing' if given is None else 'unexpected'}"
             )
         optional = tuple(x for x in (deltas, rests_in) if x is not None)
+        if carry_rows:
+          optional = (carry, jnp.asarray(bool(final))) + optional
         return jitted(params, prefix, rows, stop, *optional)
 
       return call

@@ -19,12 +19,14 @@ class DecodeState:
   cache: KVCache  # B rows, S slots, in the model's layout (model/llama.KVCache)
   key_valid: jax.Array  # [B, S] bool: slot holds a real token of this row
   next_position: jax.Array  # [B] int32: true position of `last_token`
-  write_index: jax.Array  # [] int32: slot `last_token` is written to (same for every row)
+  # [] int32: slot `last_token` is written to, the same for every row; [B] where rows carried
+  # between decode batches (decode.decode_carrying) are at steps of their own
+  write_index: jax.Array
   last_token: jax.Array  # [B] int32: newest generated token (input of the next step)
   out: jax.Array  # [B, N] int32: generated tokens, 0 past num_out
   num_out: jax.Array  # [B] int32: tokens kept (an EOS is not kept)
   done: jax.Array  # [B] bool: EOS or a quote token seen, N reached, or a dummy row
-  step: jax.Array  # [] int32: tokens generated so far (same for every row)
+  step: jax.Array  # [] (or [B], as write_index) int32: tokens generated so far
 
 
 @flax.struct.dataclass
@@ -40,8 +42,9 @@ def record_token(state: DecodeState, token: jax.Array, stop: StopRule) -> Decode
   active = ~state.done
   is_eos = jnp.any(token[:, None] == stop.eos_ids[None, :], axis=-1)  # [B]
   keep = active & ~is_eos
-  column = jnp.where(keep, token, 0).astype(jnp.int32)[:, None]  # [B, 1]
-  out = jax.lax.dynamic_update_slice(state.out, column, (0, state.step))
+  columns = jnp.arange(state.out.shape[1], dtype=jnp.int32)[None, :]  # [1, N]
+  at = (columns == jnp.reshape(state.step, (-1, 1))) & keep[:, None]  # [B, N]: one column a row
+  out = jnp.where(at, token.astype(jnp.int32)[:, None], state.out)
   step = state.step + 1
   done = state.done | is_eos | stop.quote_mask[token] | (step >= state.out.shape[1])
   return state.replace(

@@ -5,7 +5,8 @@ Call convention (the engine relies on it; see DESIGN.md):
   tokens, positions: [B, T] int32
   cache: KVCache, k and v each [L, B, KVH, S, Dh] in one buffer (scanned layers) or a tuple
          of L buffers [B, KVH, S, Dh] (unrolled layers); the T new entries are written at slots
-         [write_index, write_index + T) for every row
+         [write_index, write_index + T): write_index [] the same slot for every row, or [B]
+         a slot of each row's own (decode rows carried between batches)
   attn_mask: [B, T, S] bool, True where query t may attend cache slot s (after the write)
   logits_index: None -> logits [B, T, V]; [B] int32 -> logits of those positions only [B, V];
                 (rows [B'], positions [B']) -> the logits of those (row, position) pairs [B', V]
@@ -96,6 +97,12 @@ class KVCache:
   def take_rows(self, rows) -> "KVCache":
     """The rows `rows` [B'] int32 of every layer."""
     return self._map(lambda a: jnp.take(a, rows, axis=self._row_axis))
+
+  def concat_rows(self, other: "KVCache") -> "KVCache":
+    """This cache's rows, then `other`'s (the same slots): B + B' rows of every layer."""
+    return jax.tree_util.tree_map(
+        lambda a, o: jnp.concatenate([a, o], axis=self._row_axis), self, other
+    )
 
   def slots(self, start: int, size: int) -> "KVCache":
     """Slots [start, start + size) of every row and layer (static bounds)."""
@@ -240,21 +247,36 @@ class Attention(nn.Module):
     k = rope.apply_rotary(k, cos, sin)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KVH, T, Dh]: the cache's order
     k_all, v_all = caches
+    k_all = _write_slots(k_all, k, layer, write_index)
+    v_all = _write_slots(v_all, v, layer, write_index)
     if layer is None:  # this layer's own buffers, written in place
-      at = (0, 0, write_index, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype), at)
-      v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype), at)
       k_cache, v_cache = k_all.astype(self.dtype), v_all.astype(self.dtype)
     else:
-      at = (layer, 0, 0, write_index, 0)
-      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
-      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
       k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(self.dtype)
       v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(self.dtype)
     q = q.reshape(b, t, kvh, h // kvh, dh)
     out = _attend(q, k_cache, v_cache, attn_mask, prefix, prefix_mask, self.dtype)  # [B,T,KVH,G,Dh]
     out = project("o", cfg.hidden_size, out.reshape(b, t, h * dh))
     return out, (k_all, v_all)
+
+
+def _write_slots(buffer, new, layer, write_index):
+  """`new` [B, KVH, T, Dh] written into `buffer` ([B, KVH, S, Dh] when layer is None, else all
+  layers' [L, B, KVH, S, Dh] at `layer`) at slots [w, w + T): write_index [] for every row (one
+  in-place slice update), or [B] a slot of each row's own (a scatter; rows carried between
+  decode batches are at different steps, engine/decode.py). Slots past S are dropped."""
+  new = new.astype(buffer.dtype)
+  if jnp.ndim(write_index) == 0:
+    if layer is None:
+      return jax.lax.dynamic_update_slice(buffer, new, (0, 0, write_index, 0))
+    return jax.lax.dynamic_update_slice(buffer, new[None], (layer, 0, 0, write_index, 0))
+  b, _, t, _ = new.shape
+  rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [B, 1]
+  slots = write_index[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T]
+  values = new.transpose(0, 2, 1, 3)  # [B, T, KVH, Dh]: the advanced indices' axes first
+  if layer is None:
+    return buffer.at[rows, :, slots, :].set(values, mode="drop")
+  return buffer.at[layer, rows, :, slots, :].set(values, mode="drop")
 
 
 class MLP(nn.Module):

@@ -116,6 +116,7 @@ def build_engine(cfg: RunConfig):
       rest_packing=cfg.rest_packing,
       rest_row_length=cfg.rest_row_length,
       decode_halvings=cfg.decode_halvings,
+      decode_carry=cfg.decode_carry,
       batch_shapes=cfg.batch_shapes,
       scan_layers=scan_layers,
       overlong=cfg.overlong,

@@ -57,7 +57,7 @@ class FlagError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FlagSpec:
-  kind: str  # "string", "integer", "boolean", "enum"
+  kind: str  # "string", "integer", "float", "boolean", "enum"
   default: Any
   help: str
   choices: Sequence[str] = ()
@@ -115,6 +115,12 @@ def _positive(flag: str, value: int) -> int:
 def _non_negative(flag: str, value: int) -> int:
   if value < 0:
     raise FlagError(f"--{flag} must be >= 0, got {value}")
+  return value
+
+
+def _share(flag: str, value: float) -> float:
+  if not 0 <= value <= 1:
+    raise FlagError(f"--{flag} must be a share in [0, 1], got {value}")
   return value
 
 
@@ -428,8 +434,19 @@ class RunConfig:
       "A batch of 16 rows or more moves its still-running rows into a batch half "
       "the size, up to this many times, once no more than that many are running (finished rows "
       "stop costing compute; each halving compiles one more loop; answers are identical either "
-      "way). 0: never.",
+      "way). 0: never. Not used with --decode_carry.",
       parse=_non_negative,
+  )
+  decode_carry: float = _flag(
+      "float",
+      0.0,
+      "Continuous refill of the decode rows (0: off): a batch's decode loop stops once no more "
+      "than this share of its rows are still running, and those rows are carried into the next "
+      "batch of the same shape, which decodes its own rows and them together; a group's last "
+      "batch of a shape runs to the end. A batch then waits for its short answers, not its "
+      "longest (answers identical either way). Replaces --decode_halvings; not with --methods' "
+      "weight edits, which decode as before.",
+      parse=_share,
   )
   batch_shapes: str = _flag(
       "enum",
