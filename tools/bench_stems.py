@@ -1,8 +1,11 @@
 """python -m tools.bench_stems: the engine with and without one of its answer-neutral sharing
 options (`--option`: record stems, `stem_reuse`; packed suffix rows, `suffix_packing`; record
 stems as segments of packed rows, `packed_stems` (packing on both sides) or
-`packed_stems_vs_padded` (against neither)), side by side in one process, on the runner's own prompt groups: time of the warm pass and the engine's
-token account (prompt tokens computed, padded prefill slots, stem tokens, decode loop steps).
+`packed_stems_vs_padded` (against neither); decode rows carried between batches, `decode_carry`
+(against a loop waiting for its longest row) or `decode_carry_vs_shrink` (against the shrinking
+loop)), side by side in one process, on the runner's own prompt groups: time of the warm pass and
+the engine's token account (prompt tokens computed, padded prefill slots, stem tokens, decode
+loop steps and rows x steps).
 `--option=rest_packing` (packed scoring rests) runs the runner's own units instead
 (`evaluate.evaluate_unit`: generation, then the likelihood comparison; CounterFact or
 WikiFactDiff) and times the scoring calls (`continuation_logprobs`) apart. With rest packing on,
@@ -19,6 +22,7 @@ configurations are compared (they must be identical in float32).
     python -m tools.bench_stems --option=suffix_packing --length_buckets=64,128,256,512,1024
     python -m tools.bench_stems --option=packed_stems --length_buckets=64,128,256,512,1024
     python -m tools.bench_stems --option=rest_packing --dataset=counterfact --rest_row_length=64
+    python -m tools.bench_stems --option=decode_carry --batch_size=64 --batch_shapes=fixed
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ OPTIONS = {
     "suffix_packing": ({}, {"suffix_packing": True}),
     "packed_stems": ({"suffix_packing": True}, _PACKED_STEMS),
     "packed_stems_vs_padded": ({}, _PACKED_STEMS),
+    # decode rows carried between batches (share: --decode_carry) against a loop that waits for
+    # its longest row (configs/3b, 8b.flags: no shrinking), or against the shrinking loop (CPU's
+    # default, decode_halvings 2)
+    "decode_carry": ({"decode_halvings": 0}, {"decode_carry": None}),
+    "decode_carry_vs_shrink": ({}, {"decode_carry": None}),
 }
 ACCOUNT = (
     "prompt_tokens",
@@ -73,6 +82,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("packed_length", 512, "The engine's packed_length (with suffix_packing).")
   flags.DEFINE_integer("packed_rows", 4, "The engine's packed_rows (with suffix_packing).")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (bf16 on a GPU).")
+  flags.DEFINE_enum(
+      "batch_shapes", "auto", ["auto", "buckets", "fixed"], "The engine's batch_shapes."
+  )
+  flags.DEFINE_float("decode_carry", 0.25, "The share carried (--option=decode_carry*).")
 
 
 def measure(
@@ -90,6 +103,8 @@ def measure(
     packed_length=512,
     packed_rows=4,
     dtype="float32",
+    batch_shapes="auto",
+    decode_carry=0.25,
 ) -> dict:
   config, params = checkpoints.load_model(checkpoint, dtype)
   tok = tokenizer_lib.load_tokenizer(checkpoint)
@@ -112,7 +127,8 @@ def measure(
           packed_length=packed_length,
           packed_rows=packed_rows,
           dtype=dtype,
-          **OPTIONS[option][on],
+          batch_shapes=batch_shapes,
+          **{k: decode_carry if k == "decode_carry" else v for k, v in OPTIONS[option][on].items()},
       )
       for on in (False, True)
   }
@@ -122,6 +138,9 @@ def measure(
       "packed_length": packed_length,
       "packed_rows": packed_rows,
       "dtype": dtype,
+      "batch_size": batch_size,
+      "batch_shapes": engines[False].batch_shapes,
+      "decode_carry": decode_carry if "decode_carry" in option else 0.0,
       "groups": [k for k, _ in groups],
       "runs": {},
   }
@@ -148,6 +167,10 @@ def measure(
       run["warm_compiles"] = engine.compile_count - run["programs"]
   off, on = out["runs"]["False"], out["runs"]["True"]
   out["identical_answers"] = off["answers"] == on["answers"]
+  lengths = [len(ids) for group in off["answers"] for ids in group]  # tokens kept an answer
+  out["answers"] = len(lengths)
+  out["mean_answer_tokens"] = round(sum(lengths) / max(len(lengths), 1), 3)
+  out["answers_at_max_new_tokens"] = sum(n >= engines[False].max_new_tokens for n in lengths)
   for run in (off, on):
     del run["answers"]
   return out
@@ -167,6 +190,11 @@ def table(out: dict) -> str:
         + " |"
     )
   lines.append(f"\nanswers identical: {out['identical_answers']}")
+  if "mean_answer_tokens" in out:
+    lines.append(
+        f"answers: {out['answers']}, {out['mean_answer_tokens']} tokens kept on average, "
+        f"{out['answers_at_max_new_tokens']} at max_new_tokens"
+    )
   return "\n".join(lines)
 
 
@@ -313,6 +341,8 @@ def main(argv):
         option=FLAGS.option,
         packed_length=FLAGS.packed_length,
         packed_rows=FLAGS.packed_rows,
+        batch_shapes=FLAGS.batch_shapes,
+        decode_carry=FLAGS.decode_carry,
     )
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:

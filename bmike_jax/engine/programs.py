@@ -15,7 +15,11 @@ buckets; a row's own cache has S = Sb + N slots, derived):
                            program per delta structure (`delta_key`); or, with the engine's
                            rest packing, PackedRests too, scored off the prompts' KV after
                            prefill and before decode (log-probs [R, NB, Rb] returned last;
-                           R, NB, K follow from (B, Sb, Rb): no key more)
+                           R, NB, K follow from (B, Sb, Rb): no key more); with the
+                           engine's decode_carry, the rows carried in from the previous batch
+                           of the program (C rows, S slots) and a `final` flag too: decode runs
+                           B + C rows until <= C run (none where final) and returns the running
+                           ones as the next carry (decode.decode_carrying; no key more)
     generate_stemmed(B, Pb, R, Tb, Sb)  the same for a StemmedBatch: R record stems of Tb slots
                            run once each, every row's rest (Sb) on its stem; prompts' KV of
                            Tb + Sb slots a row
