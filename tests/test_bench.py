@@ -305,13 +305,13 @@ def _bench_option(tiny_ckpt, tmp_path, option, *extra):
           f"--checkpoint={tiny_ckpt}",
           f"--data_dir={SAMPLE_DIR}",
           f"--option={option}",
-          *extra,
           "--records=2" if option != "rest_packing" else "--records=3",
           "--langs=de,zh",
           "--setups=zero_shot",
           "--batch_size=8",
           "--passes=1",
           f"--out={out}",
+          *extra,  # last: a flag given twice takes its last value
       ],
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -344,6 +344,28 @@ def test_stems_bench_compares_packing_too(tiny_ckpt, tmp_path):
   assert off["account"]["prefill_tokens"] == on["account"]["prefill_tokens"] > 0
   # zero-shot suffixes of ~20-40 tokens padded to 64 slots each, packed 3-5 to a 128-token row
   assert on["account"]["prefill_padded_tokens"] < off["account"]["prefill_padded_tokens"]
+
+
+def test_stems_bench_compares_carried_decode_rows(tiny_ckpt, tmp_path):
+  """--option=decode_carry: 8 prompts a group in 4 batches of 2 rows of one shape, 1 row carried
+  (share 0.5): answers identical, each step runs 3 rows, the answers' lengths reported (the tiny
+  checkpoint's answers end at their first token: the carry's own behaviour is tested in
+  tests/test_engine_carry.py; here the tool's plumbing and account)."""
+  off, on = _bench_option(
+      tiny_ckpt,
+      tmp_path,
+      "decode_carry",
+      "--batch_size=2",
+      "--batch_shapes=fixed",
+      "--length_buckets=128",
+      "--decode_carry=0.5",
+  )
+  raw = json.loads((tmp_path / "decode_carry.json").read_text(encoding="utf-8"))
+  assert raw["decode_carry"] == 0.5 and raw["batch_shapes"] == "fixed" and raw["answers"] == 16
+  assert 0 < raw["mean_answer_tokens"] <= 15
+  assert off["account"]["decode_row_steps"] == 2 * off["account"]["decode_steps"]
+  assert on["account"]["decode_row_steps"] == 3 * on["account"]["decode_steps"]
+  assert off["account"]["generated_tokens"] == on["account"]["generated_tokens"]
 
 
 def test_stems_bench_compares_stems_as_packed_segments(tiny_ckpt, tmp_path):
