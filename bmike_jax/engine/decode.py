@@ -109,12 +109,6 @@ def concat_rows(state: DecodeState, other: DecodeState) -> DecodeState:
   )
 
 
-def empty_carry(state: DecodeState) -> DecodeState:
-  """A carry of `state`'s shape holding no row: every row done, at slot 0 and step 0."""
-  zeros = lambda x: jnp.zeros_like(x)
-  return jax.tree_util.tree_map(zeros, state).replace(done=jnp.ones_like(state.done))
-
-
 def decode_carrying(
     model: Llama,
     params,

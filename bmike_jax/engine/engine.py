@@ -812,15 +812,13 @@ class Engine:
               step=jnp.zeros((c,), i32),
           )
       )
-      state = jax.tree_util.tree_map(
-          lambda x, where: sh.to_global(np.zeros(x.shape, x.dtype), where),
-          shapes,
-          self.programs.state_shardings(c, per_row=True),
+      where = self.programs.state_shardings(c, per_row=True)
+      zeros = jax.tree_util.tree_map(
+          lambda x, w: sh.to_global(np.zeros(x.shape, x.dtype), w), shapes, where
       )
-      done = np.ones((c,), bool)  # every row finished: run along, never reported
-      self._empty_carries[c, s] = state.replace(
-          done=sh.to_global(done, self.programs.state_shardings(c, per_row=True).done)
-      )
+      # every row finished: it runs along and is never reported
+      done = sh.to_global(np.ones((c,), bool), where.done)
+      self._empty_carries[c, s] = zeros.replace(done=done)
     return self._empty_carries[c, s]
 
   def _collect(self, item, results) -> None:
